@@ -1,0 +1,25 @@
+"""stanceclf: tag sentences of news and opinion articles with claim types.
+
+    >>> from stanceclf import classify
+    >>> for sentence in classify("NATO will expand again. The summit opened on Monday."):
+    ...     print(sentence.labels, sentence.text)
+"""
+
+from .dataset import BuildConfig, build_dataset
+from .documents import AnnotatedDocument, Document, Span
+from .errors import StanceclfError
+from .model import ModelManifest, Prediction, StanceModel
+from .predict import classify, default_model_path, load, to_dataframe, to_records
+from .readers import read_annotations
+from .recipe import Recipe, load_recipe
+from .schema import LabelSchema, load_schema
+from .sentences import SentenceSpan, SentenceSplitter, split_sentences
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnnotatedDocument", "BuildConfig", "Document", "LabelSchema", "ModelManifest", "Prediction", "Recipe",
+    "SentenceSpan", "SentenceSplitter", "Span", "StanceModel", "StanceclfError", "build_dataset", "classify",
+    "default_model_path", "load", "load_recipe", "load_schema", "read_annotations", "split_sentences",
+    "to_dataframe", "to_records",
+]

@@ -1,0 +1,97 @@
+"""Sentence sheets: a plain-text way for a person to annotate whole articles.
+
+``export_sheets`` writes, per document, ``<id>.sheet.txt`` (numbered sentences
+to read in order) and ``<id>.offsets.json`` (their offsets and the text's
+checksum). The annotator writes ``<id>.tsv`` with one line per sentence::
+
+    <index><TAB><labels><TAB><optional note>
+
+where labels is ``-`` or a comma list of label names or their one-letter
+codes. ``import_decisions`` turns those files into stand-off spans (one span
+per labelled sentence, covering the sentence) with the annotator recorded.
+Sheets hold the document text: keep them out of the repository when the text
+may not be redistributed; only the decisions become stand-off annotations.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .documents import AnnotatedDocument, Span, text_checksum
+from .errors import AnnotationError, ChecksumMismatchError
+from .schema import LabelSchema
+from .sentences import SentenceSplitter
+
+
+def label_codes(schema: LabelSchema) -> dict[str, str]:
+    """One-letter codes for a schema's labels (the claim-types schema: P, T, A)."""
+    preferred = {"prediction": "P", "threat_framing": "T", "policy_attribution": "A"}
+    codes: dict[str, str] = {}
+    for name in schema.label_names:
+        code = preferred.get(name) or next((c.upper() for c in name if c.upper() not in codes), name)
+        codes[code] = name
+    return codes
+
+
+def export_sheets(documents: dict[str, str], out_dir: str | Path, splitter: SentenceSplitter | None = None) -> int:
+    """Write a sheet and an offsets file per ``{doc_id: text}``; returns the number of sentences."""
+    splitter = splitter or SentenceSplitter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for doc_id, text in documents.items():
+        sentences = splitter.split(text)
+        total += len(sentences)
+        lines = [f"# document {doc_id}  ({len(sentences)} sentences; judge each in the context of the whole article)"]
+        lines += [f"[{i}] {s.text}" for i, s in enumerate(sentences)]
+        (out_dir / f"{doc_id}.sheet.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        offsets = {"doc_id": doc_id, "checksum": text_checksum(text),
+                   "sentences": [[s.start, s.end] for s in sentences]}
+        (out_dir / f"{doc_id}.offsets.json").write_text(json.dumps(offsets), encoding="utf-8")
+    return total
+
+
+def import_decisions(decisions: str | Path, offsets_file: str | Path, text: str, schema: LabelSchema,
+                     annotator: str) -> tuple[AnnotatedDocument, dict[int, str]]:
+    """Read one decision file into an :class:`AnnotatedDocument`; also returns the notes by sentence."""
+    decisions, offsets_file = Path(decisions), Path(offsets_file)
+    offsets = json.loads(offsets_file.read_text(encoding="utf-8"))
+    if offsets["checksum"] != text_checksum(text):
+        raise ChecksumMismatchError("the document changed since its sheet was made", where=str(offsets_file))
+    sentences = offsets["sentences"]
+    codes = label_codes(schema)
+    spans: list[Span] = []
+    notes: dict[int, str] = {}
+    seen: set[int] = set()
+    for line_number, line in enumerate(decisions.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        where = f"{decisions}:{line_number}"
+        parts = line.split("\t")
+        try:
+            index = int(parts[0])
+        except ValueError:
+            raise AnnotationError(f"bad sentence index {parts[0]!r}", where=where) from None
+        if not 0 <= index < len(sentences) or index in seen:
+            raise AnnotationError(f"sentence index {index} out of range or repeated", where=where)
+        seen.add(index)
+        raw = parts[1].strip() if len(parts) > 1 else ""
+        if not raw:
+            raise AnnotationError("no decision: write '-' for a sentence without labels", where=where)
+        if len(parts) > 2 and parts[2].strip():
+            notes[index] = parts[2].strip()
+        if raw == "-":
+            continue
+        start, end = sentences[index]
+        for item in raw.split(","):
+            item = item.strip()
+            label = codes.get(item, item)
+            if label not in schema.label_names:
+                raise AnnotationError(f"unknown label {item!r}; use {sorted(codes)} or {schema.label_names}",
+                                      where=where)
+            spans.append(Span(start, end, label, annotator))
+    missing = sorted(set(range(len(sentences))) - seen)
+    if missing:
+        raise AnnotationError(f"no decision for sentences {missing}: annotate the whole document", where=str(decisions))
+    return AnnotatedDocument(offsets["doc_id"], text, sorted(spans), (annotator,)), notes

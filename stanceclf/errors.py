@@ -1,0 +1,75 @@
+"""Numbered, actionable errors.
+
+Every error the library raises on bad input carries a stable code (``E0xx``) so
+that users can search for it, and names the file, line, record or document
+that is wrong, in the spirit of spaCy's error catalogue.
+"""
+
+from __future__ import annotations
+
+
+class StanceclfError(Exception):
+    """Base class of every error raised on bad input or bad configuration."""
+
+    code = "E000"
+
+    def __init__(self, message: str, *, where: str | None = None):
+        self.where = where
+        self.detail = message
+        prefix = f"[{self.code}] "
+        location = f"{where}: " if where else ""
+        super().__init__(prefix + location + message)
+
+
+class SchemaError(StanceclfError):
+    """A label schema file is malformed."""
+
+    code = "E001"
+
+
+class AnnotationError(StanceclfError):
+    """An annotation record is malformed or does not fit its document."""
+
+    code = "E002"
+
+
+class ChecksumMismatchError(AnnotationError):
+    """The document text on disk is not the text the annotations were made on."""
+
+    code = "E003"
+
+
+class UnknownLabelError(AnnotationError):
+    """A span carries a label that is neither in the schema nor in the label mapping."""
+
+    code = "E004"
+
+
+class OffsetError(AnnotationError):
+    """A span's offsets are out of range, reversed, or do not match the text."""
+
+    code = "E005"
+
+
+class RecipeError(StanceclfError):
+    """A training recipe is invalid; raised before any work starts."""
+
+    code = "E010"
+
+
+class ModelDirectoryError(StanceclfError):
+    """A model directory is missing files, has a bad manifest, or was made by a newer format."""
+
+    code = "E020"
+
+
+class BaseModelError(StanceclfError):
+    """The base model cannot be found or its weights fail the integrity check."""
+
+    code = "E021"
+
+
+class InputRecordError(StanceclfError):
+    """A record of a corpus to score is unusable (empty, missing field, not UTF-8, too long)."""
+
+    code = "E030"

@@ -1,0 +1,73 @@
+"""Evaluating a model directory on a built dataset: table, JSON report and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import expected_calibration_error, format_report, multilabel_report
+
+
+def evaluate_model(model, dataset_split, *, batch_size: int = 64) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Score one split of a built dataset: ``(report, y_true, probabilities)``.
+
+    The dataset's labels must be the model's labels, in the same order.
+    """
+    probs, truncated = model.predict_proba(list(dataset_split["text"]), batch_size=batch_size)
+    y_true = np.array(dataset_split["labels"], dtype=int).reshape(len(probs), -1)
+    predicted = (probs >= model.threshold_vector).astype(int)
+    report = multilabel_report(y_true, predicted, model.labels, probs)
+    report["ece"] = expected_calibration_error(y_true, probs)
+    report["truncated_sentences"] = int(sum(truncated))
+    return report, y_true, probs
+
+
+def write_evaluation(report: dict, y_true: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray,
+                     out_dir: str | Path) -> list[Path]:
+    """Write ``report.json``, ``report.md``, a PR curve per label and a bar chart of errors per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "report.json", out_dir / "report.md"]
+    written[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    written[1].write_text(format_report(report) + "\n", encoding="utf-8")
+    for j, label in enumerate(labels):
+        if not y_true[:, j].any():
+            continue
+        precision, recall, _ = precision_recall_curve(y_true[:, j], probs[:, j])
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.plot(recall, precision)
+        chosen = report["labels"][label]
+        ax.scatter([chosen["recall"]], [chosen["precision"]], color="red", zorder=3,
+                   label=f"threshold {thresholds[j]:.2f}")
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+               title=f"{label} (PR-AUC {chosen.get('pr_auc') or 0:.3f})")
+        ax.legend(loc="lower left")
+        path = out_dir / f"pr-{label}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    predicted = probs >= thresholds
+    false_pos = [int((predicted[:, j] & (y_true[:, j] == 0)).sum()) for j in range(len(labels))]
+    false_neg = [int((~predicted[:, j] & (y_true[:, j] == 1)).sum()) for j in range(len(labels))]
+    fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 2, 4))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, false_pos, 0.4, label="false positives")
+    ax.bar(x + 0.2, false_neg, 0.4, label="false negatives")
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set(ylabel="sentences", title="errors per label")
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "errors-per-label.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written

@@ -1,0 +1,80 @@
+"""The public prediction API: :func:`classify` and :func:`load`.
+
+``classify(text)`` with no model loads the shipped default model once per
+process (thread-safe) and works offline.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from .errors import ModelDirectoryError
+from .model import Prediction, StanceModel
+
+_DEFAULT_MODEL_DIRS = (
+    Path(__file__).resolve().parent.parent / "models" / "claim-types",
+    Path(__file__).resolve().parent / "data" / "models" / "claim-types",
+)
+_cache: dict[tuple[str, bool], StanceModel] = {}
+_cache_lock = threading.Lock()
+
+
+def default_model_path() -> Path:
+    """The shipped default model's directory."""
+    for directory in _DEFAULT_MODEL_DIRS:
+        if (directory / "stanceclf.json").exists():
+            return directory
+    raise ModelDirectoryError("the shipped default model is missing; looked in "
+                              + ", ".join(str(d) for d in _DEFAULT_MODEL_DIRS))
+
+
+def load(path: str | Path | None = None, *, fast: bool = False) -> StanceModel:
+    """Load a model directory (the shipped default when ``path`` is None).
+
+    Loaded models are cached per (directory, fast): calling ``load`` again is
+    free, and concurrent first calls from several threads load it once.
+    ``fast=True`` gives the int8 dynamic-quantized variant (scores within 0.02).
+    """
+    directory = Path(path) if path is not None else default_model_path()
+    key = (str(directory.resolve()), fast)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = StanceModel.from_pretrained(directory, quantize=fast)
+        return _cache[key]
+
+
+def classify(texts, *, model: StanceModel | str | Path | None = None, split_sentences: bool = True,
+             batch_size: int = 64):
+    """Classify a text (-> list of :class:`Prediction`) or a list of texts (-> list of lists).
+
+    Each prediction has ``text``, ``start``, ``end`` (offsets into its input),
+    ``labels`` (those at or above the model's per-label thresholds) and
+    ``scores`` (a calibrated probability for every label of the schema).
+    """
+    if not isinstance(model, StanceModel):
+        model = load(model)
+    return model.classify(texts, split_sentences=split_sentences, batch_size=batch_size)
+
+
+def to_records(predictions, *, doc_ids=None) -> list[dict]:
+    """Flatten predictions (one list, or a list of lists) into plain dicts with
+    ``doc``, ``sentence_index`` and one ``score_<label>`` column per label."""
+    if predictions and isinstance(predictions[0], Prediction):
+        predictions = [predictions]
+    records = []
+    for doc_position, doc_predictions in enumerate(predictions):
+        doc = doc_ids[doc_position] if doc_ids is not None else doc_position
+        for index, prediction in enumerate(doc_predictions):
+            record = {"doc": doc, "sentence_index": index, "start": prediction.start, "end": prediction.end,
+                      "text": prediction.text, "labels": list(prediction.labels)}
+            record.update({f"score_{label}": score for label, score in prediction.scores.items()})
+            records.append(record)
+    return records
+
+
+def to_dataframe(predictions, *, doc_ids=None):
+    """Predictions as a pandas DataFrame, one row per sentence."""
+    import pandas as pd
+
+    return pd.DataFrame.from_records(to_records(predictions, doc_ids=doc_ids))

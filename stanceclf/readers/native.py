@@ -1,0 +1,139 @@
+"""The project's native stand-off format (``stanceclf-standoff``, JSONL).
+
+One JSON object per line, one line per completely annotated document::
+
+    {"doc_id": "EN_UA_013617",
+     "path": "../../../shared/corpus/semeval2025-en/EN_UA_013617.txt",
+     "checksum": "sha256:<hex of the UTF-8 text>",
+     "annotators": ["ann-a"],
+     "spans": [{"start": 120, "end": 245, "label": "prediction", "annotator": "ann-a"}]}
+
+The text is never embedded when it belongs to someone else: ``path`` names the
+text file, relative to the JSONL file's folder (or to ``text_root`` when
+given), and ``checksum`` detects a changed file. A record may carry ``text``
+inline instead of ``path`` for the user's own documents. Offsets are Unicode
+code points, end exclusive, into the file's text read as UTF-8 without any
+newline conversion. A document with no spans is annotated and all-negative.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..documents import AnnotatedDocument, text_checksum
+from ..errors import AnnotationError, ChecksumMismatchError
+from .validation import SpanChecker
+
+FORMAT_NAME = "stanceclf-standoff"
+
+
+def read_text_file(path: Path) -> str:
+    """Read a document exactly: UTF-8, newlines untouched (CRLF stays CRLF)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return handle.read()
+
+
+def read_native(path: str | Path, checker: SpanChecker, *, text_root: str | Path | None = None):
+    """Yield :class:`AnnotatedDocument` objects from a native JSONL file."""
+    path = Path(path)
+    root = Path(text_root) if text_root is not None else path.parent
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                checker.fail(AnnotationError(f"not valid JSON: {exc.msg}", where=where))
+                continue
+            document = _document_from_record(record, root, checker, where)
+            if document is not None:
+                checker.report.documents += 1
+                yield document
+
+
+def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
+    if not isinstance(record, dict):
+        checker.fail(AnnotationError("a record must be a JSON object", where=where))
+        return None
+    doc_id = record.get("doc_id")
+    if not isinstance(doc_id, str) or not doc_id:
+        checker.fail(AnnotationError("missing or empty 'doc_id'", where=where))
+        return None
+    where = f"{where} (document {doc_id!r})"
+    if "text" in record:
+        text = record["text"]
+        if not isinstance(text, str):
+            checker.fail(AnnotationError("'text' must be a string", where=where))
+            return None
+        source = ""
+    elif "path" in record:
+        text_path = root / record["path"]
+        try:
+            text = read_text_file(text_path)
+        except FileNotFoundError:
+            checker.fail(AnnotationError(f"text file not found: {text_path}", where=where))
+            return None
+        except UnicodeDecodeError as exc:
+            checker.fail(AnnotationError(f"text file {text_path} is not UTF-8: {exc.reason} at byte {exc.start}",
+                                         where=where))
+            return None
+        source = str(record["path"])
+    else:
+        checker.fail(AnnotationError("a record needs 'text' or 'path'", where=where))
+        return None
+    expected = record.get("checksum")
+    if expected is not None and expected != text_checksum(text):
+        checker.fail(ChecksumMismatchError(
+            f"the text is not the one these annotations were made on: checksum {text_checksum(text)} "
+            f"!= recorded {expected}", where=where))
+        return None
+    spans = []
+    raw_spans = record.get("spans", [])
+    if not isinstance(raw_spans, list):
+        checker.fail(AnnotationError("'spans' must be a list", where=where))
+        return None
+    for index, raw in enumerate(raw_spans):
+        span_where = f"{where} span {index}"
+        if not isinstance(raw, dict) or not {"start", "end", "label"} <= raw.keys():
+            checker.fail(AnnotationError("a span needs 'start', 'end' and 'label'", where=span_where))
+            continue
+        span = checker.check(text, raw["start"], raw["end"], raw["label"], where=span_where,
+                             expected_text=raw.get("text"), annotator=str(raw.get("annotator", "")))
+        if span is not None:
+            spans.append(span)
+    annotators = tuple(record.get("annotators") or sorted({s.annotator for s in spans if s.annotator}))
+    return AnnotatedDocument(doc_id, text, sorted(spans), annotators, source)
+
+
+def write_native(documents, path: str | Path, *, text_paths: dict[str, str | Path] | None = None) -> None:
+    """Write documents in the native format.
+
+    Documents whose id is in ``text_paths`` are stored by reference (the path
+    is written relative to the output file's folder); the others carry their
+    text inline. The file is written to a temporary name and renamed, so a
+    crash never leaves half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text_paths = text_paths or {}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for document in documents:
+            record = {"doc_id": document.doc_id}
+            if document.doc_id in text_paths:
+                record["path"] = Path(os.path.relpath(Path(text_paths[document.doc_id]).resolve(),
+                                                      path.parent.resolve())).as_posix()
+            else:
+                record["text"] = document.text
+            record["checksum"] = document.checksum
+            record["annotators"] = list(document.annotators)
+            record["spans"] = [
+                {"start": s.start, "end": s.end, "label": s.label, "annotator": s.annotator}
+                for s in sorted(document.spans)
+            ]
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

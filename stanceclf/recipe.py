@@ -1,0 +1,147 @@
+"""Training recipes: one validated TOML file per model the project trains.
+
+A recipe names the schema, the annotated data (or a built dataset), the base
+model and the hyper-parameters. Relative paths are resolved against the
+recipe file's folder. It is validated completely before any work starts, and
+command-line overrides (``--set training.epochs=3``) are validated the same way.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .base_models import DEFAULT_BASE
+from .dataset import BuildConfig
+from .errors import RecipeError
+from .sentences import SentenceSplitter
+
+
+class DataSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = "native"
+    #: Annotated inputs split by ``split_ratios`` ...
+    inputs: list[str] = []
+    #: ... or inputs already split (e.g. PTC's own train and dev folders).
+    train: list[str] = []
+    dev: list[str] = []
+    test: list[str] = []
+    #: ... or a folder written by ``stanceclf build-dataset``.
+    dataset: str | None = None
+    label_map: dict[str, str | None] = {}
+    strict: bool = True
+    min_overlap_chars: int = Field(default=1, ge=1)
+    min_overlap_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    split_ratios: dict[str, float] = {"train": 0.7, "dev": 0.15, "test": 0.15}
+    splitter: SentenceSplitter = SentenceSplitter()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSection":
+        sources = [bool(self.inputs), bool(self.train), self.dataset is not None]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one of data.inputs, data.train (with data.dev), or data.dataset")
+        if self.train and not self.dev:
+            raise ValueError("data.train needs data.dev (used for early stopping and calibration)")
+        from .readers import FORMATS
+
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; supported: {sorted(FORMATS)}")
+        return self
+
+    def build_config(self, seed: int) -> BuildConfig:
+        return BuildConfig(splitter=self.splitter, min_overlap_chars=self.min_overlap_chars,
+                           min_overlap_fraction=self.min_overlap_fraction, split_ratios=self.split_ratios, seed=seed)
+
+
+class TrainingSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["full", "lora"] = "full"
+    epochs: float = Field(default=6, gt=0)
+    max_steps: int = -1
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
+    batch_size: int = Field(default=16, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=128, ge=8, le=512)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    #: Weight of positive examples in the BCE loss: none, sqrt(neg/pos), or neg/pos.
+    pos_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
+    early_stopping_patience: int = Field(default=2, ge=0)
+    eval_every: Literal["epoch"] | int = "epoch"
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    #: float16 halves the stored weights (the model still runs in float32).
+    storage_dtype: Literal["float32", "float16"] = "float32"
+
+
+class Recipe(BaseModel):
+    """A validated training recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    schema_name: str = Field(alias="schema")
+    base_model: str = DEFAULT_BASE
+    output_dir: str
+    run_dir: str | None = None
+    seed: int = 13
+    data: DataSection
+    training: TrainingSection = TrainingSection()
+    source: str | None = Field(default=None, exclude=True)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the recipe, relative to the recipe file's folder."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or self.source is None:
+            return p
+        return (Path(self.source).parent / p).resolve()
+
+    @property
+    def run_path(self) -> Path:
+        return self.resolve(self.run_dir) if self.run_dir else self.resolve(self.output_dir).with_name(
+            self.resolve(self.output_dir).name + ".run")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe file, applying ``section.key=value`` overrides."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", where=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"not valid TOML: {exc}", where=str(path)) from None
+    for override in overrides or []:
+        apply_override(data, override, where=str(path))
+    try:
+        return Recipe.model_validate({**data, "source": str(path.resolve())})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"field '{field}': {err['msg']}")
+        raise RecipeError("; ".join(problems), where=str(path)) from None
+
+
+def apply_override(data: dict, override: str, *, where: str = "") -> None:
+    """Set ``a.b=value`` in nested ``data``; the value is parsed as TOML, else kept as a string."""
+    if "=" not in override:
+        raise RecipeError(f"override {override!r} must look like section.key=value", where=where)
+    key, raw = override.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    parts = key.strip().split(".")
+    target = data
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise RecipeError(f"override {override!r}: {part!r} is not a section", where=where)
+    target[parts[-1]] = value
