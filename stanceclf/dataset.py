@@ -84,7 +84,9 @@ def assign_splits(examples_by_doc: dict[str, list[dict]], ratios: dict[str, floa
     assignment = {}
     for doc_id in doc_ids:
         def need(split: str) -> float:
-            return sum(counts[doc_id][k] * (ratios[split] * totals[k] - current[split][k]) / totals[k]
+            # The share of this split's quota still unfilled, per dimension, weighted by what the
+            # document brings: relative, so that small splits are not starved by the large one.
+            return sum(counts[doc_id][k] * (ratios[split] * totals[k] - current[split][k]) / (ratios[split] * totals[k])
                        for k in range(n_dims) if totals[k])
         best = max(splits, key=lambda s: (need(s), ratios[s]))
         assignment[doc_id] = best
