@@ -263,6 +263,26 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
         typer.echo(f"  test macro F1 {test['macro']['f1']:.3f}, micro F1 {test['micro']['f1']:.3f}")
 
 
+@app.command()
+def agreement(
+    first: Path = typer.Argument(..., help="One annotator's annotations (native format)."),
+    second: Path = typer.Argument(..., help="The other annotator's annotations of the same documents."),
+    schema: str = typer.Option("claim-types", help="Schema name or path."),
+):
+    """Sentence-level agreement between two annotations: F1 and Cohen's kappa per label."""
+    from .agreement import format_agreement, sentence_agreement
+    from .readers import read_annotations
+    from .schema import load_schema
+
+    try:
+        label_schema = load_schema(schema)
+        a = read_annotations("native", first, labels=label_schema.label_names)
+        b = read_annotations("native", second, labels=label_schema.label_names)
+        typer.echo(format_agreement(sentence_agreement(a, b, label_schema)))
+    except StanceclfError as error:
+        _fail(error)
+
+
 @sheets_app.command("export")
 def sheets_export(
     texts: List[Path] = typer.Argument(..., help="Text files (or folders of .txt) to annotate."),

@@ -236,6 +236,8 @@ class StanceModel:
         """Raw logits ``(len(texts), n_labels)``, computed in length-sorted, dynamically padded batches."""
         import torch
 
+        if len(texts) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32), []
         ids, truncated = self.tokenize(list(texts))
         logits = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -297,15 +299,18 @@ class StanceModel:
                 units.append((doc_index, 0, len(text), text))
         probs, truncated = self.predict_proba([u[3] for u in units], batch_size=batch_size)
         results: list[list[Prediction]] = [[] for _ in texts]
-        thresholds = self.threshold_vector
         for (doc_index, start, end, text), row, cut in zip(units, probs, truncated):
-            results[doc_index].append(Prediction(
-                text=text, start=start, end=end,
-                labels=[label for label, p, t in zip(self.labels, row, thresholds) if p >= t],
-                scores={label: round(float(p), 6) for label, p in zip(self.labels, row)},
-                truncated=cut,
-            ))
+            scores, labels = self.decide(row)
+            results[doc_index].append(Prediction(text=text, start=start, end=end, labels=labels, scores=scores,
+                                                 truncated=cut))
         return results[0] if single else results
+
+    def decide(self, row) -> tuple[dict[str, float], list[str]]:
+        """Reported scores (rounded to 6 places) and the labels whose reported score reaches
+        its threshold, so that a user comparing the two always agrees with us."""
+        scores = {label: round(float(p), 6) for label, p in zip(self.labels, row)}
+        thresholds = self.manifest.thresholds
+        return scores, [label for label in self.labels if scores[label] >= thresholds[label]]
 
 
 def probabilities(logits: np.ndarray, temperatures: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from .model import Prediction, StanceModel
 
 _DEFAULT_MODEL_DIRS = (
     Path(__file__).resolve().parent.parent / "models" / "claim-types",
-    Path(__file__).resolve().parent / "data" / "models" / "claim-types",
+    Path(__file__).resolve().parent / "shipped_models" / "claim-types",
 )
 _cache: dict[tuple[str, bool], StanceModel] = {}
 _cache_lock = threading.Lock()

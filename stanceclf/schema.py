@@ -20,7 +20,7 @@ _LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Where the schemas shipped with the project live (a checkout or an installed package).
 SCHEMA_DIRS = (
     Path(__file__).resolve().parent.parent / "labels",
-    Path(__file__).resolve().parent / "data" / "labels",
+    Path(__file__).resolve().parent / "shipped_labels",
 )
 
 

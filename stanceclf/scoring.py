@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
+import numpy as np
+
 from .errors import InputRecordError, StanceclfError
 
 InputFormat = Literal["auto", "txt", "jsonl", "csv", "parquet"]
@@ -111,9 +113,19 @@ def _iter_jsonl(path: Path, id_field: str, text_field: str):
             if error is None and not isinstance(record, dict):
                 error = "a record must be a JSON object"
             if error is not None:
-                yield f"{path.stem}:{line_number}", None, where, error
+                yield _salvage_id(raw, id_field) or f"{path.stem}:{line_number}", None, where, error
                 continue
             yield _pick(record, id_field, text_field, f"{path.stem}:{line_number}", where)
+
+
+def _salvage_id(raw: bytes, id_field: str) -> str | None:
+    """The id of a record whose text is unusable, so that the error message can name it."""
+    try:
+        record = json.loads(raw.decode("utf-8", errors="replace"))
+        value = record.get(id_field) if isinstance(record, dict) else None
+        return None if value is None else str(value)
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _pick(record: dict, id_field: str, text_field: str, fallback_id: str, where: str):
@@ -335,13 +347,13 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
         nonlocal errors_written
         texts = [s.text for _, sentences in chunk for s in sentences]
         probs, truncated = model.predict_proba(texts, batch_size=batch_size)
-        thresholds = model.threshold_vector
         rows, cursor = [], 0
         for record, sentences in chunk:
             block = probs[cursor: cursor + len(sentences)]
             cursor += len(sentences)
             if per_document:
-                hits = block >= thresholds
+                hits = np.array([[label in model.decide(p)[1] for label in labels] for p in block],
+                                dtype=bool).reshape(len(block), len(labels))
                 row = {"doc_id": record.doc_id, "sentences": len(sentences)}
                 row.update({f"n_{l}": int(hits[:, j].sum()) for j, l in enumerate(labels)})
                 row.update({f"share_{l}": round(float(hits[:, j].mean()), 6) if len(sentences) else 0.0
@@ -349,10 +361,10 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
                 rows.append(row)
             else:
                 for index, (sentence, p) in enumerate(zip(sentences, block)):
+                    scores, chosen = model.decide(p)
                     row = {"doc_id": record.doc_id, "sentence_index": index, "start": sentence.start,
-                           "end": sentence.end, "text": sentence.text,
-                           "labels": [l for l, v, t in zip(labels, p, thresholds) if v >= t]}
-                    row.update({f"score_{l}": round(float(v), 6) for l, v in zip(labels, p)})
+                           "end": sentence.end, "text": sentence.text, "labels": chosen}
+                    row.update({f"score_{l}": scores[l] for l in labels})
                     rows.append(row)
         if rows:
             writer.write(rows)

@@ -422,3 +422,44 @@ def test_readers_native_missing_text_file():
 def test_readers_duplicate_document_across_inputs():
     with pytest.raises(AnnotationError, match="document 'doc1' appears twice"):
         read_annotations("brat", [FIXTURES / "brat", FIXTURES / "brat" / "doc1.ann"])
+
+
+def test_readers_native_accepts_bom_and_names_bad_utf8_line(tmp_path):
+    from stanceclf.errors import AnnotationError
+    from stanceclf.readers import read_annotations
+
+    good = b'{"doc_id": "a", "text": "Hello there.", "spans": []}\n'
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good)
+    assert [d.doc_id for d in read_annotations("native", path)] == ["a"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(good + b'{"doc_id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl:2: not valid UTF-8"):
+        read_annotations("native", bad)
+
+
+def test_readers_native_rejects_annotators_given_as_a_string(tmp_path):
+    from stanceclf.errors import AnnotationError
+    from stanceclf.readers import read_annotations
+
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"doc_id": "a", "text": "Hello there.", "annotators": "ann-a", "spans": []}\n')
+    with pytest.raises(AnnotationError, match="'annotators' must be a list"):
+        read_annotations("native", path)
+
+
+def test_readers_native_write_read_round_trip_by_reference(tmp_path):
+    from stanceclf.documents import AnnotatedDocument, Span
+    from stanceclf.readers import read_annotations, write_native
+
+    text_file = tmp_path / "texts" / "d1.txt"
+    text_file.parent.mkdir()
+    text_file.write_bytes("Line one.\r\nLine two 😀 ends.".encode())
+    text = text_file.read_bytes().decode()
+    doc = AnnotatedDocument("d1", text, [Span(11, 27, "prediction", "me")], ("me",))
+    write_native([doc], tmp_path / "out" / "a.jsonl", text_paths={"d1": text_file})
+    stored = (tmp_path / "out" / "a.jsonl").read_text()
+    assert "Line two" not in stored and '"path": "../texts/d1.txt"' in stored
+    (back,) = read_annotations("native", tmp_path / "out" / "a.jsonl", labels=["prediction"])
+    assert back.text == text and back.spans == doc.spans and back.annotators == ("me",)
+    assert not list((tmp_path / "out").glob("*.tmp"))

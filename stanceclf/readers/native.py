@@ -39,11 +39,17 @@ def read_native(path: str | Path, checker: SpanChecker, *, text_root: str | Path
     """Yield :class:`AnnotatedDocument` objects from a native JSONL file."""
     path = Path(path)
     root = Path(text_root) if text_root is not None else path.parent
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            where = f"{path}:{line_number}"
+            try:
+                # utf-8-sig: a byte-order mark some editors put before line 1 is not an error.
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                checker.fail(AnnotationError(f"not valid UTF-8: {exc.reason} at byte {exc.start}", where=where))
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{line_number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -71,6 +77,9 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
             return None
         source = ""
     elif "path" in record:
+        if not isinstance(record["path"], str) or not record["path"]:
+            checker.fail(AnnotationError("'path' must be a non-empty string", where=where))
+            return None
         text_path = root / record["path"]
         try:
             text = read_text_file(text_path)
@@ -80,6 +89,9 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
         except UnicodeDecodeError as exc:
             checker.fail(AnnotationError(f"text file {text_path} is not UTF-8: {exc.reason} at byte {exc.start}",
                                          where=where))
+            return None
+        except OSError as exc:
+            checker.fail(AnnotationError(f"cannot read text file {text_path}: {exc.strerror}", where=where))
             return None
         source = str(record["path"])
     else:
@@ -102,10 +114,15 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
             checker.fail(AnnotationError("a span needs 'start', 'end' and 'label'", where=span_where))
             continue
         span = checker.check(text, raw["start"], raw["end"], raw["label"], where=span_where,
-                             expected_text=raw.get("text"), annotator=str(raw.get("annotator", "")))
+                             expected_text=raw.get("text"), annotator=str(raw.get("annotator") or ""))
         if span is not None:
             spans.append(span)
-    annotators = tuple(record.get("annotators") or sorted({s.annotator for s in spans if s.annotator}))
+    annotators = record.get("annotators")
+    if annotators is not None and (not isinstance(annotators, list)
+                                   or not all(isinstance(a, str) for a in annotators)):
+        checker.fail(AnnotationError("'annotators' must be a list of names", where=where))
+        return None
+    annotators = tuple(annotators or sorted({s.annotator for s in spans if s.annotator}))
     return AnnotatedDocument(doc_id, text, sorted(spans), annotators, source)
 
 
@@ -121,6 +138,15 @@ def write_native(documents, path: str | Path, *, text_paths: dict[str, str | Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     text_paths = text_paths or {}
     tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_records(documents, tmp, path, text_paths)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _write_records(documents, tmp: Path, path: Path, text_paths) -> None:
     with open(tmp, "w", encoding="utf-8") as handle:
         for document in documents:
             record = {"doc_id": document.doc_id}
@@ -136,4 +162,3 @@ def write_native(documents, path: str | Path, *, text_paths: dict[str, str | Pat
                 for s in sorted(document.spans)
             ]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -1,0 +1,207 @@
+"""Inference throughput and memory: stanceclf against transformers' pipeline, and scaling.
+
+    python benchmarks/inference.py --model models/claim-types --write benchmarks/results/inference.md
+
+Each measurement runs in its own fresh process, so that peak RSS is that job's alone.
+Sentences: every sentence of the 200 SemEval articles plus the PTC dev articles in
+../shared (news and opinion; read at run time, never copied), at least 5,000.
+Measured (one run each, same machine, same sentences):
+  1. transformers.pipeline("text-classification", model=DIR, top_k=None), default settings
+  2. stanceclf classify(list, split_sentences=False), fp32
+  3. the same with the int8 fast path (load(fast=True))
+  4. stanceclf score on the articles as documents (splitting included), fp32
+  5. scaling: stanceclf score on 10k and 100k sentences (the corpus repeated), time and peak RSS
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "corpus"
+
+
+def corpus_documents() -> list[tuple[str, str]]:
+    docs = []
+    for path in sorted((SHARED / "semeval2025-en").glob("*.txt")) + sorted((SHARED / "ptc" / "dev").glob("*.txt")):
+        docs.append((path.stem, path.read_text(encoding="utf-8")))
+    return docs
+
+
+def corpus_sentences(minimum: int = 5000) -> list[str]:
+    from stanceclf.sentences import SentenceSplitter
+
+    splitter = SentenceSplitter()
+    sentences = [s.text for _, text in corpus_documents() for s in splitter.split(text)]
+    if len(sentences) < minimum:
+        raise SystemExit(f"only {len(sentences)} sentences found under {SHARED}")
+    return sentences
+
+
+# ---- the measured jobs: each runs in a child process ------------------------------------------------
+def job_pipeline(model_dir: str, sentences: list[str]) -> dict:
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=model_dir, top_k=None)
+    classifier(sentences[:8])  # warm-up, as for every job
+    start = time.perf_counter()
+    classifier(sentences)
+    return {"seconds": time.perf_counter() - start}
+
+
+def job_classify(model_dir: str, sentences: list[str], fast: bool) -> dict:
+    from stanceclf import load
+
+    model = load(model_dir, fast=fast)
+    model.classify(sentences[:8], split_sentences=False)
+    model.stats.__init__()
+    start = time.perf_counter()
+    model.classify(sentences, split_sentences=False)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": model.stats.tokens, "padded_tokens": model.stats.padded_tokens}
+
+
+def run_child(kind: str, model_dir: str, sentences_file: str, fast: bool = False) -> dict:
+    code = (
+        "import json,resource,sys;sys.path.insert(0,%r);from benchmarks.inference import *;"
+        "s=json.load(open(%r));"
+        "r=%s;"
+        "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024;print(json.dumps(r))"
+    ) % (str(REPO), sentences_file,
+         f"job_pipeline({model_dir!r}, s)" if kind == "pipeline" else f"job_classify({model_dir!r}, s, {fast})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_score(model_dir: str, docs: list[tuple[str, str]], repeat_to: int | None, workdir: Path, fast: bool) -> dict:
+    """stanceclf score as a user runs it, with /usr/bin/time for the peak RSS."""
+    from stanceclf.sentences import SentenceSplitter
+
+    splitter = SentenceSplitter()
+    counts = {doc_id: len(splitter.split(text)) for doc_id, text in docs}
+    source = workdir / f"corpus-{repeat_to}.jsonl"
+    total = 0
+    with open(source, "w", encoding="utf-8") as handle:
+        copy = 0
+        while True:
+            for doc_id, text in docs:
+                handle.write(json.dumps({"id": f"{copy}-{doc_id}", "text": text}) + "\n")
+                total += counts[doc_id]
+                if repeat_to and total >= repeat_to:
+                    break
+            copy += 1
+            if not repeat_to or total >= repeat_to:
+                break
+    out = workdir / f"scores-{repeat_to}.jsonl"
+    command = ["/usr/bin/time", "-f", "%M %e", sys.executable, "-m", "stanceclf.cli", "score", str(source),
+               "--out", str(out), "--model", model_dir, "--no-progress", "--overwrite"] + (["--fast"] if fast else [])
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise SystemExit(result.stderr)
+    rss_kb, elapsed = result.stderr.strip().splitlines()[-1].split()
+    rows = sum(1 for _ in open(out, encoding="utf-8"))
+    return {"sentences": rows, "seconds": float(elapsed), "peak_rss_mb": int(rss_kb) / 1024}
+
+
+def matmul_peak_gflops(seconds: float = 3.0) -> float:
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024 ** 3 * n / (time.perf_counter() - start) / 1e9
+
+
+def model_flops(model_dir: str, padded_tokens: int, sequences: int) -> float:
+    """Forward FLOPs: 2 x non-embedding parameters per token, plus attention scores and mixing."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    per_token_linear = layers * (4 * h * h + 2 * h * inter)
+    mean_len = padded_tokens / max(sequences, 1)
+    attention = layers * 2 * 2 * mean_len * h  # QK^T and AV per token
+    return 2 * per_token_linear * padded_tokens + attention * padded_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(REPO / "models" / "claim-types"))
+    parser.add_argument("--scaling", default="10000,100000", help="corpus sizes in sentences for stanceclf score")
+    parser.add_argument("--scaling-fast", action="store_true", help="use the int8 path for the scaling runs")
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+
+    sentences = corpus_sentences()
+    workdir = Path(tempfile.mkdtemp(prefix="stanceclf-bench-"))
+    sentences_file = workdir / "sentences.json"
+    sentences_file.write_text(json.dumps(sentences))
+    n = len(sentences)
+    print(f"{n} sentences", file=sys.stderr)
+
+    pipe = run_child("pipeline", args.model, str(sentences_file))
+    fp32 = run_child("classify", args.model, str(sentences_file))
+    int8 = run_child("classify", args.model, str(sentences_file), fast=True)
+    score = run_score(args.model, corpus_documents(), None, workdir, fast=False)
+    peak = matmul_peak_gflops()
+    flops = model_flops(args.model, fp32["padded_tokens"], n)
+    achieved = flops / fp32["seconds"] / 1e9
+    scaling = [run_score(args.model, corpus_documents(), int(size), workdir, fast=args.scaling_fast)
+               for size in args.scaling.split(",")]
+
+    def rate(seconds, count=n):
+        return count / seconds
+
+    base = rate(pipe["seconds"])
+    lines = ["# Inference throughput and memory", "",
+             f"Command: `python benchmarks/inference.py --model {args.model}"
+             + (" --scaling-fast" if args.scaling_fast else "") + (f" --write {args.write}`" if args.write else "`"),
+             f"Date {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}, torch {__import__('torch').__version__}, "
+             f"transformers {__import__('transformers').__version__}. One run each; this machine varies "
+             "by up to 40% from run to run.",
+             f"Input: {n} sentences from the 200 SemEval-2025 articles and the 57 PTC dev articles "
+             f"(mean {fp32['tokens'] / n:.1f} tokens; padding overhead with length-sorted batches "
+             f"{fp32['padded_tokens'] / fp32['tokens'] - 1:.1%}).", "",
+             "| system | sentences/s | vs pipeline | peak RSS MB |", "|---|---:|---:|---:|",
+             f"| `pipeline('text-classification', top_k=None)`, default settings | {base:.1f} | 1.0x | "
+             f"{pipe['peak_rss_mb']:.0f} |",
+             f"| `classify(list, split_sentences=False)` fp32 | {rate(fp32['seconds']):.1f} | "
+             f"{rate(fp32['seconds']) / base:.1f}x | {fp32['peak_rss_mb']:.0f} |",
+             f"| `classify(...)` with `load(fast=True)` (int8 dynamic quantization) | {rate(int8['seconds']):.1f} | "
+             f"{rate(int8['seconds']) / base:.1f}x | {int8['peak_rss_mb']:.0f} |",
+             f"| `stanceclf score` on the articles (splitting, I/O, process start included) fp32 | "
+             f"{rate(score['seconds'], score['sentences']):.1f} | "
+             f"{rate(score['seconds'], score['sentences']) / base:.1f}x | {score['peak_rss_mb']:.0f} |",
+             "",
+             f"fp32 path: {flops / n / 1e9:.3f} GFLOP per sentence (padded), {achieved:.1f} GFLOP/s achieved "
+             f"against a measured fp32 matmul peak of {peak:.1f} GFLOP/s (1024x1024 `torch.mm`): "
+             f"{achieved / peak:.0%} of peak.", "",
+             "## Scaling of `stanceclf score`" + (" (int8 fast path)" if args.scaling_fast else " (fp32)"), "",
+             "| sentences | seconds | sentences/s | peak RSS MB |", "|---:|---:|---:|---:|"]
+    for row in scaling:
+        lines.append(f"| {row['sentences']:,} | {row['seconds']:.0f} | {rate(row['seconds'], row['sentences']):.1f} | "
+                     f"{row['peak_rss_mb']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        args.write.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The public API: classify(), load(), conversions."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import stanceclf
+from stanceclf import classify, load, to_dataframe
+from stanceclf.model import Prediction
+
+TEXT = ("Will the arms race weaken the partnership?\n\n"
+        "Mr. Putin said the U.S. will deploy missiles in Asia. China warned this could provoke an arms race.\n"
+        "Headline Without Final Period\n"
+        "Beijing aims to keep its deterrent.")
+
+
+def test_predict_classify_string_gives_sentences_with_exact_offsets(tiny_model_dir):
+    predictions = classify(TEXT, model=tiny_model_dir)
+    assert [p.text for p in predictions] == [
+        "Will the arms race weaken the partnership?",
+        "Mr. Putin said the U.S. will deploy missiles in Asia.",
+        "China warned this could provoke an arms race.",
+        "Headline Without Final Period",
+        "Beijing aims to keep its deterrent.",
+    ]
+    for p in predictions:
+        assert TEXT[p.start:p.end] == p.text
+        assert set(p.scores) == {"prediction", "threat_framing", "policy_attribution"}
+        assert all(0.0 <= s <= 1.0 for s in p.scores.values())
+
+
+def test_predict_thresholds_decide_labels(make_tiny_model):
+    model = make_tiny_model(thresholds={"prediction": 0.0, "threat_framing": 1.01, "policy_attribution": 0.0})
+    for p in model.classify(TEXT):
+        assert p.labels == ["prediction", "policy_attribution"]
+    strict = make_tiny_model(thresholds={label: 1.01 for label in model.labels})
+    assert all(p.labels == [] for p in strict.classify(TEXT))
+
+
+def test_predict_labels_follow_scores_and_thresholds(make_tiny_model):
+    model = make_tiny_model(seed=5)
+    scores = [p.scores["prediction"] for p in model.classify(TEXT)]
+    cut = float(np.median(scores))
+    model = make_tiny_model(seed=5, thresholds={"prediction": cut, "threat_framing": 0.5, "policy_attribution": 0.5})
+    for p in model.classify(TEXT):
+        assert ("prediction" in p.labels) == (p.scores["prediction"] >= cut)
+
+
+def test_predict_classify_list_batches_across_documents(make_tiny_model):
+    model = make_tiny_model()
+    texts = [TEXT, "One sentence only.", ""]
+    results = model.classify(texts)
+    assert len(results) == 3
+    assert len(results[0]) == 5 and len(results[1]) == 1 and results[2] == []
+    alone = model.classify("One sentence only.")
+    assert results[1][0].scores == pytest.approx(alone[0].scores, abs=1e-5)
+
+
+def test_predict_split_sentences_false_gives_one_unit_per_input(make_tiny_model):
+    model = make_tiny_model()
+    results = model.classify([TEXT, "Short."], split_sentences=False)
+    assert [len(r) for r in results] == [1, 1]
+    assert results[0][0].start == 0 and results[0][0].end == len(TEXT) and results[0][0].text == TEXT
+
+
+def test_predict_empty_and_whitespace_input_give_no_predictions(make_tiny_model):
+    model = make_tiny_model()
+    assert model.classify("") == []
+    assert model.classify("   \n\t  ") == []
+    assert model.classify(["  "], split_sentences=False) == [[]]
+
+
+def test_predict_rejects_non_string_input(make_tiny_model):
+    model = make_tiny_model()
+    with pytest.raises(TypeError, match="input 1 is NoneType"):
+        model.classify(["fine", None])
+
+
+def test_predict_very_long_input_is_split_and_bounded(make_tiny_model):
+    model = make_tiny_model(max_length=32)
+    text = ("The alliance will respond to every provocation. " * 400) + ("word " * 5000)
+    predictions = model.classify(text)
+    assert len(predictions) > 400
+    assert all(text[p.start:p.end] == p.text for p in predictions)
+    assert all(len(p.text) <= 3000 for p in predictions)
+    assert any(p.truncated for p in predictions)
+
+
+def test_predict_load_caches_and_is_thread_safe(tiny_model_dir):
+    results, errors = [], []
+
+    def worker():
+        try:
+            model = load(tiny_model_dir)
+            results.append((id(model), model.classify(TEXT)))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({model_id for model_id, _ in results}) == 1
+    first = results[0][1]
+    for _, predictions in results[1:]:
+        assert len(predictions) == len(first)
+        assert all(a.scores == pytest.approx(b.scores, abs=1e-5) for a, b in zip(predictions, first))
+    model = load(tiny_model_dir)
+    assert model.path == tiny_model_dir and model.labels == ["prediction", "threat_framing", "policy_attribution"]
+
+
+def test_predict_to_dataframe_and_dicts(make_tiny_model):
+    model = make_tiny_model()
+    results = model.classify([TEXT, "Another one."])
+    frame = to_dataframe(results, doc_ids=["a", "b"])
+    assert list(frame["doc"]) == ["a"] * 5 + ["b"]
+    assert {"start", "end", "text", "labels", "score_prediction"} <= set(frame.columns)
+    assert isinstance(results[0][0], Prediction)
+    assert results[0][0].to_dict()["text"] == "Will the arms race weaken the partnership?"
+
+
+def test_predict_public_api_is_small_and_importable():
+    assert callable(stanceclf.classify) and callable(stanceclf.load)
+    assert "classify" in stanceclf.__all__ and "load" in stanceclf.__all__

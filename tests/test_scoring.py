@@ -1,0 +1,187 @@
+"""Corpus scoring: inputs, outputs, bad records, resumption after an interruption."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stanceclf.errors import InputRecordError, StanceclfError
+from stanceclf.model import StanceModel
+from stanceclf.scoring import PROGRESS_SUFFIX, score_corpus
+
+ARTICLE = ("NATO will expand again. Moscow warned of a dangerous escalation.\n"
+           "The summit opened on Monday in Vilnius.")
+
+
+def write_jsonl(path, records):
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    return StanceModel.from_pretrained(tiny_model_dir)
+
+
+def test_scoring_jsonl_to_jsonl_one_row_per_sentence(tmp_path, tiny_model):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}, {"id": "b", "text": "One more."}])
+    out = tmp_path / "out.jsonl"
+    summary = score_corpus([source], out, tiny_model, progress=False)
+    rows = read_jsonl(out)
+    assert [(r["doc_id"], r["sentence_index"]) for r in rows] == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    assert rows[1]["text"] == "Moscow warned of a dangerous escalation."
+    assert ARTICLE[rows[2]["start"]:rows[2]["end"]] == rows[2]["text"]
+    assert {"score_prediction", "score_threat_framing", "score_policy_attribution", "labels"} <= set(rows[0])
+    assert summary.documents == 2 and summary.sentences == 4
+    assert not (tmp_path / ("out.jsonl" + PROGRESS_SUFFIX)).exists()
+
+
+def test_scoring_custom_fields_csv_and_parquet_outputs(tmp_path, tiny_model):
+    import pandas as pd
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"doc": "x1", "body": ARTICLE}])
+    score_corpus([source], tmp_path / "o.csv", tiny_model, id_field="doc", text_field="body", progress=False)
+    with open(tmp_path / "o.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["doc_id"] for r in rows] == ["x1"] * 3
+    score_corpus([source], tmp_path / "o.parquet", tiny_model, id_field="doc", text_field="body", progress=False)
+    frame = pd.read_parquet(tmp_path / "o.parquet")
+    assert list(frame["sentence_index"]) == [0, 1, 2]
+    assert not (tmp_path / "o.parquet.partial").exists()
+
+
+def test_scoring_reads_txt_folders_csv_and_parquet_inputs(tmp_path, tiny_model):
+    import pandas as pd
+
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "one.txt").write_text(ARTICLE, encoding="utf-8")
+    (folder / "sub" / "two.txt").write_text("Short text.", encoding="utf-8")
+    score_corpus([folder], tmp_path / "t.jsonl", tiny_model, progress=False)
+    assert [r["doc_id"] for r in read_jsonl(tmp_path / "t.jsonl")] == ["one"] * 3 + ["sub/two"]
+    pd.DataFrame({"id": ["p"], "text": [ARTICLE]}).to_csv(tmp_path / "in.csv", index=False)
+    pd.DataFrame({"id": ["q"], "text": [ARTICLE]}).to_parquet(tmp_path / "in.parquet")
+    score_corpus([tmp_path / "in.csv", tmp_path / "in.parquet"], tmp_path / "m.jsonl", tiny_model, progress=False)
+    assert [r["doc_id"] for r in read_jsonl(tmp_path / "m.jsonl")] == ["p"] * 3 + ["q"] * 3
+
+
+def test_scoring_per_document_counts_and_shares(tmp_path, make_tiny_model):
+    model = make_tiny_model(thresholds={"prediction": 0.0, "threat_framing": 1.01, "policy_attribution": 1.01})
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}])
+    score_corpus([source], tmp_path / "d.jsonl", model, per_document=True, progress=False)
+    (row,) = read_jsonl(tmp_path / "d.jsonl")
+    assert row == {"doc_id": "a", "sentences": 3, "n_prediction": 3, "n_threat_framing": 0,
+                   "n_policy_attribution": 0, "share_prediction": 1.0, "share_threat_framing": 0.0,
+                   "share_policy_attribution": 0.0}
+
+
+BAD_RECORDS = [
+    ({"id": "e", "text": ""}, "empty or whitespace"),
+    ({"id": "w", "text": "   \n "}, "empty or whitespace"),
+    ({"id": "m", "body": "no text field"}, "missing field 'text'"),
+    ({"id": "n", "text": None}, "text is null"),
+    ({"id": "big", "text": "word " * 1_000_001}, "above the limit"),
+]
+
+
+@pytest.mark.parametrize("record,message", BAD_RECORDS, ids=[r[0]["id"] for r in BAD_RECORDS])
+def test_scoring_bad_record_stops_with_its_name(tmp_path, tiny_model, record, message):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "ok", "text": ARTICLE}, record])
+    with pytest.raises(InputRecordError, match=message) as info:
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False)
+    assert "in.jsonl:2" in str(info.value) and "record 1" in str(info.value)
+    assert not (tmp_path / "o.jsonl").exists()  # nothing half-written under the final name
+
+
+def test_scoring_bad_records_skipped_are_logged_not_dropped_silently(tmp_path, tiny_model):
+    source = tmp_path / "in.jsonl"
+    with open(source, "wb") as handle:
+        handle.write(json.dumps({"id": "ok", "text": ARTICLE}).encode() + b"\n")
+        handle.write(b'{"id": "latin1", "text": "caf\xe9"}\n')
+        for record, _ in BAD_RECORDS:
+            handle.write(json.dumps(record).encode() + b"\n")
+        handle.write(json.dumps({"id": "last", "text": "Fine again."}).encode() + b"\n")
+    out = tmp_path / "o.jsonl"
+    summary = score_corpus([source], out, tiny_model, on_error="skip", progress=False)
+    assert summary.skipped == 6
+    assert [r["doc_id"] for r in read_jsonl(out)] == ["ok"] * 3 + ["last"]
+    errors = read_jsonl(tmp_path / "o.jsonl.errors.jsonl")
+    assert [e["doc_id"] for e in errors] == ["latin1", "e", "w", "m", "n", "big"]
+    assert "not valid UTF-8" in errors[0]["error"]
+
+
+def test_scoring_empty_input_file_gives_empty_output(tmp_path, tiny_model):
+    (tmp_path / "empty.jsonl").write_text("")
+    summary = score_corpus([tmp_path / "empty.jsonl"], tmp_path / "o.jsonl", tiny_model, progress=False)
+    assert summary.documents == 0 and (tmp_path / "o.jsonl").read_text() == ""
+
+
+def test_scoring_refuses_to_overwrite_complete_output(tmp_path, tiny_model):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}])
+    score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False)
+    with pytest.raises(StanceclfError, match="--overwrite"):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False)
+    score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, overwrite=True)
+    assert len(read_jsonl(tmp_path / "o.jsonl")) == 3
+
+
+def test_scoring_is_deterministic(tmp_path, tiny_model):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE * (i % 3 + 1)} for i in range(20)])
+    score_corpus([source], tmp_path / "a.jsonl", tiny_model, progress=False, chunk_sentences=7)
+    score_corpus([source], tmp_path / "b.jsonl", tiny_model, progress=False, chunk_sentences=7)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_scoring_resumes_after_kill_without_lost_or_duplicated_rows(tmp_path, tiny_model_dir, fmt):
+    records = [{"id": f"doc{i:04d}", "text": f"Document {i} says NATO will grow. " + ARTICLE} for i in range(1500)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / f"out.{fmt}"
+    command = [sys.executable, "-m", "stanceclf.cli", "score", str(source), "--out", str(out),
+               "--model", str(tiny_model_dir), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    progress_file = tmp_path / f"out.{fmt}{PROGRESS_SUFFIX}"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if progress_file.exists() and json.loads(progress_file.read_text())["records_done"] > 0:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be interrupted: make the corpus larger"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+    done_before = json.loads(progress_file.read_text())["records_done"]
+    assert 0 < done_before < len(records)
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming after" in finished.stderr
+    if fmt == "jsonl":
+        rows = read_jsonl(out)
+    elif fmt == "csv":
+        with open(out, encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        import pandas as pd
+
+        rows = pd.read_parquet(out).to_dict("records")
+    keys = [(r["doc_id"], int(r["sentence_index"])) for r in rows]
+    assert len(keys) == len(set(keys)) == 1500 * 4
+    assert [k[0] for k in keys[::4]] == [r["id"] for r in records]
+    if fmt == "jsonl":  # byte-identical to an uninterrupted run
+        clean = tmp_path / "clean.jsonl"
+        subprocess.run([*command[:6], str(clean), *command[7:]], env=env, check=True, capture_output=True)
+        assert clean.read_bytes() == out.read_bytes()

@@ -1,0 +1,187 @@
+"""The training harness on tiny models (and once on the real packaged base)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stanceclf.documents import AnnotatedDocument, Span
+from stanceclf.errors import RecipeError
+from stanceclf.model import StanceModel
+from stanceclf.readers import write_native
+from stanceclf.recipe import load_recipe
+from stanceclf.schema import load_schema
+from stanceclf.training import build_base_model, positive_weights, train
+
+from conftest import tiny_config
+
+FORECAST = ["The army will attack the city soon.", "Prices are likely to rise next year.",
+            "Experts expect the talks to fail."]
+THREAT = ["The missiles pose a grave danger to Europe.", "Officials warned of a deadly threat."]
+NEUTRAL = ["The weather was mild and people walked.", "The museum opened a new wing.", "She plays the piano."]
+
+
+def toy_corpus(n_docs: int = 30, seed: int = 0) -> list[AnnotatedDocument]:
+    """Documents whose sentence labels are learnable from their wording."""
+    rng = random.Random(seed)
+    documents = []
+    for d in range(n_docs):
+        text, spans = "", []
+        for _ in range(8):
+            kind = rng.random()
+            sentence = rng.choice(FORECAST if kind < 0.25 else THREAT if kind < 0.45 else NEUTRAL)
+            start = len(text)
+            text += sentence + " "
+            if kind < 0.25:
+                spans.append(Span(start, start + len(sentence), "prediction", "toy"))
+            elif kind < 0.45:
+                spans.append(Span(start, start + len(sentence), "threat_framing", "toy"))
+        documents.append(AnnotatedDocument(f"toy{d:02d}", text, spans, ("toy",)))
+    return documents
+
+
+def write_recipe(tmp_path, base: str = "tiny-in-process"):
+    write_native(toy_corpus(), tmp_path / "toy.jsonl")
+    path = tmp_path / "recipe.toml"
+    path.write_text(f'''
+name = "toy"
+schema = "claim-types"
+base_model = "{base}"
+output_dir = "model"
+run_dir = "run"
+seed = 3
+
+[data]
+inputs = ["toy.jsonl"]
+[training]
+epochs = 6
+batch_size = 8
+learning_rate = 2e-3
+max_length = 24
+early_stopping_patience = 0
+''')
+    return path
+
+
+def tiny(base_tokenizer, seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    return build_base_model("unused", load_schema("claim-types"), config=tiny_config(base_tokenizer.vocab_size))
+
+
+def mean_bce(model: StanceModel, documents) -> float:
+    texts, labels = [], []
+    for doc in documents:
+        for sentence in model.split(doc.text):
+            texts.append(sentence.text)
+            labels.append([int(any(s.label == l and s.overlap(sentence.start, sentence.end) for s in doc.spans))
+                           for l in model.labels])
+    logits, _ = model.predict_logits(texts)
+    y = np.array(labels, dtype=float)
+    return float(np.mean(np.logaddexp(0, logits) - y * logits))
+
+
+def test_training_loss_falls_and_model_learns_toy_labels(tmp_path, base_tokenizer, make_tiny_model):
+    recipe = load_recipe(write_recipe(tmp_path))
+    before = mean_bce(make_tiny_model(seed=0), toy_corpus())
+    trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    after = mean_bce(trained, toy_corpus())
+    assert after < before * 0.5
+    test = trained.manifest.metrics["test"]
+    assert test["labels"]["prediction"]["f1"] > 0.9
+    assert test["labels"]["threat_framing"]["f1"] > 0.9
+    assert "ece_after_calibration" in test and test["ece_after_calibration"] <= test["ece_before_calibration"] + 0.02
+
+
+def test_training_saves_calibration_that_survives_reload(tmp_path, base_tokenizer):
+    recipe = load_recipe(write_recipe(tmp_path), ["training.epochs=3"])
+    trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    reloaded = StanceModel.from_pretrained(tmp_path / "model")
+    assert reloaded.thresholds == pytest.approx(trained.thresholds)
+    assert reloaded.manifest.temperatures == pytest.approx(trained.manifest.temperatures)
+    assert reloaded.manifest.data_fingerprint.startswith("sha256:")
+    assert reloaded.manifest.training["recipe"]["name"] == "toy"
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "test split" in card and "Expected calibration error" in card
+
+
+def test_training_resumes_from_last_checkpoint(tmp_path, base_tokenizer, caplog):
+    recipe = load_recipe(write_recipe(tmp_path), ["training.max_steps=8", "training.eval_every=4"])
+    train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    run = tmp_path / "run"
+    assert (run / "checkpoint-4").is_dir() and (run / "checkpoint-8").is_dir()
+    # Simulate a run killed after its first checkpoint.
+    shutil.rmtree(run / "checkpoint-8")
+    shutil.rmtree(tmp_path / "model")
+    with caplog.at_level(logging.WARNING, logger="stanceclf.training"):
+        train(recipe, model=tiny(base_tokenizer, seed=1), tokenizer=base_tokenizer, progress=False)
+    assert any("resuming from" in r.message and "checkpoint-4" in r.message for r in caplog.records)
+    state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_training_bad_recipe_names_the_field(tmp_path):
+    path = write_recipe(tmp_path)
+    with pytest.raises(RecipeError, match="training.learning_rate"):
+        load_recipe(path, ['training.learning_rate="fast"'])
+    with pytest.raises(RecipeError, match="training.batch_size"):
+        load_recipe(write_recipe(tmp_path), ["training.batch_size=0"])
+
+
+def test_training_positive_weights():
+    labels = np.array([[1, 0], [0, 0], [0, 0], [0, 1]] * 5)
+    assert positive_weights(labels, "balanced") == pytest.approx([3.0, 3.0])
+    assert positive_weights(labels, "sqrt") == pytest.approx([3.0 ** 0.5, 3.0 ** 0.5])
+    assert positive_weights(labels, "none") == pytest.approx([1.0, 1.0])
+
+
+def save_tiny_base(directory, base_tokenizer):
+    """A local base-model folder holding an untrained tiny BERT, as a user's own base would be."""
+    model = tiny(base_tokenizer)
+    model.config.id2label = {0: "LABEL_0", 1: "LABEL_1"}
+    model.save_pretrained(directory)
+    base_tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_training_accelerate_launch_two_cpu_processes(tmp_path, base_tokenizer):
+    base = save_tiny_base(tmp_path / "tiny-base", base_tokenizer)
+    recipe = write_recipe(tmp_path, base=str(base))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    result = subprocess.run(
+        # "--multi_gpu" picks accelerate's torchrun launcher; without a GPU it runs two CPU processes
+        # over gloo. ("--cpu" would start a single process.)
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "stanceclf.cli", "train", str(recipe), "--no-resume", "--set", "training.epochs=2"],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "model" / "stanceclf.json").read_text())
+    assert manifest["base_model"] == str(base)
+    train_sentences = next(r["sentences"] for r in manifest["training"]["statistics"] if r["split"] == "train")
+    states = [json.loads(p.read_text()) for p in (tmp_path / "run").glob("checkpoint-*/trainer_state.json")]
+    steps = max(state["global_step"] for state in states)
+    # Two processes share each batch of 8 per process: 2 epochs take ceil(n / 16) steps each, half
+    # of what one process would need.
+    assert steps == 2 * int(np.ceil(train_sentences / 16))
+
+
+@pytest.mark.slow
+def test_training_real_packaged_base_few_steps(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, base="packaged:all-minilm-l6-v2"),
+                         ["training.max_steps=4", "training.eval_every=4", "training.learning_rate=5e-5"])
+    trained = train(recipe, progress=False)
+    assert trained.model.config.hidden_size == 384 and trained.model.config.num_hidden_layers == 6
+    reloaded = StanceModel.from_pretrained(tmp_path / "model")
+    predictions = reloaded.classify("The army will attack the city soon. She plays the piano.")
+    assert len(predictions) == 2 and set(predictions[0].scores) == set(reloaded.labels)
