@@ -123,7 +123,7 @@ def main() -> None:
     report, _, _ = evaluate_model(model, dataset["test"])
     results["fine-tuned model (models/claim-types)"] = (report, time.time() - t0)
 
-    lines = [f"# Claim-type model vs baselines (test split)", "",
+    lines = ["# Claim-type model vs baselines (test split)", "",
              f"Command: `python benchmarks/baselines.py --recipe {args.recipe} --model {args.model}"
              + (f" --write {args.write}`" if args.write else "`"),
              f"Date {datetime.date.today()}, {platform.machine()} with {os.cpu_count()} cores, Python "

@@ -7,6 +7,8 @@ that is wrong, in the spirit of spaCy's error catalogue.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class StanceclfError(Exception):
     """Base class of every error raised on bad input or bad configuration."""
@@ -73,3 +75,25 @@ class InputRecordError(StanceclfError):
     """A record of a corpus to score is unusable (empty, missing field, not UTF-8, too long)."""
 
     code = "E030"
+
+
+def describe_validation_error(exc) -> str:
+    """A pydantic ``ValidationError`` as one line naming each bad field."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"field '{field}': {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_toml(path: str | Path, error: type[StanceclfError], what: str) -> dict:
+    """Read a TOML file, turning a missing file or bad syntax into ``error`` naming the file."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} file not found", where=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"not valid TOML: {exc}", where=str(path)) from None

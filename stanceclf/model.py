@@ -14,14 +14,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import ModelDirectoryError
+from .errors import ModelDirectoryError, describe_validation_error
 from .schema import LabelSchema
 from .sentences import SentenceSplitter
 
@@ -103,8 +103,7 @@ class ModelManifest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ModelDirectoryError(f"invalid manifest: {problems}", where=str(path)) from None
+            raise ModelDirectoryError(f"invalid manifest: {describe_validation_error(exc)}", where=str(path)) from None
 
 
 @dataclass
@@ -123,12 +122,13 @@ class Prediction:
 
 
 @dataclass
-class TokenizedBatchStats:
+class InferenceStats:
+    """Counts since load: units scored, truncated, real and padded tokens (for benchmarks)."""
+
     units: int = 0
     truncated: int = 0
     tokens: int = 0
     padded_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class StanceModel:
@@ -139,7 +139,7 @@ class StanceModel:
         self.tokenizer = tokenizer
         self.manifest = manifest
         self.path = Path(path) if path is not None else None
-        self.stats = TokenizedBatchStats()
+        self.stats = InferenceStats()
         # Fast tokenizers mutate their truncation/padding state per call: one caller at a time.
         self._tokenizer_lock = threading.Lock()
         self._stats_lock = threading.Lock()

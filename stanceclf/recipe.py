@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .base_models import DEFAULT_BASE
 from .dataset import BuildConfig
-from .errors import RecipeError
+from .errors import RecipeError, describe_validation_error, load_toml
 from .sentences import SentenceSplitter
 
 
@@ -111,22 +111,13 @@ class Recipe(BaseModel):
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read and validate a recipe file, applying ``section.key=value`` overrides."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecipeError("recipe file not found", where=str(path)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"not valid TOML: {exc}", where=str(path)) from None
+    data = load_toml(path, RecipeError, "recipe")
     for override in overrides or []:
         apply_override(data, override, where=str(path))
     try:
         return Recipe.model_validate({**data, "source": str(path.resolve())})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"field '{field}': {err['msg']}")
-        raise RecipeError("; ".join(problems), where=str(path)) from None
+        raise RecipeError(describe_validation_error(exc), where=str(path)) from None
 
 
 def apply_override(data: dict, override: str, *, where: str = "") -> None:

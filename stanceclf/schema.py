@@ -8,12 +8,11 @@ predictor) takes its labels from a :class:`LabelSchema`, never from constants.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import SchemaError
+from .errors import SchemaError, describe_validation_error, load_toml
 
 _LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -79,7 +78,7 @@ class LabelSchema(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise SchemaError(_format_validation(exc), where=where) from None
+            raise SchemaError(describe_validation_error(exc), where=where) from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "LabelSchema":
@@ -88,14 +87,7 @@ class LabelSchema(BaseModel):
         The file has ``name``, ``version``, optional ``description`` and one
         ``[[labels]]`` table per label with ``name`` and ``definition``.
         """
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SchemaError("schema file not found", where=str(path)) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SchemaError(f"not valid TOML: {exc}", where=str(path)) from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(load_toml(path, SchemaError, "schema"), where=str(path))
 
     @classmethod
     def from_labels(cls, names: list[str], *, name: str = "ad-hoc", version: str = "0") -> "LabelSchema":
@@ -118,11 +110,3 @@ def load_schema(name_or_path: str | Path) -> LabelSchema:
             return LabelSchema.from_file(candidate)
     known = sorted({p.stem for d in SCHEMA_DIRS if d.is_dir() for p in d.glob("*.toml")})
     raise SchemaError(f"no schema file or shipped schema named {str(name_or_path)!r}; shipped: {known}")
-
-
-def _format_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"field '{field}': {err['msg']}")
-    return "; ".join(parts)

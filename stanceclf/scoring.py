@@ -344,7 +344,6 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
     bar = tqdm(total=None, unit=" sent", disable=not progress, dynamic_ncols=True, desc="scoring", file=sys.stderr)
 
     def flush(chunk: list[tuple[InputRecord, list]], next_done: int):
-        nonlocal errors_written
         texts = [s.text for _, sentences in chunk for s in sentences]
         probs, truncated = model.predict_proba(texts, batch_size=batch_size)
         rows, cursor = [], 0

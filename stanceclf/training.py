@@ -19,7 +19,7 @@ import numpy as np
 
 from .base_models import resolve_base
 from .calibration import calibrate
-from .dataset import build_dataset, load_built_dataset, save_dataset
+from .dataset import build_dataset, load_built_dataset
 from .errors import RecipeError
 from .metrics import expected_calibration_error, multilabel_report
 from .model import ModelManifest, StanceModel, _quiet_transformers, probabilities

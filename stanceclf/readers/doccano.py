@@ -12,37 +12,22 @@ out of range.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..documents import AnnotatedDocument
 from ..errors import AnnotationError
+from .native import iter_jsonl
 from .validation import SpanChecker
 
 
 def read_doccano(path: str | Path, checker: SpanChecker, *, text_field: str = "text", annotator: str = "doccano"):
     """Yield :class:`AnnotatedDocument` objects from a doccano JSONL export."""
     path = Path(path)
-    # Binary lines, decoded one by one, so that a bad byte costs one line and is reported with its number.
-    with open(path, "rb") as handle:
-        for line_number, raw_line in enumerate(handle, 1):
-            where = f"{path}:{line_number}"
-            try:
-                line = raw_line.decode("utf-8-sig")
-            except UnicodeDecodeError as exc:
-                checker.fail(AnnotationError(f"not UTF-8: {exc.reason} at byte {exc.start}", where=where))
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                checker.fail(AnnotationError(f"not valid JSON: {exc.msg}", where=where))
-                continue
-            document = _document_from_record(record, path, line_number, checker, text_field, annotator)
-            if document is not None:
-                checker.report.documents += 1
-                yield document
+    for line_number, _, record in iter_jsonl(path, checker):
+        document = _document_from_record(record, path, line_number, checker, text_field, annotator)
+        if document is not None:
+            checker.report.documents += 1
+            yield document
 
 
 def _document_from_record(record, path: Path, line_number: int, checker: SpanChecker, text_field: str,

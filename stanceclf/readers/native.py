@@ -39,11 +39,23 @@ def read_native(path: str | Path, checker: SpanChecker, *, text_root: str | Path
     """Yield :class:`AnnotatedDocument` objects from a native JSONL file."""
     path = Path(path)
     root = Path(text_root) if text_root is not None else path.parent
+    for line_number, where, record in iter_jsonl(path, checker):
+        document = _document_from_record(record, root, checker, where)
+        if document is not None:
+            checker.report.documents += 1
+            yield document
+
+
+def iter_jsonl(path: Path, checker: SpanChecker):
+    """``(line number, where, parsed record)`` for each non-empty line of a JSONL file.
+
+    Lines are decoded one by one, so that a bad byte costs one line and is reported with
+    its number (through ``checker.fail``); a byte-order mark before line 1 is accepted.
+    """
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, 1):
             where = f"{path}:{line_number}"
             try:
-                # utf-8-sig: a byte-order mark some editors put before line 1 is not an error.
                 line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 checker.fail(AnnotationError(f"not valid UTF-8: {exc.reason} at byte {exc.start}", where=where))
@@ -51,14 +63,9 @@ def read_native(path: str | Path, checker: SpanChecker, *, text_root: str | Path
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_number, where, json.loads(line)
             except json.JSONDecodeError as exc:
                 checker.fail(AnnotationError(f"not valid JSON: {exc.msg}", where=where))
-                continue
-            document = _document_from_record(record, root, checker, where)
-            if document is not None:
-                checker.report.documents += 1
-                yield document
 
 
 def _document_from_record(record, root: Path, checker: SpanChecker, where: str):

@@ -1,0 +1,92 @@
+"""The command line verbs, run in process with typer's runner."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from stanceclf.cli import app
+from stanceclf.dataset import BuildConfig, build_dataset, save_dataset
+from stanceclf.documents import AnnotatedDocument, Span
+from stanceclf.schema import load_schema
+
+runner = CliRunner()
+TEXT = "NATO will expand again. Moscow warned of a dangerous escalation.\nThe summit opened on Monday."
+
+
+def small_dataset(tmp_path):
+    schema = load_schema("claim-types")
+    docs = [AnnotatedDocument(f"d{i}", TEXT, [Span(0, 23, "prediction", "t"), Span(24, 64, "threat_framing", "t")],
+                              ("t",)) for i in range(10)]
+    dataset, info = build_dataset(docs, schema, BuildConfig(split_ratios={"train": 0.6, "dev": 0.2, "test": 0.2}))
+    return save_dataset(dataset, info, schema, tmp_path / "data")
+
+
+def test_cli_evaluate_writes_table_report_and_plots(tmp_path, tiny_model_dir):
+    data = small_dataset(tmp_path)
+    result = runner.invoke(app, ["evaluate", str(tiny_model_dir), str(data), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    assert "| prediction |" in result.output and "macro" in result.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["labels"]["prediction"]["support"] == 2 and report["examples"] == 6
+    assert (tmp_path / "ev" / "pr-prediction.png").stat().st_size > 1000
+    assert (tmp_path / "ev" / "errors-per-label.png").exists()
+
+
+def test_cli_evaluate_unknown_split_is_a_clear_error(tmp_path, tiny_model_dir):
+    data = small_dataset(tmp_path)
+    result = runner.invoke(app, ["evaluate", str(tiny_model_dir), str(data), "--split", "holdout"])
+    assert result.exit_code == 1
+    assert "no split 'holdout'" in result.output
+
+
+def test_cli_export_gives_a_pipeline_loadable_directory(tmp_path, tiny_model_dir):
+    from transformers import pipeline
+
+    result = runner.invoke(app, ["export", str(tiny_model_dir), str(tmp_path / "plain")])
+    assert result.exit_code == 0, result.output
+    classifier = pipeline("text-classification", model=str(tmp_path / "plain"), top_k=None)
+    out = classifier(["War is coming."])
+    assert {item["label"] for item in out[0]} == {"prediction", "threat_framing", "policy_attribution"}
+
+
+def test_cli_classify_prints_json_per_sentence(tmp_path, tiny_model_dir):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT, encoding="utf-8")
+    result = runner.invoke(app, ["classify", str(doc), "--model", str(tiny_model_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["text"] for r in rows] == ["NATO will expand again.", "Moscow warned of a dangerous escalation.",
+                                         "The summit opened on Monday."]
+    assert rows[2]["start"] == TEXT.index("The summit")
+
+
+def test_cli_info_and_missing_model_error(tmp_path, tiny_model_dir):
+    result = runner.invoke(app, ["info", str(tiny_model_dir)])
+    assert result.exit_code == 0 and "threshold 0.500" in result.output
+    result = runner.invoke(app, ["info", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "[E020]" in result.output
+
+
+def test_cli_score_reports_bad_record_and_exit_code(tmp_path, tiny_model_dir):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "a", "text": TEXT}) + "\n" + json.dumps({"id": "b", "text": " "}) + "\n")
+    result = runner.invoke(app, ["score", str(source), "--out", str(tmp_path / "o.jsonl"), "--model",
+                                 str(tiny_model_dir), "--no-progress"])
+    assert result.exit_code == 1
+    assert "[E030]" in result.output and "id 'b'" in result.output and "--on-error skip" in result.output
+    result = runner.invoke(app, ["score", str(source), "--out", str(tmp_path / "o.jsonl"), "--model",
+                                 str(tiny_model_dir), "--no-progress", "--on-error", "skip"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 bad records" in result.output
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+
+
+def test_cli_train_bad_recipe_exits_with_named_field(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "x"\nschema = "claim-types"\noutput_dir = "m"\n[data]\ninputs = ["a.jsonl"]\n'
+                      '[training]\nepochs = -1\n')
+    result = runner.invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 1
+    assert "[E010]" in result.output and "training.epochs" in result.output
