@@ -98,6 +98,12 @@ def main() -> None:
     schema = load_schema(recipe.schema_name)
     labels = schema.label_names
     dataset, info, _ = prepare_dataset(recipe, schema)
+    model = load(args.model)
+    recorded = model.manifest.training.get("documents")
+    built = {name: sorted(set(dataset[name]["doc_id"])) for name in dataset}
+    if recorded is not None and {k: sorted(v) for k, v in recorded.items()} != built:
+        raise SystemExit("the recipe now builds another split than the one the model was trained on; "
+                         "baselines would be compared on different test documents")
     split = {name: (list(dataset[name]["text"]), np.array(dataset[name]["labels"])) for name in ("train", "dev", "test")}
     (x_tr, y_tr), (x_dev, y_dev), (x_te, y_te) = split["train"], split["dev"], split["test"]
 
@@ -118,7 +124,6 @@ def main() -> None:
     results["(c) frozen MiniLM embeddings + logistic regression"] = (multilabel_report(y_te, pred, labels, scores),
                                                                       time.time() - t0)
 
-    model = load(args.model)
     t0 = time.time()
     report, _, _ = evaluate_model(model, dataset["test"])
     results["fine-tuned model (models/claim-types)"] = (report, time.time() - t0)

@@ -145,16 +145,20 @@ def differences(text: str, base, other) -> list[tuple[list, list]]:
     while i < len(base) or j < len(other):
         a, b = [], []
         if i < len(base) and (j >= len(other) or base[i].start <= other[j].start):
-            a.append(base[i]); i += 1
+            a.append(base[i])
+            i += 1
         else:
-            b.append(other[j]); j += 1
+            b.append(other[j])
+            j += 1
         # Grow the group until both sides cover the same stretch (or no more overlapping sentence remains).
         while True:
             end = max(s.end for s in a + b)
             if i < len(base) and base[i].start < end:
-                a.append(base[i]); i += 1
+                a.append(base[i])
+                i += 1
             elif j < len(other) and other[j].start < end:
-                b.append(other[j]); j += 1
+                b.append(other[j])
+                j += 1
             else:
                 break
         groups.append((a, b))

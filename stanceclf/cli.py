@@ -12,7 +12,8 @@ import typer
 
 from .errors import StanceclfError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help texts are shown as written ("[[start, end, label]]" is not markup).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Tag sentences of news and opinion articles with claim types.")
 sheets_app = typer.Typer(no_args_is_help=True, help="Sentence sheets for annotating whole articles by hand.")
 app.add_typer(sheets_app, name="sheets")

@@ -183,7 +183,8 @@ def save_dataset(dataset, info: dict, schema: LabelSchema, out_dir: str | Path, 
     """Save the DatasetDict (Arrow), its build info, statistics, and JSONL/Parquet exports."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset.save_to_disk(str(out_dir / "dataset"))
+    # One shard per split: datasets writes an empty split with zero shards, which it cannot load back.
+    dataset.save_to_disk(str(out_dir / "dataset"), num_shards={name: 1 for name in dataset})
     rows = statistics(dataset, schema)
     (out_dir / BUILD_INFO).write_text(json.dumps({**info, "statistics": rows}, indent=2), encoding="utf-8")
     (out_dir / "statistics.md").write_text(format_statistics(rows) + "\n", encoding="utf-8")
