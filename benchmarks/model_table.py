@@ -1,0 +1,64 @@
+"""Tabulate trained model directories from their manifests: metrics, time, memory, size.
+
+    python benchmarks/model_table.py models/claim-types runs/claim-types-lora --split test \
+        --title "Full fine-tuning vs LoRA" --write benchmarks/results/lora-vs-full.md
+
+Everything comes from each model's ``stanceclf.json`` (written by ``stanceclf train``): the
+metrics of the chosen split, the recipe, training wall time and the training process's
+peak RSS; the weight size is the size of ``model.safetensors`` on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stanceclf.model import ModelManifest  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--title", default="Models")
+    parser.add_argument("--per-label", action="store_true", help="also one row per label and model")
+    parser.add_argument("--write", type=Path)
+    parser.add_argument("--note", action="append", default=[], help="a line to add under the table")
+    args = parser.parse_args()
+
+    lines = [f"# {args.title}", "", "Command: `python benchmarks/model_table.py " + " ".join(sys.argv[1:]) + "`", "",
+             f"| model | method | epochs run | {args.split} macro F1 | {args.split} micro F1 | macro PR-AUC | "
+             "train wall s | peak RSS MB | weights MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    per_label = []
+    for directory in args.models:
+        manifest = ModelManifest.read(directory)
+        report = manifest.metrics.get(args.split)
+        if report is None:
+            raise SystemExit(f"{directory}: no {args.split!r} metrics in the manifest ({list(manifest.metrics)})")
+        training = manifest.training
+        settings = training.get("recipe", {}).get("training", {})
+        size = (directory / "model.safetensors").stat().st_size / 1e6
+        auc = report["macro"].get("pr_auc")
+        lines.append(f"| `{directory}` | {settings.get('method')} (lr {settings.get('learning_rate')}) | "
+                     f"{training.get('epochs_run')} | **{report['macro']['f1']:.3f}** | {report['micro']['f1']:.3f} | "
+                     f"{'-' if auc is None else f'{auc:.3f}'} | {training.get('wall_seconds')} | "
+                     f"{training.get('peak_rss_mb')} | {size:.1f} |")
+        for label, row in report["labels"].items():
+            per_label.append(f"| `{directory.name}` | {label} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                             f"**{row['f1']:.3f}** | {row['support']} |")
+    if args.per_label:
+        lines += ["", f"Per label ({args.split} split):", "", "| model | label | precision | recall | F1 | support |",
+                  "|---|---|---:|---:|---:|---:|", *per_label]
+    lines += [""] + [note for note in args.note]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        args.write.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
