@@ -122,7 +122,7 @@ def evaluate(
     split: str = typer.Option("test", help="Which split to evaluate."),
     out: Optional[Path] = typer.Option(None, help="Folder for report.json, report.md and PNG plots "
                                        "(default: MODEL/eval-SPLIT)."),
-    fast: bool = typer.Option(False, help="Evaluate the int8 fast path."),
+    fast: bool = typer.Option(False, help="Evaluate the ONNX Runtime fast path."),
 ):
     """Evaluate a model on a built dataset: a table, a JSON report and plots."""
     from .dataset import load_built_dataset
@@ -153,7 +153,7 @@ def classify(
     model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per sentence instead of a table."),
     all_sentences: bool = typer.Option(False, "--all", help="Show sentences without labels too."),
-    fast: bool = typer.Option(False, help="Use the int8 fast path."),
+    fast: bool = typer.Option(False, help="Use the ONNX Runtime fast path."),
 ):
     """Classify the sentences of a few documents and print them."""
     from .predict import load
@@ -190,7 +190,7 @@ def score(
     max_chars: int = typer.Option(1_000_000, help="Longest document accepted, in characters."),
     batch_size: int = typer.Option(64, help="Sentences per forward pass."),
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: torch's choice, one per core)."),
-    fast: bool = typer.Option(False, help="Use the int8 fast path (scores within 0.02 of fp32)."),
+    fast: bool = typer.Option(False, help="Use the ONNX Runtime fast path (same scores, faster on CPU)."),
     overwrite: bool = typer.Option(False, help="Start again even if OUT or an interrupted run exists."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):

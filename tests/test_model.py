@@ -118,7 +118,25 @@ def test_model_probabilities_apply_temperature():
 def test_model_fast_path_within_tolerance_of_fp32(make_tiny_model):
     model = make_tiny_model(seed=3)
     texts = ["The US will deploy missiles in Asia.", "China warned of an arms race.",
-             "Putin met Xi in Moscow on Monday.", "Prices rose again."] * 4
+             "Putin met Xi in Moscow on Monday.", "Prices rose again.", "a " * 60] * 4
     fp32, _ = model.predict_proba(texts)
-    int8, _ = model.quantized().predict_proba(texts)
-    assert np.abs(fp32 - int8).max() <= 0.02
+    fast = model.accelerated()
+    assert fast.encoder is not None
+    onnx, _ = fast.predict_proba(texts)
+    assert np.abs(fp32 - onnx).max() <= 0.02
+
+
+def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles():
+    """The real check: the shipped model's scores on every seed sentence, fast vs fp32."""
+    from pathlib import Path
+
+    from stanceclf.predict import default_model_path
+
+    model = StanceModel.from_pretrained(default_model_path())
+    fast = model.accelerated()
+    seeds = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))
+    texts = [s.text for path in seeds for s in model.split(path.read_text(encoding="utf-8"))]
+    assert len(texts) > 200
+    fp32, _ = model.predict_proba(texts)
+    onnx, _ = fast.predict_proba(texts)
+    assert np.abs(fp32 - onnx).max() <= 0.02
