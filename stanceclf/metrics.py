@@ -8,26 +8,37 @@ import numpy as np
 def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str],
                       y_score: np.ndarray | None = None) -> dict:
     """Per-label precision, recall, F1, support (and PR-AUC when scores are given),
-    plus micro and macro averages."""
+    plus micro and macro averages.
+
+    Each label is scored as its own binary problem, positive class 1. (Handing a
+    one-column matrix to scikit-learn's multi-label averaging would make it a binary
+    target whose "macro" average mixes in the negative class.)
+    """
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = np.asarray(y_pred).astype(int)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None,
-                                                                     labels=range(len(labels)), zero_division=0)
+    y_true = np.asarray(y_true).astype(int).reshape(len(y_true), len(labels))
+    y_pred = np.asarray(y_pred).astype(int).reshape(len(y_pred), len(labels))
+
+    def binary(truth, predicted) -> tuple[float, float, float]:
+        p, r, f, _ = precision_recall_fscore_support(truth, predicted, average="binary", pos_label=1,
+                                                     zero_division=0)
+        return float(p), float(r), float(f)
+
     report: dict = {"labels": {}}
     for i, label in enumerate(labels):
-        row = {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-               "support": int(support[i]), "predicted": int(y_pred[:, i].sum())}
+        precision, recall, f1 = binary(y_true[:, i], y_pred[:, i]) if len(y_true) else (0.0, 0.0, 0.0)
+        row = {"precision": precision, "recall": recall, "f1": f1,
+               "support": int(y_true[:, i].sum()), "predicted": int(y_pred[:, i].sum())}
         if y_score is not None:
-            row["pr_auc"] = (float(average_precision_score(y_true[:, i], y_score[:, i]))
+            row["pr_auc"] = (float(average_precision_score(y_true[:, i], np.asarray(y_score)[:, i]))
                              if y_true[:, i].any() else None)
         report["labels"][label] = row
-    for average in ("micro", "macro"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
-        report[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    rows = list(report["labels"].values())
+    micro = binary(y_true.ravel(), y_pred.ravel()) if len(y_true) else (0.0, 0.0, 0.0)
+    report["micro"] = dict(zip(("precision", "recall", "f1"), micro))
+    report["macro"] = {key: float(np.mean([row[key] for row in rows])) for key in ("precision", "recall", "f1")}
     if y_score is not None:
-        aucs = [row["pr_auc"] for row in report["labels"].values() if row["pr_auc"] is not None]
+        aucs = [row["pr_auc"] for row in rows if row["pr_auc"] is not None]
         report["macro"]["pr_auc"] = float(np.mean(aucs)) if aucs else None
     report["examples"] = int(len(y_true))
     return report

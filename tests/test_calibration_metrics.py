@@ -151,3 +151,16 @@ def test_metrics_multilabel_report_without_scores_and_formatted():
     assert table.splitlines()[0] == "**dev**"
     assert "| x | 1.000 | 1.000 | 1.000 | 1 |" in table
     assert "PR-AUC" not in table
+
+
+def test_metrics_single_label_reports_the_positive_class():
+    """A one-label schema (e.g. PTC propaganda) must not fall into scikit-learn's binary
+    averaging, where 'macro' would mix in the negative class."""
+    from stanceclf.metrics import multilabel_report
+
+    y_true = np.array([[1], [1], [0], [0], [0], [0]])
+    y_pred = np.array([[1], [0], [1], [0], [0], [0]])
+    report = multilabel_report(y_true, y_pred, ["propaganda"])
+    row = report["labels"]["propaganda"]
+    assert (row["precision"], row["recall"], row["f1"], row["support"]) == (0.5, 0.5, 0.5, 2)
+    assert report["macro"]["f1"] == 0.5 and report["micro"]["f1"] == 0.5
