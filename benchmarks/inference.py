@@ -8,8 +8,10 @@ Sentences: every sentence of the 200 SemEval articles plus the PTC dev articles 
 Measured (one run each, same machine, same sentences):
   1. transformers.pipeline("text-classification", model=DIR, top_k=None), default settings
   2. stanceclf classify(list, split_sentences=False), fp32
-  3. the same with the fast path (load(fast=True): ONNX Runtime, fused attention)
-  4. stanceclf score on the articles as documents (splitting included), fp32
+  3. the same with each fast path: load(fast="bf16") (bfloat16 matrix products) and
+     load(fast="onnx") (ONNX Runtime, fused attention); the largest score difference from
+     fp32 and the number of label decisions that change
+  4. stanceclf score on the articles as documents (splitting included), fp32 and --fast
   5. scaling: stanceclf score on 10k and 100k sentences (the corpus repeated), time and peak RSS
 """
 
@@ -58,7 +60,7 @@ def job_pipeline(model_dir: str, sentences: list[str]) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-def job_classify(model_dir: str, sentences: list[str], fast: bool) -> dict:
+def job_classify(model_dir: str, sentences: list[str], fast: bool | str) -> dict:
     from stanceclf import load
 
     model = load(model_dir, fast=fast)
@@ -72,7 +74,7 @@ def job_classify(model_dir: str, sentences: list[str], fast: bool) -> dict:
             "scores": scores}
 
 
-def run_child(kind: str, model_dir: str, sentences_file: str, fast: bool = False) -> dict:
+def run_child(kind: str, model_dir: str, sentences_file: str, fast: bool | str = False) -> dict:
     code = (
         "import json,resource,sys,importlib.util as u;sys.path.insert(0,%r);"
         "spec=u.spec_from_file_location('bench_inference',%r);m=u.module_from_spec(spec);spec.loader.exec_module(m);"
@@ -81,13 +83,14 @@ def run_child(kind: str, model_dir: str, sentences_file: str, fast: bool = False
         "r=%s;"
         "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024;print(json.dumps(r))"
     ) % (str(REPO), str(Path(__file__).resolve()), sentences_file,
-         f"job_pipeline({model_dir!r}, s)" if kind == "pipeline" else f"job_classify({model_dir!r}, s, {fast})")
+         f"job_pipeline({model_dir!r}, s)" if kind == "pipeline" else f"job_classify({model_dir!r}, s, {fast!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_score(model_dir: str, docs: list[tuple[str, str]], repeat_to: int | None, workdir: Path, fast: bool) -> dict:
+def run_score(model_dir: str, docs: list[tuple[str, str]], repeat_to: int | None, workdir: Path,
+              backend: str) -> dict:
     """stanceclf score as a user runs it, with /usr/bin/time for the peak RSS."""
     from stanceclf.sentences import SentenceSplitter
 
@@ -108,7 +111,7 @@ def run_score(model_dir: str, docs: list[tuple[str, str]], repeat_to: int | None
                 break
     out = workdir / f"scores-{repeat_to}.jsonl"
     command = ["/usr/bin/time", "-f", "%M %e", sys.executable, "-m", "stanceclf.cli", "score", str(source),
-               "--out", str(out), "--model", model_dir, "--no-progress", "--overwrite"] + (["--fast"] if fast else [])
+               "--out", str(out), "--model", model_dir, "--no-progress", "--overwrite", "--backend", backend]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
         raise SystemExit(result.stderr)
@@ -117,10 +120,17 @@ def run_score(model_dir: str, docs: list[tuple[str, str]], repeat_to: int | None
     return {"sentences": rows, "seconds": float(elapsed), "peak_rss_mb": int(rss_kb) / 1024}
 
 
-def matmul_peak_gflops(seconds: float = 3.0) -> float:
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def matmul_peak_gflops(seconds: float = 3.0, dtype: str = "float32") -> float:
     import torch
 
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a, b = (torch.randn(1024, 1024).to(getattr(torch, dtype)) for _ in range(2))
     for _ in range(3):
         a @ b
     n, start = 0, time.perf_counter()
@@ -146,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "models" / "claim-types"))
     parser.add_argument("--scaling", default="10000,100000", help="corpus sizes in sentences for stanceclf score")
-    parser.add_argument("--scaling-fast", action="store_true", help="use the fast path for the scaling runs")
+    parser.add_argument("--scaling-backend", default="auto", help="backend of the scaling runs (torch, bf16, onnx, auto)")
     parser.add_argument("--limit", type=int, help="use only this many sentences (a quick dry run)")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
@@ -160,29 +170,44 @@ def main() -> None:
 
     pipe = run_child("pipeline", args.model, str(sentences_file))
     fp32 = run_child("classify", args.model, str(sentences_file))
-    int8 = run_child("classify", args.model, str(sentences_file), fast=True)
+    fast = {backend: run_child("classify", args.model, str(sentences_file), fast=backend) for backend in ("bf16", "onnx")}
     import numpy as np
 
-    int8_gap = float(np.abs(np.array(fp32.pop("scores")) - np.array(int8.pop("scores"))).max())
+    from stanceclf.fast_path import resolve_backend
+    from stanceclf.model import ModelManifest
+
+    manifest = ModelManifest.read(Path(args.model))
+    threshold_row = np.array([manifest.thresholds[label] for label in manifest.labels])
+    reference = np.array(fp32.pop("scores"))
+    gaps = {}
+    for backend, result in fast.items():
+        scores = np.array(result.pop("scores"))
+        flips = int(((scores >= threshold_row) != (reference >= threshold_row)).sum())
+        gaps[backend] = (float(np.abs(scores - reference).max()), flips)
     documents = corpus_documents(limit=3 if args.limit else None)
-    score = run_score(args.model, documents, None, workdir, fast=False)
+    score = run_score(args.model, documents, None, workdir, backend="torch")
+    score_fast = run_score(args.model, documents, None, workdir, backend="auto")
     peak = matmul_peak_gflops()
+    peak_bf16 = matmul_peak_gflops(dtype="bfloat16")
     flops = model_flops(args.model, fp32["padded_tokens"], n)
     achieved = flops / fp32["seconds"] / 1e9
-    scaling = [run_score(args.model, documents, int(size), workdir, fast=args.scaling_fast)
+    scaling = [run_score(args.model, documents, int(size), workdir, backend=args.scaling_backend)
                for size in args.scaling.split(",")]
 
     def rate(seconds, count=n):
         return count / seconds
 
     base = rate(pipe["seconds"])
+    auto = resolve_backend("auto")
+    described = {"bf16": "bfloat16 matrix products", "onnx": "ONNX Runtime, fused attention"}
     lines = ["# Inference throughput and memory", "",
              f"Command: `python benchmarks/inference.py --model {args.model}"
-             + (" --scaling-fast" if args.scaling_fast else "") + (f" --write {args.write}`" if args.write else "`"),
-             f"Date {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}, torch {__import__('torch').__version__}, "
-             f"transformers {__import__('transformers').__version__}. One run each; this machine varies "
-             "by up to 40% from run to run.",
+             + (f" --scaling-backend {args.scaling_backend}" if args.scaling_backend != "auto" else "")
+             + (f" --write {args.write}`" if args.write else "`"),
+             f"Date {datetime.date.today()}, {platform.machine()} ({cpu_model()}), "
+             f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {__import__('torch').__version__}, "
+             f"transformers {__import__('transformers').__version__}. `fast=True` on this CPU means `{auto}`. "
+             "One run each; this machine varies by up to 40% from run to run.",
              f"Input: {n} sentences from the 200 SemEval-2025 articles and the 57 PTC dev articles "
              f"(mean {fp32['tokens'] / n:.1f} tokens; padding overhead with length-sorted batches "
              f"{fp32['padded_tokens'] / fp32['tokens'] - 1:.1%}).", "",
@@ -190,20 +215,27 @@ def main() -> None:
              f"| `pipeline('text-classification', top_k=None)`, default settings | {base:.1f} | 1.0x | "
              f"{pipe['peak_rss_mb']:.0f} |",
              f"| `classify(list, split_sentences=False)` fp32 | {rate(fp32['seconds']):.1f} | "
-             f"{rate(fp32['seconds']) / base:.1f}x | {fp32['peak_rss_mb']:.0f} |",
-             f"| `classify(...)` with `load(fast=True)` (ONNX Runtime) | {rate(int8['seconds']):.1f} | "
-             f"{rate(int8['seconds']) / base:.1f}x | {int8['peak_rss_mb']:.0f} |",
-             f"| `stanceclf score` on the articles (splitting, I/O, process start included) fp32 | "
-             f"{rate(score['seconds'], score['sentences']):.1f} | "
-             f"{rate(score['seconds'], score['sentences']) / base:.1f}x | {score['peak_rss_mb']:.0f} |",
-             "",
-             f"fp32 path: {flops / n / 1e9:.3f} GFLOP per sentence (padded), {achieved:.1f} GFLOP/s achieved "
-             f"against a measured fp32 matmul peak of {peak:.1f} GFLOP/s (1024x1024 `torch.mm`): "
-             f"{achieved / peak:.0%} of peak.", "",
-             f"fast path: largest difference from the fp32 score over all {n} sentences and labels: "
-             f"{int8_gap:.4f} (the tests require at most 0.02).", "",
-             "## Scaling of `stanceclf score`" + (" (fast path)" if args.scaling_fast else " (fp32)"), "",
-             "| sentences | seconds | sentences/s | peak RSS MB |", "|---:|---:|---:|---:|"]
+             f"{rate(fp32['seconds']) / base:.1f}x | {fp32['peak_rss_mb']:.0f} |"]
+    for backend, result in fast.items():
+        lines.append(f"| `classify(...)` with `load(fast=\"{backend}\")` ({described[backend]}) | "
+                     f"{rate(result['seconds']):.1f} | {rate(result['seconds']) / base:.1f}x | "
+                     f"{result['peak_rss_mb']:.0f} |")
+    for label, row in (("fp32", score), (f"`--fast` ({auto})", score_fast)):
+        lines.append(f"| `stanceclf score` on the articles (splitting, I/O, process start included), {label} | "
+                     f"{rate(row['seconds'], row['sentences']):.1f} | "
+                     f"{rate(row['seconds'], row['sentences']) / base:.1f}x | {row['peak_rss_mb']:.0f} |")
+    lines += ["",
+              f"fp32 path: {flops / n / 1e9:.3f} GFLOP per sentence (padded), {achieved:.1f} GFLOP/s achieved "
+              f"against a measured fp32 matmul peak of {peak:.1f} GFLOP/s (1024x1024 `torch.mm`): "
+              f"{achieved / peak:.0%} of peak. The same product in bfloat16 runs at {peak_bf16:.1f} GFLOP/s, "
+              "which is where the bf16 path's speed comes from.", "",
+              f"Fast paths against fp32, over all {n} sentences x {len(threshold_row)} labels (the tests require "
+              "every score within 0.02):", ""]
+    for backend, (gap, flips) in gaps.items():
+        lines.append(f"- `{backend}`: largest score difference {gap:.4f}; label decisions changed: {flips} "
+                     f"of {n * len(threshold_row)}.")
+    lines += ["", f"## Scaling of `stanceclf score` (backend {resolve_backend(args.scaling_backend)})", "",
+              "| sentences | seconds | sentences/s | peak RSS MB |", "|---:|---:|---:|---:|"]
     for row in scaling:
         lines.append(f"| {row['sentences']:,} | {row['seconds']:.0f} | {rate(row['seconds'], row['sentences']):.1f} | "
                      f"{row['peak_rss_mb']:.0f} |")

@@ -71,6 +71,12 @@ class BaseModelError(StanceclfError):
     code = "E021"
 
 
+class BackendError(StanceclfError):
+    """An unknown inference backend was asked for."""
+
+    code = "E022"
+
+
 class InputRecordError(StanceclfError):
     """A record of a corpus to score is unusable (empty, missing field, not UTF-8, too long)."""
 

@@ -29,18 +29,23 @@ def default_model_path() -> Path:
                               + ", ".join(str(d) for d in _DEFAULT_MODEL_DIRS))
 
 
-def load(path: str | Path | None = None, *, fast: bool = False) -> StanceModel:
+def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceModel:
     """Load a model directory (the shipped default when ``path`` is None).
 
-    Loaded models are cached per (directory, fast): calling ``load`` again is
+    Loaded models are cached per (directory, backend): calling ``load`` again is
     free, and concurrent first calls from several threads load it once.
-    ``fast=True`` runs the model on ONNX Runtime with fused attention (same scores, faster on CPU).
+    ``fast=True`` runs the fastest path for this CPU (bfloat16 matrix products where the
+    CPU has native bfloat16, else ONNX Runtime); ``fast="bf16"`` or ``fast="onnx"`` picks
+    one. Every fast path keeps each score within 0.02 of the fp32 path.
     """
+    from .fast_path import resolve_backend
+
     directory = Path(path) if path is not None else default_model_path()
-    key = (str(directory.resolve()), fast)
+    backend = resolve_backend(fast)
+    key = (str(directory.resolve()), backend)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = StanceModel.from_pretrained(directory, fast=fast)
+            _cache[key] = StanceModel.from_pretrained(directory, fast=backend)
         return _cache[key]
 
 

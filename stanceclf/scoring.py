@@ -277,7 +277,7 @@ def _signature(paths, model, options: dict) -> str:
             if file.is_file():
                 stat = file.stat()
                 digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(str(model.path).encode())
+    digest.update(f"{model.path}:{getattr(model, 'backend', 'torch')}".encode())
     digest.update((model.path / "model.safetensors").read_bytes()[:4096] if model.path else b"")
     digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()

@@ -62,6 +62,20 @@ def test_cli_classify_prints_json_per_sentence(tmp_path, tiny_model_dir):
     assert rows[2]["start"] == TEXT.index("The summit")
 
 
+def test_cli_classify_backends(tmp_path, tiny_model_dir):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT, encoding="utf-8")
+    plain = runner.invoke(app, ["classify", str(doc), "--model", str(tiny_model_dir), "--json"])
+    bf16 = runner.invoke(app, ["classify", str(doc), "--model", str(tiny_model_dir), "--json", "--backend", "bf16"])
+    assert plain.exit_code == 0 and bf16.exit_code == 0, bf16.output
+    for a, b in zip(plain.output.splitlines(), bf16.output.splitlines()):
+        a, b = json.loads(a), json.loads(b)
+        assert a["text"] == b["text"]
+        assert max(abs(a["scores"][k] - b["scores"][k]) for k in a["scores"]) <= 0.02
+    result = runner.invoke(app, ["classify", str(doc), "--model", str(tiny_model_dir), "--backend", "int4"])
+    assert result.exit_code == 1 and "[E022]" in result.output and "'int4'" in result.output
+
+
 def test_cli_info_and_missing_model_error(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["info", str(tiny_model_dir)])
     assert result.exit_code == 0 and "threshold 0.500" in result.output

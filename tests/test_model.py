@@ -115,28 +115,44 @@ def test_model_probabilities_apply_temperature():
     assert softened[0, 1] > plain[0, 1]
 
 
-def test_model_fast_path_within_tolerance_of_fp32(make_tiny_model):
+@pytest.mark.parametrize("backend", ["bf16", "onnx"])
+def test_model_fast_path_within_tolerance_of_fp32(make_tiny_model, backend):
     model = make_tiny_model(seed=3)
     texts = ["The US will deploy missiles in Asia.", "China warned of an arms race.",
              "Putin met Xi in Moscow on Monday.", "Prices rose again.", "a " * 60] * 4
     fp32, _ = model.predict_proba(texts)
-    fast = model.accelerated()
-    assert fast.encoder is not None
-    onnx, _ = fast.predict_proba(texts)
-    assert np.abs(fp32 - onnx).max() <= 0.02
+    fast = model.accelerated(backend)
+    assert fast.backend == backend and fast.encoder is not None
+    scores, _ = fast.predict_proba(texts)
+    assert np.abs(fp32 - scores).max() <= 0.02
 
 
-def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles():
+@pytest.mark.parametrize("backend", ["bf16", "onnx"])
+def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles(backend):
     """The real check: the shipped model's scores on every seed sentence, fast vs fp32."""
     from pathlib import Path
 
     from stanceclf.predict import default_model_path
 
     model = StanceModel.from_pretrained(default_model_path())
-    fast = model.accelerated()
+    fast = model.accelerated(backend)
     seeds = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))
     texts = [s.text for path in seeds for s in model.split(path.read_text(encoding="utf-8"))]
     assert len(texts) > 200
     fp32, _ = model.predict_proba(texts)
-    onnx, _ = fast.predict_proba(texts)
-    assert np.abs(fp32 - onnx).max() <= 0.02
+    scores, _ = fast.predict_proba(texts)
+    assert np.abs(fp32 - scores).max() <= 0.02
+
+
+def test_model_fast_backend_resolution(monkeypatch):
+    from stanceclf import fast_path
+    from stanceclf.errors import BackendError
+
+    monkeypatch.setattr(fast_path, "native_bf16_supported", lambda: True)
+    assert fast_path.resolve_backend(True) == "bf16"
+    monkeypatch.setattr(fast_path, "native_bf16_supported", lambda: False)
+    assert fast_path.resolve_backend("auto") == "onnx"
+    assert fast_path.resolve_backend(False) == "torch"
+    assert fast_path.resolve_backend("bf16") == "bf16"
+    with pytest.raises(BackendError, match="E022.*'int4'"):
+        fast_path.resolve_backend("int4")

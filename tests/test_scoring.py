@@ -145,6 +145,30 @@ def test_scoring_is_deterministic(tmp_path, tiny_model):
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
+def test_scoring_refuses_to_resume_with_another_backend(tmp_path, tiny_model, monkeypatch):
+    """bf16 scores differ slightly from fp32: one output must not mix the two."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(40)])
+    real_predict = StanceModel.predict_proba
+    calls = []
+
+    def interrupted_after_one_chunk(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(StanceModel, "predict_proba", interrupted_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
+    monkeypatch.setattr(StanceModel, "predict_proba", real_predict)
+    with pytest.raises(StanceclfError, match="other inputs, model or options"):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model.accelerated("bf16"), progress=False,
+                     chunk_sentences=30)
+    summary = score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
+    assert summary.resumed_from > 0
+    assert len(read_jsonl(tmp_path / "o.jsonl")) == 120
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_scoring_resumes_after_kill_without_lost_or_duplicated_rows(tmp_path, tiny_model_dir, fmt):
     records = [{"id": f"doc{i:04d}", "text": f"Document {i} says NATO will grow. " + ARTICLE} for i in range(1500)]
