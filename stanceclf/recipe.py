@@ -78,6 +78,9 @@ class TrainingSection(BaseModel):
     lora_dropout: float = Field(default=0.1, ge=0, lt=1)
     #: float16 halves the stored weights (the model still runs in float32).
     storage_dtype: Literal["float32", "float16"] = "float32"
+    #: Arithmetic of the forward and backward passes: float32, or bfloat16 mixed precision
+    #: (master weights stay float32); "auto" takes bf16 on a GPU or a CPU with native bfloat16.
+    precision: Literal["float32", "bf16", "auto"] = "float32"
 
 
 class Recipe(BaseModel):

@@ -168,7 +168,7 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
         logging_strategy=strategy, logging_steps=steps,
         load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
         save_total_limit=2, seed=recipe.seed, data_seed=recipe.seed,
-        report_to=[], disable_tqdm=not progress, use_cpu=_use_cpu(),
+        report_to=[], disable_tqdm=not progress, use_cpu=_use_cpu(), bf16=_use_bf16(settings.precision),
         dataloader_num_workers=0,
     )
     trainer_class = _make_trainer_class()
@@ -263,6 +263,16 @@ def _wrap_lora(model, settings):
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=settings.lora_r, lora_alpha=settings.lora_alpha,
                         lora_dropout=settings.lora_dropout, target_modules=["query", "key", "value", "dense"])
     return get_peft_model(model, config)
+
+
+def _use_bf16(precision: str) -> bool:
+    import torch
+
+    if precision == "auto":
+        from .fast_path import native_bf16_supported
+
+        return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else native_bf16_supported()
+    return precision == "bf16"
 
 
 def _use_cpu() -> bool:

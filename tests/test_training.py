@@ -102,6 +102,21 @@ def test_training_loss_falls_and_model_learns_toy_labels(tmp_path, base_tokenize
     assert "ece_after_calibration" in test and test["ece_after_calibration"] <= test["ece_before_calibration"] + 0.02
 
 
+def test_training_bf16_mixed_precision_learns_and_saves_float32(tmp_path, base_tokenizer):
+    import torch
+
+    recipe = load_recipe(write_recipe(tmp_path), ["training.precision=bf16"])
+    model = tiny(base_tokenizer)
+    seen = set()
+    model.base_model.encoder.layer[0].intermediate.dense.register_forward_hook(
+        lambda module, inputs, output: seen.add(output.dtype) if module.training else None)
+    trained = train(recipe, model=model, tokenizer=base_tokenizer, progress=False)
+    assert torch.bfloat16 in seen
+    assert trained.manifest.metrics["test"]["labels"]["prediction"]["f1"] > 0.9
+    reloaded = StanceModel.from_pretrained(tmp_path / "model")
+    assert next(reloaded.model.parameters()).dtype == torch.float32
+
+
 def test_training_saves_calibration_that_survives_reload(tmp_path, base_tokenizer):
     recipe = load_recipe(write_recipe(tmp_path), ["training.epochs=3"])
     trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
