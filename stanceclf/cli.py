@@ -166,10 +166,13 @@ def classify(
 ):
     """Classify the sentences of a few documents and print them."""
     from .predict import load
+    from .readers.native import read_text_file
 
     try:
         loaded = load(model, fast="auto" if fast else backend)
-        sources = [(str(f), f.read_text(encoding="utf-8")) for f in files] if files else [("<stdin>", sys.stdin.read())]
+        # Newlines untouched (CRLF stays CRLF), so that offsets match `stanceclf score` and the file.
+        sources = ([(str(f), read_text_file(f)) for f in files] if files
+                   else [("<stdin>", sys.stdin.buffer.read().decode("utf-8"))])
     except (StanceclfError, OSError, UnicodeDecodeError) as error:
         _fail(error)
     results = loaded.classify([text for _, text in sources])
@@ -225,7 +228,8 @@ def score(
     except KeyboardInterrupt:
         typer.echo("interrupted: run the same command again to resume", err=True)
         raise typer.Exit(code=130)
-    rate = summary.sentences / summary.seconds if summary.seconds else 0.0
+    scored_now = summary.sentences - summary.resumed_sentences
+    rate = scored_now / summary.seconds if summary.seconds else 0.0
     typer.echo(f"scored {summary.documents} documents, {summary.sentences} sentences "
                f"({rate:.0f} sentences/s this run); skipped {summary.skipped} bad records; "
                f"{summary.truncated} sentences truncated at {loaded.max_length} tokens; wrote {out}", err=True)

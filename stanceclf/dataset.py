@@ -75,7 +75,9 @@ def assign_splits(examples_by_doc: dict[str, list[dict]], ratios: dict[str, floa
     doc_ids = sorted(examples_by_doc)
     random.Random(seed).shuffle(doc_ids)
     counts = {d: _doc_counts(examples_by_doc[d]) for d in doc_ids}
-    n_dims = len(next(iter(counts.values()))) if counts else 0
+    n_dims = max((len(c) for c in counts.values()), default=0)
+    # A document with no sentences (an empty text) has no label columns to count: pad with zeros.
+    counts = {d: c + [0] * (n_dims - len(c)) for d, c in counts.items()}
     totals = [sum(c[k] for c in counts.values()) for k in range(n_dims)]
     # Documents rich in the rarest label are placed first, while every split still has room.
     rarity = [1.0 / t if t else 0.0 for t in totals]

@@ -29,21 +29,31 @@ BACKENDS = ("torch", "bf16", "onnx")
 
 
 def native_bf16_supported() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (otherwise oneDNN emulates it, slowly)."""
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX). Without them oneDNN
+    emulates bfloat16 on any AVX-512 CPU, slowly, so torch's own ``mkldnn`` check is too lax."""
     import torch
 
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
+def onnxruntime_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
 def resolve_backend(fast: bool | str) -> str:
-    """``False`` -> torch, ``True`` or ``"auto"`` -> the fastest for this CPU, or a backend named outright."""
+    """``False`` -> torch, ``True`` or ``"auto"`` -> the fastest available on this CPU, or a backend named
+    outright. ``auto`` falls back to torch (fp32) when the CPU lacks bfloat16 and ONNX Runtime is not installed."""
     if fast is False or fast is None:
         return "torch"
     if fast is True or fast == "auto":
-        return "bf16" if native_bf16_supported() else "onnx"
+        if native_bf16_supported():
+            return "bf16"
+        return "onnx" if onnxruntime_installed() else "torch"
     if fast not in BACKENDS:
         from .errors import BackendError
 
@@ -73,7 +83,9 @@ class OnnxEncoder:
             import onnxruntime as ort
             from onnxruntime.transformers import optimizer
         except ImportError:
-            raise ImportError("the fast path needs ONNX Runtime: pip install 'stanceclf[fast]'") from None
+            from .errors import BackendError
+
+            raise BackendError("the onnx backend needs ONNX Runtime: pip install 'stanceclf[fast]'") from None
         import torch
 
         eager = copy.deepcopy(model).float().eval()
@@ -94,8 +106,8 @@ class OnnxEncoder:
         optimized = optimizer.optimize_model(onnx.load_from_string(buffer.getvalue()), model_type="bert",
                                              num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        # Follow torch's thread setting (--threads, torch.set_num_threads), so one knob governs both backends.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
         self.session = ort.InferenceSession(optimized.model.SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])
 

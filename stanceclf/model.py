@@ -301,11 +301,15 @@ class StanceModel:
         each input text; without it, each text is one unit.
         """
         single = isinstance(texts, str)
-        if single:
-            texts = [texts]
+        texts = [texts] if single else list(texts)  # a generator would be used up by the checks below
         for position, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"input {position} is {type(text).__name__}, expected str")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"input {position} is not valid Unicode: an unpaired surrogate at character "
+                                 f"{exc.start}") from None
         units: list[tuple[int, int, int, str]] = []
         for doc_index, text in enumerate(texts):
             if split_sentences:

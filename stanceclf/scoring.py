@@ -77,14 +77,19 @@ def _text_problem(text, max_chars: int) -> str | None:
         return f"text is {type(text).__name__}, not a string"
     if not text.strip():
         return "text is empty or whitespace only"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"text is not valid Unicode: an unpaired surrogate at character {exc.start}"
     if len(text) > max_chars:
         return f"text has {len(text):,} characters, above the limit of {max_chars:,} (raise --max-chars to score it)"
     return None
 
 
 def _decode(raw: bytes) -> tuple[str | None, str | None]:
+    """UTF-8 bytes to text; a leading byte-order mark is not part of the text."""
     try:
-        return raw.decode("utf-8"), None
+        return raw.decode("utf-8-sig"), None
     except UnicodeDecodeError as exc:
         return None, f"not valid UTF-8: {exc.reason} at byte {exc.start}"
 
@@ -139,7 +144,7 @@ def _pick(record: dict, id_field: str, text_field: str, fallback_id: str, where:
 def _iter_csv(path: Path, id_field: str, text_field: str):
     csv.field_size_limit(sys.maxsize)
     # Bad bytes become lone surrogates here and are reported per row instead of failing the file.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         for row_number, row in enumerate(reader, 2):  # row 1 is the header
             where = f"{path}:row {row_number}"
@@ -172,6 +177,22 @@ class _Writer:
 
     def __init__(self, path: Path, fmt: str, columns: list[str]):
         self.path, self.fmt, self.columns = path, fmt, columns
+
+    @property
+    def arrow_schema(self):
+        """One fixed schema for every part: a chunk with no labels must not type ``labels`` as list<null>."""
+        import pyarrow as pa
+
+        def kind(column: str):
+            if column in ("doc_id", "text"):
+                return pa.string()
+            if column == "labels":
+                return pa.list_(pa.string())
+            if column.startswith(("score_", "share_")):
+                return pa.float64()
+            return pa.int64()
+
+        return pa.schema([(column, kind(column)) for column in self.columns])
 
     def open(self, resume_length: int | None) -> None:
         if self.fmt == "parquet":
@@ -206,7 +227,7 @@ class _Writer:
 
             target = self.path / f"part-{self.parts:08d}.parquet"
             tmp = target.with_suffix(".tmp")
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+            pq.write_table(pa.Table.from_pylist(rows, schema=self.arrow_schema), tmp)
             os.replace(tmp, target)
             self.parts += 1
 
@@ -239,18 +260,10 @@ class _Writer:
 
         parts = sorted(self.path.glob("part-*.parquet"))
         tmp = final.with_name(final.name + ".tmp")
-        writer = None
-        for part in parts:  # one part in memory at a time
-            table = pq.read_table(part)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-        if writer is None:
-            import pyarrow as pa
-
-            pq.write_table(pa.table({c: [] for c in self.columns}), tmp)
-        else:
-            writer.close()
+        schema = self.arrow_schema
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for part in parts:  # one part in memory at a time
+                writer.write_table(pq.read_table(part, schema=schema))
         os.replace(tmp, final)
         for part in parts:
             part.unlink()
@@ -266,19 +279,28 @@ class ScoreSummary:
     truncated: int = 0
     seconds: float = 0.0
     resumed_from: int = 0
+    #: Sentences an interrupted run had already written (not scored by this run).
+    resumed_sentences: int = 0
 
 
 def _signature(paths, model, options: dict) -> str:
+    """What a resumed run must share with the interrupted one: the input files it reads,
+    the model (weights, manifest, backend) and the options that shape the output."""
     digest = hashlib.sha256()
     for path in paths:
         path = Path(path)
-        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        # Only the files the reader consumes: an output written inside an input folder must not count.
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file()) if path.is_dir() else [path]
         for file in files:
-            if file.is_file():
-                stat = file.stat()
-                digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(f"{model.path}:{getattr(model, 'backend', 'torch')}".encode())
-    digest.update((model.path / "model.safetensors").read_bytes()[:4096] if model.path else b"")
+            stat = file.stat()
+            digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(f"backend:{getattr(model, 'backend', 'torch')}".encode())
+    digest.update(model.manifest.model_dump_json().encode())
+    weights = model.path / "model.safetensors" if model.path else None
+    if weights is not None and weights.exists():
+        with open(weights, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -321,6 +343,13 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
         if state.get("signature") != signature:
             raise StanceclfError("an interrupted run with other inputs, model or options left this progress file; "
                                  "rerun the same command, or pass --overwrite to start again", where=str(progress_path))
+        if out.exists() and not partial.exists():
+            # Killed after the output took its final name, before the progress file went.
+            progress_path.unlink()
+            log("the interrupted run had already finished its output; nothing left to do")
+            return ScoreSummary(documents=state["documents"], sentences=state["sentences"],
+                                skipped=state["skipped"], truncated=state.get("truncated", 0),
+                                resumed_from=state["records_done"])
     elif out.exists():
         raise StanceclfError("the output exists and is complete; pass --overwrite to score again", where=str(out))
 
@@ -336,10 +365,13 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
     summary.resumed_from = done
     if state:
         summary.documents, summary.sentences, summary.skipped = state["documents"], state["sentences"], state["skipped"]
+        summary.truncated = state.get("truncated", 0)
+        summary.resumed_sentences = summary.sentences
         _truncate_lines(errors_path, state["errors_written"])
         log(f"resuming after {done} records ({summary.sentences} sentences already written)")
     errors_written = state["errors_written"] if state else 0
-    errors = open(errors_path, "a", encoding="utf-8")
+    # A fresh run starts a fresh error log: lines from a run killed before its first checkpoint are redone.
+    errors = open(errors_path, "a" if state else "w", encoding="utf-8")
     started = time.time()
     bar = tqdm(total=None, unit=" sent", disable=not progress, dynamic_ncols=True, desc="scoring", file=sys.stderr)
 
@@ -376,17 +408,20 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
         _write_json_atomic(progress_path, {
             "signature": signature, "records_done": next_done, "output_length": length,
             "documents": summary.documents, "sentences": summary.sentences, "skipped": summary.skipped,
-            "errors_written": errors_written})
+            "truncated": summary.truncated, "errors_written": errors_written})
         bar.update(len(texts))
         bar.set_postfix(docs=summary.documents, skipped=summary.skipped)
 
     try:
         chunk: list[tuple[InputRecord, list]] = []
         pending = 0
+        # Records before this number are finished (scored or logged as skipped).
+        seen = done
         for record in iter_records(paths, input_format, id_field=id_field, text_field=text_field,
                                    max_chars=max_chars):
             if record.number < done:
                 continue
+            seen = record.number + 1
             if record.error is not None:
                 message = f"record {record.number} ({record.where}, id {record.doc_id!r}): {record.error}"
                 if on_error == "stop":
@@ -406,8 +441,8 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
             if pending >= chunk_sentences:
                 flush(chunk, record.number + 1)
                 chunk, pending = [], 0
-        # The last (possibly empty) chunk also records the final state.
-        flush(chunk, (chunk[-1][0].number + 1) if chunk else done)
+        # The last (possibly empty) chunk also records the final state, skipped trailing records included.
+        flush(chunk, seen)
     finally:
         bar.close()
         writer.close()

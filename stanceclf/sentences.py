@@ -71,7 +71,9 @@ class SentenceSplitter(BaseModel):
         if self.backend == "syntok":
             return [_syntok_start(sentence) for paragraph in self._syntok.analyze(line) for sentence in paragraph]
         if self.backend == "pysbd":
-            return [span.start for span in self._pysbd.segment(line)]
+            # A pysbd Segmenter keeps the text it is working on: one per call keeps threads apart.
+            return [span.start for span in self._pysbd.Segmenter(language="en", clean=False, char_span=True)
+                    .segment(line)]
         _, offsets = self._blingfire.text_to_sentences_and_offsets(line)
         return [start for start, _ in offsets]
 
@@ -85,7 +87,7 @@ class SentenceSplitter(BaseModel):
     def _pysbd(self):
         import pysbd
 
-        return pysbd.Segmenter(language="en", clean=False, char_span=True)
+        return pysbd
 
     @cached_property
     def _blingfire(self):

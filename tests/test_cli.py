@@ -62,6 +62,17 @@ def test_cli_classify_prints_json_per_sentence(tmp_path, tiny_model_dir):
     assert rows[2]["start"] == TEXT.index("The summit")
 
 
+def test_cli_classify_offsets_of_crlf_file_point_into_the_file(tmp_path, tiny_model_dir):
+    raw = "First line here.\r\nSecond sentence here.\r\n"
+    doc = tmp_path / "crlf.txt"
+    doc.write_bytes(raw.encode("utf-8"))
+    result = runner.invoke(app, ["classify", str(doc), "--model", str(tiny_model_dir), "--json", "--all"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [raw[r["start"]:r["end"]] for r in rows] == ["First line here.", "Second sentence here."]
+    assert rows[1]["start"] == 18
+
+
 def test_cli_classify_backends(tmp_path, tiny_model_dir):
     doc = tmp_path / "doc.txt"
     doc.write_text(TEXT, encoding="utf-8")

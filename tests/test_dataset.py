@@ -87,6 +87,13 @@ def test_dataset_document_without_spans_is_all_negative():
     assert all(e["labels"] == [0, 0, 0] for e in examples)
 
 
+def test_dataset_empty_document_is_split_without_error():
+    documents = [AnnotatedDocument(f"d{i}", TEXT, [Span(*at(TEXT, "Prices will rise"), "prediction", "t")], ("t",))
+                 for i in range(8)] + [AnnotatedDocument("empty", "", [], ("t",))]
+    dataset, _ = build_dataset(documents, CLAIMS, BuildConfig(split_ratios=RATIOS))
+    assert sum(len(dataset[split]) for split in dataset) == 16
+
+
 def test_dataset_example_fields_and_offsets():
     doc = AnnotatedDocument("d", TEXT, [Span(0, 6, "prediction")])
     examples = sentence_examples(doc, CLAIMS, BuildConfig())

@@ -152,6 +152,8 @@ def test_model_fast_backend_resolution(monkeypatch):
     assert fast_path.resolve_backend(True) == "bf16"
     monkeypatch.setattr(fast_path, "native_bf16_supported", lambda: False)
     assert fast_path.resolve_backend("auto") == "onnx"
+    monkeypatch.setattr(fast_path, "onnxruntime_installed", lambda: False)
+    assert fast_path.resolve_backend(True) == "torch"
     assert fast_path.resolve_backend(False) == "torch"
     assert fast_path.resolve_backend("bf16") == "bf16"
     with pytest.raises(BackendError, match="E022.*'int4'"):

@@ -79,6 +79,18 @@ def test_predict_rejects_non_string_input(make_tiny_model):
         model.classify(["fine", None])
 
 
+def test_predict_rejects_text_with_unpaired_surrogate(make_tiny_model):
+    with pytest.raises(ValueError, match="input 0 is not valid Unicode.*character 4"):
+        make_tiny_model().classify(["bad \ud800 text"])
+
+
+def test_predict_accepts_a_generator_of_texts(make_tiny_model):
+    model = make_tiny_model()
+    texts = [TEXT, "Short."]
+    from_generator = model.classify(text for text in texts)
+    assert [[p.text for p in r] for r in from_generator] == [[p.text for p in r] for r in model.classify(texts)]
+
+
 def test_predict_very_long_input_is_split_and_bounded(make_tiny_model):
     model = make_tiny_model(max_length=32)
     text = ("The alliance will respond to every provocation. " * 400) + ("word " * 5000)

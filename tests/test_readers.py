@@ -325,6 +325,13 @@ def test_readers_brat_malformed_t_line(tmp_path):
     assert excinfo.value.where == f"{tmp_path / 'd.ann'}:2"
 
 
+def test_readers_brat_byte_order_mark_in_ann_file(tmp_path):
+    (tmp_path / "d.txt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "d.ann").write_text("\ufeffT1\tprediction 0 16\tPrices will rise\n", encoding="utf-8")
+    documents = read_annotations("brat", tmp_path)
+    assert documents[0].spans == [Span(0, 16, "prediction", "brat")]
+
+
 def test_readers_brat_missing_txt(tmp_path):
     (tmp_path / "d.ann").write_text("T1\tprediction 0 16\tPrices will rise\n", encoding="utf-8")
     with pytest.raises(AnnotationError, match="missing file d.txt") as excinfo:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +210,131 @@ def test_scoring_resumes_after_kill_without_lost_or_duplicated_rows(tmp_path, ti
         clean = tmp_path / "clean.jsonl"
         subprocess.run([*command[:6], str(clean), *command[7:]], env=env, check=True, capture_output=True)
         assert clean.read_bytes() == out.read_bytes()
+
+
+def _interrupt_on_call(monkeypatch, owner, name, after: int):
+    """Make ``owner.name`` raise KeyboardInterrupt from its ``after``-th call on (a Ctrl-C there)."""
+    real = getattr(owner, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return real
+
+
+def test_scoring_parquet_output_when_some_chunks_have_no_labels(tmp_path, tiny_model, monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    real = StanceModel.predict_proba
+
+    def labels_only_for_nato(self, texts, **kwargs):
+        probs, truncated = real(self, texts, **kwargs)
+        return np.array([[0.99 if "NATO" in t else 0.01] * probs.shape[1] for t in texts]), truncated
+
+    monkeypatch.setattr(StanceModel, "predict_proba", labels_only_for_nato)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "NATO will grow."}, {"id": "b", "text": "Calm."}])
+    score_corpus([source], tmp_path / "o.parquet", tiny_model, progress=False, chunk_sentences=1)
+    frame = pd.read_parquet(tmp_path / "o.parquet")
+    assert list(frame["doc_id"]) == ["a", "b"]
+    assert list(frame["labels"][0]) == tiny_model.labels and list(frame["labels"][1]) == []
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_scoring_interrupted_while_finishing_resumes_without_duplicates(tmp_path, tiny_model, monkeypatch, fmt):
+    import pandas as pd
+
+    from stanceclf import scoring
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": f"Sentence {i}."} for i in range(3)])
+    out = tmp_path / f"o.{fmt}"
+    real = _interrupt_on_call(monkeypatch, scoring._Writer, "finish", after=1)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], out, tiny_model, progress=False, chunk_sentences=1)
+    monkeypatch.setattr(scoring._Writer, "finish", real)
+    score_corpus([source], out, tiny_model, progress=False, chunk_sentences=1)
+    ids = [r["doc_id"] for r in read_jsonl(out)] if fmt == "jsonl" else list(pd.read_parquet(out)["doc_id"])
+    assert ids == ["0", "1", "2"]
+
+
+def test_scoring_killed_after_output_renamed_finishes_cleanly(tmp_path, tiny_model, monkeypatch):
+    from stanceclf import scoring
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}])
+    out = tmp_path / "o.jsonl"
+    _interrupt_on_call(monkeypatch, Path, "unlink", after=1)  # the progress file's removal
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], out, tiny_model, progress=False)
+    monkeypatch.undo()
+    assert out.exists() and (tmp_path / ("o.jsonl" + PROGRESS_SUFFIX)).exists()
+    summary = score_corpus([source], out, tiny_model, progress=False)
+    assert summary.sentences == 3 and len(read_jsonl(out)) == 3
+    assert not (tmp_path / ("o.jsonl" + PROGRESS_SUFFIX)).exists()
+
+
+def test_scoring_unpaired_surrogate_is_a_bad_record_not_a_crash(tmp_path, tiny_model):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a", "text": "Fine."}\n{"id": "b", "text": "bad \\ud800 text"}\n', encoding="utf-8")
+    with pytest.raises(InputRecordError, match=r"id 'b'.*unpaired surrogate"):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False)
+    summary = score_corpus([source], tmp_path / "o2.jsonl", tiny_model, progress=False, on_error="skip")
+    assert summary.skipped == 1 and len(read_jsonl(tmp_path / "o2.jsonl")) == 1
+
+
+def test_scoring_resumes_when_output_lies_inside_the_input_folder(tmp_path, tiny_model, monkeypatch):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"d{i}.txt").write_text(ARTICLE, encoding="utf-8")
+    out = folder / "scores.jsonl"
+    real = _interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([folder], out, tiny_model, progress=False, chunk_sentences=3)
+    monkeypatch.setattr(StanceModel, "predict_proba", real)
+    summary = score_corpus([folder], out, tiny_model, progress=False, chunk_sentences=3)
+    assert summary.resumed_from == 2
+    assert [r["doc_id"] for r in read_jsonl(out)] == [f"d{i}" for i in range(6) for _ in range(3)]
+
+
+def test_scoring_refuses_to_resume_after_the_model_changed_in_place(tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(4)])
+    real = _interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], tmp_path / "o.jsonl", StanceModel.from_pretrained(model_dir), progress=False,
+                     chunk_sentences=3)
+    monkeypatch.setattr(StanceModel, "predict_proba", real)
+    manifest = json.loads((model_dir / "stanceclf.json").read_text())
+    manifest["thresholds"] = {label: 0.3 for label in manifest["thresholds"]}
+    (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
+    with pytest.raises(StanceclfError, match="other inputs, model or options"):
+        score_corpus([source], tmp_path / "o.jsonl", StanceModel.from_pretrained(model_dir), progress=False,
+                     chunk_sentences=3)
+
+
+def test_scoring_fresh_run_starts_a_fresh_error_log(tmp_path, tiny_model):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}, {"id": "b", "text": ""}])
+    (tmp_path / "o.jsonl.errors.jsonl").write_text('{"record": 1, "left": "by a run killed early"}\n')
+    summary = score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, on_error="skip")
+    assert summary.skipped == 1
+    assert len((tmp_path / "o.jsonl.errors.jsonl").read_text().splitlines()) == 1
+
+
+def test_scoring_byte_order_mark_in_csv_jsonl_and_txt(tmp_path, tiny_model):
+    (tmp_path / "in.csv").write_bytes("\ufeffid,text\nc1,NATO will grow.\n".encode("utf-8"))
+    (tmp_path / "in.jsonl").write_bytes(("\ufeff" + json.dumps({"id": "j1", "text": "NATO will grow."}) + "\n")
+                                        .encode("utf-8"))
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "t1.txt").write_bytes("\ufeffNATO will grow.".encode("utf-8"))
+    for name in ("in.csv", "in.jsonl", "txt"):
+        score_corpus([tmp_path / name], tmp_path / f"{name}.out.jsonl", tiny_model, progress=False)
+        rows = read_jsonl(tmp_path / f"{name}.out.jsonl")
+        assert len(rows) == 1 and rows[0]["doc_id"] in ("c1", "j1", "t1") and rows[0]["text"] == "NATO will grow."

@@ -58,6 +58,7 @@ def _read_pair(ann_path: Path, checker: SpanChecker, annotator: str):
             checker.fail(AnnotationError(f"not UTF-8: {exc.reason} at byte {exc.start}", where=str(needed)))
             return None
     text, ann_text = contents
+    ann_text = ann_text.removeprefix("\ufeff")  # a byte-order mark is not part of the first line
     spans = []
     for line_number, line in enumerate(ann_text.split("\n"), 1):
         line = line.rstrip("\r")
