@@ -285,6 +285,18 @@ def test_readers_doccano_classification_labels_rejected(tmp_path):
         read_annotations("doccano", path)
 
 
+def test_readers_doccano_category_string_skips_the_document_in_lenient_mode(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"id": 1, "text": "Fine.", "entities": [{"start_offset": 0, "end_offset": 4, "label": '
+                    '"prediction"}], "label": "POSITIVE"}\n{"id": 2, "text": "Also fine.", "label": []}\n',
+                    encoding="utf-8")
+    report = ReadReport()
+    documents = read_annotations("doccano", path, strict=False, report=report)
+    assert [d.doc_id for d in documents] == ["2"]
+    assert len(report.skipped) == 1 and "text-classification export" in report.skipped[0]
+    assert (report.documents, report.spans) == (1, 0)
+
+
 # --- brat -----------------------------------------------------------------------------------------
 
 

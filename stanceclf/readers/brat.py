@@ -39,8 +39,7 @@ def read_brat(path: str | Path, checker: SpanChecker, *, annotator: str = "brat"
     for ann_path in ann_paths:
         document = _read_pair(ann_path, checker, annotator)
         if document is not None:
-            checker.report.documents += 1
-            yield document
+            yield checker.kept(document)
 
 
 def _read_pair(ann_path: Path, checker: SpanChecker, annotator: str):

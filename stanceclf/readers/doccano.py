@@ -26,8 +26,7 @@ def read_doccano(path: str | Path, checker: SpanChecker, *, text_field: str = "t
     for line_number, _, record in iter_jsonl(path, checker):
         document = _document_from_record(record, path, line_number, checker, text_field, annotator)
         if document is not None:
-            checker.report.documents += 1
-            yield document
+            yield checker.kept(document)
 
 
 def _document_from_record(record, path: Path, line_number: int, checker: SpanChecker, text_field: str,
@@ -44,6 +43,14 @@ def _document_from_record(record, path: Path, line_number: int, checker: SpanChe
     doc_id = str(record["id"]) if record.get("id") is not None else f"{path.stem}-{line_number}"
     where = f"{where} (document {doc_id!r})"
     raw_spans = []  # (start, end, label, where)
+    for key in ("label", "labels", "entities"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, list):
+            # A whole-document category (text-classification project): no spans, and the document must
+            # not pass for one whose sentences are all negative.
+            checker.fail(AnnotationError(f"{key!r} must be a list of spans, got {value!r}: is this a "
+                                         "text-classification export?", where=where))
+            return None
     for key in ("label", "labels"):
         for index, item in enumerate(record.get(key) or []):
             item_where = f"{where} {key} {index}"

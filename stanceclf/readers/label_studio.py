@@ -50,8 +50,7 @@ def read_label_studio(path: str | Path, checker: SpanChecker, *, text_field: str
     for index, task in enumerate(tasks):
         document = _read_task(task, index, path, checker, text_field, annotator)
         if document is not None:
-            checker.report.documents += 1
-            yield document
+            yield checker.kept(document)
 
 
 def _read_task(task, index: int, path: Path, checker: SpanChecker, text_field: str, annotator: str | None):

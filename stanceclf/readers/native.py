@@ -42,8 +42,7 @@ def read_native(path: str | Path, checker: SpanChecker, *, text_root: str | Path
     for line_number, where, record in iter_jsonl(path, checker):
         document = _document_from_record(record, root, checker, where)
         if document is not None:
-            checker.report.documents += 1
-            yield document
+            yield checker.kept(document)
 
 
 def iter_jsonl(path: Path, checker: SpanChecker):

@@ -44,8 +44,7 @@ def read_ptc(path: str | Path, checker: SpanChecker, *, annotator: str = "ptc"):
     for txt_path in txt_paths:
         document = _read_article(txt_path, checker, annotator)
         if document is not None:
-            checker.report.documents += 1
-            yield document
+            yield checker.kept(document)
 
 
 def _txt_path(path: Path) -> Path:

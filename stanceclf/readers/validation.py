@@ -112,8 +112,13 @@ class SpanChecker:
         mapped = self.map_label(label, where=where)
         if mapped is None:
             return None
-        self.report.spans += 1
         return Span(start, end, mapped, annotator)
+
+    def kept(self, document):
+        """Count a document that a reader keeps (its spans count only then), and return it."""
+        self.report.documents += 1
+        self.report.spans += len(document.spans)
+        return document
 
     @staticmethod
     def _repair(text: str, start: int, end: int, expected: str):
