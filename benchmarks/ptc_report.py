@@ -38,6 +38,7 @@ REFERENCE = ("Published reference (Da San Martino et al., EMNLP 2019, Table 7, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", nargs="+", help="RECIPE=MODEL_DIR")
+    parser.add_argument("--note", action="append", default=[], help="a line to add at the end")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     lines = ["# PTC: retraining on new labels with no code change", "",
@@ -63,6 +64,8 @@ def main() -> None:
                   f"- Reader: {read_report.summary().splitlines()[0]}; "
                   f"{len(read_report.skipped)} item(s) skipped (listed by `stanceclf train`).",
                   "", format_report(report, title="dev split (PTC dev folder)"), ""]
+    if args.note:
+        lines += ["## Notes", ""] + [f"- {note}" for note in args.note]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
