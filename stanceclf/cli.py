@@ -20,9 +20,9 @@ app.add_typer(sheets_app, name="sheets")
 
 
 # Shared by the verbs that run a model.
-BACKEND_OPTION = typer.Option("torch", help="Forward pass: torch (fp32), bf16 (bfloat16 matrix products, about 2x "
-                              "fp32 on CPUs with native bfloat16), onnx (ONNX Runtime, fused attention) or auto (the "
-                              "fastest for this CPU). Each keeps every score within 0.02 of torch's.")
+BACKEND_OPTION = typer.Option("torch", help="Forward pass: torch (fp32), bf16 (bfloat16 matrix products, about 1.5x "
+                              "fp32 on CPUs with native bfloat16; scores move by up to about 0.02), onnx (ONNX Runtime, "
+                              "fused attention; same scores) or auto (the fastest for this CPU).")
 FAST_OPTION = typer.Option(False, help="Shorthand for --backend auto.")
 
 

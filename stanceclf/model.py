@@ -211,8 +211,8 @@ class StanceModel:
     def accelerated(self, backend: bool | str = "auto", *, threads: int | None = None) -> "StanceModel":
         """A copy that runs a faster CPU path; each score stays within 0.02 of fp32 (tested).
 
-        ``"bf16"``: bfloat16 matrix products, about 2x fp32 on CPUs with native bfloat16,
-        scores within about 0.01. ``"onnx"``: ONNX Runtime with fused attention, scores within
+        ``"bf16"``: bfloat16 matrix products, about 1.5x fp32 on CPUs with native bfloat16;
+        scores move by up to about 0.02. ``"onnx"``: ONNX Runtime with fused attention, scores within
         1e-5. ``"auto"`` (or True): bf16 where the CPU has native bfloat16, else onnx.
         See :mod:`stanceclf.fast_path`.
         """
