@@ -25,13 +25,15 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--title", default="Models")
     parser.add_argument("--per-label", action="store_true", help="also one row per label and model")
+    parser.add_argument("--dev", action="store_true", help="also a column with the dev split's macro F1")
     parser.add_argument("--write", type=Path)
     parser.add_argument("--note", action="append", default=[], help="a line to add under the table")
     args = parser.parse_args()
 
+    dev_head, dev_rule = ("dev macro F1 | ", "---:|") if args.dev else ("", "")
     lines = [f"# {args.title}", "", "Command: `python benchmarks/model_table.py " + " ".join(sys.argv[1:]) + "`", "",
-             f"| model | method | epochs run | {args.split} macro F1 | {args.split} micro F1 | macro PR-AUC | "
-             "train wall s | peak RSS MB | weights MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| model | method | epochs run | {dev_head}{args.split} macro F1 | {args.split} micro F1 | macro PR-AUC | "
+             "train wall s | peak RSS MB | weights MB |", f"|---|---|---:|{dev_rule}---:|---:|---:|---:|---:|---:|"]
     per_label = []
     for directory in args.models:
         manifest = ModelManifest.read(directory)
@@ -42,8 +44,12 @@ def main() -> None:
         settings = training.get("recipe", {}).get("training", {})
         size = (directory / "model.safetensors").stat().st_size / 1e6
         auc = report["macro"].get("pr_auc")
-        lines.append(f"| `{directory}` | {settings.get('method')} (lr {settings.get('learning_rate')}) | "
-                     f"{training.get('epochs_run')} | **{report['macro']['f1']:.3f}** | {report['micro']['f1']:.3f} | "
+        precision = settings.get("precision", "float32")
+        method = f"{settings.get('method')}{'' if precision == 'float32' else ', ' + precision} " \
+                 f"(lr {settings.get('learning_rate')})"
+        dev = f"{manifest.metrics['dev']['macro']['f1']:.3f} | " if args.dev else ""
+        lines.append(f"| `{directory}` | {method} | "
+                     f"{training.get('epochs_run')} | {dev}**{report['macro']['f1']:.3f}** | {report['micro']['f1']:.3f} | "
                      f"{'-' if auc is None else f'{auc:.3f}'} | {training.get('wall_seconds')} | "
                      f"{training.get('peak_rss_mb')} | {size:.1f} |")
         for label, row in report["labels"].items():
