@@ -72,6 +72,10 @@ def _make_trainer_class():
     class WeightedBCETrainer(Trainer):
         """BCE on logits with a positive-class weight per label."""
 
+        # compute_loss returns a plain per-batch mean: the Trainer must divide it by the
+        # gradient accumulation steps (it skips that for models that take loss kwargs).
+        loss_is_scaled_for_ga = False
+
         def __init__(self, *args, pos_weight=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.pos_weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
@@ -121,8 +125,6 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
     With ``resume``, a run folder holding checkpoints continues from the last.
     """
     from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
-
     started = time.time()
     schema = load_schema(recipe.resolve(recipe.schema_name) if recipe.schema_name.endswith(".toml")
                          else recipe.schema_name)
@@ -178,21 +180,25 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_dev_macro_f1,
         callbacks=callbacks, pos_weight=pos_weight,
     )
-    checkpoint = get_last_checkpoint(str(run_dir)) if resume and run_dir.is_dir() else None
+    checkpoint = _checkpoint_to_resume(recipe, info["fingerprint"], run_dir, resume, args.process_index == 0)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
 
-    model = trainer.model
+    # Under mixed precision accelerate wraps forward in autocast; the saved model runs without it.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if settings.method == "lora":
         model = model.merge_and_unload()
-    dev_logits = trainer.predict(encoded["dev"]).predictions
+    # Thresholds, temperatures and metrics come from float32 logits, as the saved model runs
+    # in float32 whatever precision trained it.
+    collator = DataCollatorWithPadding(tokenizer)
+    dev_logits = _float32_logits(model, encoded["dev"], collator)
     dev_labels = np.array(dataset["dev"]["labels"])
     temperatures, thresholds = calibrate(dev_logits, dev_labels)
     labels = schema.label_names
     metrics = {"dev": _evaluate_logits(dev_logits, dev_labels, labels, temperatures, thresholds)}
     if "test" in encoded and len(encoded["test"]):
-        test_logits = trainer.predict(encoded["test"]).predictions
+        test_logits = _float32_logits(model, encoded["test"], collator)
         metrics["test"] = _evaluate_logits(test_logits, np.array(dataset["test"]["labels"]), labels, temperatures,
                                            thresholds)
     elapsed = time.time() - started
@@ -219,6 +225,64 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
             result.save_pretrained(out)
         (run_dir / "dataset-info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return result
+
+
+RUN_SIGNATURE = "run-signature.json"
+
+
+def _run_signature(recipe: Recipe, fingerprint: str) -> dict:
+    """What a checkpoint must share with the run that resumes it (output paths may differ)."""
+    dumped = recipe.model_dump(mode="json", by_alias=True)
+    dumped.pop("output_dir", None)
+    dumped.pop("run_dir", None)
+    return {"recipe": dumped, "data_fingerprint": fingerprint}
+
+
+def _checkpoint_to_resume(recipe: Recipe, fingerprint: str, run_dir: Path, resume: bool, main_process: bool):
+    """The checkpoint to continue from, if any, after checking that it belongs to this recipe and data."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    signature = _run_signature(recipe, fingerprint)
+    signature_path = run_dir / RUN_SIGNATURE
+    checkpoints = sorted(run_dir.glob("checkpoint-*")) if run_dir.is_dir() else []
+    if checkpoints and not resume:
+        if main_process:
+            import shutil
+
+            log.warning("--no-resume: removing %d checkpoint(s) of an earlier run in %s", len(checkpoints), run_dir)
+            for folder in checkpoints:
+                shutil.rmtree(folder, ignore_errors=True)
+        checkpoints = []
+    if checkpoints:
+        recorded = json.loads(signature_path.read_text(encoding="utf-8")) if signature_path.exists() else None
+        if recorded != signature:
+            if recorded is None:
+                what = "checkpoints with no record of the run that wrote them"
+            else:
+                changed = [k for k in signature["recipe"] if recorded["recipe"].get(k) != signature["recipe"][k]]
+                if recorded.get("data_fingerprint") != fingerprint:
+                    changed.append("the data")
+                what = f"checkpoints of another run (it differs in {', '.join(changed)})"
+            raise RecipeError(f"the run folder holds {what}; resuming would mix two runs. Pass --no-resume to "
+                              "start again, or set run_dir to a new folder", where=str(run_dir))
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        signature_path.write_text(json.dumps(signature, indent=2, sort_keys=True), encoding="utf-8")
+    return get_last_checkpoint(str(run_dir)) if checkpoints else None
+
+
+def _float32_logits(model, split, collator, batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    device = next(model.parameters()).device
+    model.eval()
+    blocks = []
+    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+        for begin in range(0, len(split), batch_size):
+            batch = collator([split[i] for i in range(begin, min(begin + batch_size, len(split)))])
+            batch.pop("labels", None)
+            blocks.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy())
+    return np.concatenate(blocks) if blocks else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 
 def _evaluate_logits(logits, y_true, labels, temperatures, thresholds) -> dict:

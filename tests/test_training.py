@@ -115,6 +115,16 @@ def test_training_bf16_mixed_precision_learns_and_saves_float32(tmp_path, base_t
     assert trained.manifest.metrics["test"]["labels"]["prediction"]["f1"] > 0.9
     reloaded = StanceModel.from_pretrained(tmp_path / "model")
     assert next(reloaded.model.parameters()).dtype == torch.float32
+    # The manifest's dev metrics are those of the saved float32 model, not of bf16 logits.
+    from stanceclf.evaluation import evaluate_model
+    from stanceclf.training import prepare_dataset
+
+    dataset, _, _ = prepare_dataset(recipe, load_schema("claim-types"))
+    report, _, _ = evaluate_model(reloaded, dataset["dev"])
+    for label, row in trained.manifest.metrics["dev"]["labels"].items():
+        assert report["labels"][label]["f1"] == pytest.approx(row["f1"], abs=1e-9)
+        assert report["labels"][label]["pr_auc"] == pytest.approx(row["pr_auc"], abs=1e-6)
+    assert report["ece"] == pytest.approx(trained.manifest.metrics["dev"]["ece_after_calibration"], abs=1e-6)
 
 
 def test_training_saves_calibration_that_survives_reload(tmp_path, base_tokenizer):
@@ -143,6 +153,35 @@ def test_training_resumes_from_last_checkpoint(tmp_path, base_tokenizer, caplog)
     state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
     assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_training_refuses_to_resume_checkpoints_of_another_run(tmp_path, base_tokenizer):
+    path = write_recipe(tmp_path)
+    recipe = load_recipe(path, ["training.max_steps=8", "training.eval_every=4"])
+    train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    other = load_recipe(path, ["training.max_steps=8", "training.eval_every=4", "seed=99"])
+    with pytest.raises(RecipeError, match=r"\[E010\].*run.*checkpoints of another run \(it differs in seed, the data\)"):
+        train(other, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    # --no-resume starts again: the old checkpoints go, and the new run's are its own.
+    train(other, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False, resume=False)
+    signature = json.loads((tmp_path / "run" / "run-signature.json").read_text())
+    assert signature["recipe"]["seed"] == 99
+
+
+def test_training_gradient_accumulation_keeps_the_loss_scale(tmp_path, base_tokenizer):
+    """Batch 8 in one step and batch 2 over 4 accumulated steps see the same loss."""
+    losses = {}
+    for batch, steps in ((8, 1), (2, 4)):
+        folder = tmp_path / f"b{batch}"
+        folder.mkdir()
+        recipe = load_recipe(write_recipe(folder), [f"training.batch_size={batch}",
+                                                    f"training.gradient_accumulation_steps={steps}",
+                                                    "training.max_steps=2", "training.eval_every=2",
+                                                    "training.learning_rate=1e-9"])
+        train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+        state = json.loads((folder / "run" / "checkpoint-2" / "trainer_state.json").read_text())
+        losses[batch] = next(entry["loss"] for entry in state["log_history"] if "loss" in entry)
+    assert losses[2] == pytest.approx(losses[8], rel=0.35)
 
 
 def test_training_bad_recipe_names_the_field(tmp_path):
