@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .documents import AnnotatedDocument
+from .errors import AnnotationError
 from .schema import LabelSchema
 from .sentences import SentenceSplitter
 
@@ -112,6 +113,7 @@ def build_dataset(documents: list[AnnotatedDocument], schema: LabelSchema, confi
     from datasets import Dataset, DatasetDict, Features, Sequence, Value
 
     config = config or BuildConfig()
+    _check_unique_ids(fixed_splits if fixed_splits is not None else {"input": documents})
     if fixed_splits is not None:
         per_split = {name: [ex for doc in docs for ex in sentence_examples(doc, schema, config)]
                      for name, docs in fixed_splits.items()}
@@ -139,16 +141,33 @@ def build_dataset(documents: list[AnnotatedDocument], schema: LabelSchema, confi
     info = {
         "schema": schema.to_dict(),
         "build_config": config.model_dump(mode="json"),
-        "fingerprint": data_fingerprint(all_docs, schema, config),
+        "fingerprint": data_fingerprint(all_docs, schema, config, fixed_splits=fixed_splits),
         "documents": {name: sorted({row["doc_id"] for row in rows}) for name, rows in per_split.items()},
     }
     return dataset, info
 
 
-def data_fingerprint(documents: list[AnnotatedDocument], schema: LabelSchema, config: BuildConfig) -> str:
-    """A hash of the texts, spans, schema and build settings: the same data gives the same fingerprint."""
+def _check_unique_ids(groups: dict[str, list[AnnotatedDocument]]) -> None:
+    """Two documents with one id would merge their sentences, or put one document in two splits."""
+    seen: dict[str, str] = {}
+    for group, documents in groups.items():
+        for doc in documents:
+            if doc.doc_id in seen:
+                where = f"both in {group}" if seen[doc.doc_id] == group else f"in {seen[doc.doc_id]} and in {group}"
+                raise AnnotationError(f"document id {doc.doc_id!r} occurs twice ({where}); ids must be unique "
+                                      "across all inputs and splits")
+            seen[doc.doc_id] = group
+
+
+def data_fingerprint(documents: list[AnnotatedDocument], schema: LabelSchema, config: BuildConfig, *,
+                     fixed_splits: dict[str, list[AnnotatedDocument]] | None = None) -> str:
+    """A hash of the texts, spans, schema and build settings (and, for fixed splits, which split
+    holds each document): the same data gives the same fingerprint."""
     digest = hashlib.sha256()
     digest.update(json.dumps([schema.to_dict(), config.model_dump(mode="json")], sort_keys=True).encode())
+    if fixed_splits is not None:
+        membership = {name: sorted(doc.doc_id for doc in docs) for name, docs in fixed_splits.items()}
+        digest.update(json.dumps(membership, sort_keys=True).encode())
     for doc in sorted(documents, key=lambda d: d.doc_id):
         digest.update(doc.doc_id.encode() + b"\0" + doc.checksum.encode())
         for span in sorted(doc.spans):

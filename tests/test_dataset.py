@@ -94,6 +94,23 @@ def test_dataset_empty_document_is_split_without_error():
     assert sum(len(dataset[split]) for split in dataset) == 16
 
 
+def test_dataset_duplicate_document_ids_are_an_error():
+    from stanceclf.errors import AnnotationError
+
+    docs = [AnnotatedDocument(f"d{i}", TEXT, [], ("t",)) for i in range(4)]
+    with pytest.raises(AnnotationError, match=r"\[E002\].*'d1' occurs twice \(in train and in dev\)"):
+        build_dataset([], CLAIMS, BuildConfig(), fixed_splits={"train": docs, "dev": docs[1:2]})
+    with pytest.raises(AnnotationError, match=r"'d0' occurs twice \(both in input\)"):
+        build_dataset(docs + docs[:1], CLAIMS, BuildConfig(split_ratios=RATIOS))
+
+
+def test_dataset_fingerprint_of_fixed_splits_records_membership():
+    docs = [AnnotatedDocument(f"d{i}", TEXT, [], ("t",)) for i in range(4)]
+    _, a = build_dataset([], CLAIMS, BuildConfig(), fixed_splits={"train": docs[:3], "dev": docs[3:]})
+    _, b = build_dataset([], CLAIMS, BuildConfig(), fixed_splits={"train": docs[1:], "dev": docs[:1]})
+    assert a["fingerprint"] != b["fingerprint"]
+
+
 def test_dataset_example_fields_and_offsets():
     doc = AnnotatedDocument("d", TEXT, [Span(0, 6, "prediction")])
     examples = sentence_examples(doc, CLAIMS, BuildConfig())
@@ -221,7 +238,8 @@ def test_dataset_build_with_fixed_splits():
     assert dataset["dev"]["text"] == ["The bank is a threat.", "Really."]
     assert dataset["dev"]["labels"] == [[0, 1, 0], [0, 0, 0]]
     assert info["documents"] == {"train": ["a", "b"], "dev": ["c"]}
-    assert info["fingerprint"] == data_fingerprint([a, b, c], CLAIMS, BuildConfig())
+    assert info["fingerprint"] == data_fingerprint([a, b, c], CLAIMS, BuildConfig(),
+                                                   fixed_splits={"train": [a, b], "dev": [c]})
     assert info["schema"] == CLAIMS.to_dict()
 
 
