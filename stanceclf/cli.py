@@ -131,6 +131,8 @@ def evaluate(
                                        "(default: MODEL/eval-SPLIT)."),
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
+    allow_training_documents: bool = typer.Option(False, help="Evaluate even if the split holds documents the "
+                                                  "model was trained on."),
 ):
     """Evaluate a model on a built dataset: a table, a JSON report and plots."""
     from .dataset import load_built_dataset
@@ -146,12 +148,17 @@ def evaluate(
         dataset_labels = [label["name"] for label in info["schema"]["labels"]]
         if dataset_labels != loaded.labels:
             raise StanceclfError(f"the dataset's labels {dataset_labels} are not the model's {loaded.labels}")
-        report, y_true, probs = evaluate_model(loaded, data[split])
+        report, y_true, probs = evaluate_model(loaded, data[split],
+                                               allow_training_documents=allow_training_documents)
         written = write_evaluation(report, y_true, probs, loaded.labels, loaded.threshold_vector,
                                    out or Path(model) / f"eval-{split}")
     except StanceclfError as error:
         _fail(error)
     typer.echo(format_report(report, title=f"{dataset} [{split}]"))
+    seen = report["documents_seen_in_training"]
+    if seen["train"] or seen["dev"]:
+        typer.echo(f"note: {seen['train']} document(s) of this split were in the model's training split and "
+                   f"{seen['dev']} in its dev split (which tuned its thresholds)", err=True)
     typer.echo(f"ECE {report['ece']:.4f}; wrote " + ", ".join(str(p) for p in written))
 
 

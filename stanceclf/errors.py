@@ -83,6 +83,12 @@ class InputRecordError(StanceclfError):
     code = "E030"
 
 
+class EvaluationError(StanceclfError):
+    """An evaluation would be meaningless: an empty split, or documents the model was trained on."""
+
+    code = "E040"
+
+
 def describe_validation_error(exc) -> str:
     """A pydantic ``ValidationError`` as one line naming each bad field."""
     parts = []

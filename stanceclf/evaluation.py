@@ -7,21 +7,42 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import EvaluationError
 from .metrics import expected_calibration_error, format_report, multilabel_report
 
 
-def evaluate_model(model, dataset_split, *, batch_size: int = 64) -> tuple[dict, np.ndarray, np.ndarray]:
+def evaluate_model(model, dataset_split, *, batch_size: int = 64,
+                   allow_training_documents: bool = False) -> tuple[dict, np.ndarray, np.ndarray]:
     """Score one split of a built dataset: ``(report, y_true, probabilities)``.
 
-    The dataset's labels must be the model's labels, in the same order.
+    The dataset's labels must be the model's labels, in the same order. A split that
+    holds documents of the model's training split is refused (its scores would be
+    inflated) unless ``allow_training_documents``; documents of the model's dev split
+    (which tuned its thresholds) are counted in the report.
     """
+    if len(dataset_split) == 0:
+        raise EvaluationError("the split to evaluate is empty")
+    seen = _documents_seen_in_training(model, set(dataset_split["doc_id"]))
+    if seen["train"] and not allow_training_documents:
+        examples = ", ".join(repr(d) for d in seen["train"][:3])
+        raise EvaluationError(
+            f"{len(seen['train'])} of the split's {len(set(dataset_split['doc_id']))} documents were in the model's "
+            f"training split ({examples}{', ...' if len(seen['train']) > 3 else ''}), so its scores would be "
+            "inflated. Build the dataset with the split the model was trained on (the ratios and seed of its "
+            "recipe), or pass --allow-training-documents")
     probs, truncated = model.predict_proba(list(dataset_split["text"]), batch_size=batch_size)
     y_true = np.array(dataset_split["labels"], dtype=int).reshape(len(probs), -1)
     predicted = (probs >= model.threshold_vector).astype(int)
     report = multilabel_report(y_true, predicted, model.labels, probs)
     report["ece"] = expected_calibration_error(y_true, probs)
     report["truncated_sentences"] = int(sum(truncated))
+    report["documents_seen_in_training"] = {name: len(ids) for name, ids in seen.items()}
     return report, y_true, probs
+
+
+def _documents_seen_in_training(model, doc_ids: set[str]) -> dict[str, list[str]]:
+    recorded = (model.manifest.training or {}).get("documents", {})
+    return {name: sorted(doc_ids & set(recorded.get(name, []))) for name in ("train", "dev")}
 
 
 def write_evaluation(report: dict, y_true: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray,

@@ -41,6 +41,24 @@ def test_cli_evaluate_unknown_split_is_a_clear_error(tmp_path, tiny_model_dir):
     assert "no split 'holdout'" in result.output
 
 
+def test_cli_evaluate_refuses_documents_the_model_was_trained_on(tmp_path, tiny_model_dir):
+    import shutil
+
+    data = small_dataset(tmp_path)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    manifest = json.loads((model_dir / "stanceclf.json").read_text())
+    manifest["training"] = {"documents": {"train": [f"d{i}" for i in range(10)], "dev": []}}
+    (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["evaluate", str(model_dir), str(data), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 1
+    assert "[E040]" in result.output and "training split" in result.output
+    result = runner.invoke(app, ["evaluate", str(model_dir), str(data), "--out", str(tmp_path / "ev"),
+                                 "--allow-training-documents"])
+    assert result.exit_code == 0, result.output
+    assert "2 document(s) of this split were in the model's training split" in result.output
+
+
 def test_cli_export_gives_a_pipeline_loadable_directory(tmp_path, tiny_model_dir):
     from transformers import pipeline
 
