@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,8 +71,10 @@ class ModelManifest(BaseModel):
             keys = set(getattr(self, name))
             if keys != labels:
                 raise ValueError(f"{name} must have exactly the schema's labels {sorted(labels)}, got {sorted(keys)}")
-        if any(t <= 0 for t in self.temperatures.values()):
-            raise ValueError("temperatures must be positive")
+        if not all(math.isfinite(t) and t > 0 for t in self.temperatures.values()):
+            raise ValueError(f"temperatures must be positive finite numbers, got {self.temperatures}")
+        if not all(0.0 <= t <= 1.0 for t in self.thresholds.values()):  # also false for NaN
+            raise ValueError(f"thresholds must be probabilities in [0, 1], got {self.thresholds}")
         return self
 
     @property
@@ -90,13 +93,18 @@ class ModelManifest(BaseModel):
                                       where=str(directory))
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ModelDirectoryError(f"manifest is not valid JSON: {exc}", where=str(path)) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelDirectoryError(f"manifest is not valid UTF-8 JSON: {exc}", where=str(path)) from None
+        if not isinstance(data, dict):
+            raise ModelDirectoryError(f"manifest must be a JSON object, not {type(data).__name__}", where=str(path))
         if data.get("format") != FORMAT_NAME:
             raise ModelDirectoryError(f"manifest format is {data.get('format')!r}, expected {FORMAT_NAME!r}",
                                       where=str(path))
         version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ModelDirectoryError(f"manifest format_version must be a positive integer, got {version!r}",
+                                      where=str(path))
+        if version > FORMAT_VERSION:
             raise ModelDirectoryError(
                 f"manifest format_version {version!r} is newer than this stanceclf understands ({FORMAT_VERSION}); "
                 "upgrade stanceclf", where=str(path))
@@ -169,10 +177,14 @@ class StanceModel:
 
     def _check_head(self) -> None:
         id2label = {int(k): v for k, v in self.model.config.id2label.items()}
-        if [id2label[i] for i in range(len(id2label))] != self.labels:
+        if [id2label.get(i) for i in range(len(id2label))] != self.labels:
             raise ModelDirectoryError(
                 f"config.json id2label {id2label} does not match the manifest's labels {self.labels}",
                 where=str(self.path) if self.path else None)
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions is not None and self.max_length > positions:
+            raise ModelDirectoryError(f"the manifest's max_length {self.max_length} exceeds the model's "
+                                      f"{positions} positions", where=str(self.path) if self.path else None)
 
     # ---- loading and saving -----------------------------------------------------------------
     @classmethod

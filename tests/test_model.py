@@ -56,6 +56,33 @@ def test_model_refuses_newer_manifest_format(tiny_model_dir):
         StanceModel.from_pretrained(tiny_model_dir)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"format_version": 0}, "format_version must be a positive integer"),
+    ({"format_version": True}, "format_version must be a positive integer"),
+    ({"temperatures": {"prediction": float("nan"), "threat_framing": 1.0, "policy_attribution": 1.0}},
+     "temperatures must be positive finite"),
+    ({"thresholds": {"prediction": 7.0, "threat_framing": 0.5, "policy_attribution": 0.5}},
+     r"thresholds must be probabilities"),
+    ({"max_length": 100000}, "exceeds the model's"),
+])
+def test_model_refuses_manifest_with_bad_values(tiny_model_dir, change, message):
+    path = tiny_model_dir / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data.update(change)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelDirectoryError, match=message) as excinfo:
+        StanceModel.from_pretrained(tiny_model_dir)
+    assert str(tiny_model_dir) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("content, message", [(b"[1, 2]", "must be a JSON object"),
+                                              (b"\xff\xfe{}", "not valid UTF-8 JSON")])
+def test_model_refuses_unreadable_manifest(tiny_model_dir, content, message):
+    (tiny_model_dir / MANIFEST_NAME).write_bytes(content)
+    with pytest.raises(ModelDirectoryError, match=message):
+        StanceModel.from_pretrained(tiny_model_dir)
+
+
 def test_model_refuses_manifest_whose_labels_do_not_match_the_head(tiny_model_dir):
     path = tiny_model_dir / MANIFEST_NAME
     data = json.loads(path.read_text())
