@@ -73,8 +73,9 @@ class ModelManifest(BaseModel):
                 raise ValueError(f"{name} must have exactly the schema's labels {sorted(labels)}, got {sorted(keys)}")
         if not all(math.isfinite(t) and t > 0 for t in self.temperatures.values()):
             raise ValueError(f"temperatures must be positive finite numbers, got {self.temperatures}")
-        if not all(0.0 <= t <= 1.0 for t in self.thresholds.values()):  # also false for NaN
-            raise ValueError(f"thresholds must be probabilities in [0, 1], got {self.thresholds}")
+        # A threshold above 1 switches a label off; NaN would silently do the same, so it is refused.
+        if not all(math.isfinite(t) and t >= 0 for t in self.thresholds.values()):
+            raise ValueError(f"thresholds must be finite and not negative, got {self.thresholds}")
         return self
 
     @property
@@ -281,7 +282,9 @@ class StanceModel:
                 if self.encoder is not None:
                     logits[batch] = self.encoder(input_ids.numpy(), attention.numpy())
                 else:
-                    logits[batch] = self.model(input_ids=input_ids, attention_mask=attention).logits.float().numpy()
+                    device = self.model.device
+                    logits[batch] = self.model(input_ids=input_ids.to(device),
+                                               attention_mask=attention.to(device)).logits.float().cpu().numpy()
         with self._stats_lock:
             self.stats.units += len(ids)
             self.stats.truncated += sum(truncated)

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .base_models import DEFAULT_BASE
 from .dataset import BuildConfig
@@ -46,6 +46,16 @@ class DataSection(BaseModel):
             raise ValueError("give exactly one of data.inputs, data.train (with data.dev), or data.dataset")
         if self.train and not self.dev:
             raise ValueError("data.train needs data.dev (used for early stopping and calibration)")
+        if (self.dev or self.test) and not self.train:
+            raise ValueError("data.dev and data.test go with data.train (fixed splits); with data.inputs the "
+                             "splits come from data.split_ratios")
+        if self.dataset is not None:
+            built = {"format", "label_map", "min_overlap_chars", "min_overlap_fraction", "split_ratios", "splitter",
+                     "strict"}
+            clashing = sorted(built & self.model_fields_set)
+            if clashing:
+                raise ValueError(f"data.dataset is already built, so {', '.join('data.' + k for k in clashing)} "
+                                 "would be ignored: remove them, or build from the annotations instead")
         from .readers import FORMATS
 
         if self.format not in FORMATS:
@@ -81,6 +91,13 @@ class TrainingSection(BaseModel):
     #: Arithmetic of the forward and backward passes: float32, or bfloat16 mixed precision
     #: (master weights stay float32); "auto" takes bf16 on a GPU or a CPU with native bfloat16.
     precision: Literal["float32", "bf16", "auto"] = "float32"
+
+    @field_validator("eval_every")
+    @classmethod
+    def _positive_steps(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"must be 'epoch' or a positive number of steps, got {value}")
+        return value
 
 
 class Recipe(BaseModel):

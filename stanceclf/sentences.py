@@ -142,9 +142,9 @@ def _merge_fragments(line: str, bounds: list[tuple[int, int]]) -> list[tuple[int
 def _cap_length(text: str, start: int, end: int, limit: int):
     """Cut ``[start, end)`` into pieces of at most ``limit`` characters at whitespace."""
     while end - start > limit:
-        cut = text.rfind(" ", start + limit // 2, start + limit)
-        if cut == -1:
-            cut = start + limit
+        # The last whitespace of any kind (no-break and other Unicode spaces too) in the second half.
+        cut = next((i for i in range(start + limit - 1, start + limit // 2 - 1, -1) if text[i].isspace()),
+                   start + limit)
         piece_start, piece_end = _strip(text, start, cut)
         if piece_end > piece_start:
             yield piece_start, piece_end

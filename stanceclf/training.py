@@ -26,6 +26,7 @@ from .model import ModelManifest, StanceModel, _quiet_transformers, probabilitie
 from .readers import ReadReport, read_annotations
 from .recipe import Recipe
 from .schema import LabelSchema, load_schema
+from .sentences import SentenceSplitter
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,8 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
         thresholds=dict(zip(labels, map(float, thresholds))),
         temperatures=dict(zip(labels, map(float, temperatures))),
         max_length=settings.max_length,
-        splitter=recipe.data.splitter,
+        # The splitter the data was built with (a prebuilt dataset records its own).
+        splitter=SentenceSplitter.model_validate(info["build_config"]["splitter"]),
         base_model=recipe.base_model,
         data_fingerprint=info["fingerprint"],
         metrics=metrics,

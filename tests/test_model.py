@@ -61,8 +61,8 @@ def test_model_refuses_newer_manifest_format(tiny_model_dir):
     ({"format_version": True}, "format_version must be a positive integer"),
     ({"temperatures": {"prediction": float("nan"), "threat_framing": 1.0, "policy_attribution": 1.0}},
      "temperatures must be positive finite"),
-    ({"thresholds": {"prediction": 7.0, "threat_framing": 0.5, "policy_attribution": 0.5}},
-     r"thresholds must be probabilities"),
+    ({"thresholds": {"prediction": float("nan"), "threat_framing": 0.5, "policy_attribution": 0.5}},
+     r"thresholds must be finite"),
     ({"max_length": 100000}, "exceeds the model's"),
 ])
 def test_model_refuses_manifest_with_bad_values(tiny_model_dir, change, message):

@@ -182,6 +182,7 @@ def test_recipe_minimal_defaults(tmp_path):
     (MINIMAL_RECIPE + 'colour = "red"\n', "training.colour"),
     (MINIMAL_RECIPE.replace('name = "tiny"\n', ""), "name"),
     (MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]', 'inputs = ["a.jsonl"]\nformat = "xml"'), "data"),
+    (MINIMAL_RECIPE.replace("epochs = 2", "eval_every = 0"), "training.eval_every"),
 ])
 def test_recipe_bad_field_raises_naming_the_field(tmp_path, content, field):
     path = write(tmp_path, "r.toml", content)
@@ -205,6 +206,21 @@ def test_recipe_no_data_source_and_train_without_dev_rejected(tmp_path):
     content = MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]', 'train = ["t"]')
     with pytest.raises(RecipeError, match="data.train needs data.dev"):
         load_recipe(write(tmp_path, "r.toml", content))
+
+
+def test_recipe_dev_or_test_with_inputs_rejected(tmp_path):
+    content = MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]', 'inputs = ["annotations.jsonl"]\ntest = ["t"]')
+    with pytest.raises(RecipeError, match="data.dev and data.test go with data.train"):
+        load_recipe(write(tmp_path, "r.toml", content))
+
+
+def test_recipe_build_settings_beside_a_built_dataset_rejected(tmp_path):
+    content = MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]', 'dataset = "built"\nsplit_ratios = '
+                                     '{ train = 0.5, dev = 0.5 }')
+    with pytest.raises(RecipeError, match="data.dataset is already built, so data.split_ratios would be ignored"):
+        load_recipe(write(tmp_path, "r.toml", content))
+    assert load_recipe(write(tmp_path, "ok.toml", MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]',
+                                                                         'dataset = "built"'))).data.dataset
 
 
 def test_recipe_invalid_toml_and_missing_file(tmp_path):

@@ -153,6 +153,14 @@ def test_sentences_long_run_without_punctuation_cut_at_whitespace(backend, limit
     assert all(len(s.text) > limit // 2 for s in sentences[:-1])
 
 
+def test_sentences_long_run_joined_by_no_break_spaces_cut_between_words():
+    text = "\u00a0".join(f"word{i}" for i in range(400))
+    sentences = SentenceSplitter(max_sentence_chars=300).split(text)
+    check_spans(text, sentences)
+    assert all(s.text.split("\u00a0")[-1].startswith("word") and not s.text.endswith("wor") for s in sentences)
+    assert all((s.end == len(text) or text[s.end].isspace()) for s in sentences)
+
+
 def test_sentences_long_run_without_whitespace_cut_hard():
     text = "x" * 1000
     sentences = SentenceSplitter(max_sentence_chars=300).split(text)

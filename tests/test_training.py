@@ -184,6 +184,22 @@ def test_training_gradient_accumulation_keeps_the_loss_scale(tmp_path, base_toke
     assert losses[2] == pytest.approx(losses[8], rel=0.35)
 
 
+def test_training_on_a_built_dataset_records_its_splitter(tmp_path, base_tokenizer):
+    from stanceclf.dataset import BuildConfig, build_dataset, save_dataset
+    from stanceclf.sentences import SentenceSplitter
+
+    schema = load_schema("claim-types")
+    config = BuildConfig(splitter=SentenceSplitter(max_sentence_chars=500), split_ratios={"train": 0.6, "dev": 0.2,
+                                                                                             "test": 0.2})
+    dataset, info = build_dataset(toy_corpus(), schema, config)
+    save_dataset(dataset, info, schema, tmp_path / "built")
+    path = write_recipe(tmp_path)
+    path.write_text(path.read_text().replace('inputs = ["toy.jsonl"]', 'dataset = "built"'))
+    recipe = load_recipe(path, ["training.max_steps=2", "training.eval_every=2"])
+    trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    assert trained.manifest.splitter.max_sentence_chars == 500
+
+
 def test_training_bad_recipe_names_the_field(tmp_path):
     path = write_recipe(tmp_path)
     with pytest.raises(RecipeError, match="training.learning_rate"):
