@@ -201,7 +201,9 @@ def score(
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .jsonl, .csv or .parquet."),
     model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model)."),
     input_format: str = typer.Option("auto", help="auto, txt, jsonl, csv or parquet."),
-    id_field: str = typer.Option("id", help="Field holding the document id (JSONL, CSV, Parquet)."),
+    id_field: Optional[str] = typer.Option(None, help="Field holding the document id (JSONL, CSV, Parquet). "
+                                           "Default: 'id' where present, else FILE:LINE. When given, a record "
+                                           "without it is a bad record."),
     text_field: str = typer.Option("text", help="Field holding the document text (JSONL, CSV, Parquet)."),
     per_document: bool = typer.Option(False, help="One row per document with counts and shares per label."),
     on_error: str = typer.Option("stop", help="On a bad record: 'stop' with its name, or 'skip' it and log it to "

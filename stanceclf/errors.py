@@ -83,6 +83,12 @@ class InputRecordError(StanceclfError):
     code = "E030"
 
 
+class ScoringSetupError(StanceclfError):
+    """A scoring run cannot start: an input is missing, or an option or the output path is unusable."""
+
+    code = "E031"
+
+
 class EvaluationError(StanceclfError):
     """An evaluation would be meaningless: an empty split, or documents the model was trained on."""
 

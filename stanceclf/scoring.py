@@ -23,7 +23,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from .errors import InputRecordError, StanceclfError
+from .errors import InputRecordError, ScoringSetupError, StanceclfError
 
 InputFormat = Literal["auto", "txt", "jsonl", "csv", "parquet"]
 OutputFormat = Literal["auto", "jsonl", "csv", "parquet"]
@@ -49,11 +49,12 @@ def detect_input_format(path: Path) -> str:
     suffix = path.suffix.lower()
     formats = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".txt": "txt"}
     if suffix not in formats:
-        raise StanceclfError(f"cannot tell the input format from {suffix!r}; pass --input-format", where=str(path))
+        raise ScoringSetupError(f"cannot tell the input format from {suffix!r}; pass --input-format",
+                                where=str(path))
     return formats[suffix]
 
 
-def iter_records(paths: list[Path], fmt: str = "auto", *, id_field: str = "id", text_field: str = "text",
+def iter_records(paths: list[Path], fmt: str = "auto", *, id_field: str | None = None, text_field: str = "text",
                  max_chars: int = 1_000_000) -> Iterator[InputRecord]:
     """Yield every input record in a fixed order, numbered from 0 across all inputs."""
     number = 0
@@ -127,14 +128,18 @@ def _salvage_id(raw: bytes, id_field: str) -> str | None:
     """The id of a record whose text is unusable, so that the error message can name it."""
     try:
         record = json.loads(raw.decode("utf-8", errors="replace"))
-        value = record.get(id_field) if isinstance(record, dict) else None
+        value = record.get(id_field or "id") if isinstance(record, dict) else None
         return None if value is None else str(value)
     except (json.JSONDecodeError, AttributeError):
         return None
 
 
-def _pick(record: dict, id_field: str, text_field: str, fallback_id: str, where: str):
-    doc_id = record.get(id_field)
+def _pick(record: dict, id_field: str | None, text_field: str, fallback_id: str, where: str):
+    """``(doc_id, text, where, error)``. Without an explicit ``id_field``, a record without
+    ``id`` is named FILE:LINE; with one, a record that lacks it is a bad record."""
+    doc_id = record.get(id_field or "id")
+    if doc_id is None and id_field is not None:
+        return fallback_id, None, where, f"missing id field {id_field!r} (fields: {sorted(record)[:10]})"
     doc_id = fallback_id if doc_id is None else str(doc_id)
     if text_field not in record:
         return doc_id, None, where, f"missing field {text_field!r} (fields: {sorted(record)[:10]})"
@@ -154,7 +159,7 @@ def _iter_csv(path: Path, id_field: str, text_field: str):
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError:
-                    yield row.get(id_field) or fallback, None, where, "not valid UTF-8"
+                    yield row.get(id_field or "id") or fallback, None, where, "not valid UTF-8"
                     continue
             yield _pick(row, id_field, text_field, fallback, where)
 
@@ -163,7 +168,7 @@ def _iter_parquet(path: Path, id_field: str, text_field: str):
     import pyarrow.parquet as pq
 
     table = pq.ParquetFile(path)
-    columns = [c for c in (id_field, text_field) if c in table.schema_arrow.names]
+    columns = [c for c in (id_field or "id", text_field) if c in table.schema_arrow.names]
     row_number = 0
     for batch in table.iter_batches(batch_size=1024, columns=columns or None):
         for record in batch.to_pylist():
@@ -306,7 +311,7 @@ def _signature(paths, model, options: dict) -> str:
 
 
 def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_format: InputFormat = "auto",
-                 output_format: OutputFormat = "auto", id_field: str = "id", text_field: str = "text",
+                 output_format: OutputFormat = "auto", id_field: str | None = None, text_field: str = "text",
                  per_document: bool = False, on_error: Literal["stop", "skip"] = "stop",
                  max_chars: int = 1_000_000, chunk_sentences: int = 1024, batch_size: int = 64,
                  overwrite: bool = False, progress: bool = True, log=None) -> ScoreSummary:
@@ -317,8 +322,7 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
 
     log = log or (lambda message: print(message, file=sys.stderr))
     out = Path(out)
-    fmt = output_format if output_format != "auto" else {".csv": "csv", ".parquet": "parquet"}.get(
-        out.suffix.lower(), "jsonl")
+    fmt = _check_setup([Path(p) for p in paths], out, input_format, output_format, batch_size, chunk_sentences)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     progress_path = out.with_name(out.name + PROGRESS_SUFFIX)
     errors_path = out.with_name(out.name + ".errors.jsonl")
@@ -453,6 +457,32 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, *, input_forma
         errors_path.unlink()
     summary.seconds = time.time() - started
     return summary
+
+
+def _check_setup(paths: list[Path], out: Path, input_format: str, output_format: str, batch_size: int,
+                 chunk_sentences: int) -> str:
+    """Refuse a run that cannot work before anything is read or written; returns the output format."""
+    if input_format not in ("auto", "txt", "jsonl", "csv", "parquet"):
+        raise ScoringSetupError(f"unknown input format {input_format!r}: use auto, txt, jsonl, csv or parquet")
+    for path in paths:
+        if not path.exists():
+            raise ScoringSetupError("input not found", where=str(path))
+        if input_format == "auto":
+            detect_input_format(path)
+    if batch_size < 1 or chunk_sentences < 1:
+        raise ScoringSetupError(f"batch size and chunk size must be at least 1, got {batch_size} and "
+                                f"{chunk_sentences}")
+    if output_format == "auto":
+        suffixes = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+        if out.suffix.lower() not in suffixes:
+            raise ScoringSetupError("cannot tell the output format from the name: end it in .jsonl, .csv or "
+                                    ".parquet", where=str(out))
+        output_format = suffixes[out.suffix.lower()]
+    elif output_format not in ("jsonl", "csv", "parquet"):
+        raise ScoringSetupError(f"unknown output format {output_format!r}: use jsonl, csv or parquet")
+    if not out.parent.is_dir():
+        raise ScoringSetupError("the output's folder does not exist", where=str(out.parent))
+    return output_format
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -338,3 +338,29 @@ def test_scoring_byte_order_mark_in_csv_jsonl_and_txt(tmp_path, tiny_model):
         score_corpus([tmp_path / name], tmp_path / f"{name}.out.jsonl", tiny_model, progress=False)
         rows = read_jsonl(tmp_path / f"{name}.out.jsonl")
         assert len(rows) == 1 and rows[0]["doc_id"] in ("c1", "j1", "t1") and rows[0]["text"] == "NATO will grow."
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"paths": ["nope.jsonl"]}, "input not found"),
+    ({"input_format": "xml"}, "unknown input format 'xml'"),
+    ({"out": "missing-folder/o.jsonl"}, "the output's folder does not exist"),
+    ({"out": "o.txt"}, "end it in .jsonl, .csv or .parquet"),
+    ({"batch_size": 0}, "must be at least 1"),
+])
+def test_scoring_unusable_setup_is_refused_before_anything_is_written(tmp_path, tiny_model, kwargs, message):
+    from stanceclf.errors import ScoringSetupError
+
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}])
+    arguments = {"paths": ["in.jsonl"], "out": "o.jsonl", **kwargs}
+    with pytest.raises(ScoringSetupError, match=message):
+        score_corpus([tmp_path / p for p in arguments.pop("paths")], tmp_path / arguments.pop("out"), tiny_model,
+                     progress=False, **arguments)
+    assert not list(tmp_path.glob("o*"))
+
+
+def test_scoring_explicit_id_field_missing_is_a_bad_record(tmp_path, tiny_model):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"url": "u1", "text": ARTICLE}, {"text": ARTICLE}])
+    with pytest.raises(InputRecordError, match="record 1.*missing id field 'url'"):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, id_field="url", progress=False)
+    score_corpus([source], tmp_path / "o2.jsonl", tiny_model, progress=False)  # no id field asked for
+    assert [r["doc_id"] for r in read_jsonl(tmp_path / "o2.jsonl")][::3] == ["in:1", "in:2"]
