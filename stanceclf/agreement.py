@@ -30,7 +30,10 @@ def sentence_agreement(first: list[AnnotatedDocument], second: list[AnnotatedDoc
             raise AnnotationError("the two annotations were made on different texts", where=f"document {doc.doc_id}")
         rows_a += [e["labels"] for e in sentence_examples(doc, schema, config)]
         rows_b += [e["labels"] for e in sentence_examples(other, schema, config)]
+    only_first = sorted({doc.doc_id for doc in first} - set(by_id))
+    only_second = sorted(set(by_id) - {doc.doc_id for doc in first})
     result = {"documents": len(shared), "sentences": len(rows_a), "labels": {},
+              "only_in_first": only_first, "only_in_second": only_second,
               "exact_match": sum(a == b for a, b in zip(rows_a, rows_b)) / len(rows_a)}
     for j, label in enumerate(schema.label_names):
         a = [row[j] for row in rows_a]
@@ -47,6 +50,11 @@ def format_agreement(result: dict) -> str:
     lines = [f"{result['documents']} documents, {result['sentences']} sentences; "
              f"identical label sets on {result['exact_match']:.1%} of sentences.", "",
              "| label | positives (first) | positives (second) | F1 | Cohen's kappa |", "|---|---:|---:|---:|---:|"]
+    for side in ("first", "second"):
+        missing = result.get(f"only_in_{side}", [])
+        if missing:
+            lines.insert(1, f"Left out, annotated only in the {side} file: {len(missing)} document(s) "
+                            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}).")
     for label, row in result["labels"].items():
         lines.append(f"| {label} | {row['positives_first']} | {row['positives_second']} | {row['f1']:.3f} | "
                      f"{row['kappa']:.3f} |")

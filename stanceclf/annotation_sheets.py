@@ -20,30 +20,40 @@ from pathlib import Path
 
 from .documents import AnnotatedDocument, Span, text_checksum
 from .errors import AnnotationError, ChecksumMismatchError
-from .schema import LabelSchema
+from .schema import LabelSchema, load_schema
 from .sentences import SentenceSplitter
 
 
 def label_codes(schema: LabelSchema) -> dict[str, str]:
-    """One-letter codes for a schema's labels (the claim-types schema: P, T, A)."""
+    """One distinct letter per label of a schema (the claim-types schema: P, T, A)."""
     preferred = {"prediction": "P", "threat_framing": "T", "policy_attribution": "A"}
     codes: dict[str, str] = {}
+    for name in schema.label_names:  # preferred letters first, so that no other label takes them
+        if preferred.get(name) and preferred[name] not in codes:
+            codes[preferred[name]] = name
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     for name in schema.label_names:
-        code = preferred.get(name) or next((c.upper() for c in name if c.upper() not in codes), name)
+        if name in codes.values():
+            continue
+        code = next((c for c in name.upper() + alphabet if c in alphabet and c not in codes), name)
         codes[code] = name
     return codes
 
 
-def export_sheets(documents: dict[str, str], out_dir: str | Path, splitter: SentenceSplitter | None = None) -> int:
+def export_sheets(documents: dict[str, str], out_dir: str | Path, splitter: SentenceSplitter | None = None, *,
+                  schema: LabelSchema | None = None) -> int:
     """Write a sheet and an offsets file per ``{doc_id: text}``; returns the number of sentences."""
     splitter = splitter or SentenceSplitter()
+    codes = label_codes(schema or load_schema("claim-types"))
+    legend = ", ".join(f"{code}={name}" for code, name in codes.items())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = 0
     for doc_id, text in documents.items():
         sentences = splitter.split(text)
         total += len(sentences)
-        lines = [f"# document {doc_id}  ({len(sentences)} sentences; judge each in the context of the whole article)"]
+        lines = [f"# document {doc_id}  ({len(sentences)} sentences; judge each in the context of the whole article)",
+                 f"# codes: {legend}; '-' for none"]
         lines += [f"[{i}] {s.text}" for i, s in enumerate(sentences)]
         (out_dir / f"{doc_id}.sheet.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         offsets = {"doc_id": doc_id, "checksum": text_checksum(text),
@@ -56,7 +66,10 @@ def import_decisions(decisions: str | Path, offsets_file: str | Path, text: str,
                      annotator: str) -> tuple[AnnotatedDocument, dict[int, str]]:
     """Read one decision file into an :class:`AnnotatedDocument`; also returns the notes by sentence."""
     decisions, offsets_file = Path(decisions), Path(offsets_file)
-    offsets = json.loads(offsets_file.read_text(encoding="utf-8"))
+    try:
+        offsets = json.loads(offsets_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnnotationError(f"cannot read the sheet's offsets file: {exc}", where=str(offsets_file)) from None
     if offsets["checksum"] != text_checksum(text):
         raise ChecksumMismatchError("the document changed since its sheet was made", where=str(offsets_file))
     sentences = offsets["sentences"]
@@ -64,7 +77,7 @@ def import_decisions(decisions: str | Path, offsets_file: str | Path, text: str,
     spans: list[Span] = []
     notes: dict[int, str] = {}
     seen: set[int] = set()
-    for line_number, line in enumerate(decisions.read_text(encoding="utf-8").splitlines(), 1):
+    for line_number, line in enumerate(decisions.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         where = f"{decisions}:{line_number}"

@@ -26,6 +26,21 @@ BACKEND_OPTION = typer.Option("torch", help="Forward pass: torch (fp32), bf16 (b
 FAST_OPTION = typer.Option(False, help="Shorthand for --backend auto.")
 
 
+def _read_text(path: Path) -> str:
+    """A document's text, exactly (CRLF kept), or an error naming the file."""
+    from .errors import InputFileError
+    from .readers.native import read_text_file
+
+    try:
+        return read_text_file(path)
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"not valid UTF-8: {exc.reason} at byte {exc.start}", where=str(path)) from None
+    except IsADirectoryError:
+        raise InputFileError("is a folder; give the files in it", where=str(path)) from None
+    except OSError as exc:
+        raise InputFileError(exc.strerror or str(exc), where=str(path)) from None
+
+
 def _fail(error: Exception) -> None:
     typer.secho(str(error), fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
@@ -173,14 +188,13 @@ def classify(
 ):
     """Classify the sentences of a few documents and print them."""
     from .predict import load
-    from .readers.native import read_text_file
 
     try:
         loaded = load(model, fast="auto" if fast else backend)
         # Newlines untouched (CRLF stays CRLF), so that offsets match `stanceclf score` and the file.
-        sources = ([(str(f), read_text_file(f)) for f in files] if files
+        sources = ([(str(f), _read_text(f)) for f in files] if files
                    else [("<stdin>", sys.stdin.buffer.read().decode("utf-8"))])
-    except (StanceclfError, OSError, UnicodeDecodeError) as error:
+    except (StanceclfError, UnicodeDecodeError) as error:
         _fail(error)
     results = loaded.classify([text for _, text in sources])
     for (name, _), predictions in zip(sources, results):
@@ -312,13 +326,17 @@ def sheets_export(
     texts: List[Path] = typer.Argument(..., help="Text files (or folders of .txt) to annotate."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the sheets (keep it out of git if the texts "
                              "may not be redistributed)."),
+    schema: str = typer.Option("claim-types", help="Schema name or path (its label codes head each sheet)."),
 ):
     """Write numbered sentence sheets for annotators."""
     from .annotation_sheets import export_sheets
-    from .readers.native import read_text_file
+    from .schema import load_schema
 
-    files = [p for t in texts for p in (sorted(t.glob("*.txt")) if t.is_dir() else [t])]
-    count = export_sheets({f.stem: read_text_file(f) for f in files}, out)
+    try:
+        files = [p for t in texts for p in (sorted(t.glob("*.txt")) if t.is_dir() else [t])]
+        count = export_sheets({f.stem: _read_text(f) for f in files}, out, schema=load_schema(schema))
+    except (StanceclfError, OSError) as error:
+        _fail(error)
     typer.echo(f"wrote {len(files)} sheets with {count} sentences to {out}")
 
 
@@ -333,16 +351,19 @@ def sheets_import(
 ):
     """Turn an annotator's decision files into stand-off annotations (text referenced, not copied)."""
     from .annotation_sheets import import_decisions
+    from .errors import InputFileError
     from .readers import write_native
-    from .readers.native import read_text_file
     from .schema import load_schema
 
     try:
         label_schema = load_schema(schema)
         documents, paths = [], {}
-        for file in sorted(decisions.glob("*.tsv")):
+        files = sorted(decisions.glob("*.tsv")) if decisions.is_dir() else []
+        if not files:
+            raise InputFileError("no <doc_id>.tsv decision files here", where=str(decisions))
+        for file in files:
             text_path = texts / f"{file.stem}.txt"
-            document, _ = import_decisions(file, sheets / f"{file.stem}.offsets.json", read_text_file(text_path),
+            document, _ = import_decisions(file, sheets / f"{file.stem}.offsets.json", _read_text(text_path),
                                            label_schema, annotator)
             documents.append(document)
             paths[document.doc_id] = text_path

@@ -53,6 +53,12 @@ class OffsetError(AnnotationError):
     code = "E005"
 
 
+class InputFileError(StanceclfError):
+    """A file cannot be read: missing, a folder, or not UTF-8."""
+
+    code = "E006"
+
+
 class RecipeError(StanceclfError):
     """A training recipe is invalid; raised before any work starts."""
 

@@ -63,15 +63,18 @@ def classify(texts, *, model: StanceModel | str | Path | None = None, split_sent
 
 
 def to_records(predictions, *, doc_ids=None) -> list[dict]:
-    """Flatten predictions (one list, or a list of lists) into plain dicts with
-    ``doc``, ``sentence_index`` and one ``score_<label>`` column per label."""
+    """Flatten predictions (one list, or a list of lists) into plain dicts with the columns
+    of ``stanceclf score``: ``doc_id`` (``doc_ids[i]``, or the input's position),
+    ``sentence_index``, ``start``, ``end``, ``text``, ``labels``, one ``score_<label>`` per label."""
     if predictions and isinstance(predictions[0], Prediction):
         predictions = [predictions]
+    if doc_ids is not None and len(doc_ids) != len(predictions):
+        raise ValueError(f"{len(doc_ids)} doc_ids for {len(predictions)} documents")
     records = []
     for doc_position, doc_predictions in enumerate(predictions):
         doc = doc_ids[doc_position] if doc_ids is not None else doc_position
         for index, prediction in enumerate(doc_predictions):
-            record = {"doc": doc, "sentence_index": index, "start": prediction.start, "end": prediction.end,
+            record = {"doc_id": doc, "sentence_index": index, "start": prediction.start, "end": prediction.end,
                       "text": prediction.text, "labels": list(prediction.labels)}
             record.update({f"score_{label}": score for label, score in prediction.scores.items()})
             records.append(record)

@@ -91,6 +91,14 @@ def test_cli_classify_offsets_of_crlf_file_point_into_the_file(tmp_path, tiny_mo
     assert rows[1]["start"] == 18
 
 
+def test_cli_classify_unreadable_files_name_the_file(tmp_path, tiny_model_dir):
+    result = runner.invoke(app, ["classify", str(tmp_path / "nope.txt"), "--model", str(tiny_model_dir)])
+    assert result.exit_code == 1 and "[E006]" in result.output and "nope.txt" in result.output
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait.")
+    result = runner.invoke(app, ["classify", str(tmp_path / "latin1.txt"), "--model", str(tiny_model_dir)])
+    assert result.exit_code == 1 and "latin1.txt" in result.output and "not valid UTF-8" in result.output
+
+
 def test_cli_classify_backends(tmp_path, tiny_model_dir):
     doc = tmp_path / "doc.txt"
     doc.write_text(TEXT, encoding="utf-8")

@@ -130,7 +130,9 @@ def test_predict_to_dataframe_and_dicts(make_tiny_model):
     model = make_tiny_model()
     results = model.classify([TEXT, "Another one."])
     frame = to_dataframe(results, doc_ids=["a", "b"])
-    assert list(frame["doc"]) == ["a"] * 5 + ["b"]
+    assert list(frame["doc_id"]) == ["a"] * 5 + ["b"]
+    with pytest.raises(ValueError, match="1 doc_ids for 2 documents"):
+        to_dataframe(results, doc_ids=["a"])
     assert {"start", "end", "text", "labels", "score_prediction"} <= set(frame.columns)
     assert isinstance(results[0][0], Prediction)
     assert results[0][0].to_dict()["text"] == "Will the arms race weaken the partnership?"

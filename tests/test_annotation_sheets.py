@@ -1,0 +1,76 @@
+"""Sentence sheets for annotating whole articles by hand, and reading the decisions back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from stanceclf.annotation_sheets import export_sheets, import_decisions, label_codes
+from stanceclf.cli import app
+from stanceclf.errors import AnnotationError
+from stanceclf.schema import LabelSchema, load_schema
+
+TEXT = "NATO will expand again. Moscow warned of a dangerous escalation.\nThe summit opened on Monday."
+runner = CliRunner()
+
+
+def test_annotation_sheets_codes_of_claim_types():
+    assert label_codes(load_schema("claim-types")) == {"P": "prediction", "T": "threat_framing",
+                                                       "A": "policy_attribution"}
+
+
+def test_annotation_sheets_codes_stay_distinct_when_a_preferred_letter_is_wanted_twice():
+    schema = LabelSchema.from_labels(["attack", "policy_attribution", "prediction", "proposal"])
+    codes = label_codes(schema)
+    assert sorted(codes.values()) == sorted(schema.label_names)
+    assert codes["A"] == "policy_attribution" and codes["P"] == "prediction"
+
+
+def test_annotation_sheets_round_trip_with_byte_order_mark(tmp_path):
+    export_sheets({"doc1": TEXT}, tmp_path)
+    sheet = (tmp_path / "doc1.sheet.txt").read_text(encoding="utf-8")
+    assert "# codes: P=prediction, T=threat_framing, A=policy_attribution" in sheet
+    assert "[1] Moscow warned of a dangerous escalation." in sheet
+    (tmp_path / "doc1.tsv").write_text("\ufeff0\tP\n1\tT\tloaded wording\n2\t-\n", encoding="utf-8")
+    document, notes = import_decisions(tmp_path / "doc1.tsv", tmp_path / "doc1.offsets.json", TEXT,
+                                       load_schema("claim-types"), "reader-1")
+    assert [(TEXT[s.start:s.end], s.label, s.annotator) for s in document.spans] == [
+        ("NATO will expand again.", "prediction", "reader-1"),
+        ("Moscow warned of a dangerous escalation.", "threat_framing", "reader-1")]
+    assert notes == {1: "loaded wording"}
+
+
+def test_annotation_sheets_bad_offsets_file_names_it(tmp_path):
+    (tmp_path / "doc1.offsets.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "doc1.tsv").write_text("0\tP\n", encoding="utf-8")
+    with pytest.raises(AnnotationError, match=r"\[E002\].*doc1.offsets.json.*cannot read"):
+        import_decisions(tmp_path / "doc1.tsv", tmp_path / "doc1.offsets.json", TEXT, load_schema("claim-types"),
+                         "r")
+
+
+def test_annotation_sheets_cli_errors_carry_codes(tmp_path):
+    result = runner.invoke(app, ["sheets", "export", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "[E006]" in result.output and "nope.txt" in result.output
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9")
+    result = runner.invoke(app, ["sheets", "export", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "[E006]" in result.output and "not valid UTF-8" in result.output
+    result = runner.invoke(app, ["sheets", "import", str(tmp_path / "empty"), "--sheets", str(tmp_path),
+                                 "--texts", str(tmp_path), "--annotator", "r", "--out", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and "[E006]" in result.output and "no <doc_id>.tsv" in result.output
+
+
+def test_annotation_sheets_cli_round_trip_writes_stand_off(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "doc1.txt").write_text(TEXT, encoding="utf-8")
+    assert runner.invoke(app, ["sheets", "export", str(texts), "--out", str(tmp_path / "sheets")]).exit_code == 0
+    decisions = tmp_path / "decisions"
+    decisions.mkdir()
+    (decisions / "doc1.tsv").write_text("0\tP\n1\t-\n2\t-\n", encoding="utf-8")
+    result = runner.invoke(app, ["sheets", "import", str(decisions), "--sheets", str(tmp_path / "sheets"),
+                                 "--texts", str(texts), "--annotator", "reader-1", "--out", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])
+    assert "text" not in record and record["spans"][0]["label"] == "prediction"
