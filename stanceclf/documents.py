@@ -12,6 +12,16 @@ import hashlib
 from dataclasses import dataclass, field, replace
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (an unpaired surrogate, e.g. from a JSON
+    escape or undecodable bytes), or None. Tokenizers and writers fail on such text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode: an unpaired surrogate at character {exc.start}"
+    return None
+
+
 def text_checksum(text: str) -> str:
     """The checksum stored with stand-off annotations: sha256 of the UTF-8 text."""
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

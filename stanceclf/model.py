@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .documents import unicode_problem
 from .errors import ModelDirectoryError, describe_validation_error
 from .schema import LabelSchema
 from .sentences import SentenceSplitter
@@ -320,11 +321,9 @@ class StanceModel:
         for position, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"input {position} is {type(text).__name__}, expected str")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValueError(f"input {position} is not valid Unicode: an unpaired surrogate at character "
-                                 f"{exc.start}") from None
+            problem = unicode_problem(text)
+            if problem:
+                raise ValueError(f"input {position} is {problem}")
         units: list[tuple[int, int, int, str]] = []
         for doc_index, text in enumerate(texts):
             if split_sentences:

@@ -23,6 +23,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
+from .documents import unicode_problem
 from .errors import InputRecordError, ScoringSetupError, StanceclfError
 
 InputFormat = Literal["auto", "txt", "jsonl", "csv", "parquet"]
@@ -78,10 +79,8 @@ def _text_problem(text, max_chars: int) -> str | None:
         return f"text is {type(text).__name__}, not a string"
     if not text.strip():
         return "text is empty or whitespace only"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"text is not valid Unicode: an unpaired surrogate at character {exc.start}"
+    if unicode_problem(text):
+        return f"text is {unicode_problem(text)}"
     if len(text) > max_chars:
         return f"text has {len(text):,} characters, above the limit of {max_chars:,} (raise --max-chars to score it)"
     return None
@@ -155,12 +154,9 @@ def _iter_csv(path: Path, id_field: str, text_field: str):
             where = f"{path}:row {row_number}"
             fallback = f"{path.stem}:{row_number}"
             value = row.get(text_field)
-            if value is not None:
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    yield row.get(id_field or "id") or fallback, None, where, "not valid UTF-8"
-                    continue
+            if isinstance(value, str) and unicode_problem(value):
+                yield row.get(id_field or "id") or fallback, None, where, "not valid UTF-8"
+                continue
             yield _pick(row, id_field, text_field, fallback, where)
 
 
