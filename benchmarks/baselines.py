@@ -45,7 +45,7 @@ def embed(texts: list[str], base: str, batch_size: int = 64) -> np.ndarray:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from stanceclf.base_models import resolve_base
+    from stanceclf.train.base_models import resolve_base
 
     path = resolve_base(base)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -65,7 +65,7 @@ def embed(texts: list[str], base: str, batch_size: int = 64) -> np.ndarray:
 def fit_predict_lr(x_train, y_train, x_dev, y_dev, x_test):
     from sklearn.linear_model import LogisticRegression
 
-    from stanceclf.calibration import fit_thresholds
+    from stanceclf.train.calibration import fit_thresholds
 
     dev_scores, test_scores = [], []
     for j in range(y_train.shape[1]):
@@ -87,12 +87,12 @@ def main() -> None:
 
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from stanceclf.evaluation import evaluate_model
-    from stanceclf.metrics import multilabel_report
-    from stanceclf.predict import load
-    from stanceclf.recipe import load_recipe
-    from stanceclf.schema import load_schema
-    from stanceclf.training import prepare_dataset
+    from stanceclf.train.evaluation import evaluate_model
+    from stanceclf.train.metrics import multilabel_report
+    from stanceclf.infer.predict import load
+    from stanceclf.train.recipe import load_recipe
+    from stanceclf.data.schema import load_schema
+    from stanceclf.train.trainer import prepare_dataset
 
     recipe = load_recipe(args.recipe)
     schema = load_schema(recipe.schema_name)

@@ -40,7 +40,7 @@ def corpus_documents(limit: int | None = None) -> list[tuple[str, str]]:
 
 
 def corpus_sentences(minimum: int = 5000) -> list[str]:
-    from stanceclf.sentences import SentenceSplitter
+    from stanceclf.data.sentences import SentenceSplitter
 
     splitter = SentenceSplitter()
     sentences = [s.text for _, text in corpus_documents() for s in splitter.split(text)]
@@ -92,7 +92,7 @@ def run_child(kind: str, model_dir: str, sentences_file: str, fast: bool | str =
 def run_score(model_dir: str, docs: list[tuple[str, str]], repeat_to: int | None, workdir: Path,
               backend: str) -> dict:
     """stanceclf score as a user runs it, with /usr/bin/time for the peak RSS."""
-    from stanceclf.sentences import SentenceSplitter
+    from stanceclf.data.sentences import SentenceSplitter
 
     splitter = SentenceSplitter()
     counts = {doc_id: len(splitter.split(text)) for doc_id, text in docs}
@@ -173,8 +173,8 @@ def main() -> None:
     fast = {backend: run_child("classify", args.model, str(sentences_file), fast=backend) for backend in ("bf16", "onnx")}
     import numpy as np
 
-    from stanceclf.fast_path import resolve_backend
-    from stanceclf.model import ModelManifest
+    from stanceclf.infer.backends import resolve_backend
+    from stanceclf.model.manifest import ModelManifest
 
     manifest = ModelManifest.read(Path(args.model))
     threshold_row = np.array([manifest.thresholds[label] for label in manifest.labels])

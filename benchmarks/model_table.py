@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stanceclf.model import ModelManifest  # noqa: E402
+from stanceclf.model.manifest import ModelManifest  # noqa: E402
 
 
 def main() -> None:

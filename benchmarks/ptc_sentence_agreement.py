@@ -2,7 +2,7 @@
 
 Our labels come from the pipeline the ptc-propaganda recipe uses:
 ``read_annotations("ptc", train, labels=["propaganda"], label_map={"*": "propaganda"}, strict=False)``
-then :func:`stanceclf.dataset.sentence_examples` with the ``ptc-propaganda`` schema and
+then :func:`stanceclf.data.dataset.sentence_examples` with the ``ptc-propaganda`` schema and
 ``BuildConfig()`` (syntok, ``min_overlap_chars=1``). PTC's units are its lines: every
 article is stored one sentence per line, and the corpus' sentence-level task (SLC) calls a
 line positive when it contains a propaganda fragment.
@@ -52,9 +52,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stanceclf.dataset import BuildConfig, sentence_examples  # noqa: E402
-from stanceclf.readers import ReadReport, read_annotations  # noqa: E402
-from stanceclf.schema import load_schema  # noqa: E402
+from stanceclf.data.dataset import BuildConfig, sentence_examples  # noqa: E402
+from stanceclf.data.readers import ReadReport, read_annotations  # noqa: E402
+from stanceclf.data.schema import load_schema  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "ptc_sentence_agreement.md"
 DEFAULT_PTC = REPO.parent / "shared" / "corpus" / "ptc"

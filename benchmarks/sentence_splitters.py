@@ -1,4 +1,4 @@
-"""Compare the sentence-splitter backends of :class:`stanceclf.sentences.SentenceSplitter`.
+"""Compare the sentence-splitter backends of :class:`stanceclf.data.sentences.SentenceSplitter`.
 
 (a) PTC (``train`` + ``dev``, read at run time from ``../shared/corpus/ptc``; no text of it
     is printed or written). Each article is a title line followed by one sentence per line,
@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stanceclf.sentences import SentenceSplitter  # noqa: E402
+from stanceclf.data.sentences import SentenceSplitter  # noqa: E402
 
 BACKENDS = ("syntok", "pysbd", "blingfire")
 RESULTS = REPO / "benchmarks" / "results" / "sentence_splitters.md"

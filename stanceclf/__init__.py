@@ -5,15 +5,17 @@
     ...     print(sentence.labels, sentence.text)
 """
 
-from .dataset import BuildConfig, build_dataset
-from .documents import AnnotatedDocument, Document, Span
-from .errors import StanceclfError
-from .model import ModelManifest, Prediction, StanceModel
-from .predict import classify, default_model_path, load, to_dataframe, to_records
-from .readers import read_annotations
-from .recipe import Recipe, load_recipe
-from .schema import LabelSchema, load_schema
-from .sentences import SentenceSpan, SentenceSplitter, split_sentences
+from stanceclf.data.dataset import BuildConfig, build_dataset
+from stanceclf.data.documents import AnnotatedDocument, Document, Span
+from stanceclf.errors import StanceclfError
+from stanceclf.model.manifest import ModelManifest
+from stanceclf.infer.results import Prediction
+from stanceclf.infer.model import StanceModel
+from stanceclf.infer.predict import classify, default_model_path, load, to_dataframe, to_records
+from stanceclf.data.readers import read_annotations
+from stanceclf.train.recipe import Recipe, load_recipe
+from stanceclf.data.schema import LabelSchema, load_schema
+from stanceclf.data.sentences import SentenceSpan, SentenceSplitter, split_sentences
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ def base_tokenizer():
     """The packaged base's tokenizer (local files, no weights loaded)."""
     from transformers import AutoTokenizer
 
-    from stanceclf.base_models import resolve_base
+    from stanceclf.train.base_models import resolve_base
 
     return AutoTokenizer.from_pretrained(resolve_base("packaged:all-minilm-l6-v2"))
 
@@ -39,9 +39,11 @@ def make_tiny_model(base_tokenizer):
     """Build an untrained tiny StanceModel for a schema, with given thresholds and temperatures."""
     import torch
 
-    from stanceclf.model import ModelManifest, StanceModel
-    from stanceclf.schema import load_schema
-    from stanceclf.training import build_base_model
+    from stanceclf.model.manifest import ModelManifest
+
+    from stanceclf.infer.model import StanceModel
+    from stanceclf.data.schema import load_schema
+    from stanceclf.train.trainer import build_base_model
 
     def make(schema_name: str = "claim-types", *, thresholds=None, temperatures=None, max_length: int = 64,
              seed: int = 0):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from stanceclf.agreement import format_agreement, sentence_agreement
-from stanceclf.documents import AnnotatedDocument, Span
+from stanceclf.data.agreement import format_agreement, sentence_agreement
+from stanceclf.data.documents import AnnotatedDocument, Span
 from stanceclf.errors import AnnotationError
-from stanceclf.schema import load_schema
+from stanceclf.data.schema import load_schema
 
 TEXT = "One will fall. Two will rise. Three is here. Four is there."
 CLAIMS = load_schema("claim-types")

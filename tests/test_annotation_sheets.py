@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from stanceclf.annotation_sheets import export_sheets, import_decisions, label_codes
+from stanceclf.data.sheets import export_sheets, import_decisions, label_codes
 from stanceclf.cli import app
 from stanceclf.errors import AnnotationError
-from stanceclf.schema import LabelSchema, load_schema
+from stanceclf.data.schema import LabelSchema, load_schema
 
 TEXT = "NATO will expand again. Moscow warned of a dangerous escalation.\nThe summit opened on Monday."
 runner = CliRunner()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from stanceclf.dataset import (BuildConfig, assign_splits, build_dataset, data_fingerprint, format_statistics,
+from stanceclf.data.dataset import (BuildConfig, assign_splits, build_dataset, data_fingerprint, format_statistics,
                                load_built_dataset, save_dataset, sentence_examples, statistics)
-from stanceclf.documents import AnnotatedDocument, Span
+from stanceclf.data.documents import AnnotatedDocument, Span
 from stanceclf.errors import StanceclfError
-from stanceclf.schema import LabelSchema, load_schema
+from stanceclf.data.schema import LabelSchema, load_schema
 
 FIXTURES = Path(__file__).parent / "fixtures" / "annotations"
 TEXT = "Prices will rise next year. The minister blamed the bank.\n"
@@ -367,7 +367,7 @@ def test_dataset_cli_build_dataset_bad_input_fails_cleanly(tmp_path):
 
 
 def test_dataset_cli_build_dataset_help_names_every_format():
-    from stanceclf.readers import FORMATS
+    from stanceclf.data.readers import FORMATS
 
     result = run_cli(["build-dataset", "--help"])
     assert result.exit_code == 0
@@ -376,7 +376,7 @@ def test_dataset_cli_build_dataset_help_names_every_format():
 
 
 def test_dataset_cli_build_dataset_help_shows_format_descriptions_intact():
-    from stanceclf.readers import FORMATS
+    from stanceclf.data.readers import FORMATS
 
     output = " ".join(re.sub(r"[│╭╮╰╯─]", " ", run_cli(["build-dataset", "--help"]).output).split())
     for name, description in FORMATS.items():

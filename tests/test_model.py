@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from stanceclf.errors import ModelDirectoryError
-from stanceclf.model import MANIFEST_NAME, ModelManifest, StanceModel, probabilities
+from stanceclf.model.manifest import MANIFEST_NAME, ModelManifest
+from stanceclf.infer.model import StanceModel
+from stanceclf.model.decision import probabilities
 
 
 def test_model_save_load_round_trip_keeps_thresholds_and_temperatures(tmp_path, make_tiny_model):
@@ -159,7 +161,7 @@ def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles(back
     """The real check: the shipped model's scores on every seed sentence, fast vs fp32."""
     from pathlib import Path
 
-    from stanceclf.predict import default_model_path
+    from stanceclf.infer.predict import default_model_path
 
     model = StanceModel.from_pretrained(default_model_path())
     fast = model.accelerated(backend)
@@ -172,7 +174,7 @@ def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles(back
 
 
 def test_model_fast_backend_resolution(monkeypatch):
-    from stanceclf import fast_path
+    from stanceclf.infer import backends as fast_path
     from stanceclf.errors import BackendError
 
     monkeypatch.setattr(fast_path, "native_bf16_supported", lambda: True)

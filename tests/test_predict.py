@@ -9,7 +9,7 @@ import pytest
 
 import stanceclf
 from stanceclf import classify, load, to_dataframe
-from stanceclf.model import Prediction
+from stanceclf.infer.results import Prediction
 
 TEXT = ("Will the arms race weaken the partnership?\n\n"
         "Mr. Putin said the U.S. will deploy missiles in Asia. China warned this could provoke an arms race.\n"

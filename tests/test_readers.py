@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stanceclf.documents import Span, text_checksum
+from stanceclf.data.documents import Span, text_checksum
 from stanceclf.errors import AnnotationError, ChecksumMismatchError, OffsetError, UnknownLabelError
-from stanceclf.readers import ReadReport, read_annotations
+from stanceclf.data.readers import ReadReport, read_annotations
 
 FIXTURES = Path(__file__).parent / "fixtures" / "annotations"
 PTC_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "ptc"
@@ -433,7 +433,7 @@ def test_readers_native_checksum_mismatch():
 
 def test_readers_native_missing_text_file():
     path = FIXTURES / "native" / "missing_text.jsonl"
-    with pytest.raises(AnnotationError, match="text file not found: .*texts/missing.txt") as excinfo:
+    with pytest.raises(AnnotationError, match="text file .*texts/missing.txt: file not found") as excinfo:
         read_annotations("native", path)
     assert excinfo.value.where == f"{path}:1 (document 'doc-ref')"
 
@@ -445,7 +445,7 @@ def test_readers_duplicate_document_across_inputs():
 
 def test_readers_native_accepts_bom_and_names_bad_utf8_line(tmp_path):
     from stanceclf.errors import AnnotationError
-    from stanceclf.readers import read_annotations
+    from stanceclf.data.readers import read_annotations
 
     good = b'{"doc_id": "a", "text": "Hello there.", "spans": []}\n'
     path = tmp_path / "bom.jsonl"
@@ -459,7 +459,7 @@ def test_readers_native_accepts_bom_and_names_bad_utf8_line(tmp_path):
 
 def test_readers_native_rejects_annotators_given_as_a_string(tmp_path):
     from stanceclf.errors import AnnotationError
-    from stanceclf.readers import read_annotations
+    from stanceclf.data.readers import read_annotations
 
     path = tmp_path / "a.jsonl"
     path.write_text('{"doc_id": "a", "text": "Hello there.", "annotators": "ann-a", "spans": []}\n')
@@ -468,8 +468,8 @@ def test_readers_native_rejects_annotators_given_as_a_string(tmp_path):
 
 
 def test_readers_native_write_read_round_trip_by_reference(tmp_path):
-    from stanceclf.documents import AnnotatedDocument, Span
-    from stanceclf.readers import read_annotations, write_native
+    from stanceclf.data.documents import AnnotatedDocument, Span
+    from stanceclf.data.readers import read_annotations, write_native
 
     text_file = tmp_path / "texts" / "d1.txt"
     text_file.parent.mkdir()

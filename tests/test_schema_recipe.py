@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from stanceclf.errors import RecipeError, SchemaError
-from stanceclf.readers import FORMATS
-from stanceclf.recipe import Recipe, apply_override, load_recipe
-from stanceclf.schema import SCHEMA_DIRS, LabelSchema, load_schema
+from stanceclf.data.readers import FORMATS
+from stanceclf.train.recipe import Recipe, apply_override, load_recipe
+from stanceclf.data.schema import SCHEMA_DIRS, LabelSchema, load_schema
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SCHEMAS = sorted((REPO / "labels").glob("*.toml"))
@@ -170,7 +170,7 @@ def test_recipe_minimal_defaults(tmp_path):
     recipe = load_recipe(write(tmp_path, "r.toml", MINIMAL_RECIPE))
     assert (recipe.training.epochs, recipe.training.method, recipe.data.format, recipe.seed) == (
         2, "full", "native", 13)
-    config = recipe.data.build_config(recipe.seed)
+    config = recipe.data.build_settings()
     assert config.seed == 13 and config.split_ratios == {"train": 0.7, "dev": 0.15, "test": 0.15}
 
 

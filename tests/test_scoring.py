@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from stanceclf.errors import InputRecordError, StanceclfError
-from stanceclf.model import StanceModel
-from stanceclf.scoring import PROGRESS_SUFFIX, score_corpus
+from stanceclf.infer.model import StanceModel
+from stanceclf.infer.scoring import PROGRESS_SUFFIX, score_corpus
 
 ARTICLE = ("NATO will expand again. Moscow warned of a dangerous escalation.\n"
            "The summit opened on Monday in Vilnius.")
@@ -124,10 +124,11 @@ def test_scoring_bad_records_skipped_are_logged_not_dropped_silently(tmp_path, t
     assert "not valid UTF-8" in errors[0]["error"]
 
 
-def test_scoring_empty_input_file_gives_empty_output(tmp_path, tiny_model):
+def test_scoring_empty_input_file_is_an_error_and_writes_nothing(tmp_path, tiny_model):
     (tmp_path / "empty.jsonl").write_text("")
-    summary = score_corpus([tmp_path / "empty.jsonl"], tmp_path / "o.jsonl", tiny_model, progress=False)
-    assert summary.documents == 0 and (tmp_path / "o.jsonl").read_text() == ""
+    with pytest.raises(InputRecordError, match="nothing was scored.*no records"):
+        score_corpus([tmp_path / "empty.jsonl"], tmp_path / "o.jsonl", tiny_model, progress=False)
+    assert not list(tmp_path.glob("o.jsonl*"))
 
 
 def test_scoring_refuses_to_overwrite_complete_output(tmp_path, tiny_model):
@@ -162,7 +163,7 @@ def test_scoring_refuses_to_resume_with_another_backend(tmp_path, tiny_model, mo
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
     monkeypatch.setattr(StanceModel, "predict_proba", real_predict)
-    with pytest.raises(StanceclfError, match="other inputs, model or options"):
+    with pytest.raises(StanceclfError, match="other inputs, model or output options"):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model.accelerated("bf16"), progress=False,
                      chunk_sentences=30)
     summary = score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
@@ -249,22 +250,21 @@ def test_scoring_parquet_output_when_some_chunks_have_no_labels(tmp_path, tiny_m
 def test_scoring_interrupted_while_finishing_resumes_without_duplicates(tmp_path, tiny_model, monkeypatch, fmt):
     import pandas as pd
 
-    from stanceclf import scoring
+    from stanceclf.infer.scoring.outputs import OUTPUT_FORMATS
 
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": f"Sentence {i}."} for i in range(3)])
     out = tmp_path / f"o.{fmt}"
-    real = _interrupt_on_call(monkeypatch, scoring._Writer, "finish", after=1)
+    writer = OUTPUT_FORMATS[fmt]
+    real = _interrupt_on_call(monkeypatch, writer, "finish", after=1)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], out, tiny_model, progress=False, chunk_sentences=1)
-    monkeypatch.setattr(scoring._Writer, "finish", real)
+    monkeypatch.setattr(writer, "finish", real)
     score_corpus([source], out, tiny_model, progress=False, chunk_sentences=1)
     ids = [r["doc_id"] for r in read_jsonl(out)] if fmt == "jsonl" else list(pd.read_parquet(out)["doc_id"])
     assert ids == ["0", "1", "2"]
 
 
 def test_scoring_killed_after_output_renamed_finishes_cleanly(tmp_path, tiny_model, monkeypatch):
-    from stanceclf import scoring
-
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}])
     out = tmp_path / "o.jsonl"
     _interrupt_on_call(monkeypatch, Path, "unlink", after=1)  # the progress file's removal
@@ -315,7 +315,7 @@ def test_scoring_refuses_to_resume_after_the_model_changed_in_place(tmp_path, ti
     manifest = json.loads((model_dir / "stanceclf.json").read_text())
     manifest["thresholds"] = {label: 0.3 for label in manifest["thresholds"]}
     (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
-    with pytest.raises(StanceclfError, match="other inputs, model or options"):
+    with pytest.raises(StanceclfError, match="other inputs, model or output options"):
         score_corpus([source], tmp_path / "o.jsonl", StanceModel.from_pretrained(model_dir), progress=False,
                      chunk_sentences=3)
 
@@ -342,10 +342,10 @@ def test_scoring_byte_order_mark_in_csv_jsonl_and_txt(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"paths": ["nope.jsonl"]}, "input not found"),
-    ({"input_format": "xml"}, "unknown input format 'xml'"),
+    ({"input_format": "xml"}, "field 'input_format'"),
     ({"out": "missing-folder/o.jsonl"}, "the output's folder does not exist"),
     ({"out": "o.txt"}, "end it in .jsonl, .csv or .parquet"),
-    ({"batch_size": 0}, "must be at least 1"),
+    ({"batch_size": 0}, "field 'batch_size'"),
 ])
 def test_scoring_unusable_setup_is_refused_before_anything_is_written(tmp_path, tiny_model, kwargs, message):
     from stanceclf.errors import ScoringSetupError

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from stanceclf.sentences import SentenceSplitter, split_sentences
+from stanceclf.data.sentences import SentenceSplitter, split_sentences
 
 SEEDS = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))
 BACKENDS = ["syntok", "pysbd", "blingfire"]

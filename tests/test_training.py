@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 
-from stanceclf.documents import AnnotatedDocument, Span
+from stanceclf.data.documents import AnnotatedDocument, Span
 from stanceclf.errors import RecipeError
-from stanceclf.model import StanceModel
-from stanceclf.readers import write_native
-from stanceclf.recipe import load_recipe
-from stanceclf.schema import load_schema
-from stanceclf.training import build_base_model, positive_weights, train
+from stanceclf.infer.model import StanceModel
+from stanceclf.data.readers import write_native
+from stanceclf.train.recipe import load_recipe
+from stanceclf.data.schema import load_schema
+from stanceclf.train.trainer import build_base_model, positive_weights, train
 
 from conftest import tiny_config
 
@@ -116,8 +116,8 @@ def test_training_bf16_mixed_precision_learns_and_saves_float32(tmp_path, base_t
     reloaded = StanceModel.from_pretrained(tmp_path / "model")
     assert next(reloaded.model.parameters()).dtype == torch.float32
     # The manifest's dev metrics are those of the saved float32 model, not of bf16 logits.
-    from stanceclf.evaluation import evaluate_model
-    from stanceclf.training import prepare_dataset
+    from stanceclf.train.evaluation import evaluate_model
+    from stanceclf.train.trainer import prepare_dataset
 
     dataset, _, _ = prepare_dataset(recipe, load_schema("claim-types"))
     report, _, _ = evaluate_model(reloaded, dataset["dev"])
@@ -147,7 +147,7 @@ def test_training_resumes_from_last_checkpoint(tmp_path, base_tokenizer, caplog)
     # Simulate a run killed after its first checkpoint.
     shutil.rmtree(run / "checkpoint-8")
     shutil.rmtree(tmp_path / "model")
-    with caplog.at_level(logging.WARNING, logger="stanceclf.training"):
+    with caplog.at_level(logging.WARNING, logger="stanceclf.train.trainer"):
         train(recipe, model=tiny(base_tokenizer, seed=1), tokenizer=base_tokenizer, progress=False)
     assert any("resuming from" in r.message and "checkpoint-4" in r.message for r in caplog.records)
     state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
@@ -160,7 +160,7 @@ def test_training_refuses_to_resume_checkpoints_of_another_run(tmp_path, base_to
     recipe = load_recipe(path, ["training.max_steps=8", "training.eval_every=4"])
     train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
     other = load_recipe(path, ["training.max_steps=8", "training.eval_every=4", "seed=99"])
-    with pytest.raises(RecipeError, match=r"\[E010\].*run.*checkpoints of another run \(it differs in seed, the data\)"):
+    with pytest.raises(RecipeError, match=r"\[E010\].*run.*checkpoints of another run \(it differs in seed, .*the data\)"):
         train(other, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
     # --no-resume starts again: the old checkpoints go, and the new run's are its own.
     train(other, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False, resume=False)
@@ -185,8 +185,8 @@ def test_training_gradient_accumulation_keeps_the_loss_scale(tmp_path, base_toke
 
 
 def test_training_on_a_built_dataset_records_its_splitter(tmp_path, base_tokenizer):
-    from stanceclf.dataset import BuildConfig, build_dataset, save_dataset
-    from stanceclf.sentences import SentenceSplitter
+    from stanceclf.data.dataset import BuildConfig, build_dataset, save_dataset
+    from stanceclf.data.sentences import SentenceSplitter
 
     schema = load_schema("claim-types")
     config = BuildConfig(splitter=SentenceSplitter(max_sentence_chars=500), split_ratios={"train": 0.6, "dev": 0.2,

@@ -1,0 +1,31 @@
+"""The ``stanceclf`` command line: small verbs, one per stage of the pipeline.
+
+Each verb is a thin call into the library (parse options, call, print); the verbs live
+beside the stage they drive: :mod:`.data_verbs`, :mod:`.train_verbs`, :mod:`.infer_verbs`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from stanceclf.cli import data_verbs, infer_verbs, train_verbs
+
+# rich_markup_mode=None: help texts are shown as written ("[[start, end, label]]" is not markup).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Tag sentences of news and opinion articles with claim types.")
+app.command("build-dataset")(data_verbs.build_dataset_command)
+app.command()(train_verbs.train)
+app.command()(train_verbs.evaluate)
+app.command()(infer_verbs.classify)
+app.command()(infer_verbs.score)
+app.command()(train_verbs.export)
+app.command()(train_verbs.info)
+app.command()(data_verbs.agreement)
+app.add_typer(data_verbs.sheets_app, name="sheets")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

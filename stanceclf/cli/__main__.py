@@ -1,0 +1,3 @@
+from stanceclf.cli import main
+
+main()

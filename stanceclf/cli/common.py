@@ -1,0 +1,43 @@
+"""What every verb shares: the failure path and the options that pick a model's backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+
+def fail(error: Exception) -> NoReturn:
+    typer.secho(str(error), fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def _backend_help() -> str:
+    from stanceclf.infer.backends import backend_help
+
+    return "Forward pass: " + backend_help() + "."
+
+
+BACKEND_OPTION = typer.Option("torch", help=_backend_help())
+FAST_OPTION = typer.Option(False, help="Shorthand for --backend auto.")
+
+
+def load_model(model: Path | None, backend: str, fast: bool):
+    """The model a verb runs: a directory (default: the shipped model) on the chosen backend."""
+    from stanceclf.infer.predict import load
+
+    return load(model, fast="auto" if fast else backend)
+
+
+def parse_pairs(items: list[str], what: str, example: str) -> dict[str, str]:
+    """``KEY=VALUE`` items (repeatable options) as a dict, or a clear error."""
+    from stanceclf.errors import StanceclfError
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StanceclfError(f"{what} {item!r} must look like {example}")
+        pairs[key] = value
+    return pairs

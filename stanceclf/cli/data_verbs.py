@@ -1,0 +1,156 @@
+"""Verbs of the data stage: build-dataset, agreement, sheets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from stanceclf.cli.common import fail, parse_pairs
+from stanceclf.errors import StanceclfError
+
+sheets_app = typer.Typer(no_args_is_help=True, help="Sentence sheets for annotating whole articles by hand.")
+
+
+def _formats_help() -> str:
+    from stanceclf.data.readers import FORMATS
+
+    return "Annotation format: " + "; ".join(f"'{name}' = {text}" for name, text in FORMATS.items())
+
+
+def _parse_ratios(value: str) -> dict[str, float]:
+    try:
+        return {name.strip(): float(number) for name, number in parse_pairs(value.split(","), "split ratios",
+                                                                             "train=0.7,dev=0.15,test=0.15").items()}
+    except ValueError:
+        raise StanceclfError(f"split ratios must look like train=0.7,dev=0.15,test=0.15, got {value!r}") from None
+
+
+def _source_and_config(recipe, inputs, fmt, schema, label_map, split, seed, min_overlap, lenient, reader_option):
+    """``(schema, AnnotationSource, BuildConfig, resolve)`` from a recipe, or from the options (unset ones
+    take :class:`~stanceclf.data.dataset.BuildConfig`'s defaults)."""
+    from stanceclf.data.dataset import AnnotationSource, BuildConfig
+    from stanceclf.data.schema import load_schema
+    from stanceclf.train.recipe import load_recipe
+
+    if recipe is not None:
+        if inputs:
+            raise StanceclfError("give annotation inputs or --recipe, not both: the recipe names its inputs")
+        loaded = load_recipe(recipe)
+        if loaded.data.dataset is not None:
+            raise StanceclfError("this recipe trains on a dataset that is already built", where=str(recipe))
+        return load_schema(loaded.schema_path), loaded.data, loaded.data, loaded.resolve
+    if not inputs:
+        raise StanceclfError("give annotation files or folders, or --recipe")
+    mapping = {raw: (label or None) for raw, label in parse_pairs(label_map, "label mapping", "RAW=LABEL").items()}
+    source = AnnotationSource(format=fmt, inputs=[str(p) for p in inputs], label_map=mapping, strict=not lenient,
+                              reader_options=parse_pairs(reader_option, "reader option", "KEY=VALUE"))
+    settings = {"split_ratios": _parse_ratios(split) if split else None, "seed": seed,
+                "min_overlap_chars": min_overlap}
+    config = BuildConfig(**{key: value for key, value in settings.items() if value is not None})
+    return load_schema(schema), source, config, Path
+
+
+def build_dataset_command(
+    inputs: List[Path] = typer.Argument(None, help="Annotation files or folders (or use --recipe)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the dataset to."),
+    recipe: Optional[Path] = typer.Option(None, help="Build exactly the dataset this training recipe trains on "
+                                          "(its inputs, reader options, build settings and seed)."),
+    fmt: str = typer.Option("native", "--format", "-f", help=_formats_help()),
+    schema: str = typer.Option("claim-types", help="Schema name (shipped in labels/) or path to a schema TOML."),
+    label_map: List[str] = typer.Option([], "--map", help="RAW=LABEL renames a label, RAW= drops it, *=LABEL maps "
+                                        "every other label. Repeatable."),
+    reader_option: List[str] = typer.Option([], "--reader-option", help="KEY=VALUE passed to the format's reader, "
+                                            "e.g. text_field=body (label-studio, doccano) or text_root=DIR (native). "
+                                            "Repeatable."),
+    split: Optional[str] = typer.Option(None, help="Split ratios grouped by document, e.g. train=0.7,dev=0.15,"
+                                        "test=0.15 (the default, as in the recipes)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the document split (default 13, as in the recipes)."),
+    min_overlap: Optional[int] = typer.Option(None, help="Characters a span must share with a sentence to label "
+                                              "it (default 1)."),
+    export: str = typer.Option("jsonl", help="Exports besides the Arrow dataset: jsonl, parquet, both "
+                               "comma-separated, or none."),
+    lenient: bool = typer.Option(False, help="Skip bad items and list them, instead of stopping at the first."),
+    text_root: Optional[Path] = typer.Option(None, help="native format: folder that document paths are relative "
+                                             "to (same as --reader-option text_root=DIR)."),
+):
+    """Turn annotated documents into a sentence-level, multi-label dataset."""
+    from stanceclf.data.dataset import format_statistics, from_annotations, save_dataset, statistics
+    from stanceclf.data.readers import ReadReport
+
+    if text_root is not None:
+        reader_option = [*reader_option, f"text_root={text_root}"]
+    try:
+        label_schema, source, config, resolve = _source_and_config(
+            recipe, inputs, fmt, schema, label_map, split, seed, min_overlap, lenient, reader_option)
+        report = ReadReport()
+        dataset, info = from_annotations(source, label_schema, config, resolve=resolve, report=report)
+        save_dataset(dataset, info, label_schema, out, export=tuple(e for e in export.split(",") if e and e != "none"))
+    except (StanceclfError, ValueError) as error:
+        fail(error)
+    typer.echo(report.summary(), err=True)
+    typer.echo(format_statistics(statistics(dataset, label_schema)))
+    typer.echo(f"wrote {out}")
+
+
+def agreement(
+    first: Path = typer.Argument(..., help="One annotator's annotations (native format)."),
+    second: Path = typer.Argument(..., help="The other annotator's annotations of the same documents."),
+    schema: str = typer.Option("claim-types", help="Schema name or path."),
+):
+    """Sentence-level agreement between two annotations: F1 and Cohen's kappa per label."""
+    from stanceclf.data.agreement import format_agreement, sentence_agreement
+    from stanceclf.data.readers import read_annotations
+    from stanceclf.data.schema import load_schema
+
+    try:
+        label_schema = load_schema(schema)
+        a = read_annotations("native", first, labels=label_schema.label_names)
+        b = read_annotations("native", second, labels=label_schema.label_names)
+        typer.echo(format_agreement(sentence_agreement(a, b, label_schema)))
+    except StanceclfError as error:
+        fail(error)
+
+
+@sheets_app.command("export")
+def sheets_export(
+    texts: List[Path] = typer.Argument(..., help="Text files (or folders of .txt) to annotate."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the sheets (keep it out of git if the texts "
+                             "may not be redistributed)."),
+    schema: str = typer.Option("claim-types", help="Schema name or path (its label codes head each sheet)."),
+):
+    """Write numbered sentence sheets for annotators."""
+    from stanceclf.data.documents import read_document_text
+    from stanceclf.data.schema import load_schema
+    from stanceclf.data.sheets import export_sheets, sheet_text_files
+
+    try:
+        files = sheet_text_files(texts)
+        count = export_sheets({doc_id: read_document_text(f) for doc_id, f in files.items()}, out,
+                              schema=load_schema(schema))
+    except (StanceclfError, OSError) as error:
+        fail(error)
+    typer.echo(f"wrote {len(files)} sheets with {count} sentences to {out}")
+
+
+@sheets_app.command("import")
+def sheets_import(
+    decisions: Path = typer.Argument(..., help="Folder of <doc_id>.tsv decision files."),
+    sheets: Path = typer.Option(..., help="Folder with the <doc_id>.offsets.json files of the sheets."),
+    texts: Path = typer.Option(..., help="Folder with the <doc_id>.txt documents."),
+    annotator: str = typer.Option(..., help="Who decided these labels (stored with every span)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Native stand-off JSONL to write."),
+    schema: str = typer.Option("claim-types", help="Schema name or path."),
+):
+    """Turn an annotator's decision files into stand-off annotations (text referenced, not copied)."""
+    from stanceclf.data.readers import write_native
+    from stanceclf.data.schema import load_schema
+    from stanceclf.data.sheets import import_decision_folder
+
+    try:
+        documents, paths = import_decision_folder(decisions, sheets, texts, load_schema(schema), annotator)
+        write_native(documents, out, text_paths=paths)
+    except (StanceclfError, OSError) as error:
+        fail(error)
+    typer.echo(f"wrote {len(documents)} documents to {out}")

@@ -1,0 +1,94 @@
+"""Verbs of the inference stage: classify a few documents, score a corpus."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail, load_model
+from stanceclf.errors import StanceclfError
+
+
+def classify(
+    files: List[Path] = typer.Argument(None, help="Text files to classify (default: read standard input)."),
+    model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per sentence (the rows of 'stanceclf "
+                                 "score', with the file as doc_id) instead of a table."),
+    all_sentences: bool = typer.Option(False, "--all", help="Show sentences without labels too (--json always "
+                                       "prints every sentence)."),
+    backend: str = BACKEND_OPTION,
+    fast: bool = FAST_OPTION,
+):
+    """Classify the sentences of a few documents and print them."""
+    from stanceclf.data.documents import decode_document_text, read_document_text
+    from stanceclf.infer.results import RowSpec
+
+    try:
+        loaded = load_model(model, backend, fast)
+        # The one document-reading rule, so that offsets match `stanceclf score` and the annotation readers.
+        sources = ([(str(f), read_document_text(f)) for f in files] if files
+                   else [("<stdin>", decode_document_text(sys.stdin.buffer.read(), "<stdin>")[0])])
+    except StanceclfError as error:
+        fail(error)
+    results = loaded.classify([text for _, text in sources])
+    spec = RowSpec(tuple(loaded.labels))
+    for (name, _), predictions in zip(sources, results):
+        if as_json:  # every sentence: machine output is complete
+            for row in spec.rows(name, predictions):
+                typer.echo(json.dumps(row, ensure_ascii=False))
+            continue
+        typer.secho(f"== {name}: {len(predictions)} sentences", bold=True)
+        for index, p in enumerate(predictions):
+            if p.labels or all_sentences:
+                scores = " ".join(f"{label[:6]}={score:.2f}" for label, score in p.scores.items())
+                tags = ",".join(p.labels) or "-"
+                typer.echo(f"[{index:>3}] {tags:<36} {scores}  {p.text[:110]}")
+
+
+def score(
+    inputs: List[Path] = typer.Argument(..., help="Folders of .txt files, or JSONL, CSV or Parquet files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file: .jsonl, .csv or .parquet."),
+    model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model)."),
+    input_format: str = typer.Option("auto", help="auto, txt, jsonl, csv or parquet."),
+    id_field: Optional[str] = typer.Option(None, help="Field holding the document id (JSONL, CSV, Parquet). "
+                                           "Default: 'id' where present, else FILE:LINE. When given, a record "
+                                           "without it is a bad record. Ids must be unique."),
+    text_field: str = typer.Option("text", help="Field holding the document text (JSONL, CSV, Parquet)."),
+    per_document: bool = typer.Option(False, help="One row per document with counts and shares per label."),
+    on_error: str = typer.Option("stop", help="On a bad record: 'stop' with its name, or 'skip' it and log it to "
+                                 "OUT.errors.jsonl."),
+    max_chars: int = typer.Option(1_000_000, help="Longest document accepted, in characters."),
+    batch_size: int = typer.Option(64, help="Sentences per forward pass."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: torch's choice, one per core)."),
+    backend: str = BACKEND_OPTION,
+    fast: bool = FAST_OPTION,
+    overwrite: bool = typer.Option(False, help="Start again even if OUT or an interrupted run exists."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Score a corpus into one row per sentence (or per document). Interrupted runs resume."""
+    from stanceclf.infer.scoring import score_corpus
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        loaded = load_model(model, backend, fast)
+        summary = score_corpus(inputs, out, loaded, input_format=input_format, id_field=id_field,
+                               text_field=text_field, per_document=per_document, on_error=on_error,
+                               max_chars=max_chars, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                               log=lambda message: typer.echo(message, err=True))
+    except StanceclfError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: run the same command again to resume", err=True)
+        raise typer.Exit(code=130)
+    scored_now = summary.sentences - summary.resumed_sentences
+    rate = scored_now / summary.seconds if summary.seconds else 0.0
+    typer.echo(f"scored {summary.documents} documents, {summary.sentences} sentences "
+               f"({rate:.0f} sentences/s this run); skipped {summary.skipped} bad records; "
+               f"{summary.truncated} sentences truncated at {loaded.max_length} tokens; wrote {out}", err=True)

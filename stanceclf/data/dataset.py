@@ -1,0 +1,292 @@
+"""From annotated documents to a sentence-level, multi-label dataset.
+
+Each document is split into sentences; a sentence carries a label when a span
+of that label overlaps it by at least ``min_overlap_chars`` characters (and,
+if set, ``min_overlap_fraction`` of the sentence). Documents are kept whole
+within one split, assigned greedily so that every split gets its share of
+sentences and of each label's positives, deterministically for a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stanceclf.data.documents import AnnotatedDocument
+from stanceclf.errors import AnnotationError
+from stanceclf.data.schema import LabelSchema
+from stanceclf.data.sentences import SentenceSplitter
+
+SPLITS = ("train", "dev", "test")
+BUILD_INFO = "build.json"
+
+
+class BuildConfig(BaseModel):
+    """How spans become sentence labels and how documents are split.
+
+    The one declaration of the build defaults: ``build-dataset`` and a recipe's ``[data]``
+    section (which extends this class) both take them from here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    splitter: SentenceSplitter = SentenceSplitter()
+    min_overlap_chars: int = Field(default=1, ge=1)
+    min_overlap_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    split_ratios: dict[str, float] = {"train": 0.7, "dev": 0.15, "test": 0.15}
+    seed: int = 13
+
+    @model_validator(mode="after")
+    def _check_ratios(self) -> "BuildConfig":
+        unknown = set(self.split_ratios) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split names {sorted(unknown)}; use {list(SPLITS)}")
+        if any(r < 0 for r in self.split_ratios.values()) or abs(sum(self.split_ratios.values()) - 1) > 1e-6:
+            raise ValueError(f"split ratios must be non-negative and sum to 1, got {self.split_ratios}")
+        return self
+
+    def build_settings(self) -> "BuildConfig":
+        """Only the build settings (a subclass may carry more)."""
+        return BuildConfig(**{name: getattr(self, name) for name in BuildConfig.model_fields})
+
+
+class AnnotationSource(BaseModel):
+    """Which annotations to read and how: a format, its inputs (to split by ratio, or fixed
+    ``train``/``dev``/``test`` lists), a label mapping, strictness and reader options
+    (e.g. ``text_field`` for Label Studio and doccano, ``text_root`` for the native format)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str = "native"
+    inputs: list[str] = []
+    train: list[str] = []
+    dev: list[str] = []
+    test: list[str] = []
+    label_map: dict[str, str | None] = {}
+    strict: bool = True
+    reader_options: dict[str, str | int | bool | None] = {}
+
+    @model_validator(mode="after")
+    def _known_format(self) -> "AnnotationSource":
+        from stanceclf.data.readers import FORMATS, check_reader_options
+
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; supported: {sorted(FORMATS)}")
+        try:
+            check_reader_options(self.format, self.reader_options)
+        except AnnotationError as error:
+            raise ValueError(error.detail) from None
+        return self
+
+
+def from_annotations(source: AnnotationSource, schema: LabelSchema, config: BuildConfig, *,
+                     resolve=Path, report=None):
+    """Read ``source`` and build the dataset: ``(DatasetDict, build info)``. The one path from
+    annotations to a dataset, used by ``stanceclf build-dataset`` and by training.
+
+    ``resolve`` turns each input string into a path (a recipe resolves them against its folder).
+    """
+    from stanceclf.data.readers import read_annotations
+
+    def read(paths):
+        return read_annotations(source.format, [resolve(p) for p in paths], labels=schema.label_names,
+                                label_map=source.label_map, strict=source.strict, report=report,
+                                **source.reader_options)
+
+    config = config.build_settings()
+    if source.inputs:
+        return build_dataset(read(source.inputs), schema, config)
+    fixed = {name: read(paths) for name, paths in (("train", source.train), ("dev", source.dev),
+                                                   ("test", source.test)) if paths}
+    return build_dataset([], schema, config, fixed_splits=fixed)
+
+def sentence_examples(document: AnnotatedDocument, schema: LabelSchema, config: BuildConfig) -> list[dict]:
+    """One example per sentence of ``document`` with multi-hot labels in schema order."""
+    names = schema.label_names
+    examples = []
+    for index, sentence in enumerate(config.splitter.split(document.text)):
+        hot = [0] * len(names)
+        length = sentence.end - sentence.start
+        for span in document.spans:
+            overlap = span.overlap(sentence.start, sentence.end)
+            if overlap >= config.min_overlap_chars and overlap >= config.min_overlap_fraction * length:
+                hot[names.index(span.label)] = 1
+        examples.append({
+            "doc_id": document.doc_id,
+            "sentence_index": index,
+            "start": sentence.start,
+            "end": sentence.end,
+            "text": sentence.text,
+            "labels": hot,
+        })
+    return examples
+
+
+def assign_splits(examples_by_doc: dict[str, list[dict]], ratios: dict[str, float], seed: int) -> dict[str, str]:
+    """Map each document id to a split, grouped by document and balanced on
+    sentences and on each label's positives as far as whole documents allow."""
+    splits = [name for name in SPLITS if ratios.get(name, 0) > 0]
+    doc_ids = sorted(examples_by_doc)
+    random.Random(seed).shuffle(doc_ids)
+    counts = {d: _doc_counts(examples_by_doc[d]) for d in doc_ids}
+    n_dims = max((len(c) for c in counts.values()), default=0)
+    # A document with no sentences (an empty text) has no label columns to count: pad with zeros.
+    counts = {d: c + [0] * (n_dims - len(c)) for d, c in counts.items()}
+    totals = [sum(c[k] for c in counts.values()) for k in range(n_dims)]
+    # Documents rich in the rarest label are placed first, while every split still has room.
+    rarity = [1.0 / t if t else 0.0 for t in totals]
+    doc_ids.sort(key=lambda d: -sum(c * r for c, r in zip(counts[d][1:], rarity[1:])))
+    current = {s: [0] * n_dims for s in splits}
+    assignment = {}
+    for doc_id in doc_ids:
+        def need(split: str) -> float:
+            # The share of this split's quota still unfilled, per dimension, weighted by what the
+            # document brings: relative, so that small splits are not starved by the large one.
+            return sum(counts[doc_id][k] * (ratios[split] * totals[k] - current[split][k]) / (ratios[split] * totals[k])
+                       for k in range(n_dims) if totals[k])
+        best = max(splits, key=lambda s: (need(s), ratios[s]))
+        assignment[doc_id] = best
+        current[best] = [a + b for a, b in zip(current[best], counts[doc_id])]
+    return assignment
+
+
+def _doc_counts(examples: list[dict]) -> list[int]:
+    positives = [sum(column) for column in zip(*(e["labels"] for e in examples))] if examples else []
+    return [len(examples), *positives]
+
+
+def build_dataset(documents: list[AnnotatedDocument], schema: LabelSchema, config: BuildConfig | None = None, *,
+                  fixed_splits: dict[str, list[AnnotatedDocument]] | None = None):
+    """Build a :class:`datasets.DatasetDict` of sentence examples.
+
+    With ``fixed_splits`` (e.g. PTC's own train and dev folders) the given
+    documents form the splits as they are; otherwise ``documents`` are split
+    by ``config.split_ratios``.
+    """
+    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+
+    config = config or BuildConfig()
+    _check_unique_ids(fixed_splits if fixed_splits is not None else {"input": documents})
+    if fixed_splits is not None:
+        per_split = {name: [ex for doc in docs for ex in sentence_examples(doc, schema, config)]
+                     for name, docs in fixed_splits.items()}
+        all_docs = [doc for docs in fixed_splits.values() for doc in docs]
+    else:
+        by_doc = {doc.doc_id: sentence_examples(doc, schema, config) for doc in documents}
+        assignment = assign_splits(by_doc, config.split_ratios, config.seed)
+        per_split = {name: [] for name in SPLITS if config.split_ratios.get(name, 0) > 0}
+        for doc in sorted(documents, key=lambda d: d.doc_id):
+            per_split[assignment[doc.doc_id]].extend(by_doc[doc.doc_id])
+        all_docs = documents
+    features = Features({
+        "doc_id": Value("string"),
+        "sentence_index": Value("int32"),
+        "start": Value("int64"),
+        "end": Value("int64"),
+        "text": Value("string"),
+        "labels": Sequence(Value("int8"), length=len(schema.label_names)),
+    })
+    dataset = DatasetDict({
+        name: Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
+            {k: [] for k in features}, features=features)
+        for name, rows in per_split.items()
+    })
+    info = {
+        "schema": schema.to_dict(),
+        "build_config": config.model_dump(mode="json"),
+        "fingerprint": data_fingerprint(all_docs, schema, config, fixed_splits=fixed_splits),
+        "documents": {name: sorted({row["doc_id"] for row in rows}) for name, rows in per_split.items()},
+    }
+    return dataset, info
+
+
+def _check_unique_ids(groups: dict[str, list[AnnotatedDocument]]) -> None:
+    """Two documents with one id would merge their sentences, or put one document in two splits."""
+    seen: dict[str, str] = {}
+    for group, documents in groups.items():
+        for doc in documents:
+            if doc.doc_id in seen:
+                where = f"both in {group}" if seen[doc.doc_id] == group else f"in {seen[doc.doc_id]} and in {group}"
+                raise AnnotationError(f"document id {doc.doc_id!r} occurs twice ({where}); ids must be unique "
+                                      "across all inputs and splits")
+            seen[doc.doc_id] = group
+
+
+def data_fingerprint(documents: list[AnnotatedDocument], schema: LabelSchema, config: BuildConfig, *,
+                     fixed_splits: dict[str, list[AnnotatedDocument]] | None = None) -> str:
+    """A hash of the texts, spans, schema and build settings (and, for fixed splits, which split
+    holds each document): the same data gives the same fingerprint."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([schema.to_dict(), config.model_dump(mode="json")], sort_keys=True).encode())
+    if fixed_splits is not None:
+        membership = {name: sorted(doc.doc_id for doc in docs) for name, docs in fixed_splits.items()}
+        digest.update(json.dumps(membership, sort_keys=True).encode())
+    for doc in sorted(documents, key=lambda d: d.doc_id):
+        digest.update(doc.doc_id.encode() + b"\0" + doc.checksum.encode())
+        for span in sorted(doc.spans):
+            digest.update(f"{span.start}:{span.end}:{span.label}".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def statistics(dataset, schema: LabelSchema) -> list[dict]:
+    """Rows of (split, documents, sentences, positives per label)."""
+    rows = []
+    for name in dataset:
+        split = dataset[name]
+        positives = Counter()
+        for hot in split["labels"]:
+            for label, value in zip(schema.label_names, hot):
+                positives[label] += int(value)
+        rows.append({"split": name, "documents": len(set(split["doc_id"])), "sentences": len(split),
+                     **{label: positives[label] for label in schema.label_names}})
+    return rows
+
+
+def format_statistics(rows: list[dict]) -> str:
+    """A Markdown table of :func:`statistics` rows."""
+    if not rows:
+        return "(empty dataset)"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_dataset(dataset, info: dict, schema: LabelSchema, out_dir: str | Path, *,
+                 export: tuple[str, ...] = ("jsonl",)) -> Path:
+    """Save the DatasetDict (Arrow), its build info, statistics, and JSONL/Parquet exports."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # One shard per split: datasets writes an empty split with zero shards, which it cannot load back.
+    dataset.save_to_disk(str(out_dir / "dataset"), num_shards={name: 1 for name in dataset})
+    rows = statistics(dataset, schema)
+    (out_dir / BUILD_INFO).write_text(json.dumps({**info, "statistics": rows}, indent=2), encoding="utf-8")
+    (out_dir / "statistics.md").write_text(format_statistics(rows) + "\n", encoding="utf-8")
+    for fmt in export:
+        for name in dataset:
+            if fmt == "jsonl":
+                dataset[name].to_json(str(out_dir / f"{name}.jsonl"), lines=True, force_ascii=False)
+            elif fmt == "parquet":
+                dataset[name].to_parquet(str(out_dir / f"{name}.parquet"))
+            else:
+                raise ValueError(f"unknown export format {fmt!r}; use jsonl or parquet")
+    return out_dir
+
+
+def load_built_dataset(path: str | Path):
+    """Load a dataset written by :func:`save_dataset`: ``(DatasetDict, build info)``."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    info_path = path / BUILD_INFO
+    if not info_path.exists():
+        from stanceclf.errors import StanceclfError
+
+        raise StanceclfError(f"not a built dataset folder: {info_path} is missing "
+                             "(make one with 'stanceclf build-dataset')", where=str(path))
+    return load_from_disk(str(path / "dataset")), json.loads(info_path.read_text(encoding="utf-8"))

@@ -1,0 +1,87 @@
+"""The public prediction API: :func:`classify` and :func:`load`.
+
+``classify(text)`` with no model loads the shipped default model once per
+process (thread-safe) and works offline.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from stanceclf.errors import ModelDirectoryError
+from stanceclf.infer.results import Prediction, RowSpec
+from stanceclf.infer.model import StanceModel
+
+_DEFAULT_MODEL_DIRS = (
+    Path(__file__).resolve().parents[2] / "models" / "claim-types",
+    Path(__file__).resolve().parents[1] / "shipped_models" / "claim-types",
+)
+_cache: dict[tuple[str, bool], StanceModel] = {}
+_cache_lock = threading.Lock()
+
+
+def default_model_path() -> Path:
+    """The shipped default model's directory."""
+    for directory in _DEFAULT_MODEL_DIRS:
+        if (directory / "stanceclf.json").exists():
+            return directory
+    raise ModelDirectoryError("the shipped default model is missing; looked in "
+                              + ", ".join(str(d) for d in _DEFAULT_MODEL_DIRS))
+
+
+def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceModel:
+    """Load a model directory (the shipped default when ``path`` is None).
+
+    Loaded models are cached per (directory, backend): calling ``load`` again is
+    free, and concurrent first calls from several threads load it once.
+    ``fast=True`` runs the fastest path for this CPU (bfloat16 matrix products where the
+    CPU has native bfloat16, else ONNX Runtime); ``fast="bf16"`` or ``fast="onnx"`` picks
+    one. Every fast path keeps each score within 0.02 of the fp32 path.
+    """
+    from stanceclf.infer.backends import resolve_backend
+
+    directory = Path(path) if path is not None else default_model_path()
+    backend = resolve_backend(fast)
+    key = (str(directory.resolve()), backend)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = StanceModel.from_pretrained(directory, fast=backend)
+        return _cache[key]
+
+
+def classify(texts, *, model: StanceModel | str | Path | None = None, split_sentences: bool = True,
+             batch_size: int = 64):
+    """Classify a text (-> list of :class:`Prediction`) or a list of texts (-> list of lists).
+
+    Each prediction has ``text``, ``start``, ``end`` (offsets into its input),
+    ``labels`` (those at or above the model's per-label thresholds) and
+    ``scores`` (a calibrated probability for every label of the schema).
+    """
+    if not isinstance(model, StanceModel):
+        model = load(model)
+    return model.classify(texts, split_sentences=split_sentences, batch_size=batch_size)
+
+
+def to_records(predictions, *, doc_ids=None) -> list[dict]:
+    """Flatten predictions (one list, or a list of lists) into plain dicts with the columns
+    of ``stanceclf score`` (:class:`~stanceclf.infer.results.RowSpec`): ``doc_id`` (``doc_ids[i]``,
+    or the input's position), ``sentence_index``, ``start``, ``end``, ``text``, ``labels``, and one
+    ``score_<label>`` per label."""
+    if predictions and isinstance(predictions[0], Prediction):
+        predictions = [predictions]
+    if doc_ids is not None and len(doc_ids) != len(predictions):
+        raise ValueError(f"{len(doc_ids)} doc_ids for {len(predictions)} documents")
+    first = next((p for doc in predictions for p in doc), None)
+    if first is None:
+        return []
+    spec = RowSpec(tuple(first.scores))
+    return [row for position, doc in enumerate(predictions)
+            for row in spec.rows(doc_ids[position] if doc_ids is not None else position, doc)]
+
+
+def to_dataframe(predictions, *, doc_ids=None):
+    """Predictions as a pandas DataFrame, one row per sentence."""
+    import pandas as pd
+
+    return pd.DataFrame.from_records(to_records(predictions, doc_ids=doc_ids))

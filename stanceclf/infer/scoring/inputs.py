@@ -1,0 +1,211 @@
+"""Corpus inputs: folders of text files, JSONL, CSV and Parquet, read record by record.
+
+Each format is one reader class behind the same interface; :func:`iter_records` numbers
+the records of all inputs in one fixed order, so that a resumed run can skip exactly the
+records an interrupted one finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from stanceclf.data.documents import decode_document_text, read_document_bytes, unicode_problem
+from stanceclf.errors import InputFileError, ScoringSetupError
+
+#: The suffixes of the text files a folder input holds, compared case-insensitively.
+TEXT_SUFFIXES = (".txt", ".text")
+
+
+def text_files(folder: Path) -> list[Path]:
+    """The text files a folder input reads, in order: the one selection rule (reading and resume)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
+
+
+@dataclass
+class InputRecord:
+    """One input document, or the reason it cannot be scored (``error``)."""
+
+    number: int
+    doc_id: str
+    text: str | None
+    where: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which fields of a structured record hold the id and the text."""
+
+    id_field: str | None = None
+    text_field: str = "text"
+
+    def pick(self, record: dict, fallback_id: str, where: str):
+        """``(doc_id, text, where, error)``. Without an explicit ``id_field``, a record without
+        ``id`` is named FILE:LINE; with one, a record that lacks it is a bad record."""
+        doc_id = record.get(self.id_field or "id")
+        if doc_id is None and self.id_field is not None:
+            return fallback_id, None, where, f"missing id field {self.id_field!r} (fields: {sorted(record)[:10]})"
+        doc_id = fallback_id if doc_id is None else str(doc_id)
+        if self.text_field not in record:
+            return doc_id, None, where, f"missing field {self.text_field!r} (fields: {sorted(record)[:10]})"
+        return doc_id, record[self.text_field], where, None
+
+
+class TextFolderInput:
+    """A folder of text files (or one file): the id is the path below the folder, without suffix."""
+
+    def files(self, path: Path) -> list[Path]:
+        return text_files(path) if path.is_dir() else [path]
+
+    def records(self, path: Path, fields: Fields):
+        base = path if path.is_dir() else path.parent
+        for file in self.files(path):
+            doc_id = file.relative_to(base).with_suffix("").as_posix()
+            try:
+                text, error = decode_document_text(read_document_bytes(file), str(file))[0], None
+            except InputFileError as exc:
+                text, error = None, exc.detail
+            yield doc_id, text, str(file), error
+
+
+class JsonlInput:
+    def files(self, path: Path) -> list[Path]:
+        return [path]
+
+    def records(self, path: Path, fields: Fields):
+        with open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, 1):
+                where, fallback = f"{path}:{line_number}", f"{path.stem}:{line_number}"
+                record, error = _parse_json_line(raw, line_number)
+                if error is not None:
+                    yield _salvage_id(raw, fields) or fallback, None, where, error
+                else:
+                    yield fields.pick(record, fallback, where)
+
+
+def _parse_json_line(raw: bytes, line_number: int):
+    try:
+        line = decode_document_text(raw, "") [0] if line_number == 1 else raw.decode("utf-8")
+    except (InputFileError, UnicodeDecodeError) as exc:
+        reason = exc.detail if isinstance(exc, InputFileError) else f"not valid UTF-8: {exc.reason} at byte {exc.start}"
+        return None, reason
+    if not line.strip():
+        return None, "empty line"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc}"
+    if not isinstance(record, dict):
+        return None, "a record must be a JSON object"
+    return record, None
+
+
+def _salvage_id(raw: bytes, fields: Fields) -> str | None:
+    """The id of a record whose text is unusable, so that the error message can name it."""
+    try:
+        record = json.loads(raw.decode("utf-8", errors="replace"))
+        value = record.get(fields.id_field or "id") if isinstance(record, dict) else None
+        return None if value is None else str(value)
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+class CsvInput:
+    def files(self, path: Path) -> list[Path]:
+        return [path]
+
+    def records(self, path: Path, fields: Fields):
+        csv.field_size_limit(sys.maxsize)
+        # Bad bytes become lone surrogates here and are reported per row instead of failing the file.
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+            reader = csv.DictReader(handle)
+            for row_number, row in enumerate(reader, 2):  # row 1 is the header
+                where, fallback = f"{path}:row {row_number}", f"{path.stem}:{row_number}"
+                value = row.get(fields.text_field)
+                if isinstance(value, str) and unicode_problem(value):
+                    yield row.get(fields.id_field or "id") or fallback, None, where, "not valid UTF-8"
+                    continue
+                yield fields.pick(row, fallback, where)
+
+
+class ParquetInput:
+    def files(self, path: Path) -> list[Path]:
+        return [path]
+
+    def records(self, path: Path, fields: Fields):
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(path)
+        columns = [c for c in (fields.id_field or "id", fields.text_field) if c in table.schema_arrow.names]
+        row_number = 0
+        for batch in table.iter_batches(batch_size=1024, columns=columns or None):
+            for record in batch.to_pylist():
+                yield fields.pick(record, f"{path.stem}:{row_number}", f"{path}:row {row_number}")
+                row_number += 1
+
+
+INPUT_FORMATS = {"txt": TextFolderInput(), "jsonl": JsonlInput(), "csv": CsvInput(), "parquet": ParquetInput()}
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
+             **{suffix: "txt" for suffix in TEXT_SUFFIXES}}
+
+
+def input_format_of(path: Path, fmt: str = "auto") -> str:
+    """The format of one input: named outright, or told by a folder or a file suffix."""
+    if fmt != "auto":
+        if fmt not in INPUT_FORMATS:
+            raise ScoringSetupError(f"unknown input format {fmt!r}: use auto, {', '.join(INPUT_FORMATS)}")
+        return fmt
+    if path.is_dir():
+        return "txt"
+    if path.suffix.lower() not in _SUFFIXES:
+        raise ScoringSetupError(f"cannot tell the input format from {path.suffix!r}; pass --input-format",
+                                where=str(path))
+    return _SUFFIXES[path.suffix.lower()]
+
+
+def input_files(paths: list[Path], fmt: str = "auto") -> list[Path]:
+    """Every file the inputs are read from (what a resumed run must find unchanged)."""
+    return [file for path in paths for file in INPUT_FORMATS[input_format_of(path, fmt)].files(path)]
+
+
+def check_inputs(paths: list[Path], fmt: str = "auto") -> None:
+    """Refuse missing inputs, unknown formats and folders without text files, before anything is written."""
+    for path in paths:
+        if not path.exists():
+            raise ScoringSetupError("input not found", where=str(path))
+        kind = input_format_of(path, fmt)
+        if kind == "txt" and path.is_dir() and not text_files(path):
+            raise ScoringSetupError(f"no text files here (looked for {', '.join(TEXT_SUFFIXES)} in any case, "
+                                    "in subfolders too)", where=str(path))
+
+
+def iter_records(paths: list[Path], fmt: str = "auto", *, fields: Fields = Fields(),
+                 max_chars: int = 1_000_000) -> Iterator[InputRecord]:
+    """Yield every input record in a fixed order, numbered from 0 across all inputs."""
+    number = 0
+    for path in map(Path, paths):
+        for doc_id, text, where, error in INPUT_FORMATS[input_format_of(path, fmt)].records(path, fields):
+            if error is None:
+                error = text_problem(text, max_chars)
+            yield InputRecord(number, doc_id, text if error is None else None, where, error)
+            number += 1
+
+
+def text_problem(text, max_chars: int) -> str | None:
+    """Why a record's text cannot be scored, or None."""
+    if text is None:
+        return "text is null"
+    if not isinstance(text, str):
+        return f"text is {type(text).__name__}, not a string"
+    if not text.strip():
+        return "text is empty or whitespace only"
+    if unicode_problem(text):
+        return f"text is {unicode_problem(text)}"
+    if len(text) > max_chars:
+        return f"text has {len(text):,} characters, above the limit of {max_chars:,} (raise --max-chars to score it)"
+    return None

@@ -1,0 +1,264 @@
+"""The scoring job: stream documents in, sentence (or document) rows out, resumably.
+
+Memory stays bounded whatever the corpus size: inputs are read record by record,
+documents are scored in chunks of about ``chunk_sentences`` sentences, and each chunk's
+rows are appended to the output. After every chunk a :class:`~.state.ResumeState` records
+how many input records are done and how long the output is; an interrupted run (Ctrl-C or
+kill -9) started again with the same command cuts the output back to the last recorded
+length and goes on from there, so no row is lost or written twice. The output carries its
+final name only once the run is complete, and a lock keeps a second run off it meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
+from stanceclf.infer.results import RowSpec
+from stanceclf.infer.scoring.inputs import Fields, InputRecord, check_inputs, input_files, iter_records
+from stanceclf.infer.scoring.outputs import make_writer, output_format_of
+from stanceclf.infer.scoring.state import OutputLock, OutputPaths, ResumeState, run_signature
+
+
+class ScoreOptions(BaseModel):
+    """How to read the corpus and shape the output. Only ``input_format``, the fields,
+    ``per_document``, the output format and ``chunk_sentences`` shape the rows; the others
+    may change between an interrupted run and its resumption."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_format: Literal["auto", "txt", "jsonl", "csv", "parquet"] = "auto"
+    output_format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    id_field: str | None = None
+    text_field: str = "text"
+    per_document: bool = False
+    on_error: Literal["stop", "skip"] = "stop"
+    max_chars: int = Field(default=1_000_000, ge=1)
+    chunk_sentences: int = Field(default=1024, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    overwrite: bool = False
+
+    def shaping(self, output_format: str) -> dict:
+        """The options a resumed run must share with the interrupted one."""
+        return {"input_format": self.input_format, "id_field": self.id_field, "text_field": self.text_field,
+                "fmt": output_format, "per_document": self.per_document, "chunk_sentences": self.chunk_sentences}
+
+
+@dataclass
+class ScoreSummary:
+    documents: int = 0
+    sentences: int = 0
+    skipped: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    resumed_from: int = 0
+    #: Sentences an interrupted run had already written (not scored by this run).
+    resumed_sentences: int = 0
+
+
+def score_corpus(paths: list[str | Path], out: str | Path, model, options: ScoreOptions | None = None, *,
+                 progress: bool = True, log=None, **option_values) -> ScoreSummary:
+    """Score every document of ``paths`` into ``out``; see the module docstring for resumption.
+
+    Options are a :class:`ScoreOptions` or its fields as keywords (``per_document=True``).
+    """
+    from pydantic import ValidationError
+
+    from stanceclf.errors import describe_validation_error
+
+    try:
+        options = options or ScoreOptions(**option_values)
+    except ValidationError as exc:
+        raise ScoringSetupError(describe_validation_error(exc)) from None
+    run = _ScoringRun([Path(p) for p in paths], Path(out), model, options,
+                      log or (lambda message: print(message, file=sys.stderr)))
+    with OutputLock(run.files.lock) as lock:
+        try:
+            return run.execute(progress)
+        finally:
+            lock.release(remove=True)
+
+
+class _ScoringRun:
+    def __init__(self, paths: list[Path], out: Path, model, options: ScoreOptions, log):
+        check_inputs(paths, options.input_format)
+        if not out.parent.is_dir():
+            raise ScoringSetupError("the output's folder does not exist", where=str(out.parent))
+        self.paths, self.out, self.model, self.options, self.log = paths, out, model, options, log
+        self.fmt = output_format_of(out, options.output_format)
+        self.files = OutputPaths(out)
+        self.spec = RowSpec(tuple(model.labels), per_document=options.per_document)
+        self.signature = run_signature(input_files(paths, options.input_format), model, options.shaping(self.fmt))
+
+    def execute(self, progress: bool) -> ScoreSummary:
+        state = self._starting_state()
+        if state is None:  # an interrupted run had already finished
+            return self.summary
+        self.writer = make_writer(self.fmt, self.files.partial, self.spec)
+        self.writer.open(state.output_length if self.resuming else None)
+        self.state = state
+        started = time.time()
+        self._score_all(progress)
+        self._refuse_empty_result()
+        self.writer.finish(self.out)
+        self.files.progress.unlink()
+        if self.state.errors_written == 0:
+            self.files.errors.unlink(missing_ok=True)
+        self.summary.seconds = time.time() - started
+        return self.summary
+
+    def _starting_state(self) -> ResumeState | None:
+        """A fresh state, or the interrupted run's (None when that run had already finished)."""
+        files = self.files
+        self.resuming = False
+        if self.options.overwrite:
+            for stale in (self.out, files.progress, files.errors):
+                stale.unlink(missing_ok=True)
+            make_writer(self.fmt, files.partial, self.spec).discard()
+        elif files.progress.exists():
+            state = ResumeState.load(files.progress)
+            if state.signature != self.signature:
+                raise StanceclfError("an interrupted run with other inputs, model or output options left this "
+                                     "progress file; rerun the same command, or pass --overwrite to start again",
+                                     where=str(files.progress))
+            self.summary = _summary_of(state)
+            if self.out.exists() and not files.partial.exists():
+                # Killed after the output took its final name, before the progress file went.
+                files.progress.unlink()
+                self.log("the interrupted run had already finished its output; nothing left to do")
+                return None
+            _keep_lines(files.errors, state.errors_written)
+            self.resuming = True
+            self.log(f"resuming after {state.records_done} records ({state.sentences} sentences already written)")
+            self.errors = open(files.errors, "a", encoding="utf-8")
+            return state
+        elif self.out.exists():
+            raise StanceclfError("the output exists and is complete; pass --overwrite to score again",
+                                 where=str(self.out))
+        self.summary = ScoreSummary()
+        # A fresh run starts a fresh error log: lines from a run killed before its first checkpoint are redone.
+        self.errors = open(files.errors, "w", encoding="utf-8")
+        return ResumeState(self.signature)
+
+    def _score_all(self, progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, unit=" sent", disable=not progress, dynamic_ncols=True, desc="scoring",
+                        file=sys.stderr)
+        try:
+            chunk, pending, seen = [], 0, self.state.records_done
+            ids = _DuplicateIds()
+            for record in iter_records(self.paths, self.options.input_format, fields=self._fields,
+                                       max_chars=self.options.max_chars):
+                record = ids.check(record)  # records already done count too: ids are unique across the run
+                if record.number < self.state.records_done:
+                    continue
+                seen = record.number + 1
+                if record.error is not None:
+                    self._bad_record(record, chunk)
+                    continue
+                sentences = self.model.split(record.text)
+                chunk.append((record, sentences))
+                pending += len(sentences)
+                if pending >= self.options.chunk_sentences:
+                    self._flush(chunk, record.number + 1)
+                    chunk, pending = [], 0
+            # The last (possibly empty) chunk also records the final state, skipped trailing records included.
+            self._flush(chunk, seen)
+        finally:
+            self.bar.close()
+            self.writer.close()
+            self.errors.close()
+
+    @property
+    def _fields(self) -> Fields:
+        return Fields(self.options.id_field, self.options.text_field)
+
+    def _bad_record(self, record: InputRecord, chunk: list) -> None:
+        where = f"record {record.number} ({record.where}, id {record.doc_id!r})"
+        if self.options.on_error == "stop":
+            if chunk:
+                self._flush(chunk, record.number)
+            raise InputRecordError(record.error + "; pass --on-error skip to log it and go on", where=where)
+        self.errors.write(json.dumps({"record": record.number, "where": record.where, "doc_id": record.doc_id,
+                                      "error": record.error}, ensure_ascii=False) + "\n")
+        self.state.errors_written += 1
+        self.state.skipped += 1
+        self.summary.skipped += 1
+        self.log(f"skipped {where}: {record.error}")
+
+    def _flush(self, chunk: list[tuple[InputRecord, list]], records_done: int) -> None:
+        """Score a chunk, append its rows, and record the new state durably (output first, then state)."""
+        texts = [s.text for _, sentences in chunk for s in sentences]
+        probs, truncated = self.model.predict_proba(texts, batch_size=self.options.batch_size)
+        predictions = self.model.predictions([(s.start, s.end, s.text) for _, ss in chunk for s in ss],
+                                             probs, truncated)
+        rows, cursor = [], 0
+        for record, sentences in chunk:
+            rows.extend(self.spec.rows(record.doc_id, predictions[cursor: cursor + len(sentences)]))
+            cursor += len(sentences)
+        if rows:
+            self.writer.write(rows)
+        state = self.state
+        state.documents += len(chunk)
+        state.sentences += len(texts)
+        state.truncated += sum(truncated)
+        state.records_done = records_done
+        self.errors.flush()
+        state.output_length = self.writer.commit()
+        state.save(self.files.progress)
+        self.summary = _summary_of(state, self.summary)
+        self.bar.update(len(texts))
+        self.bar.set_postfix(docs=state.documents, skipped=state.skipped)
+
+    def _refuse_empty_result(self) -> None:
+        """A run that scored nothing is an error, even when every record was skipped on purpose."""
+        if self.summary.documents:
+            return
+        self.writer.discard()
+        self.files.progress.unlink(missing_ok=True)
+        if not self.summary.skipped:
+            self.files.errors.unlink(missing_ok=True)
+        what = (f"all {self.summary.skipped} records were skipped as bad (listed in {self.files.errors.name})"
+                if self.summary.skipped else "the inputs hold no records")
+        raise InputRecordError(f"nothing was scored, so no output was written: {what}", where=str(self.out))
+
+
+class _DuplicateIds:
+    """Two records with one id would give two rows with one (doc_id, sentence_index) key: a bad record."""
+
+    def __init__(self):
+        self.first: dict[str, str] = {}
+
+    def check(self, record: InputRecord) -> InputRecord:
+        if record.doc_id in self.first:
+            record.error = (f"duplicate document id {record.doc_id!r} (first at {self.first[record.doc_id]}); "
+                            "ids must be unique (use --id-field to name a unique field)")
+            record.text = None
+        else:
+            self.first[record.doc_id] = record.where
+        return record
+
+
+def _summary_of(state: ResumeState, previous: ScoreSummary | None = None) -> ScoreSummary:
+    summary = previous or ScoreSummary(resumed_from=state.records_done, resumed_sentences=state.sentences)
+    summary.documents, summary.sentences = state.documents, state.sentences
+    summary.skipped, summary.truncated = state.skipped, state.truncated
+    return summary
+
+
+def _keep_lines(path: Path, keep: int) -> None:
+    """Keep the first ``keep`` lines of the error log (rows past the last checkpoint are redone)."""
+    if not path.exists():
+        return
+    with open(path, "rb") as handle:
+        lines = handle.readlines()[:keep]
+    with open(path, "wb") as handle:
+        handle.writelines(lines)

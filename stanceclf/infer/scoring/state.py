@@ -1,0 +1,134 @@
+"""What a scoring run remembers between chunks, and the lock that keeps two runs apart.
+
+After each chunk the run writes a :class:`ResumeState` (atomically) beside the output. A
+run started again with the same inputs, model and output-shaping options resumes from it;
+options that cannot change rows already written (``--max-chars``, ``--on-error``) are not
+part of the signature, so following an error's advice never loses finished work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from stanceclf.errors import ScoringSetupError, StanceclfError
+
+PROGRESS_SUFFIX = ".progress.json"
+PARTIAL_SUFFIX = ".partial"
+ERRORS_SUFFIX = ".errors.jsonl"
+LOCK_SUFFIX = ".lock"
+
+
+@dataclass
+class ResumeState:
+    """Progress of a run: records finished, the committed output length, and running counts."""
+
+    signature: str
+    records_done: int = 0
+    output_length: int = 0
+    documents: int = 0
+    sentences: int = 0
+    skipped: int = 0
+    truncated: int = 0
+    errors_written: int = 0
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(asdict(self), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "ResumeState":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+        except (OSError, ValueError, TypeError) as exc:
+            raise StanceclfError(f"unreadable progress file ({exc}); pass --overwrite to start again",
+                                 where=str(path)) from None
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The files a run keeps beside its output."""
+
+    out: Path
+
+    def sibling(self, suffix: str) -> Path:
+        return self.out.with_name(self.out.name + suffix)
+
+    @property
+    def partial(self) -> Path:
+        return self.sibling(PARTIAL_SUFFIX)
+
+    @property
+    def progress(self) -> Path:
+        return self.sibling(PROGRESS_SUFFIX)
+
+    @property
+    def errors(self) -> Path:
+        return self.sibling(ERRORS_SUFFIX)
+
+    @property
+    def lock(self) -> Path:
+        return self.sibling(LOCK_SUFFIX)
+
+
+def run_signature(files: list[Path], model, options: dict) -> str:
+    """What a resumed run must share with the interrupted one: the input files it reads,
+    the model (weights, manifest, backend) and the options that shape the output."""
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(f"backend:{getattr(model, 'backend', 'torch')}".encode())
+    digest.update(model.manifest.model_dump_json().encode())
+    weights = model.path / "model.safetensors" if model.path else None
+    if weights is not None and weights.exists():
+        with open(weights, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class OutputLock:
+    """An OS-level lock on ``OUT.lock``: it dies with its process, so a killed run never leaves it held."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.close()
+            raise ScoringSetupError("another 'stanceclf score' run is writing this output right now; wait for it "
+                                    "to finish (its progress is safe), or choose another --out",
+                                    where=str(self.path.with_suffix(""))) from None
+        return self
+
+    def release(self, *, remove: bool = False) -> None:
+        """Unlock; ``remove`` (once the output is complete) also deletes the lock file while still holding it."""
+        import fcntl
+
+        if self.handle is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
+        self.handle.close()
+        self.handle = None
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False

@@ -1,0 +1,109 @@
+"""The ``stanceclf.json`` manifest: everything beyond the weights that prediction needs.
+
+A model directory holds the manifest beside the transformers files; it names the label
+schema, thresholds, temperatures, max length, sentence splitter, base model, data
+fingerprint, metrics and the library versions that made the model. It is read strictly:
+a bad value is refused with the file named, never guessed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stanceclf.data.schema import LabelSchema
+from stanceclf.data.sentences import SentenceSplitter
+from stanceclf.errors import ModelDirectoryError, describe_validation_error
+
+MANIFEST_NAME = "stanceclf.json"
+FORMAT_NAME = "stanceclf-model"
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's numbers, stamped into every saved model."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("stanceclf", "torch", "transformers", "tokenizers", "accelerate", "datasets", "scikit-learn",
+                 "syntok"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class ModelManifest(BaseModel):
+    """Everything beyond the weights that prediction needs, and where the model came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["stanceclf-model"] = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    label_schema: LabelSchema
+    thresholds: dict[str, float]
+    temperatures: dict[str, float]
+    max_length: int = Field(ge=8)
+    splitter: SentenceSplitter = SentenceSplitter()
+    base_model: str
+    data_fingerprint: str | None = None
+    metrics: dict = {}
+    training: dict = {}
+    library_versions: dict[str, str] = Field(default_factory=library_versions)
+    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @model_validator(mode="after")
+    def _per_label_values(self) -> "ModelManifest":
+        labels = set(self.label_schema.label_names)
+        for name in ("thresholds", "temperatures"):
+            keys = set(getattr(self, name))
+            if keys != labels:
+                raise ValueError(f"{name} must have exactly the schema's labels {sorted(labels)}, got {sorted(keys)}")
+        if not all(math.isfinite(t) and t > 0 for t in self.temperatures.values()):
+            raise ValueError(f"temperatures must be positive finite numbers, got {self.temperatures}")
+        # A threshold above 1 switches a label off; NaN would silently do the same, so it is refused.
+        if not all(math.isfinite(t) and t >= 0 for t in self.thresholds.values()):
+            raise ValueError(f"thresholds must be finite and not negative, got {self.thresholds}")
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        return self.label_schema.label_names
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST_NAME).write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, directory: Path) -> "ModelManifest":
+        path = directory / MANIFEST_NAME
+        if not path.exists():
+            raise ModelDirectoryError(f"no {MANIFEST_NAME} here: not a stanceclf model directory "
+                                      "(a plain transformers folder can be wrapped with 'stanceclf train')",
+                                      where=str(directory))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelDirectoryError(f"manifest is not valid UTF-8 JSON: {exc}", where=str(path)) from None
+        if not isinstance(data, dict):
+            raise ModelDirectoryError(f"manifest must be a JSON object, not {type(data).__name__}", where=str(path))
+        if data.get("format") != FORMAT_NAME:
+            raise ModelDirectoryError(f"manifest format is {data.get('format')!r}, expected {FORMAT_NAME!r}",
+                                      where=str(path))
+        version = data.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ModelDirectoryError(f"manifest format_version must be a positive integer, got {version!r}",
+                                      where=str(path))
+        if version > FORMAT_VERSION:
+            raise ModelDirectoryError(
+                f"manifest format_version {version!r} is newer than this stanceclf understands ({FORMAT_VERSION}); "
+                "upgrade stanceclf", where=str(path))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ModelDirectoryError(f"invalid manifest: {describe_validation_error(exc)}", where=str(path)) from None

@@ -1,0 +1,1 @@
+"""Recipes to model directories: base models, the fine-tuning harness, calibration, metrics, evaluation."""

@@ -1,0 +1,155 @@
+"""Training recipes: one validated TOML file per model the project trains.
+
+A recipe names the schema, the annotated data (or a built dataset), the base
+model and the hyper-parameters. Relative paths are resolved against the
+recipe file's folder. It is validated completely before any work starts, and
+command-line overrides (``--set training.epochs=3``) are validated the same way.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stanceclf.train.base_models import DEFAULT_BASE
+from stanceclf.data.dataset import AnnotationSource, BuildConfig
+from stanceclf.errors import RecipeError, describe_validation_error, load_toml
+
+
+class DataSection(AnnotationSource, BuildConfig):
+    """The recipe's ``[data]``: what to read (:class:`AnnotationSource`) and how to build it
+    (:class:`BuildConfig`, whose defaults are the only ones), or a dataset already built.
+
+    The split seed defaults to the recipe's ``seed``; ``stanceclf build-dataset --recipe R``
+    builds exactly this dataset.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A folder written by ``stanceclf build-dataset``, instead of annotations.
+    dataset: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSection":
+        sources = [bool(self.inputs), bool(self.train), self.dataset is not None]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one of data.inputs, data.train (with data.dev), or data.dataset")
+        if self.train and not self.dev:
+            raise ValueError("data.train needs data.dev (used for early stopping and calibration)")
+        if (self.dev or self.test) and not self.train:
+            raise ValueError("data.dev and data.test go with data.train (fixed splits); with data.inputs the "
+                             "splits come from data.split_ratios")
+        if self.dataset is not None:
+            built = (set(BuildConfig.model_fields) | set(AnnotationSource.model_fields)) - {"seed"}
+            clashing = sorted(built & self.model_fields_set)
+            if clashing:
+                raise ValueError(f"data.dataset is already built, so {', '.join('data.' + k for k in clashing)} "
+                                 "would be ignored: remove them, or build from the annotations instead")
+        return self
+
+
+class TrainingSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["full", "lora"] = "full"
+    epochs: float = Field(default=6, gt=0)
+    max_steps: int = -1
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
+    batch_size: int = Field(default=16, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=128, ge=8, le=512)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    #: Weight of positive examples in the BCE loss: none, sqrt(neg/pos), or neg/pos.
+    pos_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
+    early_stopping_patience: int = Field(default=2, ge=0)
+    eval_every: Literal["epoch"] | int = "epoch"
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    #: float16 halves the stored weights (the model still runs in float32).
+    storage_dtype: Literal["float32", "float16"] = "float32"
+    #: Arithmetic of the forward and backward passes: float32, or bfloat16 mixed precision
+    #: (master weights stay float32); "auto" takes bf16 on a GPU or a CPU with native bfloat16.
+    precision: Literal["float32", "bf16", "auto"] = "float32"
+
+    @field_validator("eval_every")
+    @classmethod
+    def _positive_steps(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"must be 'epoch' or a positive number of steps, got {value}")
+        return value
+
+
+class Recipe(BaseModel):
+    """A validated training recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    schema_name: str = Field(alias="schema")
+    base_model: str = DEFAULT_BASE
+    output_dir: str
+    run_dir: str | None = None
+    seed: int = 13
+    data: DataSection
+    training: TrainingSection = TrainingSection()
+    source: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_seed_follows_recipe_seed(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and "seed" not in data["data"]:
+            data = {**data, "data": {**data["data"], "seed": data.get("seed", 13)}}
+        return data
+
+    @property
+    def schema_path(self) -> str | Path:
+        """The schema as ``load_schema`` takes it: a shipped name, or a path resolved against the recipe."""
+        name = self.schema_name
+        return self.resolve(name) if name.endswith(".toml") or "/" in name else name
+
+    def resolve(self, path: str) -> Path:
+        """A path from the recipe, relative to the recipe file's folder."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or self.source is None:
+            return p
+        return (Path(self.source).parent / p).resolve()
+
+    @property
+    def run_path(self) -> Path:
+        return self.resolve(self.run_dir) if self.run_dir else self.resolve(self.output_dir).with_name(
+            self.resolve(self.output_dir).name + ".run")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe file, applying ``section.key=value`` overrides."""
+    path = Path(path)
+    data = load_toml(path, RecipeError, "recipe")
+    for override in overrides or []:
+        apply_override(data, override, where=str(path))
+    try:
+        return Recipe.model_validate({**data, "source": str(path.resolve())})
+    except ValidationError as exc:
+        raise RecipeError(describe_validation_error(exc), where=str(path)) from None
+
+
+def apply_override(data: dict, override: str, *, where: str = "") -> None:
+    """Set ``a.b=value`` in nested ``data``; the value is parsed as TOML, else kept as a string."""
+    if "=" not in override:
+        raise RecipeError(f"override {override!r} must look like section.key=value", where=where)
+    key, raw = override.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    parts = key.strip().split(".")
+    target = data
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise RecipeError(f"override {override!r}: {part!r} is not a section", where=where)
+    target[parts[-1]] = value

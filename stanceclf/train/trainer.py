@@ -1,0 +1,332 @@
+"""The training harness: recipe -> dataset -> fine-tuned, calibrated model directory.
+
+Fine-tuning uses the transformers ``Trainer`` (so ``accelerate launch`` with
+several processes works unchanged): a multi-label head trained with BCE on
+logits, positive-class weighting for rare labels, dynamic padding, early
+stopping on dev macro-F1, checkpoints every evaluation and resumption from the
+last one. After training, per-label temperatures and thresholds are fitted on
+dev, the test split is evaluated, and the model directory is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stanceclf.data.dataset import from_annotations, load_built_dataset, statistics
+from stanceclf.data.readers import ReadReport
+from stanceclf.data.schema import LabelSchema, load_schema
+from stanceclf.data.sentences import SentenceSplitter
+from stanceclf.errors import RecipeError
+from stanceclf.infer.model import StanceModel
+from stanceclf.model.architectures import architecture_of
+from stanceclf.model.decision import decide, probabilities
+from stanceclf.model.directory import quiet_transformers
+from stanceclf.model.manifest import ModelManifest
+from stanceclf.train.base_models import resolve_base
+from stanceclf.train.calibration import calibrate
+from stanceclf.train.metrics import expected_calibration_error, multilabel_report
+from stanceclf.train.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def prepare_dataset(recipe: Recipe, schema: LabelSchema):
+    """Build (or load) the dataset the recipe names: ``(DatasetDict, build info, read report)``."""
+    data = recipe.data
+    report = ReadReport()
+    if data.dataset is not None:
+        dataset, info = load_built_dataset(recipe.resolve(data.dataset))
+        if info["schema"]["labels"] != schema.to_dict()["labels"]:
+            raise RecipeError(f"the dataset at {data.dataset} was built with another schema than {schema.name!r}",
+                              where=recipe.source)
+        return dataset, info, report
+    dataset, info = from_annotations(data, schema, data, resolve=recipe.resolve, report=report)
+    return dataset, info, report
+
+
+def positive_weights(label_matrix: np.ndarray, mode: str) -> np.ndarray:
+    """Per-label weight of positives in the BCE loss, from train-split frequencies."""
+    positives = label_matrix.sum(axis=0).astype(np.float64)
+    negatives = len(label_matrix) - positives
+    ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    if mode == "none":
+        return np.ones_like(ratio)
+    return np.sqrt(ratio) if mode == "sqrt" else ratio
+
+
+def _make_trainer_class():
+    import torch
+    from transformers import Trainer
+
+    class WeightedBCETrainer(Trainer):
+        """BCE on logits with a positive-class weight per label."""
+
+        # compute_loss returns a plain per-batch mean: the Trainer must divide it by the
+        # gradient accumulation steps (it skips that for models that take loss kwargs).
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, pos_weight=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.pos_weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weight = self.pos_weight.to(outputs.logits.device) if self.pos_weight is not None else None
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, labels.float(),
+                                                                        pos_weight=weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedBCETrainer
+
+
+def _dev_macro_f1(eval_prediction) -> dict:
+    """Early stopping's measure: macro F1 at probability 0.5, before calibration."""
+    logits, labels = eval_prediction
+    logits = np.asarray(logits)
+    predicted = decide(probabilities(logits, np.ones(logits.shape[1])), np.full(logits.shape[1], 0.5))
+    report = multilabel_report(np.asarray(labels), predicted, [str(i) for i in range(predicted.shape[1])])
+    return {"macro_f1": report["macro"]["f1"], "micro_f1": report["micro"]["f1"]}
+
+
+def build_base_model(base: str, schema: LabelSchema, *, config=None):
+    """A sequence-classification model with a fresh multi-label head for ``schema``.
+
+    ``config`` (a transformers config) builds a randomly initialised model in
+    process instead of loading weights: the tests' tiny models.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    labels = schema.label_names
+    head = dict(num_labels=len(labels), problem_type="multi_label_classification",
+                id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+    if config is not None:
+        for key, value in head.items():
+            setattr(config, key, value)
+        return AutoModelForSequenceClassification.from_config(config)
+    with quiet_transformers():
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve_base(base), trust_remote_code=False, use_safetensors=True, **head)
+
+
+def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, progress: bool = True) -> StanceModel:
+    """Run a recipe end to end and return the saved :class:`StanceModel`.
+
+    ``model``/``tokenizer`` replace the base model (tests pass tiny ones).
+    With ``resume``, a run folder holding checkpoints continues from the last.
+    """
+    started = time.time()
+    schema = load_schema(recipe.schema_path)
+    dataset, info = _prepared_data(recipe, schema)
+    tokenizer = tokenizer or load_base_tokenizer(recipe.base_model)
+    model = model or build_base_model(recipe.base_model, schema)
+    trainer = _make_trainer(recipe, model, tokenizer, dataset, progress)
+    fitted = _fit(trainer, recipe, info["fingerprint"], resume)
+    result = _calibrate_and_evaluate(fitted, tokenizer, dataset, schema, recipe.training.max_length)
+    result.manifest = _final_manifest(result, recipe, info, dataset, trainer, time.time() - started)
+    if trainer.is_world_process_zero():
+        result.save_pretrained(recipe.resolve(recipe.output_dir), storage_dtype=recipe.training.storage_dtype)
+        (recipe.run_path / "dataset-info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return result
+
+
+def _prepared_data(recipe: Recipe, schema: LabelSchema):
+    """Phase 1: the dataset, with a train and a dev split that are not empty."""
+    dataset, info, read_report = prepare_dataset(recipe, schema)
+    if read_report.skipped:
+        log.warning("%s", read_report.summary())
+    for split in ("train", "dev"):
+        if split not in dataset or len(dataset[split]) == 0:
+            raise RecipeError(f"the {split} split is empty; check data inputs and split_ratios", where=recipe.source)
+    return dataset, info
+
+
+def load_base_tokenizer(base: str):
+    from transformers import AutoTokenizer
+
+    with quiet_transformers():
+        return AutoTokenizer.from_pretrained(resolve_base(base), trust_remote_code=False)
+
+
+def _training_arguments(recipe: Recipe, progress: bool):
+    from transformers import TrainingArguments
+
+    settings = recipe.training
+    strategy = "epoch" if settings.eval_every == "epoch" else "steps"
+    steps = settings.eval_every if strategy == "steps" else None
+    return TrainingArguments(
+        output_dir=str(recipe.run_path),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=64,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of all steps
+        eval_strategy=strategy, save_strategy=strategy, eval_steps=steps, save_steps=steps,
+        logging_strategy=strategy, logging_steps=steps,
+        load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
+        save_total_limit=2, seed=recipe.seed, data_seed=recipe.seed,
+        report_to=[], disable_tqdm=not progress, use_cpu=_use_cpu(), bf16=_use_bf16(settings.precision),
+        dataloader_num_workers=0,
+    )
+
+
+def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool):
+    """Phase 2: a transformers ``Trainer`` over the tokenized splits, with weighted BCE and early stopping."""
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
+
+    settings = recipe.training
+    if settings.method == "lora":
+        model = _wrap_lora(model, settings)
+
+    def encode(batch):
+        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length)
+        encoded["labels"] = [[float(v) for v in row] for row in batch["labels"]]
+        return encoded
+
+    encoded = dataset.map(encode, batched=True, remove_columns=dataset["train"].column_names, desc=None)
+    pos_weight = positive_weights(np.array(dataset["train"]["labels"], dtype=np.float32), settings.pos_weight)
+    callbacks = [EarlyStoppingCallback(settings.early_stopping_patience)] if settings.early_stopping_patience else []
+    return _make_trainer_class()(
+        model=model, args=_training_arguments(recipe, progress), train_dataset=encoded["train"],
+        eval_dataset=encoded["dev"], data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_dev_macro_f1, callbacks=callbacks, pos_weight=pos_weight)
+
+
+def _fit(trainer, recipe: Recipe, fingerprint: str, resume: bool):
+    """Phase 3: fine-tune (resuming a checkpoint of this very run), and return the plain float32-ready model."""
+    checkpoint = _checkpoint_to_resume(recipe, fingerprint, recipe.run_path, resume, trainer.args.process_index == 0)
+    if checkpoint:
+        log.warning("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    # Under mixed precision accelerate wraps forward in autocast; the saved model runs without it.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    return model.merge_and_unload() if recipe.training.method == "lora" else model
+
+
+def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_length: int) -> StanceModel:
+    """Phase 4: temperatures and thresholds fitted on dev, and metrics per split, from logits computed
+    by the very code that serves the model (``StanceModel.predict_logits``: float32, same truncation)."""
+    labels = schema.label_names
+    provisional = ModelManifest(label_schema=schema, thresholds={l: 0.5 for l in labels},
+                                temperatures={l: 1.0 for l in labels}, max_length=max_length, base_model="")
+    served = StanceModel(model, tokenizer, provisional)
+    logits = {name: served.predict_logits(list(dataset[name]["text"]))[0]
+              for name in ("dev", "test") if name in dataset and len(dataset[name])}
+    truth = {name: np.array(dataset[name]["labels"]) for name in logits}
+    temperatures, thresholds = calibrate(logits["dev"], truth["dev"])
+    served.manifest = provisional.model_copy(update={
+        "thresholds": dict(zip(labels, map(float, thresholds))),
+        "temperatures": dict(zip(labels, map(float, temperatures))),
+        "metrics": {name: _evaluate_logits(logits[name], truth[name], labels, temperatures, thresholds)
+                    for name in logits}})
+    return served
+
+
+def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, trainer, elapsed: float) -> ModelManifest:
+    """Phase 5: the manifest, with provenance (recipe, data, wall time, memory)."""
+    labels = result.labels
+    return result.manifest.model_copy(update={
+        # The splitter the data was built with (a prebuilt dataset records its own).
+        "splitter": SentenceSplitter.model_validate(info["build_config"]["splitter"]),
+        "base_model": recipe.base_model,
+        "data_fingerprint": info["fingerprint"],
+        "training": {"recipe": recipe.model_dump(mode="json", by_alias=True), "wall_seconds": round(elapsed, 1),
+                     "epochs_run": float(trainer.state.epoch or 0),
+                     "best_checkpoint": trainer.state.best_model_checkpoint, "peak_rss_mb": _peak_rss_mb(),
+                     "statistics": statistics(dataset, LabelSchema.from_labels(labels)),
+                     "documents": info["documents"]}})
+
+
+RUN_SIGNATURE = "run-signature.json"
+
+
+def _run_signature(recipe: Recipe, fingerprint: str) -> dict:
+    """What a checkpoint must share with the run that resumes it (output paths may differ)."""
+    dumped = recipe.model_dump(mode="json", by_alias=True)
+    dumped.pop("output_dir", None)
+    dumped.pop("run_dir", None)
+    return {"recipe": dumped, "data_fingerprint": fingerprint}
+
+
+def _checkpoint_to_resume(recipe: Recipe, fingerprint: str, run_dir: Path, resume: bool, main_process: bool):
+    """The checkpoint to continue from, if any, after checking that it belongs to this recipe and data."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    signature = _run_signature(recipe, fingerprint)
+    signature_path = run_dir / RUN_SIGNATURE
+    checkpoints = sorted(run_dir.glob("checkpoint-*")) if run_dir.is_dir() else []
+    if checkpoints and not resume:
+        if main_process:
+            import shutil
+
+            log.warning("--no-resume: removing %d checkpoint(s) of an earlier run in %s", len(checkpoints), run_dir)
+            for folder in checkpoints:
+                shutil.rmtree(folder, ignore_errors=True)
+        checkpoints = []
+    if checkpoints:
+        recorded = json.loads(signature_path.read_text(encoding="utf-8")) if signature_path.exists() else None
+        if recorded != signature:
+            if recorded is None:
+                what = "checkpoints with no record of the run that wrote them"
+            else:
+                changed = [k for k in signature["recipe"] if recorded["recipe"].get(k) != signature["recipe"][k]]
+                if recorded.get("data_fingerprint") != fingerprint:
+                    changed.append("the data")
+                what = f"checkpoints of another run (it differs in {', '.join(changed)})"
+            raise RecipeError(f"the run folder holds {what}; resuming would mix two runs. Pass --no-resume to "
+                              "start again, or set run_dir to a new folder", where=str(run_dir))
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        signature_path.write_text(json.dumps(signature, indent=2, sort_keys=True), encoding="utf-8")
+    return get_last_checkpoint(str(run_dir)) if checkpoints else None
+
+
+def _evaluate_logits(logits, y_true, labels, temperatures, thresholds) -> dict:
+    uncalibrated = probabilities(logits, np.ones(len(labels)))
+    calibrated = probabilities(logits, np.asarray(temperatures))
+    report = multilabel_report(y_true, decide(calibrated, thresholds), labels, calibrated)
+    report["ece_before_calibration"] = expected_calibration_error(y_true, uncalibrated)
+    report["ece_after_calibration"] = expected_calibration_error(y_true, calibrated)
+    return report
+
+
+def _wrap_lora(model, settings):
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise RecipeError("training.method = 'lora' needs peft: pip install 'stanceclf[lora]'") from None
+    targets = architecture_of(model.config).lora_targets
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                        lora_dropout=settings.lora_dropout,
+                        target_modules=targets if isinstance(targets, str) else list(targets))
+    return get_peft_model(model, config)
+
+
+def _use_bf16(precision: str) -> bool:
+    import torch
+
+    if precision == "auto":
+        from stanceclf.infer.backends import native_bf16_supported
+
+        return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else native_bf16_supported()
+    return precision == "bf16"
+
+
+def _use_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
