@@ -65,7 +65,7 @@ def job_classify(model_dir: str, sentences: list[str], fast: bool | str) -> dict
 
     model = load(model_dir, fast=fast)
     model.classify(sentences[:8], split_sentences=False)
-    model.stats.__init__()
+    model.stats = type(model.stats)()
     start = time.perf_counter()
     predictions = model.classify(sentences, split_sentences=False)
     seconds = time.perf_counter() - start

@@ -9,7 +9,6 @@ length-sorted, dynamically padded batches, calibrates the logits and decides lab
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,21 @@ from stanceclf.model.directory import check_head, load_model_directory, save_mod
 from stanceclf.model.manifest import ModelManifest
 
 
-@dataclass
 class InferenceStats:
-    """Counts since load: units scored, truncated, real and padded tokens (for benchmarks)."""
+    """Counts since load, for benchmarks: units (sentences or whole inputs) scored and cut at
+    ``max_length``, real tokens, and tokens including the padding of length-sorted batches.
+    Safe to update from several threads."""
 
-    units: int = 0
-    truncated: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
+    def __init__(self):
+        self.units = self.truncated = self.tokens = self.padded_tokens = 0
+        self._lock = threading.Lock()
+
+    def record(self, ids: list[list[int]], truncated: list[bool], padded_tokens: int) -> None:
+        with self._lock:
+            self.units += len(ids)
+            self.truncated += sum(truncated)
+            self.tokens += sum(len(row) for row in ids)
+            self.padded_tokens += padded_tokens
 
 
 class StanceModel:
@@ -47,7 +53,6 @@ class StanceModel:
         self.stats = InferenceStats()
         # Fast tokenizers mutate their truncation/padding state per call: one caller at a time.
         self._tokenizer_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
         self._check_head()
 
     # ---- properties -------------------------------------------------------------------------
@@ -138,11 +143,7 @@ class StanceModel:
                     device = self.model.device
                     logits[batch] = self.model(input_ids=input_ids.to(device),
                                                attention_mask=attention.to(device)).logits.float().cpu().numpy()
-        with self._stats_lock:
-            self.stats.units += len(ids)
-            self.stats.truncated += sum(truncated)
-            self.stats.tokens += sum(len(r) for r in ids)
-            self.stats.padded_tokens += padded_tokens
+        self.stats.record(ids, truncated, padded_tokens)
         return logits, truncated
 
     def predict_proba(self, texts: list[str], *, batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:

@@ -19,24 +19,17 @@ from pathlib import Path
 from stanceclf.data.documents import AnnotatedDocument
 from stanceclf.errors import AnnotationError
 from .native import read_texts
-from .validation import SpanChecker
+from .validation import SpanChecker, input_files
 
 _OTHER_KINDS = ("A", "R", "E", "N", "#", "M", "*")
 
 
 def read_brat(path: str | Path, checker: SpanChecker, *, annotator: str = "brat"):
     """Yield one :class:`AnnotatedDocument` per ``.ann`` file of a folder, or for one ``.ann``/``.txt`` pair."""
-    path = Path(path)
-    if path.is_dir():
-        ann_paths = sorted(path.glob("*.ann"))
-        if not ann_paths:
-            checker.fail(AnnotationError("no .ann files in this folder", where=str(path)))
-    elif path.suffix in (".ann", ".txt"):
-        ann_paths = [path.with_suffix(".ann")]
-    else:
-        checker.fail(AnnotationError("a brat input is a folder, an .ann file or a .txt file", where=str(path)))
-        ann_paths = []
-    for ann_path in ann_paths:
+    files = input_files(Path(path), checker, pattern="*.ann", accepts=lambda p: p.suffix in (".ann", ".txt"),
+                        empty_folder="no .ann files in this folder",
+                        wrong_file="a brat input is a folder, an .ann file or a .txt file")
+    for ann_path in (file.with_suffix(".ann") for file in files):
         document = _read_pair(ann_path, checker, annotator)
         if document is not None:
             yield checker.kept(document)

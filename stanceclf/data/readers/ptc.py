@@ -18,7 +18,7 @@ from pathlib import Path
 from stanceclf.data.documents import AnnotatedDocument
 from stanceclf.errors import AnnotationError
 from .native import read_texts
-from .validation import SpanChecker
+from .validation import SpanChecker, input_files
 
 _LABELS_SUFFIX = ".labels.tsv"
 
@@ -26,22 +26,16 @@ _LABELS_SUFFIX = ".labels.tsv"
 def read_ptc(path: str | Path, checker: SpanChecker, *, annotator: str = "ptc"):
     """Yield one :class:`AnnotatedDocument` per article of a folder, or for one ``.txt``/``.labels.tsv`` file."""
     path = Path(path)
-    if path.is_dir():
-        txt_paths = sorted(path.glob("*.txt"))
-        if not txt_paths:
-            checker.fail(AnnotationError("no article .txt files in this folder", where=str(path)))
-        # Labels without their article would otherwise vanish without a word.
+    files = input_files(path, checker, pattern="*.txt",
+                        accepts=lambda p: p.suffix == ".txt" or p.name.endswith(_LABELS_SUFFIX),
+                        empty_folder="no article .txt files in this folder",
+                        wrong_file="a PTC input is a folder, an article .txt or a .labels.tsv file")
+    if path.is_dir():  # labels without their article would otherwise vanish without a word
         for labels_path in sorted(path.glob("*" + _LABELS_SUFFIX)):
             if not _txt_path(labels_path).is_file():
                 checker.fail(AnnotationError(f"no article text {_txt_path(labels_path).name} for these labels",
                                              where=str(labels_path)))
-    elif path.suffix == ".txt" or path.name.endswith(_LABELS_SUFFIX):
-        txt_paths = [_txt_path(path)]
-    else:
-        checker.fail(AnnotationError("a PTC input is a folder, an article .txt or a .labels.tsv file",
-                                     where=str(path)))
-        txt_paths = []
-    for txt_path in txt_paths:
+    for txt_path in map(_txt_path, files):
         document = _read_article(txt_path, checker, annotator)
         if document is not None:
             yield checker.kept(document)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from stanceclf.data.documents import Span
 from stanceclf.errors import AnnotationError, OffsetError, UnknownLabelError
@@ -164,3 +165,18 @@ def _same_text(found: str, expected: str) -> bool:
 
 def _clip(value: str, limit: int = 60) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def input_files(path: Path, checker: SpanChecker, *, pattern: str, accepts, empty_folder: str, wrong_file: str
+                ) -> list[Path]:
+    """The files one reader input names: a folder's files matching ``pattern``, or the input itself when
+    ``accepts(path)``; an empty folder or a file of another kind is reported through ``checker``."""
+    if path.is_dir():
+        files = sorted(path.glob(pattern))
+        if not files:
+            checker.fail(AnnotationError(empty_folder, where=str(path)))
+        return files
+    if accepts(path):
+        return [path]
+    checker.fail(AnnotationError(wrong_file, where=str(path)))
+    return []

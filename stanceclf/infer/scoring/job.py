@@ -24,7 +24,7 @@ from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
 from stanceclf.infer.results import RowSpec
 from stanceclf.infer.scoring.inputs import Fields, InputRecord, check_inputs, input_files, iter_records
 from stanceclf.infer.scoring.outputs import make_writer, output_format_of
-from stanceclf.infer.scoring.state import OutputLock, OutputPaths, ResumeState, run_signature
+from stanceclf.infer.scoring.state import OutputLock, OutputPaths, ResumeState, RunCounts, run_signature
 
 
 class ScoreOptions(BaseModel):
@@ -52,11 +52,7 @@ class ScoreOptions(BaseModel):
 
 
 @dataclass
-class ScoreSummary:
-    documents: int = 0
-    sentences: int = 0
-    skipped: int = 0
-    truncated: int = 0
+class ScoreSummary(RunCounts):
     seconds: float = 0.0
     resumed_from: int = 0
     #: Sentences an interrupted run had already written (not scored by this run).
@@ -93,7 +89,7 @@ class _ScoringRun:
             raise ScoringSetupError("the output's folder does not exist", where=str(out.parent))
         self.paths, self.out, self.model, self.options, self.log = paths, out, model, options, log
         self.fmt = output_format_of(out, options.output_format)
-        self.files = OutputPaths(out)
+        self.files = OutputPaths.beside(out)
         self.spec = RowSpec(tuple(model.labels), per_document=options.per_document)
         self.signature = run_signature(input_files(paths, options.input_format), model, options.shaping(self.fmt))
 
@@ -145,7 +141,7 @@ class _ScoringRun:
         self.summary = ScoreSummary()
         # A fresh run starts a fresh error log: lines from a run killed before its first checkpoint are redone.
         self.errors = open(files.errors, "w", encoding="utf-8")
-        return ResumeState(self.signature)
+        return ResumeState(signature=self.signature)
 
     def _score_all(self, progress: bool) -> None:
         from tqdm import tqdm
@@ -249,8 +245,8 @@ class _DuplicateIds:
 
 def _summary_of(state: ResumeState, previous: ScoreSummary | None = None) -> ScoreSummary:
     summary = previous or ScoreSummary(resumed_from=state.records_done, resumed_sentences=state.sentences)
-    summary.documents, summary.sentences = state.documents, state.sentences
-    summary.skipped, summary.truncated = state.skipped, state.truncated
+    for name in RunCounts.__dataclass_fields__:
+        setattr(summary, name, getattr(state, name))
     return summary
 
 

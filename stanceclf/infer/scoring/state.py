@@ -23,16 +23,22 @@ LOCK_SUFFIX = ".lock"
 
 
 @dataclass
-class ResumeState:
-    """Progress of a run: records finished, the committed output length, and running counts."""
+class RunCounts:
+    """What a run has done so far."""
 
-    signature: str
-    records_done: int = 0
-    output_length: int = 0
     documents: int = 0
     sentences: int = 0
     skipped: int = 0
     truncated: int = 0
+
+
+@dataclass
+class ResumeState(RunCounts):
+    """Progress of a run: records finished, the committed output length, and running counts."""
+
+    signature: str = ""
+    records_done: int = 0
+    output_length: int = 0
     errors_written: int = 0
 
     def save(self, path: Path) -> None:
@@ -55,28 +61,18 @@ class ResumeState:
 
 @dataclass(frozen=True)
 class OutputPaths:
-    """The files a run keeps beside its output."""
+    """The files a run keeps beside its output ``out``."""
 
     out: Path
+    partial: Path
+    progress: Path
+    errors: Path
+    lock: Path
 
-    def sibling(self, suffix: str) -> Path:
-        return self.out.with_name(self.out.name + suffix)
-
-    @property
-    def partial(self) -> Path:
-        return self.sibling(PARTIAL_SUFFIX)
-
-    @property
-    def progress(self) -> Path:
-        return self.sibling(PROGRESS_SUFFIX)
-
-    @property
-    def errors(self) -> Path:
-        return self.sibling(ERRORS_SUFFIX)
-
-    @property
-    def lock(self) -> Path:
-        return self.sibling(LOCK_SUFFIX)
+    @classmethod
+    def beside(cls, out: Path) -> "OutputPaths":
+        return cls(out, *(out.with_name(out.name + suffix)
+                          for suffix in (PARTIAL_SUFFIX, PROGRESS_SUFFIX, ERRORS_SUFFIX, LOCK_SUFFIX)))
 
 
 def run_signature(files: list[Path], model, options: dict) -> str:
