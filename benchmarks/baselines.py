@@ -88,7 +88,7 @@ def main() -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from stanceclf.train.evaluation import evaluate_model
-    from stanceclf.train.metrics import multilabel_report
+    from stanceclf.model.metrics import multilabel_report
     from stanceclf.infer.predict import load
     from stanceclf.train.recipe import load_recipe
     from stanceclf.data.schema import load_schema
