@@ -95,7 +95,7 @@ def main() -> None:
     from stanceclf.train.trainer import prepare_dataset
 
     recipe = load_recipe(args.recipe)
-    schema = load_schema(recipe.schema_name)
+    schema = load_schema(recipe.schema_path)
     labels = schema.label_names
     dataset, info, _ = prepare_dataset(recipe, schema)
     model = load(args.model)

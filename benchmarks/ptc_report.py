@@ -49,7 +49,7 @@ def main() -> None:
         recipe_path, model_dir = pair.split("=", 1)
         recipe = load_recipe(recipe_path)
         model = StanceModel.from_pretrained(model_dir)
-        dataset, _, read_report = prepare_dataset(recipe, load_schema(recipe.schema_name))
+        dataset, _, read_report = prepare_dataset(recipe, load_schema(recipe.schema_path))
         report, _, _ = evaluate_model(model, dataset["dev"])
         training = model.manifest.training
         settings = training["recipe"]["training"]
