@@ -186,9 +186,10 @@ class _Picker:
                         chunk, pending = [], 0
             self._score(chunk)
         if not self.best:
+            counts = self.summary
             raise InputRecordError("no document to suggest: " + (
-                f"all {self.summary.skipped} records were bad" if self.summary.skipped else
-                "every document is excluded" if self.summary.excluded else "the inputs hold no records"))
+                f"every record was excluded ({counts.excluded}) or bad ({counts.skipped})"
+                if counts.excluded or counts.skipped else "the inputs hold no records"))
         picked = [entry[2] for entry in sorted(self.best, key=lambda e: (-e[0], -e[1]))]
         self._predict_missing(picked)
         self.summary.suggestions = picked
