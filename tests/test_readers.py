@@ -386,7 +386,9 @@ def test_readers_doccano_bad_lines(tmp_path):
     documents = read_annotations("doccano", path, strict=False, report=report)
     assert [d.doc_id for d in documents] == ["1"]
     assert [line.split(": ")[0] for line in report.skipped] == [f"[E002] {path}:2", f"[E002] {path}:3"]
-    assert "no document text under 'text'" in report.skipped[1]
+    # The hint names the real options: build-dataset's --reader-option and the recipe's reader_options.
+    assert "no document text under 'text'; name it with --reader-option text_field=NAME" in report.skipped[1]
+    assert 'reader_options = {text_field = "NAME"}' in report.skipped[1]
 
 
 def test_readers_doccano_classification_labels_rejected(tmp_path):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from stanceclf.data.documents import AnnotatedDocument
 from stanceclf.errors import AnnotationError
-from .validation import SpanChecker
+from .validation import TEXT_FIELD_HINT, SpanChecker
 
 ANNOTATION_RULES = ("merge", "per-annotator")
 _SPAN_KEYS = {"start", "end", "labels"}
@@ -44,8 +44,6 @@ _DOC_ID_FIELD = "doc_id"
 # Keys the JSON_MIN converter adds to each item beside the task's data.
 _MIN_META_KEYS = {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time", "agreement", "history",
                   "was_cancelled"}
-_TEXT_FIELD_HINT = ("name it with --reader-option text_field=NAME (build-dataset) or reader_options = "
-                    '{text_field = "NAME"} in the recipe\'s [data]')
 
 
 @dataclass
@@ -184,7 +182,7 @@ def _detect_text_field(tasks: list[_Task], path: Path) -> str:
         return candidates.pop()
     found = f"candidates: {sorted(candidates)}" if candidates else "no string field holds every span's text"
     raise AnnotationError(f"the tasks have no 'text' field and the document text field cannot be told ({found}); "
-                          + _TEXT_FIELD_HINT, where=str(path))
+                          + TEXT_FIELD_HINT, where=str(path))
 
 
 def _documents(task: _Task, field: str, checker: SpanChecker, rule: str, *, explicit: bool):
@@ -193,7 +191,7 @@ def _documents(task: _Task, field: str, checker: SpanChecker, rule: str, *, expl
         key = f"data[{field!r}]" if task.full else repr(field)
         strings = sorted(k for k, v in task.data.items() if isinstance(v, str))
         checker.fail(AnnotationError(f"no document text under {key} (string fields: {strings}); "
-                                     + ("check the field name" if explicit else _TEXT_FIELD_HINT), where=task.where))
+                                     + ("check the field name" if explicit else TEXT_FIELD_HINT), where=task.where))
         return
     if rule == "per-annotator":
         for annotation in task.annotations:
