@@ -68,6 +68,20 @@ def check_head(config, manifest: ModelManifest, path: str | Path | None = None) 
                                   f"{positions} positions", where=where)
 
 
+def weights_digest(directory: str | Path | None) -> str | None:
+    """The sha256 (hex) of a model directory's weights file; None for a model never saved."""
+    import hashlib
+
+    weights = Path(directory) / WEIGHTS_NAME if directory is not None else None
+    if weights is None or not weights.exists():
+        return None
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | Path, *,
                          storage_dtype: str = "float32", model_card: bool = True) -> Path:
     """Write a model directory. ``storage_dtype="float16"`` halves the stored weights while the
