@@ -140,8 +140,7 @@ class ServerState:
             log.error("stanceclf serve: the model could not be loaded: %s", error)
             os._exit(STARTUP_FAILURE)  # no request was ever served: nothing to finish
         manifest = model.manifest
-        limits = schemas.Limits(max_body_bytes=settings.max_body_bytes, max_text_chars=settings.max_text_chars,
-                                max_queue=settings.max_queue)
+        limits = schemas.Limits(**settings.model_dump(include=set(schemas.Limits.model_fields)))
         self.model_info = schemas.ModelInfo(
             name=model.path.name if model.path else "", labels=model.labels, thresholds=model.thresholds,
             temperatures=dict(manifest.temperatures), max_length=manifest.max_length,

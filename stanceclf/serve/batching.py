@@ -17,7 +17,8 @@ import asyncio
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Awaitable
 
 from stanceclf.errors import ServerBusyError
@@ -25,26 +26,20 @@ from stanceclf.infer.model import StanceModel
 from stanceclf.infer.results import Prediction
 
 
-@dataclass
 class BatchCounters:
-    """Counters since start (see :class:`stanceclf.serve.schemas.Stats` for their meaning)."""
+    """Counts since start, by name (their meanings: :class:`stanceclf.serve.schemas.Stats`); thread-safe."""
 
-    requests: int = 0
-    rejected_busy: int = 0
-    abandoned: int = 0
-    batches: int = 0
-    texts: int = 0
-    units: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    def __init__(self):
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def add(self, **amounts: int) -> None:
         with self._lock:
-            for name, amount in amounts.items():
-                setattr(self, name, getattr(self, name) + amount)
+            self._counts.update(amounts)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+            return dict(self._counts)
 
 
 @dataclass(eq=False)

@@ -112,14 +112,15 @@ class ModelInfo(BaseModel):
 class Stats(BaseModel):
     """Counters since this server process started (one process: with --workers N each has its own)."""
 
-    requests: int = Field(description="Classify requests accepted into the queue.")
-    rejected_busy: int = Field(description="Classify requests refused with 503 because the queue was full.")
-    abandoned: int = Field(description="Accepted requests whose client disconnected before scoring; never scored.")
-    batches: int = Field(description="Calls to the model: each scores every sentence of the requests batched "
-                                     "together.")
-    texts: int = Field(description="Texts scored.")
-    units: int = Field(description="Units (sentences, or texts with split_sentences false) scored.")
-    queued: int = Field(description="Requests waiting for the model right now.")
+    requests: int = Field(0, description="Classify requests accepted into the queue.")
+    rejected_busy: int = Field(0, description="Classify requests refused with 503 because the queue was full.")
+    abandoned: int = Field(0, description="Accepted requests whose client disconnected before scoring; never "
+                                          "scored.")
+    batches: int = Field(0, description="Calls to the model: each scores every sentence of the requests batched "
+                                        "together.")
+    texts: int = Field(0, description="Texts scored.")
+    units: int = Field(0, description="Units (sentences, or texts with split_sentences false) scored.")
+    queued: int = Field(0, description="Requests waiting for the model right now.")
 
 
 class Status(BaseModel):
@@ -137,4 +138,5 @@ class ErrorResponse(BaseModel):
 
     code: str = Field(description="Stable error code, e.g. E051 (bad request), E052 (too large), E053 (busy).")
     message: str = Field(description="What went wrong, for people.")
-    problems: list[FieldProblem] = Field(default_factory=list, description="One entry per field at fault (none when the whole request is).")
+    problems: list[FieldProblem] = Field(default_factory=list, description="One entry per field at fault (none "
+                                                                           "when the whole request is).")
