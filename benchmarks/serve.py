@@ -115,9 +115,15 @@ async def load_test(url: str, clients: int, seconds: float, stream) -> tuple[lis
     return records, time.monotonic() - start
 
 
-def in_process_rate(model_dir: str, backend: str, texts: list[str]) -> tuple[float, int]:
-    """Sentences per second of one batch ``classify()`` over ``texts`` (after a warm-up)."""
+def in_process_rate(model_dir: str, backend: str, texts: list[str], threads: int | None) -> tuple[float, int]:
+    """Sentences per second of one batch ``classify()`` over ``texts`` (after a warm-up), with the server's
+    torch threads."""
+    import torch
+
     from stanceclf import load
+
+    if threads:
+        torch.set_num_threads(threads)
 
     model = load(model_dir, fast=backend)
     model.classify(texts[:4])
@@ -158,7 +164,7 @@ def measure(args) -> dict:
             break
         sample.append(record["text"])
         total += record["sentences"]
-    classify_rate, classify_sentences = in_process_rate(model, args.backend, sample)
+    classify_rate, classify_sentences = in_process_rate(model, args.backend, sample, args.threads)
     latencies = np.array([r["seconds"] for r in ok]) * 1000
     return {
         "model": model, "startup_s": startup, "wall_s": wall, "requests": len(records), "ok": len(ok),
@@ -220,7 +226,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="Model directory (default: the shipped model).")
     parser.add_argument("--backend", default="torch")
-    parser.add_argument("--threads", type=int, help="Torch threads of the server (default: torch's choice).")
+    parser.add_argument("--threads", type=int, help="Torch threads of the server and of the in-process classify() (default: torch's choice).")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--article-share", type=float, default=0.2, help="Share of posts that are whole articles.")
