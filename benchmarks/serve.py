@@ -226,7 +226,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="Model directory (default: the shipped model).")
     parser.add_argument("--backend", default="torch")
-    parser.add_argument("--threads", type=int, help="Torch threads of the server and of the in-process classify() (default: torch's choice).")
+    parser.add_argument("--threads", type=int,
+                        help="Torch threads of the server and of the in-process classify() (default: torch's choice).")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--article-share", type=float, default=0.2, help="Share of posts that are whole articles.")
