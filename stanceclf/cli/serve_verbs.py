@@ -13,8 +13,10 @@ import typer
 
 from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail
 from stanceclf.errors import ServeSetupError, StanceclfError
+from stanceclf.serve.settings import ServeSettings
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+DEFAULTS = ServeSettings()  # the one home of the limits' defaults
 
 
 def _check_extra() -> None:
@@ -31,7 +33,6 @@ def _settings(model: Optional[Path], backend: str, threads: Optional[int], **lim
     from stanceclf.infer.backends import resolve_backend
     from stanceclf.infer.predict import default_model_path
     from stanceclf.model.directory import check_model_directory
-    from stanceclf.serve.settings import ServeSettings
 
     directory = model or default_model_path()
     check_model_directory(directory)
@@ -51,17 +52,18 @@ def serve(
                                 "batches only its own requests."),
     threads: Optional[int] = typer.Option(None, min=1, help="Torch threads per process (default: torch's "
                                           "choice with one worker; cores / workers with several)."),
-    max_body_bytes: int = typer.Option(1_048_576, min=1024, help="Largest request body; larger gets HTTP 413."),
-    max_text_chars: int = typer.Option(100_000, min=1, help="Longest single text, in characters; longer gets "
-                                       "HTTP 413."),
-    max_queue: int = typer.Option(128, min=1, help="Requests that may wait for the model; beyond that HTTP 503 "
-                                  "with Retry-After."),
-    batch_wait_ms: float = typer.Option(5.0, min=0, help="How long the first request of a batch waits for "
-                                        "others to join it."),
-    batch_sentences: int = typer.Option(256, min=1, help="Stop gathering requests into a batch once it holds "
-                                        "this many sentences."),
-    batch_size: int = typer.Option(64, min=1, help="Sentences per forward pass (a batch of requests is scored "
-                                   "in passes of this size)."),
+    max_body_bytes: int = typer.Option(DEFAULTS.max_body_bytes, min=1024,
+                                       help="Largest request body; larger gets HTTP 413."),
+    max_text_chars: int = typer.Option(DEFAULTS.max_text_chars, min=1,
+                                       help="Longest single text, in characters; longer gets HTTP 413."),
+    max_queue: int = typer.Option(DEFAULTS.max_queue, min=1,
+                                  help="Requests that may wait for the model; beyond that HTTP 503 with Retry-After."),
+    batch_wait_ms: float = typer.Option(DEFAULTS.batch_wait_ms, min=0,
+                                        help="How long the first request of a batch waits for others to join it."),
+    batch_sentences: int = typer.Option(DEFAULTS.batch_units, min=1, help="Stop gathering requests into a batch "
+                                        "once it holds this many sentences."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, min=1, help="Sentences per forward pass (a batch of "
+                                   "requests is scored in passes of this size)."),
     access_log: bool = typer.Option(True, help="Log one line per request."),
 ):
     """Serve the model over HTTP: POST /v1/classify, GET /v1/model, /v1/stats, /healthz, /readyz
