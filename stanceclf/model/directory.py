@@ -42,17 +42,25 @@ def load_model_directory(path: str | Path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(path)
-    if not path.is_dir():
-        raise ModelDirectoryError("model directory not found", where=str(path))
-    manifest = ModelManifest.read(path)
-    if not (path / WEIGHTS_NAME).exists():
-        raise ModelDirectoryError(f"no {WEIGHTS_NAME}: only safetensors weights are loaded", where=str(path))
+    manifest = check_model_directory(path)
     with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
             path, use_safetensors=True, trust_remote_code=False, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     check_head(model.config, manifest, path)
     return model, tokenizer, manifest
+
+
+def check_model_directory(path: str | Path) -> ModelManifest:
+    """The manifest of a model directory, once its folder, manifest and weights file are there
+    (cheap: no weights are read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirectoryError("model directory not found", where=str(path))
+    manifest = ModelManifest.read(path)
+    if not (path / WEIGHTS_NAME).exists():
+        raise ModelDirectoryError(f"no {WEIGHTS_NAME}: only safetensors weights are loaded", where=str(path))
+    return manifest
 
 
 def check_head(config, manifest: ModelManifest, path: str | Path | None = None) -> None:
