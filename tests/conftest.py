@@ -68,3 +68,18 @@ def tiny_model_dir(tmp_path, make_tiny_model):
     """A saved tiny model directory."""
     model = make_tiny_model()
     return model.save_pretrained(tmp_path / "tiny-model")
+
+
+def interrupt_on_call(monkeypatch, owner, name, after: int):
+    """Make ``owner.name`` raise KeyboardInterrupt from its ``after``-th call on (a Ctrl-C there)."""
+    real = getattr(owner, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return real

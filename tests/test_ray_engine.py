@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import interrupt_on_call
 from stanceclf.errors import InputRecordError, RayEngineError, ScoringSetupError
 from stanceclf.infer.model import StanceModel
 from stanceclf.infer.ray_engine import ModelFiles, SentencePredictor, score_corpus_on_ray
@@ -175,15 +176,7 @@ def test_cli_score_engine_ray_on_a_running_cluster_skips_like_the_local_engine(t
 
 def test_ray_engine_refuses_an_interrupted_local_run(tmp_path, corpus, tiny_model, monkeypatch):
     """Its progress file is the local engine's to resume: Ray (which does not resume) leaves it alone."""
-    real_predict, calls = StanceModel.predict_proba, []
-
-    def interrupted_after_one_chunk(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real_predict(self, *args, **kwargs)
-
-    monkeypatch.setattr(StanceModel, "predict_proba", interrupted_after_one_chunk)
+    interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
     with pytest.raises(KeyboardInterrupt):
         score_corpus(corpus, tmp_path / "o.jsonl", tiny_model, chunk_sentences=8, progress=False)
     progress = (tmp_path / "o.jsonl.progress.json").read_bytes()

@@ -378,7 +378,10 @@ def ray_connection(address: str | None):
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        raise RayEngineError(f"cannot connect to Ray at {address or 'the default address'}: {exc}") from None
+        raise RayEngineError(f"cannot connect to Ray at {address or 'the default address'}: {exc}. Check the address "
+                             "and that the cluster is up; a cluster with token authentication also needs "
+                             "RAY_AUTH_MODE=token here and its token (~/.ray/auth_token or $RAY_AUTH_TOKEN), and "
+                             "ray:// addresses need pip install 'ray[client]'") from None
     try:
         yield ray
     finally:
