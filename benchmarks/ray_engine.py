@@ -7,7 +7,8 @@ JSONL corpus, three ways, each into its own output:
   1. the local engine with its default chunks (1,024 sentences): the reference
   2. the local engine with 256-sentence chunks: what other forward-pass batches do to scores
   3. the Ray engine on a new local Ray (all CPUs of this machine, one actor per CPU)
-and counts the rows that differ from the reference in any field. Wall times include
+and counts the rows that differ from the reference in any field, the largest score
+difference and the label decisions that differ. Wall times include
 Ray's start and the actors' model loads; on one small machine they say what the engine
 costs, not what a cluster gains.
 """
@@ -38,12 +39,16 @@ def write_corpus(path: Path, limit: int) -> int:
     return len(files)
 
 
-def rows_differing(reference: Path, other: Path) -> int:
+def differences(reference: Path, other: Path) -> tuple[int, float, int]:
+    """Rows differing in any field, the largest score difference, and label decisions that differ."""
     with open(reference, encoding="utf-8") as a, open(other, encoding="utf-8") as b:
-        left, right = a.readlines(), b.readlines()
-    if len(left) != len(right):
-        raise SystemExit(f"{other.name} has {len(right)} rows, the reference {len(left)}")
-    return sum(json.loads(x) != json.loads(y) for x, y in zip(left, right))
+        left, right = [json.loads(x) for x in a], [json.loads(y) for y in b]
+    if [(r["doc_id"], r["sentence_index"]) for r in left] != [(r["doc_id"], r["sentence_index"]) for r in right]:
+        raise SystemExit(f"{other.name} does not have the reference's rows in the reference's order")
+    scores = [key for key in left[0] if key.startswith("score_")] if left else []
+    largest = max((abs(x[key] - y[key]) for x, y in zip(left, right) for key in scores), default=0.0)
+    flips = sum(len(set(x["labels"]) ^ set(y["labels"])) for x, y in zip(left, right))
+    return sum(x != y for x, y in zip(left, right)), largest, flips
 
 
 def main() -> None:
@@ -75,10 +80,12 @@ def main() -> None:
                  f"--documents {args.documents}{' --write ' + str(args.write) if args.write else ''}`", "",
                  f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; shipped model "
                  f"(`models/claim-types`), torch fp32; {documents} SemEval articles, {results[0][2]} sentences.", "",
-                 "| run | wall s | rows differing from the reference | output bytes identical |", "|---|---|---|---|"]
+                 "| run | wall s | rows differing from the reference | largest score difference | label decisions "
+                 "differing | output bytes identical |", "|---|---|---|---|---|---|"]
         for name, seconds, _, out in results:
-            same = out.read_bytes() == reference.read_bytes()
-            lines.append(f"| {name} | {seconds:.1f} | {rows_differing(reference, out)} | {'yes' if same else 'no'} |")
+            rows, largest, flips = differences(reference, out)
+            same = "yes" if out.read_bytes() == reference.read_bytes() else "no"
+            lines.append(f"| {name} | {seconds:.1f} | {rows} | {largest:.6f} | {flips} | {same} |")
     report = "\n".join(lines) + "\n"
     print(report)
     if args.write:
