@@ -95,6 +95,13 @@ class ScoringSetupError(StanceclfError):
     code = "E031"
 
 
+class RayEngineError(StanceclfError):
+    """The Ray scoring engine cannot run: Ray is not installed, the cluster cannot be reached, or the
+    cluster returned rows that do not add up."""
+
+    code = "E032"
+
+
 class EvaluationError(StanceclfError):
     """An evaluation would be meaningless: an empty split, or documents the model was trained on."""
 

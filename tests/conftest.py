@@ -77,3 +77,18 @@ def shared_tiny_model_dir(tmp_path_factory, base_tokenizer):
     """The same saved tiny model directory, made once per session, for fixtures that outlive one test
     (a server started once per module). Tests must not modify it."""
     return build_tiny_model(base_tokenizer).save_pretrained(tmp_path_factory.mktemp("shared") / "tiny-model")
+
+
+def interrupt_on_call(monkeypatch, owner, name, after: int):
+    """Make ``owner.name`` raise KeyboardInterrupt from its ``after``-th call on (a Ctrl-C there)."""
+    real = getattr(owner, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return real
