@@ -187,7 +187,9 @@ def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool):
         model = _wrap_lora(model, settings)
 
     def encode(batch):
-        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length)
+        # No token_type_ids: serving never passes them (all zeros), and MPNet has none.
+        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length,
+                            return_token_type_ids=False)
         encoded["labels"] = [[float(v) for v in row] for row in batch["labels"]]
         return encoded
 
