@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import io
-import threading
 import zipfile
 
 import pytest
@@ -105,22 +104,12 @@ def test_base_models_interrupted_assembly_is_never_used(tmp_path, fake_base, mon
 
 
 def test_base_models_concurrent_assemblies_assemble_once(fake_base):
+    from concurrent.futures import ThreadPoolExecutor
+
     joins = fake_base()
-    results, errors = [], []
-
-    def resolve():
-        try:
-            results.append(resolve_base("packaged:fake-base"))
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=resolve) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == [] and len(set(results)) == 1 and len(results) == 3
-    assert len(joins) == 1
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: resolve_base("packaged:fake-base"), range(3)))
+    assert len(set(results)) == 1 and len(joins) == 1
 
 
 def test_base_models_missing_part_is_a_coded_error(tmp_path, monkeypatch):
