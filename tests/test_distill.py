@@ -80,6 +80,8 @@ def test_distill_end_to_end_caches_teacher_scores_and_records_teachers(tmp_path,
 
     shown = CliRunner().invoke(app, ["info", str(tmp_path / "model")]).output
     assert f"distilled from {tiny_arch_model_dir} (alpha 0.3, layers [0, 2, 4] of its base)" in shown
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"Distilled from `{tiny_arch_model_dir}`" in card and "alpha 0.3" in card
     cached = list((tmp_path / "run" / "teacher-scores").glob("*/part-*.parquet"))
     assert cached, "the teacher's scores are cached in the run folder"
 
@@ -87,6 +89,18 @@ def test_distill_end_to_end_caches_teacher_scores_and_records_teachers(tmp_path,
     count_teacher_sentences.clear()
     train(recipe, model=student(base_tokenizer, seed=1), tokenizer=base_tokenizer, progress=False, resume=False)
     assert count_teacher_sentences == []
+
+
+def test_distill_students_of_one_teacher_share_a_scores_dir(tmp_path, base_tokenizer, tiny_model_dir,
+                                                            count_teacher_sentences):
+    first = distill_recipe(tmp_path, tiny_model_dir, 'scores_dir = "shared-scores"', ["training.max_steps=2"])
+    train(first, model=student(base_tokenizer, layers=2), tokenizer=base_tokenizer, progress=False)
+    assert len(count_teacher_sentences) == UNLABELLED_SENTENCES
+    assert list((tmp_path / "shared-scores").glob("*/part-*.parquet"))
+    second = load_recipe(first.source, ["run_dir=other-run", "output_dir=other-model", "distill.student_layers=1",
+                                        "training.max_steps=2", "training.eval_every=2"])
+    train(second, model=student(base_tokenizer, layers=2), tokenizer=base_tokenizer, progress=False)
+    assert len(count_teacher_sentences) == UNLABELLED_SENTENCES  # nothing scored again
 
 
 def test_distill_interrupted_teacher_scoring_goes_on_from_its_last_part(tmp_path, base_tokenizer, tiny_model_dir,

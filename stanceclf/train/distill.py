@@ -9,10 +9,11 @@ model as a student. This phase runs between data preparation and fine-tuning (se
 2. **Unlabelled sentences**: the inputs are read with the corpus readers of ``stanceclf score``
    and split with the student's splitter. Repeated sentences count once, and a sentence that is
    also in a labelled split is left out (the student's dev and test sentences stay unseen).
-3. **Teacher scores** are computed once per teacher and cached in the run folder
-   (``teacher-scores/<teacher>-<signature>/``, Parquet parts keyed by sentence text; the signature
-   covers the teacher's weights, manifest and backend). A rerun, a resumed run or a student with
-   other settings reads them back; an interrupted scoring goes on from its last saved part.
+3. **Teacher scores** are computed once per teacher and cached in the run folder, or in the
+   recipe's ``scores_dir`` that several students of one teacher can share
+   (``<teacher>-<signature>/``, Parquet parts keyed by sentence text; the signature covers the
+   teacher's weights, manifest and backend). A rerun, a resumed run or a student with other
+   settings reads them back; an interrupted scoring goes on from its last saved part.
 4. **The training set** holds the labelled train sentences (gold labels) and the soft rows
    (teacher probabilities as targets in [0, 1]). Each row carries a weight chosen so that the
    expected batch loss is ``alpha * gold BCE + (1 - alpha) * soft BCE``, whatever the mix of rows.
@@ -69,7 +70,8 @@ def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = 
     if not soft_texts:
         raise RecipeError("distill: no unlabelled sentence is left (each one is also in the labelled data)",
                           where=recipe.source)
-    caches = [TeacherScoreCache(recipe.run_path / TEACHER_SCORES, teacher) for teacher in teachers]
+    folder = recipe.resolve(settings.scores_dir) if settings.scores_dir else recipe.run_path / TEACHER_SCORES
+    caches = [TeacherScoreCache(folder, teacher) for teacher in teachers]
     soft = np.mean([cache.probabilities(soft_texts, labels, settings.teacher_batch_size, progress)
                     for cache in caches], axis=0)
     gold = np.asarray(dataset["train"]["labels"], dtype=np.float32).reshape(len(train_texts), len(labels))
@@ -169,7 +171,18 @@ class TeacherScoreCache:
         self.folder = folder / f"{Path(teacher.path).name}-{self.signature[:16]}"
 
     def probabilities(self, texts: list[str], labels: list[str], batch_size: int, progress: bool) -> np.ndarray:
-        """``(len(texts), len(labels))`` probabilities in the order of ``labels``, scoring only what is not cached."""
+        """``(len(texts), len(labels))`` probabilities in the order of ``labels``, scoring only what is not cached.
+        Under a lock: a second process (``accelerate launch``) waits, then finds every score cached."""
+        from filelock import FileLock
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.folder) + ".lock"):
+            known = self._scored(texts, batch_size, progress)
+        order = [self.teacher.labels.index(label) for label in labels]
+        return np.asarray([known[t] for t in texts], dtype=np.float32).reshape(len(texts), -1)[:, order]
+
+    def _scored(self, texts: list[str], batch_size: int, progress: bool) -> dict[str, np.ndarray]:
+        """The cached scores, completed with those of ``texts`` not yet scored."""
         from tqdm import tqdm
 
         known = self._load()
@@ -179,7 +192,6 @@ class TeacherScoreCache:
         log.warning("distill: teacher %s: %d of %d distinct sentences already scored (cached in %s)", name,
                     len(distinct) - len(missing), len(distinct), self.folder)
         if missing:
-            self.folder.mkdir(parents=True, exist_ok=True)
             with tqdm(total=len(missing), unit=" sent", desc=f"teacher {name}", disable=not progress,
                       file=sys.stderr, dynamic_ncols=True) as bar:
                 for begin in range(0, len(missing), CHUNK_SENTENCES):
@@ -188,8 +200,7 @@ class TeacherScoreCache:
                     self._save_part(chunk, scores)
                     known.update(zip(chunk, scores))
                     bar.update(len(chunk))
-        order = [self.teacher.labels.index(label) for label in labels]
-        return np.asarray([known[t] for t in texts], dtype=np.float32).reshape(len(texts), -1)[:, order]
+        return known
 
     def _load(self) -> dict[str, np.ndarray]:
         import pyarrow.parquet as pq

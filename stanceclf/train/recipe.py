@@ -110,6 +110,9 @@ class DistillSection(BaseModel):
     #: How the teachers run (``stanceclf score --backend``); scores are computed once and cached in the run folder.
     teacher_backend: str = "torch"
     teacher_batch_size: int = Field(default=64, ge=1)
+    #: Where the teachers' scores are cached (default: the run folder's ``teacher-scores``). Students of one
+    #: teacher can share a folder: its scores are keyed by the teacher's signature and by sentence.
+    scores_dir: str | None = None
 
     @property
     def teachers(self) -> list[str]:
