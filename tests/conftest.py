@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -50,34 +51,35 @@ def architecture(request):
     return request.param
 
 
+def build_tiny_model(base_tokenizer, schema_name: str = "claim-types", *, thresholds=None, temperatures=None,
+                     max_length: int = 64, seed: int = 0, architecture: str = "bert"):
+    """An untrained tiny StanceModel for a schema, with given thresholds and temperatures."""
+    import torch
+
+    from stanceclf.data.schema import load_schema
+    from stanceclf.infer.model import StanceModel
+    from stanceclf.model.manifest import ModelManifest
+    from stanceclf.train.trainer import build_base_model
+
+    schema = load_schema(schema_name)
+    torch.manual_seed(seed)
+    config = tiny_config(base_tokenizer.vocab_size, architecture=architecture)
+    model = build_base_model("unused", schema, config=config)
+    labels = schema.label_names
+    manifest = ModelManifest(
+        label_schema=schema,
+        thresholds=thresholds or {label: 0.5 for label in labels},
+        temperatures=temperatures or {label: 1.0 for label in labels},
+        max_length=max_length,
+        base_model=f"tiny-random-{architecture}",
+    )
+    return StanceModel(model, base_tokenizer, manifest)
+
+
 @pytest.fixture
 def make_tiny_model(base_tokenizer):
     """Build an untrained tiny StanceModel for a schema, with given thresholds and temperatures."""
-    import torch
-
-    from stanceclf.model.manifest import ModelManifest
-
-    from stanceclf.infer.model import StanceModel
-    from stanceclf.data.schema import load_schema
-    from stanceclf.train.trainer import build_base_model
-
-    def make(schema_name: str = "claim-types", *, thresholds=None, temperatures=None, max_length: int = 64,
-             seed: int = 0, architecture: str = "bert"):
-        schema = load_schema(schema_name)
-        torch.manual_seed(seed)
-        config = tiny_config(base_tokenizer.vocab_size, architecture=architecture)
-        model = build_base_model("unused", schema, config=config)
-        labels = schema.label_names
-        manifest = ModelManifest(
-            label_schema=schema,
-            thresholds=thresholds or {label: 0.5 for label in labels},
-            temperatures=temperatures or {label: 1.0 for label in labels},
-            max_length=max_length,
-            base_model=f"tiny-random-{architecture}",
-        )
-        return StanceModel(model, base_tokenizer, manifest)
-
-    return make
+    return functools.partial(build_tiny_model, base_tokenizer)
 
 
 @pytest.fixture
@@ -91,3 +93,25 @@ def tiny_model_dir(tmp_path, make_tiny_model):
 def tiny_arch_model_dir(tmp_path, make_tiny_model, architecture):
     """A saved tiny model directory of each architecture in turn."""
     return make_tiny_model(architecture=architecture).save_pretrained(tmp_path / f"tiny-{architecture}")
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_model_dir(tmp_path_factory, base_tokenizer):
+    """The same saved tiny model directory, made once per session, for fixtures that outlive one test
+    (a server started once per module). Tests must not modify it."""
+    return build_tiny_model(base_tokenizer).save_pretrained(tmp_path_factory.mktemp("shared") / "tiny-model")
+
+
+def interrupt_on_call(monkeypatch, owner, name, after: int):
+    """Make ``owner.name`` raise KeyboardInterrupt from its ``after``-th call on (a Ctrl-C there)."""
+    real = getattr(owner, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return real

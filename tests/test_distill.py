@@ -14,7 +14,7 @@ from stanceclf.train import distill
 from stanceclf.train.recipe import load_recipe
 from stanceclf.train.trainer import build_base_model, train
 
-from conftest import REPO, tiny_config
+from conftest import REPO, interrupt_on_call, tiny_config
 from test_training import write_recipe
 
 UNLABELLED = [
@@ -107,16 +107,7 @@ def test_distill_interrupted_teacher_scoring_goes_on_from_its_last_part(tmp_path
                                                                         count_teacher_sentences, monkeypatch):
     recipe = distill_recipe(tmp_path, tiny_model_dir)
     monkeypatch.setattr(distill, "CHUNK_SENTENCES", 2)
-    real = distill.teacher_probabilities
-    calls = []
-
-    def killed_in_second_chunk(teacher, texts, batch_size):
-        calls.append(texts)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(teacher, texts, batch_size)
-
-    monkeypatch.setattr(distill, "teacher_probabilities", killed_in_second_chunk)
+    real = interrupt_on_call(monkeypatch, distill, "teacher_probabilities", after=2)  # Ctrl-C in the 2nd chunk
     with pytest.raises(KeyboardInterrupt):
         train(recipe, model=student(base_tokenizer), tokenizer=base_tokenizer, progress=False)
     monkeypatch.setattr(distill, "teacher_probabilities", real)

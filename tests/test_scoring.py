@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import interrupt_on_call
 from stanceclf.errors import InputRecordError, StanceclfError
 from stanceclf.infer.model import StanceModel
 from stanceclf.infer.scoring import PROGRESS_SUFFIX, score_corpus
@@ -150,16 +151,7 @@ def test_scoring_is_deterministic(tmp_path, tiny_model):
 def test_scoring_refuses_to_resume_with_another_backend(tmp_path, tiny_model, monkeypatch):
     """bf16 scores differ slightly from fp32: one output must not mix the two."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(40)])
-    real_predict = StanceModel.predict_proba
-    calls = []
-
-    def interrupted_after_one_chunk(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real_predict(self, *args, **kwargs)
-
-    monkeypatch.setattr(StanceModel, "predict_proba", interrupted_after_one_chunk)
+    real_predict = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
     monkeypatch.setattr(StanceModel, "predict_proba", real_predict)
@@ -213,20 +205,6 @@ def test_scoring_resumes_after_kill_without_lost_or_duplicated_rows(tmp_path, ti
         assert clean.read_bytes() == out.read_bytes()
 
 
-def _interrupt_on_call(monkeypatch, owner, name, after: int):
-    """Make ``owner.name`` raise KeyboardInterrupt from its ``after``-th call on (a Ctrl-C there)."""
-    real = getattr(owner, name)
-    calls = []
-
-    def wrapper(*args, **kwargs):
-        calls.append(1)
-        if len(calls) >= after:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, wrapper)
-    return real
-
 
 def test_scoring_parquet_output_when_some_chunks_have_no_labels(tmp_path, tiny_model, monkeypatch):
     import numpy as np
@@ -255,7 +233,7 @@ def test_scoring_interrupted_while_finishing_resumes_without_duplicates(tmp_path
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": f"Sentence {i}."} for i in range(3)])
     out = tmp_path / f"o.{fmt}"
     writer = OUTPUT_FORMATS[fmt]
-    real = _interrupt_on_call(monkeypatch, writer, "finish", after=1)
+    real = interrupt_on_call(monkeypatch, writer, "finish", after=1)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], out, tiny_model, progress=False, chunk_sentences=1)
     monkeypatch.setattr(writer, "finish", real)
@@ -267,7 +245,7 @@ def test_scoring_interrupted_while_finishing_resumes_without_duplicates(tmp_path
 def test_scoring_killed_after_output_renamed_finishes_cleanly(tmp_path, tiny_model, monkeypatch):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}])
     out = tmp_path / "o.jsonl"
-    _interrupt_on_call(monkeypatch, Path, "unlink", after=1)  # the progress file's removal
+    interrupt_on_call(monkeypatch, Path, "unlink", after=1)  # the progress file's removal
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], out, tiny_model, progress=False)
     monkeypatch.undo()
@@ -292,7 +270,7 @@ def test_scoring_resumes_when_output_lies_inside_the_input_folder(tmp_path, tiny
     for i in range(6):
         (folder / f"d{i}.txt").write_text(ARTICLE, encoding="utf-8")
     out = folder / "scores.jsonl"
-    real = _interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
+    real = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([folder], out, tiny_model, progress=False, chunk_sentences=3)
     monkeypatch.setattr(StanceModel, "predict_proba", real)
@@ -307,7 +285,7 @@ def test_scoring_refuses_to_resume_after_the_model_changed_in_place(tmp_path, ti
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(4)])
-    real = _interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
+    real = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", StanceModel.from_pretrained(model_dir), progress=False,
                      chunk_sentences=3)

@@ -68,27 +68,56 @@ def score(
     fast: bool = FAST_OPTION,
     overwrite: bool = typer.Option(False, help="Start again even if OUT or an interrupted run exists."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    engine: str = typer.Option("local", help="local: this machine, resumable; ray: a Ray cluster (same rows, "
+                               "not resumable; needs pip install 'stanceclf[ray]')."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: the cluster: auto (the one this machine "
+                                          "belongs to), ray://HEAD:10001 (Ray Client), HOST:PORT, or local (a new "
+                                          "one here). Default: $RAY_ADDRESS, else a new local one."),
+    actors: Optional[int] = typer.Option(None, help="--engine ray: scoring actors (default: the cluster's CPUs "
+                                         "divided by --cpus-per-actor)."),
+    cpus_per_actor: float = typer.Option(1.0, help="--engine ray: CPUs (and torch threads) per actor."),
 ):
-    """Score a corpus into one row per sentence (or per document). Interrupted runs resume."""
-    from stanceclf.infer.scoring import score_corpus
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    """Score a corpus into one row per sentence (or per document). Interrupted local runs resume."""
     try:
+        run_on = _scoring_engine(engine, threads, address, actors, cpus_per_actor)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         loaded = load_model(model, backend, fast)
-        summary = score_corpus(inputs, out, loaded, input_format=input_format, id_field=id_field,
-                               text_field=text_field, per_document=per_document, on_error=on_error,
-                               max_chars=max_chars, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                               log=lambda message: typer.echo(message, err=True))
+        summary = run_on(inputs, out, loaded, input_format=input_format, id_field=id_field,
+                         text_field=text_field, per_document=per_document, on_error=on_error,
+                         max_chars=max_chars, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                         log=lambda message: typer.echo(message, err=True))
     except StanceclfError as error:
         fail(error)
     except KeyboardInterrupt:
-        typer.echo("interrupted: run the same command again to resume", err=True)
+        typer.echo("interrupted: run the same command again to " +
+                   ("resume" if engine == "local" else "start over (the Ray engine does not resume)"), err=True)
         raise typer.Exit(code=130)
     scored_now = summary.sentences - summary.resumed_sentences
     rate = scored_now / summary.seconds if summary.seconds else 0.0
     typer.echo(f"scored {summary.documents} documents, {summary.sentences} sentences "
                f"({rate:.0f} sentences/s this run); skipped {summary.skipped} bad records; "
                f"{summary.truncated} sentences truncated at {loaded.max_length} tokens; wrote {out}", err=True)
+
+
+def _scoring_engine(engine: str, threads, address, actors, cpus_per_actor: float):
+    """The scoring function of ``--engine``, with its own options bound; the other engine's options refused."""
+    from functools import partial
+
+    from stanceclf.errors import ScoringSetupError
+    from stanceclf.infer.scoring import score_corpus
+
+    if engine == "local":
+        if address is not None or actors is not None or cpus_per_actor != 1.0:
+            raise ScoringSetupError("--address, --actors and --cpus-per-actor apply to --engine ray")
+        return score_corpus
+    if engine != "ray":
+        raise ScoringSetupError(f"unknown engine {engine!r}: use local or ray")
+    if threads:
+        raise ScoringSetupError("--threads applies to --engine local; on Ray use --cpus-per-actor")
+    from stanceclf.infer.ray_engine import import_ray, score_corpus_on_ray
+
+    import_ray()  # before the model loads: a missing Ray is said at once
+    return partial(score_corpus_on_ray, address=address, actors=actors, cpus_per_actor=cpus_per_actor)

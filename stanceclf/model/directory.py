@@ -43,17 +43,25 @@ def load_model_directory(path: str | Path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(path)
-    if not path.is_dir():
-        raise ModelDirectoryError("model directory not found", where=str(path))
-    manifest = ModelManifest.read(path)
-    if not (path / WEIGHTS_NAME).exists():
-        raise ModelDirectoryError(f"no {WEIGHTS_NAME}: only safetensors weights are loaded", where=str(path))
+    manifest = check_model_directory(path)
     with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
             path, use_safetensors=True, trust_remote_code=False, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     check_head(model.config, manifest, path)
     return model, tokenizer, manifest
+
+
+def check_model_directory(path: str | Path) -> ModelManifest:
+    """The manifest of a model directory, once its folder, manifest and weights file are there
+    (cheap: no weights are read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirectoryError("model directory not found", where=str(path))
+    manifest = ModelManifest.read(path)
+    if not (path / WEIGHTS_NAME).exists():
+        raise ModelDirectoryError(f"no {WEIGHTS_NAME}: only safetensors weights are loaded", where=str(path))
+    return manifest
 
 
 def check_head(config, manifest: ModelManifest, path: str | Path | None = None) -> None:
@@ -67,6 +75,20 @@ def check_head(config, manifest: ModelManifest, path: str | Path | None = None) 
     if positions is not None and manifest.max_length > positions:
         raise ModelDirectoryError(f"the manifest's max_length {manifest.max_length} exceeds the model's "
                                   f"{positions} usable positions", where=where)
+
+
+def weights_digest(directory: str | Path | None) -> str | None:
+    """The sha256 (hex) of a model directory's weights file; None for a model never saved."""
+    import hashlib
+
+    weights = Path(directory) / WEIGHTS_NAME if directory is not None else None
+    if weights is None or not weights.exists():
+        return None
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | Path, *,
