@@ -61,10 +61,10 @@ def test_cli_evaluate_refuses_documents_the_model_was_trained_on(tmp_path, tiny_
     assert "2 document(s) of this split were in the model's training split" in result.output
 
 
-def test_cli_export_gives_a_pipeline_loadable_directory(tmp_path, tiny_model_dir):
+def test_cli_export_gives_a_pipeline_loadable_directory(tmp_path, tiny_arch_model_dir):
     from transformers import pipeline
 
-    result = runner.invoke(app, ["export", str(tiny_model_dir), str(tmp_path / "plain")])
+    result = runner.invoke(app, ["export", str(tiny_arch_model_dir), str(tmp_path / "plain")])
     assert result.exit_code == 0, result.output
     classifier = pipeline("text-classification", model=str(tmp_path / "plain"), top_k=None)
     out = classifier(["War is coming."])

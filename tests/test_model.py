@@ -27,9 +27,10 @@ def test_model_save_load_round_trip_keeps_thresholds_and_temperatures(tmp_path, 
     np.testing.assert_allclose(original, again, atol=1e-6)
 
 
-def test_model_directory_loads_with_transformers_pipeline(tiny_model_dir):
+def test_model_directory_loads_with_transformers_pipeline(tiny_arch_model_dir):
     from transformers import pipeline
 
+    tiny_model_dir = tiny_arch_model_dir
     classifier = pipeline("text-classification", model=str(tiny_model_dir), top_k=None)
     scores = classifier("NATO will expand.")
     names = {item["label"] for item in (scores[0] if isinstance(scores[0], list) else scores)}
@@ -145,8 +146,8 @@ def test_model_probabilities_apply_temperature():
 
 
 @pytest.mark.parametrize("backend", ["bf16", "onnx"])
-def test_model_fast_path_within_tolerance_of_fp32(make_tiny_model, backend):
-    model = make_tiny_model(seed=3)
+def test_model_fast_path_within_tolerance_of_fp32(make_tiny_model, backend, architecture):
+    model = make_tiny_model(seed=3, architecture=architecture)
     texts = ["The US will deploy missiles in Asia.", "China warned of an arms race.",
              "Putin met Xi in Moscow on Monday.", "Prices rose again.", "a " * 60] * 4
     fp32, _ = model.predict_proba(texts)

@@ -87,6 +87,11 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
         fail(error)
     typer.echo(f"{directory}: schema {manifest.label_schema.name} v{manifest.label_schema.version}, "
                f"base {manifest.base_model}, max_length {manifest.max_length}")
+    distilled = manifest.training.get("distillation")
+    if distilled:
+        teachers = ", ".join(t["path"] for t in distilled["teachers"])
+        layers = f", layers {distilled['student_layers']} of its base" if distilled.get("student_layers") else ""
+        typer.echo(f"  distilled from {teachers} (alpha {distilled['alpha']}{layers})")
     for label in manifest.labels:
         typer.echo(f"  {label}: threshold {manifest.thresholds[label]:.3f}, "
                    f"temperature {manifest.temperatures[label]:.2f}")

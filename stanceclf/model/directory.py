@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from stanceclf.errors import ModelDirectoryError
+from stanceclf.model.architectures import architecture_of
 from stanceclf.model.manifest import ModelManifest
 
 WEIGHTS_NAME = "model.safetensors"
@@ -70,10 +71,10 @@ def check_head(config, manifest: ModelManifest, path: str | Path | None = None) 
     if [id2label.get(i) for i in range(len(id2label))] != manifest.labels:
         raise ModelDirectoryError(f"config.json id2label {id2label} does not match the manifest's labels "
                                   f"{manifest.labels}", where=where)
-    positions = getattr(config, "max_position_embeddings", None)
+    positions = architecture_of(config).usable_positions(config)
     if positions is not None and manifest.max_length > positions:
         raise ModelDirectoryError(f"the manifest's max_length {manifest.max_length} exceeds the model's "
-                                  f"{positions} positions", where=where)
+                                  f"{positions} usable positions", where=where)
 
 
 def weights_digest(directory: str | Path | None) -> str | None:

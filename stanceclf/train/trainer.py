@@ -64,7 +64,7 @@ def _make_trainer_class():
     from transformers import Trainer
 
     class WeightedBCETrainer(Trainer):
-        """BCE on logits with a positive-class weight per label."""
+        """BCE on logits with a positive-class weight per label (and, distilling, a weight per row)."""
 
         # compute_loss returns a plain per-batch mean: the Trainer must divide it by the
         # gradient accumulation steps (it skips that for models that take loss kwargs).
@@ -76,10 +76,15 @@ def _make_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
+            # Distillation rows carry a weight each (gold and soft rows mixed, see stanceclf.train.distill);
+            # their labels may be probabilities in [0, 1].
+            row_weight = inputs.pop("weight", None)
             outputs = model(**inputs)
             weight = self.pos_weight.to(outputs.logits.device) if self.pos_weight is not None else None
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, labels.float(),
-                                                                        pos_weight=weight)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                outputs.logits, labels.float(), pos_weight=weight, reduction="mean" if row_weight is None else "none")
+            if row_weight is not None:
+                loss = (loss.mean(dim=1) * row_weight.to(loss.dtype)).mean()
             return (loss, outputs) if return_outputs else loss
 
     return WeightedBCETrainer
@@ -125,10 +130,14 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
     dataset, info = _prepared_data(recipe, schema)
     tokenizer = tokenizer or load_base_tokenizer(recipe.base_model)
     model = model or build_base_model(recipe.base_model, schema)
-    trainer = _make_trainer(recipe, model, tokenizer, dataset, progress)
-    fitted = _fit(trainer, recipe, info["fingerprint"], resume)
+    distillation = _distillation(recipe, schema, dataset, info, model, progress) if recipe.distill else None
+    trainer = _make_trainer(recipe, model, tokenizer, dataset, progress,
+                            train_rows=distillation.train_rows if distillation else None)
+    fingerprint = info["fingerprint"] + (f"+distill:{distillation.signature}" if distillation else "")
+    fitted = _fit(trainer, recipe, fingerprint, resume)
     result = _calibrate_and_evaluate(fitted, tokenizer, dataset, schema, recipe.training.max_length)
-    result.manifest = _final_manifest(result, recipe, info, dataset, trainer, time.time() - started)
+    result.manifest = _final_manifest(result, recipe, info, dataset, trainer, time.time() - started,
+                                      distillation=distillation.record if distillation else None)
     if trainer.is_world_process_zero():
         result.save_pretrained(recipe.resolve(recipe.output_dir), storage_dtype=recipe.training.storage_dtype)
         (recipe.run_path / "dataset-info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -144,6 +153,18 @@ def _prepared_data(recipe: Recipe, schema: LabelSchema):
         if split not in dataset or len(dataset[split]) == 0:
             raise RecipeError(f"the {split} split is empty; check data inputs and split_ratios", where=recipe.source)
     return dataset, info
+
+
+def _distillation(recipe: Recipe, schema: LabelSchema, dataset, info: dict, model, progress: bool):
+    """Phase 1b (recipes with ``[distill]``): the student's layers, and its training rows with the
+    teachers' cached scores (:mod:`stanceclf.train.distill`)."""
+    from stanceclf.train.distill import prepare_distillation, student_model
+
+    _, kept = student_model(model, recipe.distill.student_layers)
+    splitter = SentenceSplitter.model_validate(info["build_config"]["splitter"])
+    distillation = prepare_distillation(recipe, schema, dataset, splitter, progress=progress)
+    distillation.record["student_layers"] = kept
+    return distillation
 
 
 def load_base_tokenizer(base: str):
@@ -175,11 +196,15 @@ def _training_arguments(recipe: Recipe, progress: bool):
         save_total_limit=2, seed=recipe.seed, data_seed=recipe.seed,
         report_to=[], disable_tqdm=not progress, use_cpu=_use_cpu(), bf16=_use_bf16(settings.precision),
         dataloader_num_workers=0,
+        # The encoded splits hold only what the loss reads; a distillation row's "weight" is not a model input.
+        remove_unused_columns=False,
     )
 
 
-def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool):
-    """Phase 2: a transformers ``Trainer`` over the tokenized splits, with weighted BCE and early stopping."""
+def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, train_rows=None):
+    """Phase 2: a transformers ``Trainer`` over the tokenized splits, with weighted BCE and early stopping.
+    ``train_rows`` (distillation) replaces the train split: targets in [0, 1] and a ``weight`` per row."""
+    from datasets import DatasetDict
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
     settings = recipe.training
@@ -187,11 +212,18 @@ def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool):
         model = _wrap_lora(model, settings)
 
     def encode(batch):
-        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length)
+        # No token_type_ids: serving never passes them (all zeros), and MPNet has none.
+        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length,
+                            return_token_type_ids=False)
         encoded["labels"] = [[float(v) for v in row] for row in batch["labels"]]
+        if "weight" in batch:
+            encoded["weight"] = batch["weight"]
         return encoded
 
-    encoded = dataset.map(encode, batched=True, remove_columns=dataset["train"].column_names, desc=None)
+    splits = {"train": train_rows if train_rows is not None else dataset["train"], "dev": dataset["dev"]}
+    encoded = DatasetDict({name: split.map(encode, batched=True, remove_columns=split.column_names, desc=None)
+                           for name, split in splits.items()})
+    # Positive weights from the gold labels only: the teachers' probabilities are targets, not counts.
     pos_weight = positive_weights(np.array(dataset["train"]["labels"], dtype=np.float32), settings.pos_weight)
     callbacks = [EarlyStoppingCallback(settings.early_stopping_patience)] if settings.early_stopping_patience else []
     return _make_trainer_class()(
@@ -230,9 +262,11 @@ def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_
     return served
 
 
-def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, trainer, elapsed: float) -> ModelManifest:
-    """Phase 5: the manifest, with provenance (recipe, data, wall time, memory)."""
+def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, trainer, elapsed: float, *,
+                    distillation: dict | None = None) -> ModelManifest:
+    """Phase 5: the manifest, with provenance (recipe, data, teachers, wall time, memory)."""
     labels = result.labels
+    extra = {"distillation": distillation} if distillation else {}
     return result.manifest.model_copy(update={
         # The splitter the data was built with (a prebuilt dataset records its own).
         "splitter": SentenceSplitter.model_validate(info["build_config"]["splitter"]),
@@ -242,7 +276,7 @@ def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, tr
                      "epochs_run": float(trainer.state.epoch or 0),
                      "best_checkpoint": trainer.state.best_model_checkpoint, "peak_rss_mb": _peak_rss_mb(),
                      "statistics": statistics(dataset, LabelSchema.from_labels(labels)),
-                     "documents": info["documents"]}})
+                     "documents": info["documents"], **extra}})
 
 
 RUN_SIGNATURE = "run-signature.json"
