@@ -77,8 +77,9 @@ def test_model_refuses_manifest_with_bad_values(tiny_model_dir, change, message)
     assert str(tiny_model_dir) in str(excinfo.value)
 
 
-@pytest.mark.parametrize("content, message", [(b"[1, 2]", "must be a JSON object"),
-                                              (b"\xff\xfe{}", "not valid UTF-8 JSON")])
+@pytest.mark.parametrize("content, message", [
+    (b"[1, 2]", "must be a JSON object"), (b"\xff\xfe{}", "not valid UTF-8"),
+    (b'{"format": "stanceclf-mo', "not valid JSON: Unterminated string starting at line 1, column 12")])
 def test_model_refuses_unreadable_manifest(tiny_model_dir, content, message):
     (tiny_model_dir / MANIFEST_NAME).write_bytes(content)
     with pytest.raises(ModelDirectoryError, match=message):
@@ -173,16 +174,11 @@ def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles(back
     assert np.abs(fp32 - scores).max() <= 0.02
 
 
-def test_model_fast_backend_resolution(monkeypatch):
-    from stanceclf.infer import backends as fast_path
+def test_model_fast_backend_resolution():
     from stanceclf.errors import BackendError
+    from stanceclf.infer import backends as fast_path
 
-    monkeypatch.setattr(fast_path, "native_bf16_supported", lambda: True)
-    assert fast_path.resolve_backend(True) == "bf16"
-    monkeypatch.setattr(fast_path, "native_bf16_supported", lambda: False)
-    assert fast_path.resolve_backend("auto") == "onnx"
-    monkeypatch.setattr(fast_path, "onnxruntime_installed", lambda: False)
-    assert fast_path.resolve_backend(True) == "torch"
+    assert fast_path.resolve_backend(True) == fast_path.resolve_backend("auto") == "auto"
     assert fast_path.resolve_backend(False) == "torch"
     assert fast_path.resolve_backend("bf16") == "bf16"
     with pytest.raises(BackendError, match="E022.*'int4'"):

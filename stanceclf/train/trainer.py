@@ -25,7 +25,7 @@ from stanceclf.errors import RecipeError
 from stanceclf.infer.model import StanceModel
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.decision import decide, probabilities
-from stanceclf.model.directory import quiet_transformers
+from stanceclf.progress import library_output
 from stanceclf.model.manifest import ModelManifest
 from stanceclf.train.base_models import resolve_base
 from stanceclf.train.calibration import calibrate
@@ -109,7 +109,7 @@ def build_base_model(base: str, schema: LabelSchema, *, config=None):
         for key, value in head.items():
             setattr(config, key, value)
         return AutoModelForSequenceClassification.from_config(config)
-    with quiet_transformers():
+    with library_output("transformers", "huggingface_hub"):
         return AutoModelForSequenceClassification.from_pretrained(
             resolve_base(base), trust_remote_code=False, use_safetensors=True, **head)
 
@@ -149,7 +149,7 @@ def _prepared_data(recipe: Recipe, schema: LabelSchema):
 def load_base_tokenizer(base: str):
     from transformers import AutoTokenizer
 
-    with quiet_transformers():
+    with library_output("transformers", "huggingface_hub"):
         return AutoTokenizer.from_pretrained(resolve_base(base), trust_remote_code=False)
 
 
