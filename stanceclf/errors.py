@@ -112,7 +112,7 @@ def describe_validation_error(exc) -> str:
 
 def describe_json_error(exc) -> str:
     """A ``json.JSONDecodeError`` in full: its ``msg`` alone ends mid-sentence ("Invalid control character at")."""
-    return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    return f"{exc.msg.removesuffix(' at')} at line {exc.lineno}, column {exc.colno}"
 
 
 def load_json_object(path: str | Path, error: type[StanceclfError], what: str) -> dict:
