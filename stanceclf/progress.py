@@ -16,11 +16,11 @@ from contextlib import contextmanager
 LONG_WORK = 5_000
 
 
-def wants_progress(work: int | None = None, *, stream=None) -> bool:
-    """Bars for ``work`` units: only when ``stream`` (stderr) is a terminal and the work is long
-    (``None``: unknown length, judged by the terminal alone)."""
+def wants_progress(work: int | None = None, *, long_work: int = LONG_WORK, stream=None) -> bool:
+    """Bars for ``work`` units: only when ``stream`` (stderr) is a terminal and the work reaches
+    ``long_work`` units (``None``: unknown length, judged by the terminal alone)."""
     stream = stream or sys.stderr
-    return bool(getattr(stream, "isatty", lambda: False)()) and (work is None or work >= LONG_WORK)
+    return bool(getattr(stream, "isatty", lambda: False)()) and (work is None or work >= long_work)
 
 
 # (module, query, whether the query answers "disabled", enable, disable): each library's bar switch.

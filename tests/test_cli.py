@@ -141,3 +141,58 @@ def test_cli_train_bad_recipe_exits_with_named_field(tmp_path):
     result = runner.invoke(app, ["train", str(recipe)])
     assert result.exit_code == 1
     assert "[E010]" in result.output and "training.epochs" in result.output
+
+
+LONG_SENTENCE = ("The alliance will deploy " + "several more battalions along the eastern border " * 4
+                 + "before the summit opens.")
+
+
+def test_cli_classify_writes_plain_tab_separated_text_when_not_a_terminal(tmp_path, make_tiny_model):
+    model_dir = make_tiny_model(thresholds={"prediction": 0.0, "threat_framing": 0.0, "policy_attribution": 2.0}
+                                ).save_pretrained(tmp_path / "m")
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT + "\n" + LONG_SENTENCE, encoding="utf-8")
+    result = runner.invoke(app, ["classify", str(doc), "--model", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" not in result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "# thresholds: prediction=0.0 threat_framing=0.0 policy_attribution=2.0"
+    header, rows = lines[1].split("\t"), [line.split("\t") for line in lines[2:]]
+    assert header == ["file", "sentence", "labels", "prediction", "threat_framing", "policy_attribution", "text"]
+    assert len(rows) == 4 and all(len(row) == len(header) for row in rows)
+    assert {row[2] for row in rows} == {"prediction,threat_framing"}
+    assert all(0.0 <= float(score) <= 1.0 for row in rows for score in row[3:6])
+    assert rows[-1][-1] == LONG_SENTENCE, "the whole text, not cut at 110 characters"
+
+
+def test_cli_classify_table_on_a_terminal_marks_labels_and_shows_thresholds():
+    import io
+    import re
+
+    from rich.console import Console
+
+    from stanceclf.cli.render import MAX_TEXT_CHARS, PASS_MARK, render_classified
+    from stanceclf.infer.results import Prediction
+
+    labels = ["prediction", "threat_framing", "policy_attribution"]
+    thresholds = {"prediction": 0.5, "threat_framing": 0.64, "policy_attribution": 0.39}
+    long_text = "word " * 200
+    predictions = [
+        Prediction("All three.", 0, 10, labels, {"prediction": 0.9, "threat_framing": 0.8, "policy_attribution": 0.7}),
+        Prediction("None.", 11, 16, [], {"prediction": 0.1, "threat_framing": 0.2, "policy_attribution": 0.3}),
+        Prediction(long_text, 17, 17 + len(long_text), ["policy_attribution"],
+                   {"prediction": 0.2, "threat_framing": 0.639, "policy_attribution": 0.39})]
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=130, color_system=None)
+    render_classified(console, [("doc.txt", predictions)], labels, thresholds)
+    out = buffer.getvalue()
+    for label in labels:
+        assert label in out, "full label names, not 'predic='"
+    assert "≥ 0.500" in out and "≥ 0.640" in out and "≥ 0.390" in out
+    assert out.count(PASS_MARK) == 4 + 1  # three labels, one label, and the legend
+    assert "None." not in out, "sentences without labels are left out unless --all"
+    assert "…" in out and "word " * (MAX_TEXT_CHARS // 5) not in out
+    # Scores line up: each label's scores end in the same column on every row.
+    rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+0\.\d{3}", line)]
+    ends = [[m.end() for m in re.finditer(r"0\.\d{3}", row)] for row in rows]
+    assert len(rows) == 2 and ends[0] == ends[1]
