@@ -101,6 +101,10 @@ class EvaluationError(StanceclfError):
     code = "E040"
 
 
+class LanguageWarning(UserWarning):
+    """Input that does not look like English, the language the models were trained on."""
+
+
 def describe_validation_error(exc) -> str:
     """A pydantic ``ValidationError`` as one line naming each bad field."""
     parts = []

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stanceclf.data.documents import unicode_problem
+from stanceclf.data.language import warn_if_not_english
 from stanceclf.infer.results import Prediction
 from stanceclf.model.decision import decide, probabilities, reported_scores
 from stanceclf.model.directory import check_head, load_model_directory, save_model_directory
@@ -183,6 +184,7 @@ class StanceModel:
                 raise ValueError(f"input {position} is {problem}")
         units: list[tuple[int, int, int, str]] = []
         for doc_index, text in enumerate(texts):
+            warn_if_not_english(text, f"input {doc_index}")
             if split_sentences:
                 units.extend((doc_index, s.start, s.end, s.text) for s in self.split(text))
             elif text.strip():

@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stanceclf.data.language import warn_if_not_english
 from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
 from stanceclf.infer.results import RowSpec
 from stanceclf.infer.scoring.inputs import Fields, InputRecord, check_inputs, input_files, iter_records
@@ -160,6 +161,7 @@ class _ScoringRun:
                 if record.error is not None:
                     self._bad_record(record, chunk)
                     continue
+                warn_if_not_english(record.text, f"document {record.doc_id!r} ({record.where})")
                 sentences = self.model.split(record.text)
                 chunk.append((record, sentences))
                 pending += len(sentences)
