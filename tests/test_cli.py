@@ -196,3 +196,19 @@ def test_cli_classify_table_on_a_terminal_marks_labels_and_shows_thresholds():
     rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+0\.\d{3}", line)]
     ends = [[m.end() for m in re.finditer(r"0\.\d{3}", row)] for row in rows]
     assert len(rows) == 2 and ends[0] == ends[1]
+
+
+def test_cli_build_dataset_and_export_print_no_library_progress_bars(tmp_path, tiny_model_dir):
+    from pathlib import Path
+
+    import datasets.utils
+
+    fixture = Path(__file__).parent / "fixtures" / "annotations" / "native" / "docs.jsonl"
+    built = runner.invoke(app, ["build-dataset", str(fixture), "--out", str(tmp_path / "data"),
+                                "--export", "jsonl,parquet"])
+    exported = runner.invoke(app, ["export", str(tiny_model_dir), str(tmp_path / "plain")])
+    assert built.exit_code == 0 and exported.exit_code == 0, built.output + exported.output
+    for output in (built.output, exported.output):
+        assert "%|" not in output and "it/s" not in output and "examples/s" not in output, output
+    assert "Writing model shards" not in exported.output and "Saving the dataset" not in built.output
+    assert not datasets.utils.are_progress_bars_disabled(), "the library's own setting is restored afterwards"

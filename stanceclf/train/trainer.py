@@ -25,7 +25,7 @@ from stanceclf.errors import RecipeError
 from stanceclf.infer.model import StanceModel
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.decision import decide, probabilities
-from stanceclf.progress import library_output
+from stanceclf.progress import library_output, wants_progress
 from stanceclf.model.manifest import ModelManifest
 from stanceclf.train.base_models import resolve_base
 from stanceclf.train.calibration import calibrate
@@ -191,7 +191,8 @@ def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool):
         encoded["labels"] = [[float(v) for v in row] for row in batch["labels"]]
         return encoded
 
-    encoded = dataset.map(encode, batched=True, remove_columns=dataset["train"].column_names, desc=None)
+    with library_output("datasets", progress=progress and wants_progress(sum(map(len, dataset.values())))):
+        encoded = dataset.map(encode, batched=True, remove_columns=dataset["train"].column_names, desc=None)
     pos_weight = positive_weights(np.array(dataset["train"]["labels"], dtype=np.float32), settings.pos_weight)
     callbacks = [EarlyStoppingCallback(settings.early_stopping_patience)] if settings.early_stopping_patience else []
     return _make_trainer_class()(
