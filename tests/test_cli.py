@@ -212,3 +212,31 @@ def test_cli_build_dataset_and_export_print_no_library_progress_bars(tmp_path, t
         assert "%|" not in output and "it/s" not in output and "examples/s" not in output, output
     assert "Writing model shards" not in exported.output and "Saving the dataset" not in built.output
     assert not datasets.utils.are_progress_bars_disabled(), "the library's own setting is restored afterwards"
+
+
+def test_cli_evaluate_writes_to_the_working_directory_not_the_model_folder(tmp_path, tiny_model_dir, monkeypatch):
+    data = small_dataset(tmp_path)
+    model_files = sorted(p.relative_to(tiny_model_dir) for p in tiny_model_dir.rglob("*"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = runner.invoke(app, ["evaluate", str(tiny_model_dir), str(data)])
+    assert result.exit_code == 0, result.output
+    out = work / f"eval-{tiny_model_dir.name}-test"
+    assert (out / "report.json").exists() and (out / "report.md").exists()
+    assert sorted(p.relative_to(tiny_model_dir) for p in tiny_model_dir.rglob("*")) == model_files
+
+
+def test_cli_evaluate_leaves_labels_without_positives_out_of_the_macro_average(tmp_path, tiny_model_dir):
+    data = small_dataset(tmp_path)  # no policy_attribution spans at all
+    result = runner.invoke(app, ["evaluate", str(tiny_model_dir), str(data), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    row = report["labels"]["policy_attribution"]
+    assert row["support"] == 0 and row["f1"] is None and row["recall"] is None
+    assert report["macro_left_out"] == ["policy_attribution"]
+    others = [report["labels"][label]["f1"] for label in ("prediction", "threat_framing")]
+    assert report["macro"]["f1"] == sum(others) / 2
+    assert "| policy_attribution | " in result.output and "No positives in this split for policy_attribution" \
+        in result.output
+    assert "No positives in this split for policy_attribution" in (tmp_path / "ev" / "report.md").read_text()

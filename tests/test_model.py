@@ -360,3 +360,15 @@ def test_model_saved_and_exported_files_have_default_permissions(tiny_model_dir,
 def _parts(loaded):
     model, tokenizer, manifest = loaded
     return model, tokenizer, manifest
+
+
+def test_model_card_shows_undefined_metrics_and_says_why(make_tiny_model):
+    from stanceclf.model.card import render_model_card
+    from stanceclf.train.metrics import multilabel_report
+
+    model = make_tiny_model()
+    y_true = np.array([[1, 0, 0], [0, 1, 0]])
+    model.manifest.metrics = {"test": multilabel_report(y_true, y_true, model.labels)}
+    card = render_model_card(model.manifest)
+    assert "| policy_attribution | - | - | - | 0 |" in card
+    assert "| *macro* | 1.000 | 1.000 | 1.000 | |" in card and "No positives in this split for policy_attribution" in card

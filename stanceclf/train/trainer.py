@@ -91,7 +91,8 @@ def _dev_macro_f1(eval_prediction) -> dict:
     logits = np.asarray(logits)
     predicted = decide(probabilities(logits, np.ones(logits.shape[1])), np.full(logits.shape[1], 0.5))
     report = multilabel_report(np.asarray(labels), predicted, [str(i) for i in range(predicted.shape[1])])
-    return {"macro_f1": report["macro"]["f1"], "micro_f1": report["micro"]["f1"]}
+    # A dev split without positives of any label has no macro F1: nothing to stop early on, so 0.
+    return {"macro_f1": report["macro"]["f1"] or 0.0, "micro_f1": report["micro"]["f1"]}
 
 
 def build_base_model(base: str, schema: LabelSchema, *, config=None):
