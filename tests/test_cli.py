@@ -240,3 +240,35 @@ def test_cli_evaluate_leaves_labels_without_positives_out_of_the_macro_average(t
     assert "| policy_attribution | " in result.output and "No positives in this split for policy_attribution" \
         in result.output
     assert "No positives in this split for policy_attribution" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_cli_score_runs_that_score_nothing_or_repeat_ids_exit_non_zero(tmp_path, tiny_model_dir):
+    def score(*args):
+        return runner.invoke(app, ["score", *map(str, args), "--model", str(tiny_model_dir), "--no-progress"])
+
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "A.TXT").write_text(TEXT, encoding="utf-8")
+    (upper / "b.text").write_text(TEXT, encoding="utf-8")
+    result = score(upper, "--out", tmp_path / "a.jsonl")
+    assert result.exit_code == 0 and "scored 2 documents, 6 sentences" in result.output, result.output
+    (tmp_path / "w.csv").write_text("id,body\n1,NATO will expand.\n2,Moscow warned.\n", encoding="utf-8")
+    result = score(tmp_path / "w.csv", "--out", tmp_path / "b.jsonl", "--on-error", "skip")
+    assert result.exit_code == 1 and "[E030]" in result.output and "nothing was scored" in result.output
+    assert not (tmp_path / "b.jsonl").exists()
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "x", "text": TEXT}) + "\n"
+                                      + json.dumps({"id": "x", "text": "Other."}) + "\n", encoding="utf-8")
+    result = score(tmp_path / "d.jsonl", "--out", tmp_path / "c.jsonl")
+    assert result.exit_code == 1 and "duplicate document id 'x'" in result.output
+
+
+def test_cli_score_following_the_max_chars_advice_resumes(tmp_path, tiny_model_dir):
+    records = [{"id": f"d{i}", "text": TEXT} for i in range(3)] + [{"id": "long", "text": TEXT * 4}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    command = ["score", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "o.jsonl"), "--model",
+               str(tiny_model_dir), "--no-progress"]
+    result = runner.invoke(app, [*command, "--max-chars", str(len(TEXT))])
+    assert result.exit_code == 1 and "raise --max-chars" in result.output
+    result = runner.invoke(app, [*command, "--max-chars", str(10 * len(TEXT))])
+    assert result.exit_code == 0, result.output
+    assert "resuming after 3 records" in result.output and "scored 4 documents" in result.output
