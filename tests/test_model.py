@@ -137,6 +137,16 @@ def test_model_length_sorted_batches_match_one_at_a_time(make_tiny_model):
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_model_one_long_sentence_does_not_pad_a_whole_batch(make_tiny_model):
+    model = make_tiny_model(max_length=64)
+    texts = ["Short one."] * 40 + ["word " * 200]
+    logits, _ = model.predict_logits(texts, batch_size=64)
+    short_width = len(model.tokenize(["Short one."])[0][0])
+    assert model.stats.padded_tokens == 40 * short_width + 64, "the long sentence is a batch of its own"
+    single = np.vstack([model.predict_logits([t], batch_size=1)[0] for t in texts[-2:]])
+    np.testing.assert_allclose(logits[-2:], single, atol=1e-5)
+
+
 def test_model_probabilities_apply_temperature():
     logits = np.array([[2.0, -2.0]])
     plain = probabilities(logits, np.array([1.0, 1.0]))
