@@ -88,14 +88,14 @@ def main() -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from stanceclf.train.evaluation import evaluate_model
-    from stanceclf.train.metrics import multilabel_report
+    from stanceclf.model.metrics import multilabel_report
     from stanceclf.infer.predict import load
     from stanceclf.train.recipe import load_recipe
     from stanceclf.data.schema import load_schema
     from stanceclf.train.trainer import prepare_dataset
 
     recipe = load_recipe(args.recipe)
-    schema = load_schema(recipe.schema_name)
+    schema = load_schema(recipe.schema_path)
     labels = schema.label_names
     dataset, info, _ = prepare_dataset(recipe, schema)
     model = load(args.model)

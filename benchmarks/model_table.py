@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stanceclf.model.manifest import ModelManifest  # noqa: E402
-from stanceclf.train.metrics import format_metric  # noqa: E402
+from stanceclf.model.metrics import format_metric  # noqa: E402
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from stanceclf.train.evaluation import evaluate_model  # noqa: E402
-from stanceclf.train.metrics import format_report  # noqa: E402
+from stanceclf.model.metrics import format_report  # noqa: E402
 from stanceclf.infer.model import StanceModel  # noqa: E402
 from stanceclf.train.recipe import load_recipe  # noqa: E402
 from stanceclf.data.schema import load_schema  # noqa: E402
@@ -49,7 +49,7 @@ def main() -> None:
         recipe_path, model_dir = pair.split("=", 1)
         recipe = load_recipe(recipe_path)
         model = StanceModel.from_pretrained(model_dir)
-        dataset, _, read_report = prepare_dataset(recipe, load_schema(recipe.schema_name))
+        dataset, _, read_report = prepare_dataset(recipe, load_schema(recipe.schema_path))
         report, _, _ = evaluate_model(model, dataset["dev"])
         training = model.manifest.training
         settings = training["recipe"]["training"]

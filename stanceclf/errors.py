@@ -101,6 +101,30 @@ class EvaluationError(StanceclfError):
     code = "E040"
 
 
+class ServeSetupError(StanceclfError):
+    """The HTTP server cannot start: FastAPI/uvicorn missing, or an option is unusable."""
+
+    code = "E050"
+
+
+class BadRequestError(StanceclfError):
+    """An HTTP request is malformed: not JSON, a field of the wrong type, an empty text (HTTP 422)."""
+
+    code = "E051"
+
+
+class RequestTooLargeError(StanceclfError):
+    """An HTTP request body or one of its texts is over the server's limit (HTTP 413)."""
+
+    code = "E052"
+
+
+class ServerBusyError(StanceclfError):
+    """The server cannot take the request now: its queue is full or its model is not loaded yet (HTTP 503)."""
+
+    code = "E053"
+
+
 class LanguageWarning(UserWarning):
     """Input that does not look like English, the language the models were trained on."""
 

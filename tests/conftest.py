@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -40,33 +41,34 @@ def tiny_config(vocab_size: int, max_positions: int = 128):
                       intermediate_size=64, max_position_embeddings=max_positions)
 
 
+def build_tiny_model(base_tokenizer, schema_name: str = "claim-types", *, thresholds=None, temperatures=None,
+                     max_length: int = 64, seed: int = 0):
+    """An untrained tiny StanceModel for a schema, with given thresholds and temperatures."""
+    import torch
+
+    from stanceclf.data.schema import load_schema
+    from stanceclf.infer.model import StanceModel
+    from stanceclf.model.manifest import ModelManifest
+    from stanceclf.train.trainer import build_base_model
+
+    schema = load_schema(schema_name)
+    torch.manual_seed(seed)
+    model = build_base_model("unused", schema, config=tiny_config(base_tokenizer.vocab_size))
+    labels = schema.label_names
+    manifest = ModelManifest(
+        label_schema=schema,
+        thresholds=thresholds or {label: 0.5 for label in labels},
+        temperatures=temperatures or {label: 1.0 for label in labels},
+        max_length=max_length,
+        base_model="tiny-random-bert",
+    )
+    return StanceModel(model, base_tokenizer, manifest)
+
+
 @pytest.fixture
 def make_tiny_model(base_tokenizer):
     """Build an untrained tiny StanceModel for a schema, with given thresholds and temperatures."""
-    import torch
-
-    from stanceclf.model.manifest import ModelManifest
-
-    from stanceclf.infer.model import StanceModel
-    from stanceclf.data.schema import load_schema
-    from stanceclf.train.trainer import build_base_model
-
-    def make(schema_name: str = "claim-types", *, thresholds=None, temperatures=None, max_length: int = 64,
-             seed: int = 0):
-        schema = load_schema(schema_name)
-        torch.manual_seed(seed)
-        model = build_base_model("unused", schema, config=tiny_config(base_tokenizer.vocab_size))
-        labels = schema.label_names
-        manifest = ModelManifest(
-            label_schema=schema,
-            thresholds=thresholds or {label: 0.5 for label in labels},
-            temperatures=temperatures or {label: 1.0 for label in labels},
-            max_length=max_length,
-            base_model="tiny-random-bert",
-        )
-        return StanceModel(model, base_tokenizer, manifest)
-
-    return make
+    return functools.partial(build_tiny_model, base_tokenizer)
 
 
 @pytest.fixture
@@ -74,3 +76,10 @@ def tiny_model_dir(tmp_path, make_tiny_model):
     """A saved tiny model directory."""
     model = make_tiny_model()
     return model.save_pretrained(tmp_path / "tiny-model")
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_model_dir(tmp_path_factory, base_tokenizer):
+    """The same saved tiny model directory, made once per session, for fixtures that outlive one test
+    (a server started once per module). Tests must not modify it."""
+    return build_tiny_model(base_tokenizer).save_pretrained(tmp_path_factory.mktemp("shared") / "tiny-model")

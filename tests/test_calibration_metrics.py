@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stanceclf.train.calibration import calibrate, fit_temperatures, fit_thresholds
-from stanceclf.train.metrics import expected_calibration_error, format_report, multilabel_report
+from stanceclf.model.metrics import expected_calibration_error, format_report, multilabel_report
 from stanceclf.model.decision import probabilities
 
 
@@ -174,7 +174,7 @@ def test_metrics_labels_without_positives_are_undefined_and_named_in_the_table()
 def test_metrics_single_label_reports_the_positive_class():
     """A one-label schema (e.g. PTC propaganda) must not fall into scikit-learn's binary
     averaging, where 'macro' would mix in the negative class."""
-    from stanceclf.train.metrics import multilabel_report
+    from stanceclf.model.metrics import multilabel_report
 
     y_true = np.array([[1], [1], [0], [0], [0], [0]])
     y_pred = np.array([[1], [0], [1], [0], [0], [0]])

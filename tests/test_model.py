@@ -374,7 +374,7 @@ def _parts(loaded):
 
 def test_model_card_shows_undefined_metrics_and_says_why(make_tiny_model):
     from stanceclf.model.card import render_model_card
-    from stanceclf.train.metrics import multilabel_report
+    from stanceclf.model.metrics import multilabel_report
 
     model = make_tiny_model()
     y_true = np.array([[1, 0, 0], [0, 1, 0]])

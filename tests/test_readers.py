@@ -249,9 +249,120 @@ def test_readers_label_studio_not_a_task_list(tmp_path):
 def test_readers_label_studio_missing_text_field(tmp_path):
     path = tmp_path / "export.json"
     path.write_text(json.dumps([{"id": 4, "data": {"body": "x"}, "annotations": [{"result": []}]}]), encoding="utf-8")
-    with pytest.raises(AnnotationError, match="no document text under data\\['text'\\]"):
-        read_annotations("label-studio", path)
+    # The error names the real options: the CLI's --reader-option and the recipe's reader_options.
+    with pytest.raises(AnnotationError, match="no document text under data\\['text'\\].*string fields: \\['body'\\]"):
+        read_annotations("label-studio", path, text_field="text")
     assert [d.text for d in read_annotations("label-studio", path, text_field="body")] == ["x"]
+
+
+# Two annotators on one task, as Label Studio 1.23 exports it (see tests/test_labelstudio_roundtrip.py).
+LS_TEXT = "Prices will rise next year. The minister blamed the bank.\n"
+LS_SPANS = {3: [(0, 27, "prediction")], 8: [(28, 57, "policy_attribution"), (0, 27, "threat_framing")]}
+
+
+def _ls_value(start, end, label, text=LS_TEXT):
+    return {"start": start, "end": end, "text": text[start:end], "labels": [label]}
+
+
+def _ls_exports(tmp_path, text_field="text", data_extra=None):
+    """The full JSON and the JSON_MIN export of one project: task 5, annotated by users 3 and 8."""
+    data = {text_field: LS_TEXT, **(data_extra or {})}
+    full = [{"id": 5, "data": data, "annotations": [
+        {"id": number, "completed_by": user, "result": [
+            {"from_name": "label", "to_name": "text", "type": "labels", "value": _ls_value(*span)} for span in spans]}
+        for number, (user, spans) in enumerate(LS_SPANS.items(), 1)]}]
+    # JSON_MIN: one item per annotation, newest first, the task's data keys beside the annotation's.
+    minimal = [{**data, "id": 5, "label": [_ls_value(*span) for span in spans], "annotator": user,
+                "annotation_id": number, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+                "lead_time": 3.5}
+               for number, (user, spans) in reversed(list(enumerate(LS_SPANS.items(), 1)))]
+    paths = tmp_path / "full.json", tmp_path / "min.json"
+    for path, items in zip(paths, (full, minimal)):
+        path.write_text(json.dumps(items), encoding="utf-8")
+    return paths
+
+
+def _as_tuples(documents):
+    return [(d.doc_id, d.text, d.annotators, [(s.start, s.end, s.label, s.annotator) for s in d.spans])
+            for d in documents]
+
+
+def test_readers_label_studio_json_min_several_annotators_merged_like_the_full_export(tmp_path):
+    full, minimal = _ls_exports(tmp_path)
+    for strict in (True, False):  # lenient mode used to keep one annotation and drop the other
+        documents = read_annotations("label-studio", minimal, strict=strict)
+        assert _as_tuples(documents) == [("5", LS_TEXT, ("label-studio-user-3", "label-studio-user-8"), [
+            (0, 27, "prediction", "label-studio-user-3"), (0, 27, "threat_framing", "label-studio-user-8"),
+            (28, 57, "policy_attribution", "label-studio-user-8")])]
+        assert _as_tuples(read_annotations("label-studio", full, strict=strict)) == _as_tuples(documents)
+
+
+def test_readers_label_studio_per_annotator_documents_from_both_exports(tmp_path):
+    full, minimal = _ls_exports(tmp_path)
+    documents = read_annotations("label-studio", minimal, annotations="per-annotator")
+    assert _as_tuples(documents) == [
+        ("5@label-studio-user-3", LS_TEXT, ("label-studio-user-3",), [(0, 27, "prediction", "label-studio-user-3")]),
+        ("5@label-studio-user-8", LS_TEXT, ("label-studio-user-8",), [
+            (0, 27, "threat_framing", "label-studio-user-8"), (28, 57, "policy_attribution", "label-studio-user-8")]),
+    ]
+    assert _as_tuples(read_annotations("label-studio", full, annotations="per-annotator")) == _as_tuples(documents)
+    with pytest.raises(AnnotationError, match="annotations must be one of \\['merge', 'per-annotator'\\]"):
+        read_annotations("label-studio", minimal, annotations="first")
+
+
+def test_readers_label_studio_doc_id_from_task_data(tmp_path):
+    full, minimal = _ls_exports(tmp_path, data_extra={"doc_id": "article-9"})
+    for path in (full, minimal):
+        assert [d.doc_id for d in read_annotations("label-studio", path)] == ["article-9"]
+
+
+def test_readers_label_studio_json_min_task_without_annotation_not_read(tmp_path):
+    # download_all_tasks=true exports an unlabelled task as an item with a null annotation_id.
+    path = tmp_path / "min.json"
+    path.write_text(json.dumps([{"text": LS_TEXT, "id": 6, "annotator": None, "annotation_id": None}]),
+                    encoding="utf-8")
+    report = ReadReport()
+    assert read_annotations("label-studio", path, report=report) == []
+    assert report.skipped == [f"{path} task 0 (id 6): no annotation, task not read"]
+
+
+def test_readers_label_studio_text_field_found_in_the_data(tmp_path):
+    # <Text value="$body">: no 'text' key; 'body' is the one string field holding every span's text.
+    for path in _ls_exports(tmp_path, text_field="body", data_extra={"title": "Markets", "doc_id": "a"}):
+        documents = read_annotations("label-studio", path)
+        assert [(d.doc_id, d.text, len(d.spans)) for d in documents] == [("a", LS_TEXT, 3)]
+
+
+def test_readers_label_studio_text_field_ambiguous_names_candidates_and_options(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([{"id": 1, "data": {"body": "One.", "summary": "Two."},
+                                 "annotations": [{"completed_by": 1, "result": []}]}]), encoding="utf-8")
+    with pytest.raises(AnnotationError, match="candidates: \\['body', 'summary'\\].*--reader-option "
+                       "text_field=NAME.*reader_options = \\{text_field"):
+        read_annotations("label-studio", path)
+    assert [d.text for d in read_annotations("label-studio", path, text_field="summary")] == ["Two."]
+
+
+def test_readers_label_studio_text_field_from_cli_and_recipe(tmp_path):
+    from typer.testing import CliRunner
+
+    from stanceclf.cli import app
+
+    _, minimal = _ls_exports(tmp_path, text_field="body", data_extra={"headline": "Prices will rise next year."})
+    runner = CliRunner()
+    # 'headline' holds one span's text but not the other's: only 'body' fits, and naming it works too.
+    result = runner.invoke(app, ["build-dataset", str(minimal), "--format", "label-studio", "--out",
+                                 str(tmp_path / "cli"), "--reader-option", "text_field=body"])
+    assert result.exit_code == 0, result.output
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('name = "r"\nschema = "claim-types"\noutput_dir = "m"\n[data]\nformat = "label-studio"\n'
+                      'inputs = ["min.json"]\nreader_options = {text_field = "body", annotations = "per-annotator"}\n',
+                      encoding="utf-8")
+    result = runner.invoke(app, ["build-dataset", "--recipe", str(recipe), "--out", str(tmp_path / "recipe")])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "recipe" / "build.json").read_text())
+    assert sorted(d for docs in info["documents"].values() for d in docs) == ["5@label-studio-user-3",
+                                                                             "5@label-studio-user-8"]
 
 
 # --- doccano --------------------------------------------------------------------------------------
@@ -275,7 +386,9 @@ def test_readers_doccano_bad_lines(tmp_path):
     documents = read_annotations("doccano", path, strict=False, report=report)
     assert [d.doc_id for d in documents] == ["1"]
     assert [line.split(": ")[0] for line in report.skipped] == [f"[E002] {path}:2", f"[E002] {path}:3"]
-    assert "no document text under 'text'" in report.skipped[1]
+    # The hint names the real options: build-dataset's --reader-option and the recipe's reader_options.
+    assert "no document text under 'text'; name it with --reader-option text_field=NAME" in report.skipped[1]
+    assert 'reader_options = {text_field = "NAME"}' in report.skipped[1]
 
 
 def test_readers_doccano_classification_labels_rejected(tmp_path):

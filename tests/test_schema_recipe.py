@@ -271,3 +271,37 @@ def test_recipe_overrides_applied_and_validated(tmp_path):
         load_recipe(path, ["training.epochs=0"])
     with pytest.raises(RecipeError, match="field 'data'"):
         load_recipe(path, ['data.train=["t"]', 'data.dev=["d"]'])
+
+
+def test_recipe_build_defaults_are_declared_once():
+    """The recipe's [data] section takes its build defaults from BuildConfig (no second declaration)."""
+    from stanceclf.data.dataset import BuildConfig
+    from stanceclf.train.recipe import DataSection
+
+    section = DataSection(inputs=["a.jsonl"])
+    assert section.build_settings() == BuildConfig()
+    assert BuildConfig().split_ratios == {"train": 0.7, "dev": 0.15, "test": 0.15}
+
+
+def test_recipe_split_seed_follows_the_recipe_seed(tmp_path):
+    recipe = load_recipe(write(tmp_path, "r.toml", MINIMAL_RECIPE.replace('name = "tiny"', 'name = "tiny"\nseed = 7')))
+    assert recipe.data.seed == 7
+    pinned = MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]', 'inputs = ["annotations.jsonl"]\nseed = 2')
+    assert load_recipe(write(tmp_path, "p.toml", pinned)).data.seed == 2
+
+
+def test_recipe_relative_schema_path_resolves_against_the_recipe(tmp_path, monkeypatch):
+    (tmp_path / "schemas").mkdir()
+    write(tmp_path / "schemas", "mine.toml", HEADER + GOOD_LABEL)
+    recipe = load_recipe(write(tmp_path, "r.toml", MINIMAL_RECIPE.replace('"claim-types"', '"schemas/mine.toml"')))
+    monkeypatch.chdir(REPO)  # not the recipe's folder
+    assert load_schema(recipe.schema_path).name == "test-schema"
+
+
+def test_recipe_reader_options_are_validated_against_the_reader(tmp_path):
+    good = MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]',
+                                  'inputs = ["a.jsonl"]\nformat = "doccano"\nreader_options = { text_field = "body" }')
+    assert load_recipe(write(tmp_path, "g.toml", good)).data.reader_options == {"text_field": "body"}
+    bad = good.replace("text_field", "text_fields")
+    with pytest.raises(RecipeError, match=r"reader has no option 'text_fields'.*text_field"):
+        load_recipe(write(tmp_path, "b.toml", bad))

@@ -255,3 +255,18 @@ def test_training_real_packaged_base_few_steps(tmp_path):
     reloaded = StanceModel.from_pretrained(tmp_path / "model")
     predictions = reloaded.classify("The army will attack the city soon. She plays the piano.")
     assert len(predictions) == 2 and set(predictions[0].scores) == set(reloaded.labels)
+
+
+def test_training_calibrates_on_the_logits_the_served_model_computes(tmp_path, base_tokenizer):
+    """Temperatures and thresholds refit from the saved model's own predict_logits on dev are the manifest's."""
+    from stanceclf.train.calibration import calibrate
+    from stanceclf.train.trainer import prepare_dataset
+
+    recipe = load_recipe(write_recipe(tmp_path), ["training.epochs=2"])
+    trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    served = StanceModel.from_pretrained(tmp_path / "model")
+    dataset, _, _ = prepare_dataset(recipe, load_schema("claim-types"))
+    logits, _ = served.predict_logits(list(dataset["dev"]["text"]), batch_size=5)
+    temperatures, thresholds = calibrate(logits, np.array(dataset["dev"]["labels"]))
+    assert list(temperatures) == pytest.approx([trained.manifest.temperatures[l] for l in served.labels], abs=1e-4)
+    assert list(thresholds) == pytest.approx([trained.manifest.thresholds[l] for l in served.labels], abs=1e-4)

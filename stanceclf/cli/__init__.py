@@ -1,7 +1,8 @@
 """The ``stanceclf`` command line: small verbs, one per stage of the pipeline.
 
 Each verb is a thin call into the library (parse options, call, print); the verbs live
-beside the stage they drive: :mod:`.data_verbs`, :mod:`.train_verbs`, :mod:`.infer_verbs`.
+beside the stage they drive: :mod:`.data_verbs`, :mod:`.train_verbs`, :mod:`.infer_verbs`,
+:mod:`.serve_verbs` (the HTTP API), and :mod:`.annotate_verbs` for the annotation loop with Label Studio.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import warnings
 
 import typer
 
-from stanceclf.cli import data_verbs, infer_verbs, train_verbs
+from stanceclf.cli import annotate_verbs, data_verbs, infer_verbs, serve_verbs, train_verbs
 
 # rich_markup_mode=None: help texts are shown as written ("[[start, end, label]]" is not markup).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -21,6 +22,9 @@ app.command()(train_verbs.train)
 app.command()(train_verbs.evaluate)
 app.command()(infer_verbs.classify)
 app.command()(infer_verbs.score)
+app.command()(serve_verbs.serve)
+app.command()(annotate_verbs.suggest)
+app.command("labelstudio-config")(annotate_verbs.labelstudio_config)
 app.command()(train_verbs.export)
 app.command()(train_verbs.info)
 app.command()(data_verbs.agreement)

@@ -17,7 +17,7 @@ def train(
     resume: bool = typer.Option(True, help="Continue from the last checkpoint of an interrupted run."),
 ):
     """Fine-tune a model as a recipe says, calibrate it on dev, and save the model directory."""
-    from stanceclf.train.metrics import format_report
+    from stanceclf.model.metrics import format_report
     from stanceclf.train.recipe import load_recipe
     from stanceclf.train.trainer import train as run_training
 
@@ -44,7 +44,7 @@ def evaluate(
 ):
     """Evaluate a model on a built dataset: a table, a JSON report and plots."""
     from stanceclf.train.evaluation import evaluate_on_dataset
-    from stanceclf.train.metrics import format_report
+    from stanceclf.model.metrics import format_report
 
     try:
         report, written = evaluate_on_dataset(load_model(model, backend, fast), dataset, split=split, out=out,
@@ -79,7 +79,7 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
     """Show a model's labels, thresholds, metrics and provenance."""
     from stanceclf.infer.predict import default_model_path
     from stanceclf.model.manifest import ModelManifest
-    from stanceclf.train.metrics import format_metric
+    from stanceclf.model.metrics import format_metric
 
     try:
         directory = model or default_model_path()

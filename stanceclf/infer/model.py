@@ -195,6 +195,13 @@ class StanceModel:
         """
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)  # a generator would be used up by the checks below
+        results = self.classify_units(self.units(texts, split_sentences=split_sentences), len(texts),
+                                      batch_size=batch_size)
+        return results[0] if single else results
+
+    def units(self, texts: list[str], *, split_sentences: bool = True) -> list[tuple[int, int, int, str]]:
+        """What :meth:`classify` scores: ``(text index, start, end, unit text)`` per sentence (or per
+        non-blank text without ``split_sentences``), after checking that every text is a valid string."""
         for position, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"input {position} is {type(text).__name__}, expected str")
@@ -208,12 +215,18 @@ class StanceModel:
                 units.extend((doc_index, s.start, s.end, s.text) for s in self.split(text))
             elif text.strip():
                 units.append((doc_index, 0, len(text), text))
+        return units
+
+    def classify_units(self, units: list[tuple[int, int, int, str]], n_texts: int, *,
+                       batch_size: int = 64) -> list[list[Prediction]]:
+        """Score :meth:`units` of ``n_texts`` texts in one length-sorted pass: one list of predictions per text.
+        Units of several callers can be scored together by numbering their texts consecutively."""
         probs, truncated = self.predict_proba([u[3] for u in units], batch_size=batch_size)
-        results: list[list[Prediction]] = [[] for _ in texts]
+        results: list[list[Prediction]] = [[] for _ in range(n_texts)]
         spans = [(start, end, text) for _, start, end, text in units]
         for (doc_index, *_), prediction in zip(units, self.predictions(spans, probs, truncated)):
             results[doc_index].append(prediction)
-        return results[0] if single else results
+        return results
 
     def predictions(self, spans, probs: np.ndarray, truncated: list[bool]) -> list[Prediction]:
         """:class:`Prediction` objects for ``(start, end, text)`` units and their calibrated probabilities."""

@@ -1,1 +1,2 @@
-"""The model directory: the manifest, the decision rule, the per-architecture table, the model card."""
+"""The model directory: the manifest, the decision rule, the metrics it records, the per-architecture table,
+reading and writing directories, the model card."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stanceclf.train.metrics import format_report
+from stanceclf.model.metrics import format_report
 
 #: A hand-written section a project can add to a model's card: ``CARD_NOTES.md``
 #: beside the model directory's README (failure modes with real examples, data sources).

@@ -41,12 +41,7 @@ def load_model_directory(path: str | Path, *, runtime: str = "auto"):
     ``runtime="auto"`` runs a BERT-family model in plain torch (:mod:`stanceclf.model.native`, without
     importing transformers); ``"transformers"``, and any other architecture, load through transformers."""
     path = Path(path)
-    if not path.is_dir():
-        raise ModelDirectoryError("model directory not found", where=str(path))
-    manifest = ModelManifest.read(path)
-    missing = [f"{name} ({why})" for name, why in REQUIRED_FILES.items() if not (path / name).is_file()]
-    if missing:
-        raise ModelDirectoryError("incomplete model directory, missing " + "; ".join(missing), where=str(path))
+    manifest = check_model_directory(path)
     config = load_json_object(path / CONFIG_NAME, ModelDirectoryError, "model config")
     tokenizer = _read_tokenizer(path)
     shapes = _weight_shapes(path / WEIGHTS_NAME)
@@ -143,6 +138,19 @@ def _check_finite(model, weights: Path) -> None:
                                   where=str(weights))
 
 
+def check_model_directory(path: str | Path) -> ModelManifest:
+    """The manifest of a model directory, once its folder, manifest and every required file are there
+    (cheap: nothing but the manifest is read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirectoryError("model directory not found", where=str(path))
+    manifest = ModelManifest.read(path)
+    missing = [f"{name} ({why})" for name, why in REQUIRED_FILES.items() if not (path / name).is_file()]
+    if missing:
+        raise ModelDirectoryError("incomplete model directory, missing " + "; ".join(missing), where=str(path))
+    return manifest
+
+
 def check_head(config, manifest: ModelManifest, path: str | Path | None = None) -> None:
     """The classification head must carry the manifest's labels, and max_length fit the positions."""
     where = str(path) if path is not None else None
@@ -154,6 +162,20 @@ def check_head(config, manifest: ModelManifest, path: str | Path | None = None) 
     if positions is not None and manifest.max_length > positions:
         raise ModelDirectoryError(f"the manifest's max_length {manifest.max_length} exceeds the model's "
                                   f"{positions} positions", where=where)
+
+
+def weights_digest(directory: str | Path | None) -> str | None:
+    """The sha256 (hex) of a model directory's weights file; None for a model never saved."""
+    import hashlib
+
+    weights = Path(directory) / WEIGHTS_NAME if directory is not None else None
+    if weights is None or not weights.exists():
+        return None
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | Path, *,

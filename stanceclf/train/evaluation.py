@@ -9,7 +9,7 @@ import numpy as np
 
 from stanceclf.errors import EvaluationError
 from stanceclf.model.decision import decide
-from stanceclf.train.metrics import expected_calibration_error, format_report, multilabel_report
+from stanceclf.model.metrics import expected_calibration_error, format_report, multilabel_report
 
 
 def evaluate_model(model, dataset_split, *, batch_size: int = 64,

@@ -29,7 +29,7 @@ from stanceclf.progress import library_output, wants_progress
 from stanceclf.model.manifest import ModelManifest
 from stanceclf.train.base_models import resolve_base
 from stanceclf.train.calibration import calibrate
-from stanceclf.train.metrics import expected_calibration_error, multilabel_report
+from stanceclf.model.metrics import expected_calibration_error, multilabel_report
 from stanceclf.train.recipe import Recipe
 
 log = logging.getLogger(__name__)

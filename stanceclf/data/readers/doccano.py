@@ -17,7 +17,7 @@ from pathlib import Path
 from stanceclf.data.documents import AnnotatedDocument
 from stanceclf.errors import AnnotationError
 from .native import iter_jsonl
-from .validation import SpanChecker
+from .validation import TEXT_FIELD_HINT, SpanChecker
 
 
 def read_doccano(path: str | Path, checker: SpanChecker, *, text_field: str = "text", annotator: str = "doccano"):
@@ -37,7 +37,7 @@ def _document_from_record(record, path: Path, line_number: int, checker: SpanChe
         return None
     text = record.get(text_field)
     if not isinstance(text, str):
-        checker.fail(AnnotationError(f"no document text under {text_field!r}; pass text_field= to name the field",
+        checker.fail(AnnotationError(f"no document text under {text_field!r}; " + TEXT_FIELD_HINT,
                                      where=where))
         return None
     doc_id = str(record["id"]) if record.get("id") is not None else f"{path.stem}-{line_number}"

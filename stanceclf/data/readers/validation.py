@@ -18,6 +18,10 @@ from pathlib import Path
 from stanceclf.data.documents import Span
 from stanceclf.errors import AnnotationError, OffsetError, UnknownLabelError
 
+#: How a user names the field that holds the document text (readers with a ``text_field`` option).
+TEXT_FIELD_HINT = ("name it with --reader-option text_field=NAME (build-dataset) or reader_options = "
+                   '{text_field = "NAME"} in the recipe\'s [data]')
+
 
 @dataclass
 class ReadReport:

@@ -151,7 +151,7 @@ class _ScoringRun:
                         file=sys.stderr)
         try:
             chunk, pending, seen = [], 0, self.state.records_done
-            ids = _DuplicateIds()
+            ids = DuplicateIds()
             for record in iter_records(self.paths, self.options.input_format, fields=self._fields,
                                        max_chars=self.options.max_chars):
                 record = ids.check(record)  # records already done count too: ids are unique across the run
@@ -229,7 +229,7 @@ class _ScoringRun:
         raise InputRecordError(f"nothing was scored, so no output was written: {what}", where=str(self.out))
 
 
-class _DuplicateIds:
+class DuplicateIds:
     """Two records with one id would give two rows with one (doc_id, sentence_index) key: a bad record."""
 
     def __init__(self):

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stanceclf.errors import ScoringSetupError, StanceclfError
+from stanceclf.model.directory import weights_digest
 
 PROGRESS_SUFFIX = ".progress.json"
 PARTIAL_SUFFIX = ".partial"
@@ -84,11 +85,7 @@ def run_signature(files: list[Path], model, options: dict) -> str:
         digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(f"backend:{getattr(model, 'backend', 'torch')}".encode())
     digest.update(model.manifest.model_dump_json().encode())
-    weights = model.path / "model.safetensors" if model.path else None
-    if weights is not None and weights.exists():
-        with open(weights, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    digest.update(f"weights:{weights_digest(model.path)}".encode())
     digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()
 

@@ -1,4 +1,4 @@
-"""Offline evaluation metrics (scikit-learn; nothing is fetched from a hub)."""
+"""Multi-label metrics, the report format the manifest records, and its Markdown table (scikit-learn; nothing fetched)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,72 @@
+"""Verbs of the annotation loop with Label Studio: suggest documents to annotate, print the labelling config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail, load_model
+from stanceclf.errors import StanceclfError
+
+
+def suggest(
+    inputs: List[Path] = typer.Argument(..., help="The corpus: folders of .txt files, or JSONL, CSV or Parquet "
+                                        "files (read as 'stanceclf score' reads them)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Label Studio tasks to write (JSON), to import into a project "
+                             "made with 'stanceclf labelstudio-config'."),
+    strategy: str = typer.Option("uncertainty", help="uncertainty: scores closest to the thresholds; disagreement: "
+                                 "dropout passes that decide labels differently from the model; random: a seeded "
+                                 "sample. Each document's priority is the mean over its sentences."),
+    n: int = typer.Option(50, "--n", help="Documents to pick."),
+    model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model)."),
+    seed: int = typer.Option(13, help="Seed of the random sample and of the dropout passes."),
+    passes: int = typer.Option(8, help="disagreement: forward passes with dropout on."),
+    exclude: List[Path] = typer.Option([], help="Label Studio task files or exports whose documents (data.doc_id) "
+                                       "are not suggested again, e.g. earlier rounds. Repeatable."),
+    input_format: str = typer.Option("auto", help="auto, txt, jsonl, csv or parquet."),
+    id_field: Optional[str] = typer.Option(None, help="Field holding the document id (JSONL, CSV, Parquet); "
+                                           "default 'id' where present, else FILE:LINE."),
+    text_field: str = typer.Option("text", help="Field holding the document text (JSONL, CSV, Parquet)."),
+    on_error: str = typer.Option("stop", help="On a bad record: 'stop' with its name, or 'skip' it (listed)."),
+    max_chars: int = typer.Option(1_000_000, help="Longest document accepted, in characters."),
+    batch_size: int = typer.Option(64, help="Sentences per forward pass."),
+    backend: str = BACKEND_OPTION,
+    fast: bool = FAST_OPTION,
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Pick the documents most worth annotating next and write them as pre-annotated Label Studio tasks."""
+    from stanceclf.infer.suggest import annotated_ids, suggest as pick, write_tasks
+
+    try:
+        loaded = load_model(model, backend, fast)
+        summary = pick(inputs, loaded, strategy=strategy, n=n, seed=seed, input_format=input_format,
+                       id_field=id_field, text_field=text_field, max_chars=max_chars, on_error=on_error,
+                       exclude=annotated_ids(exclude), passes=passes, batch_size=batch_size, progress=progress,
+                       log=lambda message: typer.echo(message, err=True))
+        write_tasks(summary, loaded, out, strategy=strategy, overwrite=overwrite)
+    except StanceclfError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was written", err=True)
+        raise typer.Exit(code=130)
+    priorities = [s.priority for s in summary.suggestions]
+    typer.echo(f"read {summary.documents} documents (excluded {summary.excluded}, skipped {summary.skipped} bad "
+               f"records); wrote {len(priorities)} tasks to {out}, {strategy} priority {max(priorities):.3f} "
+               f"to {min(priorities):.3f}", err=True)
+
+
+def labelstudio_config(
+    schema: str = typer.Option("claim-types", help="Schema name (shipped in labels/) or path to a schema TOML."),
+    text_field: str = typer.Option("text", help="Task data key of the document text ($text in the config)."),
+):
+    """Print the Label Studio labelling config of a schema (paste it into the project's Labeling Interface)."""
+    from stanceclf.data.label_studio_config import labelling_config
+    from stanceclf.data.schema import load_schema
+
+    try:
+        typer.echo(labelling_config(load_schema(schema), text_field=text_field))
+    except StanceclfError as error:
+        fail(error)

@@ -1,0 +1,92 @@
+"""The ``serve`` verb: the HTTP API (:mod:`stanceclf.serve`) on uvicorn.
+
+FastAPI and uvicorn are an optional extra, imported only when the verb runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail
+from stanceclf.errors import ServeSetupError, StanceclfError
+from stanceclf.serve.settings import ServeSettings
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+DEFAULTS = ServeSettings()  # the one home of the limits' defaults
+
+
+def _check_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise ServeSetupError(f"the HTTP server needs FastAPI and uvicorn ({error.name} is missing): "
+                              "pip install 'stanceclf[serve]'") from None
+
+
+def _settings(model: Optional[Path], backend: str, threads: Optional[int], **limits):
+    """Settings checked before uvicorn starts, so that a wrong model or backend fails at once with its code."""
+    from stanceclf.infer.backends import resolve_backend
+    from stanceclf.infer.predict import default_model_path
+    from stanceclf.model.directory import check_model_directory
+
+    directory = model or default_model_path()
+    check_model_directory(directory)
+    return ServeSettings(model=str(Path(directory).resolve()), backend=resolve_backend(backend), threads=threads,
+                         **limits)
+
+
+def serve(
+    model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model). Fixed for the "
+                                         "server's life: no request can name another."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. The default takes connections from this "
+                             "machine only; the API has no authentication."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    backend: str = BACKEND_OPTION,
+    fast: bool = FAST_OPTION,
+    workers: int = typer.Option(1, min=1, help="Server processes. Each loads its own copy of the model and "
+                                "batches only its own requests."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Torch threads per process (default: torch's "
+                                          "choice with one worker; cores / workers with several)."),
+    max_body_bytes: int = typer.Option(DEFAULTS.max_body_bytes, min=1024,
+                                       help="Largest request body; larger gets HTTP 413."),
+    max_text_chars: int = typer.Option(DEFAULTS.max_text_chars, min=1,
+                                       help="Longest single text, in characters; longer gets HTTP 413."),
+    max_queue: int = typer.Option(DEFAULTS.max_queue, min=1,
+                                  help="Requests that may wait for the model; beyond that HTTP 503 with Retry-After."),
+    batch_wait_ms: float = typer.Option(DEFAULTS.batch_wait_ms, min=0,
+                                        help="How long the first request of a batch waits for others to join it."),
+    batch_sentences: int = typer.Option(DEFAULTS.batch_units, min=1, help="Stop gathering requests into a batch "
+                                        "once it holds this many sentences."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, min=1, help="Sentences per forward pass (a batch of "
+                                   "requests is scored in passes of this size)."),
+    access_log: bool = typer.Option(True, help="Log one line per request."),
+):
+    """Serve the model over HTTP: POST /v1/classify, GET /v1/model, /v1/stats, /healthz, /readyz
+    (OpenAPI at /openapi.json). Concurrent requests are scored together in micro-batches."""
+    try:
+        _check_extra()
+        if workers > 1 and threads is None:
+            threads = max(1, (os.cpu_count() or 1) // workers)  # N processes must not each take every core
+        settings = _settings(model, "auto" if fast else backend, threads, max_body_bytes=max_body_bytes,
+                             max_text_chars=max_text_chars, max_queue=max_queue, batch_wait_ms=batch_wait_ms,
+                             batch_units=batch_sentences, batch_size=batch_size)
+    except StanceclfError as error:
+        fail(error)
+    import uvicorn
+
+    from stanceclf.serve.app import create_app
+
+    if host not in LOOPBACK:
+        typer.secho(f"listening on {host}: anyone who can reach it can use the API (it has no authentication)",
+                    fg=typer.colors.YELLOW, err=True)
+    options = dict(host=host, port=port, access_log=access_log, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    settings.to_environment()
+    uvicorn.run("stanceclf.serve.app:app_from_environment", factory=True, workers=workers, **options)

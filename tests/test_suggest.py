@@ -1,0 +1,193 @@
+"""Active learning: picking documents to annotate and writing them as pre-annotated Label Studio tasks."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stanceclf.cli import app
+from stanceclf.data.label_studio_config import LABELS_CONTROL, TEXT_OBJECT, labelling_config
+from stanceclf.data.readers import ReadReport, read_annotations
+from stanceclf.data.schema import load_schema
+from stanceclf.errors import InputRecordError, ScoringSetupError
+from stanceclf.infer.suggest import (annotated_ids, label_studio_task, model_version, sentence_disagreement,
+                                     sentence_uncertainty, suggest, write_tasks)
+
+runner = CliRunner()
+TEXTS = {
+    f"doc{i}": text for i, text in enumerate([
+        "Prices will rise next year. The minister blamed the bank.\n",
+        "Wow \U0001F600\U0001F680 NATO warned of a dangerous escalation. Moscow plans to expand its fleet.\n",
+        "The summit ended early.\nBoth sides said talks would resume in spring. Nobody expects a deal.\n",
+        "A short note.\n",
+        "Analysts fear a trade war could hurt exports. The central bank may cut rates. Markets fell.\n",
+        "The ministry announced a new policy to curb inflation.\n",
+    ])
+}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"id": doc_id, "body": text}) + "\n" for doc_id, text in TEXTS.items()),
+                    encoding="utf-8")
+    return path
+
+
+def test_suggest_sentence_uncertainty_is_one_at_the_threshold_and_zero_at_the_ends():
+    thresholds = np.array([0.2, 0.5])
+    scores = np.array([[0.2, 0.0], [0.1, 1.0], [0.0, 0.75], [0.6, 0.5], [0.0, 1.0]])
+    # Relative margins: row 1 (0.2 - 0.1) / 0.2 = 0.5; row 2 (0.75 - 0.5) / 0.5 = 0.5; row 3 (0.6-0.2)/0.8 = 0.5.
+    assert sentence_uncertainty(scores, thresholds) == pytest.approx([1.0, 0.5, 0.5, 1.0, 0.0])
+    # Thresholds of 0 and above 1 (a label switched off) give no division by zero.
+    edge = sentence_uncertainty(np.array([[1.0, 1.0], [0.0, 0.0]]), np.array([1.0, 1.5]))
+    assert np.isfinite(edge).all() and edge == pytest.approx([2 / 3, 0.0])
+
+
+def test_suggest_sentence_disagreement_is_the_share_of_passes_flipping_a_label():
+    decision = np.array([[True, False], [False, False]])
+    passes = [np.array([[True, True], [False, False]]), np.array([[False, True], [False, False]]),
+              np.array([[True, False], [False, False]]), np.array([[True, False], [False, False]])]
+    assert sentence_disagreement(decision, passes) == pytest.approx([0.5, 0.0])
+
+
+def test_suggest_uncertainty_keeps_the_most_uncertain_documents_across_chunks(corpus, make_tiny_model):
+    model = make_tiny_model(thresholds={"prediction": 0.5, "threat_framing": 0.45, "policy_attribution": 0.55})
+    summary = suggest([corpus], model, n=3, text_field="body", chunk_sentences=2, progress=False)
+    # The same priorities computed document by document, from the scores every output reports.
+    expected = {}
+    for doc_id, text in TEXTS.items():
+        scores = np.array([[p.scores[label] for label in model.labels] for p in model.classify(text)])
+        expected[doc_id] = float(sentence_uncertainty(scores, model.threshold_vector).mean())
+    ranked = sorted(expected, key=lambda d: -expected[d])[:3]
+    assert [s.doc_id for s in summary.suggestions] == ranked
+    assert [s.priority for s in summary.suggestions] == pytest.approx([expected[d] for d in ranked])
+    assert summary.documents == len(TEXTS)
+    for suggestion in summary.suggestions:
+        assert [p.text for p in suggestion.predictions] == [p.text for p in model.classify(TEXTS[suggestion.doc_id])]
+
+
+def test_suggest_random_is_seeded_and_predicts_what_it_picks(corpus, make_tiny_model):
+    model = make_tiny_model()
+    picks = [[s.doc_id for s in suggest([corpus], model, strategy="random", n=3, seed=seed, text_field="body",
+                                        progress=False).suggestions] for seed in (1, 1, 2)]
+    assert picks[0] == picks[1] and len(set(picks[0])) == 3
+    assert picks[0] != picks[2]
+    everything = suggest([corpus], model, strategy="random", n=100, seed=1, text_field="body", progress=False)
+    assert sorted(s.doc_id for s in everything.suggestions) == sorted(TEXTS)
+    assert all(s.predictions and s.predictions[0].start == 0 for s in everything.suggestions)
+
+
+def test_suggest_disagreement_uses_dropout_on_a_copy_reproducibly(corpus, make_tiny_model):
+    model = make_tiny_model()
+    run = [suggest([corpus], model, strategy="disagreement", n=6, passes=4, seed=3, text_field="body",
+                   progress=False) for _ in range(2)]
+    priorities = [[(s.doc_id, s.priority) for s in r.suggestions] for r in run]
+    assert priorities[0] == priorities[1]
+    assert all(0.0 <= p <= 1.0 for _, p in priorities[0]) and max(p for _, p in priorities[0]) > 0
+    assert not model.model.training  # the loaded model is left as it was
+    for module in model.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    with pytest.raises(ScoringSetupError, match="no dropout"):
+        suggest([corpus], model, strategy="disagreement", text_field="body", progress=False)
+
+
+def test_suggest_bad_records_stop_or_are_skipped_and_excluded_ids_passed_over(tmp_path, make_tiny_model):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": "Prices will rise."}) + "\n" + json.dumps({"id": "b", "text": ""})
+                    + "\n" + json.dumps({"id": "c", "text": "Rates may fall."}) + "\n", encoding="utf-8")
+    model = make_tiny_model()
+    with pytest.raises(InputRecordError, match="record 1 .*id 'b'.*empty"):
+        suggest([path], model, progress=False)
+    summary = suggest([path], model, on_error="skip", exclude={"a"}, progress=False, log=lambda message: None)
+    assert ([s.doc_id for s in summary.suggestions], summary.skipped, summary.excluded) == (["c"], 1, 1)
+    with pytest.raises(InputRecordError, match="every record was excluded \\(2\\) or bad \\(1\\)"):
+        suggest([path], model, on_error="skip", exclude={"a", "c"}, progress=False, log=lambda message: None)
+
+
+def test_suggest_tasks_carry_pre_annotations_that_read_back_unchanged(corpus, tmp_path, make_tiny_model):
+    model = make_tiny_model(thresholds={"prediction": 0.0, "threat_framing": 0.5, "policy_attribution": 2.0})
+    summary = suggest([corpus], model, n=6, text_field="body", progress=False)
+    out = write_tasks(summary, model, tmp_path / "tasks.json", strategy="uncertainty")
+    tasks = json.loads(out.read_text(encoding="utf-8"))
+    emoji = next(t for t in tasks if t["data"]["doc_id"] == "doc1")
+    assert emoji["data"]["text"] == TEXTS["doc1"]
+    prediction = emoji["predictions"][0]
+    assert prediction["model_version"] == model_version(model) and 0 <= prediction["score"] <= 1
+    sentences = model.classify(TEXTS["doc1"])
+    expected = [(p.start, p.end, label) for p in sentences for label in p.labels]
+    results = prediction["result"]
+    assert [(r["value"]["start"], r["value"]["end"], r["value"]["labels"][0]) for r in results] == expected
+    assert {(r["from_name"], r["to_name"], r["type"]) for r in results} == {(LABELS_CONTROL, TEXT_OBJECT, "labels")}
+    # Code-point offsets: the sentence after two emoji starts where Python says (UTF-16 would add 2).
+    second = next(r for r in results if r["value"]["text"].startswith("Moscow"))
+    assert second["value"]["start"] == TEXTS["doc1"].index("Moscow")
+    assert second["score"] == sentences[1].scores[second["value"]["labels"][0]]
+    # Accepting every pre-annotation as it is gives the same spans back through the reader, unrepaired.
+    export = [{"id": i, "data": t["data"], "annotations": [{"completed_by": 1, "result": t["predictions"][0]["result"]}]}
+              for i, t in enumerate(tasks)]
+    (tmp_path / "export.json").write_text(json.dumps(export, ensure_ascii=False), encoding="utf-8")
+    report = ReadReport()
+    documents = {d.doc_id: d for d in read_annotations("label-studio", tmp_path / "export.json", report=report)}
+    assert [(s.start, s.end, s.label) for s in documents["doc1"].spans] == sorted(expected)
+    assert not report.repaired and set(documents) == set(TEXTS)
+    with pytest.raises(Exception, match="exists"):
+        write_tasks(summary, model, out, strategy="uncertainty")
+
+
+def test_suggest_model_version_tells_weights_apart(tmp_path, make_tiny_model):
+    first = make_tiny_model(seed=0)
+    second = make_tiny_model(seed=1)
+    assert model_version(first) == model_version(second)  # unsaved: the manifest, alike
+    first.save_pretrained(tmp_path / "a")
+    second.save_pretrained(tmp_path / "b")
+    versions = model_version(first), model_version(second)
+    assert versions[0] != versions[1] and all(v.startswith("claim-types-1.1 tiny-random-bert ") for v in versions)
+
+
+def test_suggest_annotated_ids_from_tasks_and_exports(tmp_path):
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([{"data": {"text": "x", "doc_id": "a"}}, {"data": {"text": "y", "doc_id": 7}}]))
+    minimal = tmp_path / "min.json"
+    minimal.write_text(json.dumps([{"text": "z", "doc_id": "c", "id": 1, "annotator": 1, "annotation_id": 1}]))
+    assert annotated_ids([tasks, minimal]) == {"a", "7", "c"}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"data": {"text": "x"}}]))
+    with pytest.raises(ScoringSetupError, match="no task here carries data.doc_id"):
+        annotated_ids([other])
+
+
+def test_suggest_cli_writes_tasks_and_excludes_an_earlier_round(corpus, tmp_path, tiny_model_dir):
+    first, second = tmp_path / "round1.json", tmp_path / "round2.json"
+    common = [str(corpus), "--model", str(tiny_model_dir), "--text-field", "body", "--no-progress"]
+    result = runner.invoke(app, ["suggest", *common, "--out", str(first), "--n", "4"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 tasks" in result.output
+    result = runner.invoke(app, ["suggest", *common, "--out", str(second), "--exclude", str(first)])
+    assert result.exit_code == 0, result.output
+    ids = [{t["data"]["doc_id"] for t in json.loads(p.read_text())} for p in (first, second)]
+    assert len(ids[0]) == 4 and ids[1] == set(TEXTS) - ids[0]
+    result = runner.invoke(app, ["suggest", *common, "--out", str(second)])
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    result = runner.invoke(app, ["suggest", *common, "--out", str(second), "--strategy", "loudest", "--overwrite"])
+    assert result.exit_code == 1 and "unknown strategy 'loudest'" in result.output
+
+
+def test_label_studio_config_generated_from_the_schema():
+    schema = load_schema("claim-types")
+    view = ElementTree.fromstring(labelling_config(schema, text_field="body"))
+    labels = view.find("Labels")
+    assert (labels.get("name"), labels.get("toName")) == (LABELS_CONTROL, TEXT_OBJECT)
+    assert [label.get("value") for label in labels.findall("Label")] == schema.label_names
+    assert [label.get("hint") for label in labels.findall("Label")] == [
+        " ".join(schema.definition(name).split()) for name in schema.label_names]
+    assert (view.find("Text").get("name"), view.find("Text").get("value")) == (TEXT_OBJECT, "$body")
+    result = runner.invoke(app, ["labelstudio-config", "--schema", "ptc-propaganda"])
+    assert result.exit_code == 0, result.output
+    assert [x.get("value") for x in ElementTree.fromstring(result.output).iter("Label")] == ["propaganda"]
