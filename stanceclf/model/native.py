@@ -31,9 +31,14 @@ _ACTIVATIONS = {
 }
 
 
+#: What :class:`BertClassifier` reads from config.json (transformers would fill a missing one with its default).
+_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+          "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+
+
 def runs_natively(config: dict) -> bool:
     """Whether :class:`BertClassifier` computes exactly what transformers would for this ``config.json``."""
-    return (config.get("model_type") == "bert"
+    return (config.get("model_type") == "bert" and all(key in config for key in _SIZES)
             and config.get("architectures", ["BertForSequenceClassification"]) == ["BertForSequenceClassification"]
             and config.get("hidden_act", "gelu") in _ACTIVATIONS
             and config.get("position_embedding_type", "absolute") == "absolute"
