@@ -52,8 +52,12 @@ def environment(tree: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def time_cli(tree: Path, model: Path) -> tuple[float, float]:
-    """(seconds to the first stdout line, seconds to exit) of one `stanceclf classify` process."""
+def time_cli(tree: Path, model: Path) -> tuple[float, float, float]:
+    """(seconds to the first stdout line, seconds to exit, CPU seconds) of one `stanceclf classify` process.
+    CPU time (user + system) suffers less than wall time from other jobs on a shared machine."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "stanceclf.cli", "classify", str(SEED), "--model", str(model)],
                                cwd=tree, env=environment(tree), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -62,7 +66,9 @@ def time_cli(tree: Path, model: Path) -> tuple[float, float]:
     process.stdout.read()
     if process.wait() != 0:
         raise SystemExit(f"classify failed in {tree}")
-    return first, time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return first, time.perf_counter() - started, cpu
 
 
 def time_phases(tree: Path, model: Path) -> dict:
@@ -80,6 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     trees = [tree.resolve() for tree in (args.tree or [ROOT])]
     model = ROOT / "models" / "claim-types"
+    load_before = os.getloadavg()[0]
     runs: dict[Path, list] = {tree: [] for tree in trees}
     phases: dict[Path, list] = {tree: [] for tree in trees}
     for _ in range(args.runs):
@@ -92,15 +99,16 @@ def main() -> None:
              f"{args.runs} " + " ".join(f"--tree {tree}" for tree in (args.tree or [])) + "`",
              f"Date {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}. `stanceclf classify {SEED.relative_to(ROOT)}` with the shipped model, "
-             f"{args.runs} runs per tree, trees alternating; medians (min-max).", "",
-             "| tree | to first output, s | to exit, s |", "|---|---:|---:|"]
+             f"{args.runs} runs per tree, trees alternating; medians (min-max). Load average "
+             f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other jobs shared the machine).", "",
+             "| tree | to first output, s | to exit, s | CPU time, s |", "|---|---:|---:|---:|"]
 
     def spread(values):
         return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
     for tree in trees:
-        first, total = zip(*runs[tree])
-        lines.append(f"| `{tree}` | {spread(first)} | {spread(total)} |")
+        first, total, cpu = zip(*runs[tree])
+        lines.append(f"| `{tree}` | {spread(first)} | {spread(total)} | {spread(cpu)} |")
     if args.phases:
         names = [name for name in phases[trees[0]][0] if name != "transformers imported"]
         lines += ["", "In-process phases, medians in seconds (a separate `python -c` run per sample):", "",

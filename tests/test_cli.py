@@ -322,3 +322,28 @@ def test_cli_score_following_the_max_chars_advice_resumes(tmp_path, tiny_model_d
     result = runner.invoke(app, [*command, "--max-chars", str(10 * len(TEXT))])
     assert result.exit_code == 0, result.output
     assert "resuming after 3 records" in result.output and "scored 4 documents" in result.output
+
+
+def test_cli_classify_long_input_on_a_terminal_shows_progress_and_the_same_results(tmp_path, tiny_model_dir):
+    import io
+
+    from rich.console import Console
+
+    from stanceclf.cli.infer_verbs import LONG_INPUT_CHARS, _classify_with_progress
+    from stanceclf.infer.model import StanceModel
+    from stanceclf.progress import wants_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert wants_progress(LONG_INPUT_CHARS, long_work=LONG_INPUT_CHARS, stream=Terminal())
+    assert not wants_progress(LONG_INPUT_CHARS - 1, long_work=LONG_INPUT_CHARS, stream=Terminal())
+    assert not wants_progress(LONG_INPUT_CHARS, long_work=LONG_INPUT_CHARS, stream=io.StringIO())
+    model = StanceModel.from_pretrained(tiny_model_dir)
+    texts = [TEXT, "One more document. It is short."]
+    screen = io.StringIO()
+    shown = _classify_with_progress(model, texts, Console(file=screen, force_terminal=True, width=80))
+    assert "classifying" in screen.getvalue()
+    assert [[(p.start, p.labels, p.scores) for p in doc] for doc in shown] == \
+        [[(p.start, p.labels, p.scores) for p in doc] for doc in model.classify(texts)]

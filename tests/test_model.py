@@ -344,7 +344,7 @@ def test_model_prediction_does_not_import_transformers(tiny_model_dir):
     import subprocess
     import sys
 
-    code = ("import sys, stanceclf; heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+    code = ("import sys, stanceclf, stanceclf.cli; heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             f"r = stanceclf.classify('NATO will expand again.', model={str(tiny_model_dir)!r}); "
             "print(heavy, len(r), 'transformers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

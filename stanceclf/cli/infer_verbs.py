@@ -53,17 +53,19 @@ def classify(
 LONG_INPUT_CHARS = 200_000
 
 
-def _classify_with_progress(loaded, texts: list[str]):
+def _classify_with_progress(loaded, texts: list[str], console=None):
+    """Classify ``texts``; on a terminal, a long input shows a bar per document finished (on ``console``,
+    by default standard error)."""
     from stanceclf.progress import wants_progress
 
     total = sum(map(len, texts))
-    if not wants_progress(total, long_work=LONG_INPUT_CHARS):
+    if console is None and not wants_progress(total, long_work=LONG_INPUT_CHARS):
         return loaded.classify(texts)
     from rich.console import Console
     from rich.progress import Progress
 
     results = []
-    with Progress(console=Console(stderr=True), transient=True) as progress:
+    with Progress(console=console or Console(stderr=True), transient=True) as progress:
         task = progress.add_task("classifying", total=total)
         for text in texts:
             results.append(loaded.classify(text))
