@@ -79,7 +79,8 @@ def time_phases(tree: Path, model: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", action="append", type=Path, help="a stanceclf checkout (repeatable; default: this one)")
+    parser.add_argument("--tree", action="append", type=Path,
+                        help="a stanceclf checkout (repeatable; default: this one)")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--phases", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--write", type=Path, help="write the Markdown table here")

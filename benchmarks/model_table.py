@@ -51,7 +51,8 @@ def main() -> None:
         dev = f"{fmt(manifest.metrics['dev']['macro']['f1'])} | " if args.dev else ""
         lines.append(f"| `{directory}` | {method} | "
                      f"{training.get('epochs_run')} | {dev}**{fmt(report['macro']['f1'])}** | "
-                     f"{fmt(report['micro']['f1'])} | {fmt(report['macro'].get('pr_auc'))} | {training.get('wall_seconds')} | "
+                     f"{fmt(report['micro']['f1'])} | {fmt(report['macro'].get('pr_auc'))} | "
+                     f"{training.get('wall_seconds')} | "
                      f"{training.get('peak_rss_mb')} | {size:.1f} |")
         for label, row in report["labels"].items():
             per_label.append(f"| `{directory.name}` | {label} | {fmt(row['precision'])} | {fmt(row['recall'])} | "

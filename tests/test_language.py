@@ -16,8 +16,9 @@ from stanceclf.errors import LanguageWarning
 
 GERMAN = ("Die Bundesregierung hat am Montag angekündigt, dass die Steuern im kommenden Jahr erhöht werden sollen. "
           "Kritiker warnen vor einer gefährlichen Eskalation der Lage an der Grenze und fordern neue Gespräche.")
-FRENCH = ("Le gouvernement a annoncé lundi que les impôts augmenteront l'année prochaine. Les critiques mettent en "
-          "garde contre une dangereuse escalade de la situation à la frontière et demandent de nouvelles discussions.")
+FRENCH = ("Le gouvernement a annoncé lundi que les impôts augmenteront l'année prochaine. Les critiques mettent "
+          "en garde contre une dangereuse escalade de la situation à la frontière et demandent de nouvelles "
+          "discussions.")
 SEEDS = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))
 
 

@@ -93,4 +93,5 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
                    f"temperature {manifest.temperatures[label]:.2f}")
     test = manifest.metrics.get("test")
     if test:
-        typer.echo(f"  test macro F1 {format_metric(test['macro']['f1'])}, micro F1 {format_metric(test['micro']['f1'])}")
+        typer.echo(f"  test macro F1 {format_metric(test['macro']['f1'])}, "
+                   f"micro F1 {format_metric(test['micro']['f1'])}")
