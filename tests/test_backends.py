@@ -105,3 +105,13 @@ def test_backends_load_fast_true_measures_once_and_caches_in_the_cache_dir(tiny_
     assert fast.backend == entry["backend"] and set(entry["seconds"]) >= {"torch"}
     assert predict.load(tiny_model_dir, fast=True) is fast
     assert fast.model is predict.load(tiny_model_dir).model, "backends share one copy of the weights"
+
+
+def test_backends_a_fast_path_that_cannot_run_is_not_a_candidate(tiny, tmp_path, monkeypatch):
+    def broken(model, threads):
+        raise RuntimeError("cannot export this graph")
+
+    monkeypatch.setitem(BACKENDS, "broken", Backend("broken", "fails to build", broken))
+    choice, fast = choose_backend(tiny, candidates=["torch", "broken"], cache_path=tmp_path / CACHE_FILE,
+                                  measure=timings({"torch": 1.0, "broken": 0.1}))
+    assert choice.backend == fast.backend == "torch" and "broken" not in choice.seconds

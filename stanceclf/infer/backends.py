@@ -35,6 +35,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -193,8 +194,14 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
     reference, _ = model.predict_proba(batch)
     choice, built = BackendChoice("torch"), {}
     for name in candidates or candidate_backends():
-        built[name] = model if name == "torch" else model.accelerated(name, threads=threads)
-        scores, _ = built[name].predict_proba(batch)
+        try:
+            built[name] = model if name == "torch" else model.accelerated(name, threads=threads)
+            scores, _ = built[name].predict_proba(batch)
+        except Exception as exc:  # a fast path that cannot run here (export, runtime) is only not a candidate
+            if name == "torch":
+                raise
+            log.warning("backend %s cannot run this model here (%s): not used", name, exc)
+            continue
         choice.deviation[name] = float(abs(scores - reference).max())
         if choice.deviation[name] > CALIBRATION_TOLERANCE:
             log.warning("backend %s moved scores by %.3f on the calibration batch: not used", name,
@@ -277,8 +284,10 @@ class BackendCache:
         data["choices"][key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(json.dumps(data, indent=1) + "\n")
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache holds nothing private
             os.replace(tmp, self.path)
         except OSError as exc:
             log.info("could not cache the backend choice in %s: %s", self.path, exc)
