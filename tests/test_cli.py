@@ -347,3 +347,11 @@ def test_cli_classify_long_input_on_a_terminal_shows_progress_and_the_same_resul
     assert "classifying" in screen.getvalue()
     assert [[(p.start, p.labels, p.scores) for p in doc] for doc in shown] == \
         [[(p.start, p.labels, p.scores) for p in doc] for doc in model.classify(texts)]
+
+
+def test_cli_score_draws_no_progress_bar_into_a_log(tmp_path, tiny_model_dir):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "text": TEXT}) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["score", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                                 "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "sent/s" not in result.output and "\r" not in result.output, result.output

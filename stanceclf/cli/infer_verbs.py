@@ -91,7 +91,7 @@ def score(
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
     overwrite: bool = typer.Option(False, help="Start again even if OUT or an interrupted run exists."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
 ):
     """Score a corpus into one row per sentence (or per document). Interrupted runs resume."""
     from stanceclf.infer.scoring import score_corpus

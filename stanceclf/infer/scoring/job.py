@@ -147,8 +147,11 @@ class _ScoringRun:
     def _score_all(self, progress: bool) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=None, unit=" sent", disable=not progress, dynamic_ncols=True, desc="scoring",
-                        file=sys.stderr)
+        from stanceclf.progress import wants_progress
+
+        # A bar redrawn with carriage returns is noise in a log file: on a terminal only.
+        self.bar = tqdm(total=None, unit=" sent", disable=not (progress and wants_progress()), dynamic_ncols=True,
+                        desc="scoring", file=sys.stderr)
         try:
             chunk, pending, seen = [], 0, self.state.records_done
             ids = DuplicateIds()
