@@ -12,6 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Backend choices measured by the tests go to a folder of their own, never to the user's cache."""
+    os.environ["STANCECLF_CACHE"] = str(tmp_path_factory.mktemp("stanceclf-cache"))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 needs_shared = pytest.mark.skipif(not (SHARED / "corpus").is_dir(),

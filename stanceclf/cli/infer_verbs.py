@@ -23,7 +23,11 @@ def classify(
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
 ):
-    """Classify the sentences of a few documents and print them."""
+    """Classify the sentences of a few documents and print them: a table on a terminal, tab-separated
+    lines (a header, then one line per sentence) when the output is a pipe or a file."""
+    from rich.console import Console
+
+    from stanceclf.cli.render import render_classified
     from stanceclf.data.documents import decode_document_text, read_document_text
     from stanceclf.infer.results import RowSpec
 
@@ -34,19 +38,39 @@ def classify(
                    else [("<stdin>", decode_document_text(sys.stdin.buffer.read(), "<stdin>")[0])])
     except StanceclfError as error:
         fail(error)
-    results = loaded.classify([text for _, text in sources])
-    spec = RowSpec(tuple(loaded.labels))
-    for (name, _), predictions in zip(sources, results):
-        if as_json:  # every sentence: machine output is complete
+    results = _classify_with_progress(loaded, [text for _, text in sources])
+    if as_json:  # every sentence: machine output is complete
+        spec = RowSpec(tuple(loaded.labels))
+        for (name, _), predictions in zip(sources, results):
             for row in spec.rows(name, predictions):
                 typer.echo(json.dumps(row, ensure_ascii=False))
-            continue
-        typer.secho(f"== {name}: {len(predictions)} sentences", bold=True)
-        for index, p in enumerate(predictions):
-            if p.labels or all_sentences:
-                scores = " ".join(f"{label[:6]}={score:.2f}" for label, score in p.scores.items())
-                tags = ",".join(p.labels) or "-"
-                typer.echo(f"[{index:>3}] {tags:<36} {scores}  {p.text[:110]}")
+        return
+    render_classified(Console(highlight=False), [(name, p) for (name, _), p in zip(sources, results)],
+                      loaded.labels, loaded.thresholds, all_sentences=all_sentences)
+
+
+#: Input characters (about 1,500 sentences) from which classify shows progress on a terminal.
+LONG_INPUT_CHARS = 200_000
+
+
+def _classify_with_progress(loaded, texts: list[str], console=None):
+    """Classify ``texts``; on a terminal, a long input shows a bar per document finished (on ``console``,
+    by default standard error)."""
+    from stanceclf.progress import wants_progress
+
+    total = sum(map(len, texts))
+    if console is None and not wants_progress(total, long_work=LONG_INPUT_CHARS):
+        return loaded.classify(texts)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    results = []
+    with Progress(console=console or Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("classifying", total=total)
+        for text in texts:
+            results.append(loaded.classify(text))
+            progress.advance(task, len(text))
+    return results
 
 
 def score(
@@ -67,7 +91,7 @@ def score(
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
     overwrite: bool = typer.Option(False, help="Start again even if OUT or an interrupted run exists."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
     engine: str = typer.Option("local", help="local: this machine, resumable; ray: a Ray cluster (same rows, "
                                "not resumable; needs pip install 'stanceclf[ray]')."),
     address: Optional[str] = typer.Option(None, help="--engine ray: the cluster: auto (the one this machine "

@@ -79,6 +79,7 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
     """Show a model's labels, thresholds, metrics and provenance."""
     from stanceclf.infer.predict import default_model_path
     from stanceclf.model.manifest import ModelManifest
+    from stanceclf.model.metrics import format_metric
 
     try:
         directory = model or default_model_path()
@@ -97,4 +98,5 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
                    f"temperature {manifest.temperatures[label]:.2f}")
     test = manifest.metrics.get("test")
     if test:
-        typer.echo(f"  test macro F1 {test['macro']['f1']:.3f}, micro F1 {test['micro']['f1']:.3f}")
+        typer.echo(f"  test macro F1 {format_metric(test['macro']['f1'])}, "
+                   f"micro F1 {format_metric(test['micro']['f1'])}")

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from stanceclf.cache import CACHE_ENV, cache_dir
 from stanceclf.errors import BaseModelError
 
 log = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
 WEIGHTS = "model.safetensors"
-CACHE_ENV = "STANCECLF_CACHE"
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,6 @@ def packaged_base_path(short_name: str) -> Path:
     path = base.source.folder(short_name, base.sha256)
     _verify_weights(path / WEIGHTS, base.sha256)
     return path
-
-
-def cache_dir() -> Path:
-    """stanceclf's cache: ``$STANCECLF_CACHE``, else ``$XDG_CACHE_HOME/stanceclf``, else ``~/.cache/stanceclf``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "stanceclf"
 
 
 def bases_cache_dir() -> Path:

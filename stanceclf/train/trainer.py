@@ -25,7 +25,7 @@ from stanceclf.errors import RecipeError
 from stanceclf.infer.model import StanceModel
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.decision import decide, probabilities
-from stanceclf.model.directory import quiet_transformers
+from stanceclf.progress import library_output, wants_progress
 from stanceclf.model.manifest import ModelManifest
 from stanceclf.train.base_models import resolve_base
 from stanceclf.train.calibration import calibrate
@@ -96,7 +96,8 @@ def _dev_macro_f1(eval_prediction) -> dict:
     logits = np.asarray(logits)
     predicted = decide(probabilities(logits, np.ones(logits.shape[1])), np.full(logits.shape[1], 0.5))
     report = multilabel_report(np.asarray(labels), predicted, [str(i) for i in range(predicted.shape[1])])
-    return {"macro_f1": report["macro"]["f1"], "micro_f1": report["micro"]["f1"]}
+    # A dev split without positives of any label has no macro F1: nothing to stop early on, so 0.
+    return {"macro_f1": report["macro"]["f1"] or 0.0, "micro_f1": report["micro"]["f1"]}
 
 
 def build_base_model(base: str, schema: LabelSchema, *, config=None):
@@ -114,7 +115,7 @@ def build_base_model(base: str, schema: LabelSchema, *, config=None):
         for key, value in head.items():
             setattr(config, key, value)
         return AutoModelForSequenceClassification.from_config(config)
-    with quiet_transformers():
+    with library_output("transformers", "huggingface_hub"):
         return AutoModelForSequenceClassification.from_pretrained(
             resolve_base(base), trust_remote_code=False, use_safetensors=True, **head)
 
@@ -170,7 +171,7 @@ def _distillation(recipe: Recipe, schema: LabelSchema, dataset, info: dict, mode
 def load_base_tokenizer(base: str):
     from transformers import AutoTokenizer
 
-    with quiet_transformers():
+    with library_output("transformers", "huggingface_hub"):
         return AutoTokenizer.from_pretrained(resolve_base(base), trust_remote_code=False)
 
 
@@ -221,8 +222,9 @@ def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, 
         return encoded
 
     splits = {"train": train_rows if train_rows is not None else dataset["train"], "dev": dataset["dev"]}
-    encoded = DatasetDict({name: split.map(encode, batched=True, remove_columns=split.column_names, desc=None)
-                           for name, split in splits.items()})
+    with library_output("datasets", progress=progress and wants_progress(sum(map(len, splits.values())))):
+        encoded = DatasetDict({name: split.map(encode, batched=True, remove_columns=split.column_names, desc=None)
+                               for name, split in splits.items()})
     # Positive weights from the gold labels only: the teachers' probabilities are targets, not counts.
     pos_weight = positive_weights(np.array(dataset["train"]["labels"], dtype=np.float32), settings.pos_weight)
     callbacks = [EarlyStoppingCallback(settings.early_stopping_patience)] if settings.early_stopping_patience else []

@@ -20,6 +20,7 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stanceclf.data.language import warn_if_not_english
 from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
 from stanceclf.infer.results import RowSpec
 from stanceclf.infer.scoring.inputs import Fields, InputRecord, check_inputs, input_files, iter_records
@@ -230,8 +231,11 @@ class _LocalRun(ScoringRun):
     def _score_all(self, progress: bool) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=None, unit=" sent", disable=not progress, dynamic_ncols=True, desc="scoring",
-                        file=sys.stderr)
+        from stanceclf.progress import wants_progress
+
+        # A bar redrawn with carriage returns is noise in a log file: on a terminal only.
+        self.bar = tqdm(total=None, unit=" sent", disable=not (progress and wants_progress()), dynamic_ncols=True,
+                        desc="scoring", file=sys.stderr)
         try:
             self.chunks, seen = ChunkFiller(self.options.chunk_sentences), self.state.records_done
             for record in self.records():  # records already done count too: ids are unique across the run
@@ -241,6 +245,7 @@ class _LocalRun(ScoringRun):
                 if record.error is not None:
                     self._bad_record(record)
                     continue
+                warn_if_not_english(record.text, f"document {record.doc_id!r} ({record.where})")
                 sentences = self.model.split(record.text)
                 chunk = self.chunks.add((record, sentences), len(sentences))
                 if chunk is not None:
