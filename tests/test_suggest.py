@@ -83,6 +83,16 @@ def test_suggest_random_is_seeded_and_predicts_what_it_picks(corpus, make_tiny_m
     assert all(s.predictions and s.predictions[0].start == 0 for s in everything.suggestions)
 
 
+def test_suggest_disagreement_works_on_a_model_loaded_from_its_directory(corpus, tiny_model_dir):
+    """A directory's BERT runs in plain torch (no dropout layers); the committee uses its transformers twin."""
+    from stanceclf.infer.model import StanceModel
+
+    model = StanceModel.from_pretrained(tiny_model_dir)
+    summary = suggest([corpus], model, strategy="disagreement", n=3, passes=3, seed=1, text_field="body",
+                      progress=False)
+    assert len(summary.suggestions) == 3 and max(s.priority for s in summary.suggestions) > 0
+
+
 def test_suggest_disagreement_uses_dropout_on_a_copy_reproducibly(corpus, make_tiny_model):
     model = make_tiny_model()
     run = [suggest([corpus], model, strategy="disagreement", n=6, passes=4, seed=3, text_field="body",

@@ -104,12 +104,17 @@ class _Committee:
 
         import torch
 
+        from stanceclf.model.native import transformers_model
+
         if passes < 1:
             raise ScoringSetupError(f"--passes must be at least 1, got {passes}")
-        if not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.model.modules()):
+        # A directory's BERT runs in plain torch, without dropout layers: its transformers twin has them.
+        twin = transformers_model(model.model)
+        if twin is model.model:
+            twin = copy.deepcopy(twin)
+        if not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in twin.modules()):
             raise ScoringSetupError("this model has no dropout, so its passes cannot disagree; "
                                     "use --strategy uncertainty")
-        twin = copy.deepcopy(model.model)
         self.model = type(model)(twin, model.tokenizer, model.manifest, model.path)
         self.model.model.train()  # after __init__, which puts it in eval mode
         self.passes = passes
