@@ -467,3 +467,15 @@ def test_scoring_second_process_on_the_same_output_is_refused_and_the_first_comp
     assert len(keys) == len(set(keys)) == 600 * 4
     assert [k[0] for k in keys[::4]] == [r["id"] for r in records]
     assert not progress_file.exists() and not (tmp_path / "out.jsonl.lock").exists()
+
+
+def test_scoring_id_that_is_not_valid_unicode_is_a_bad_record(tmp_path, tiny_model):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a\\ud800", "text": "NATO will expand again."}\n{"id": "b", "text": "Fine."}\n',
+                      encoding="utf-8")
+    with pytest.raises(InputRecordError, match=r"id .*a\\\\ud800.*not valid Unicode"):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False)
+    summary = score_corpus([source], tmp_path / "s.jsonl", tiny_model, progress=False, on_error="skip")
+    assert summary.skipped == 1 and [r["doc_id"] for r in read_jsonl(tmp_path / "s.jsonl")] == ["b"]
+    logged = read_jsonl(tmp_path / "s.jsonl.errors.jsonl")
+    assert logged[0]["doc_id"] == "a\\ud800" and "not valid Unicode" in logged[0]["error"]

@@ -190,10 +190,19 @@ def iter_records(paths: list[Path], fmt: str = "auto", *, fields: Fields = Field
     number = 0
     for path in map(Path, paths):
         for doc_id, text, where, error in INPUT_FORMATS[input_format_of(path, fmt)].records(path, fields):
+            if unicode_problem(str(doc_id)) or unicode_problem(where):
+                # An id from bad bytes (a CSV cell, a file name) cannot be written to any output as it is.
+                doc_id, where = _escaped(str(doc_id)), _escaped(where)
+                error = error or f"the document id {doc_id!r} is not valid Unicode"
             if error is None:
                 error = text_problem(text, max_chars)
             yield InputRecord(number, doc_id, text if error is None else None, where, error)
             number += 1
+
+
+def _escaped(value: str) -> str:
+    """``value`` with unpaired surrogates written as backslash escapes, so that it can be printed and logged."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def text_problem(text, max_chars: int) -> str | None:
