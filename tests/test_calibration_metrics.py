@@ -182,3 +182,15 @@ def test_metrics_single_label_reports_the_positive_class():
     row = report["labels"]["propaganda"]
     assert (row["precision"], row["recall"], row["f1"], row["support"]) == (0.5, 0.5, 0.5, 2)
     assert report["macro"]["f1"] == 0.5 and report["micro"]["f1"] == 0.5
+
+
+def test_calibration_thresholds_cut_between_reported_scores():
+    """Two dev scores that round to the same reported score cannot be separated by a threshold."""
+    from stanceclf.model.decision import decide
+
+    probs = np.array([[0.5000004], [0.5000001], [0.2]], dtype=np.float32)
+    y = np.array([[1], [0], [0]])
+    [threshold] = fit_thresholds(probs, y)
+    decided = decide(probs, np.array([threshold]))[:, 0]
+    f1 = 2 * (decided & (y[:, 0] == 1)).sum() / (decided.sum() + y.sum())
+    assert decided[0] and f1 == pytest.approx(2 / 3)  # both 0.5 scores are labelled: the best the rule allows

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stanceclf.model.decision import probabilities
+from stanceclf.model.decision import probabilities, reported_scores
 
 
 def fit_temperatures(logits: np.ndarray, y_true: np.ndarray) -> np.ndarray:
@@ -36,8 +36,11 @@ def fit_temperatures(logits: np.ndarray, y_true: np.ndarray) -> np.ndarray:
 
 
 def fit_thresholds(probs: np.ndarray, y_true: np.ndarray, *, default: float = 0.5) -> np.ndarray:
-    """Per-label threshold maximising F1 on dev; ``default`` for labels without positives."""
-    probs = np.asarray(probs, dtype=np.float64)
+    """Per-label threshold maximising F1 on dev; ``default`` for labels without positives.
+
+    Thresholds are cut between the scores :func:`~stanceclf.model.decision.decide` compares (the reported,
+    rounded ones), so the F1 a threshold was chosen for is the F1 the decision rule gives."""
+    probs = reported_scores(probs)
     y_true = np.asarray(y_true).astype(int)
     thresholds = np.full(probs.shape[1], default)
     for j in range(probs.shape[1]):
