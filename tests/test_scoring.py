@@ -479,3 +479,28 @@ def test_scoring_id_that_is_not_valid_unicode_is_a_bad_record(tmp_path, tiny_mod
     assert summary.skipped == 1 and [r["doc_id"] for r in read_jsonl(tmp_path / "s.jsonl")] == ["b"]
     logged = read_jsonl(tmp_path / "s.jsonl.errors.jsonl")
     assert logged[0]["doc_id"] == "a\\ud800" and "not valid Unicode" in logged[0]["error"]
+
+
+def test_scoring_lock_taken_on_a_removed_lock_file_is_taken_again(tmp_path):
+    """A run that opened OUT.lock just before the previous run removed it must not lock the orphan file."""
+    import fcntl
+
+    from stanceclf.infer.scoring.state import OutputLock
+
+    path = tmp_path / "o.jsonl.lock"
+    real_flock = fcntl.flock
+    calls = []
+
+    def flock_after_the_file_goes(fd, operation):
+        if not calls:  # the first lock attempt: the previous run removes the file right before it
+            path.unlink()
+        calls.append(fd)
+        return real_flock(fd, operation)
+
+    fcntl.flock = flock_after_the_file_goes
+    try:
+        with OutputLock(path) as lock:
+            assert os.fstat(lock.handle.fileno()).st_ino == os.stat(path).st_ino
+        assert len(calls) >= 2
+    finally:
+        fcntl.flock = real_flock

@@ -100,15 +100,26 @@ class OutputLock:
     def __enter__(self) -> "OutputLock":
         import fcntl
 
-        self.handle = open(self.path, "a+")
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise ScoringSetupError("another 'stanceclf score' run is writing this output right now; wait for "
+                                        "it to finish (its progress is safe), or choose another --out",
+                                        where=str(self.path.with_suffix(""))) from None
+            if self._still_the_lock_file(handle):
+                self.handle = handle
+                return self
+            # The run that held it finished and removed the file between our open and our lock: lock anew.
+            handle.close()
+
+    def _still_the_lock_file(self, handle) -> bool:
         try:
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.handle.close()
-            raise ScoringSetupError("another 'stanceclf score' run is writing this output right now; wait for it "
-                                    "to finish (its progress is safe), or choose another --out",
-                                    where=str(self.path.with_suffix(""))) from None
-        return self
+            return os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self, *, remove: bool = False) -> None:
         """Unlock; ``remove`` (once the output is complete) also deletes the lock file while still holding it."""
