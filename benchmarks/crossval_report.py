@@ -144,13 +144,13 @@ def main() -> None:
     sections = {"kfold": kfold_section, "by-source": by_source_section, "learning-curve": learning_curve_section,
                 "thresholds": thresholds_section}
     for step in STEPS:
-        if step not in args.skip:
-            lines += sections[step](args, overrides)
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text, encoding="utf-8")
+        if step in args.skip:
+            continue
+        lines += sections[step](args, overrides)
+        if args.write:  # after every step, so that hours of finished steps are on disk if a later one fails
+            args.write.parent.mkdir(parents=True, exist_ok=True)
+            args.write.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from stanceclf.train.trainer import prepare_dataset, train
 from test_training import save_tiny_base, tiny, toy_corpus, write_recipe
 
 FEW_STEPS = ["training.max_steps=2", "training.eval_every=2"]
+SET_FEW_STEPS = [part for override in FEW_STEPS for part in ("--set", override)]
 runner = CliRunner()
 
 
@@ -64,7 +65,7 @@ def test_crossval_report_has_mean_sd_per_label_and_resume_reuses_finished_folds(
     report = cross_validate(recipe, out, folds=5, make_model=models, tokenizer=base_tokenizer, progress=False,
                             echo=messages.append)
     assert models.made == 5
-    assert any(m.startswith("fold 3/5 (fold-3): training on") for m in messages)
+    assert any(m.startswith("fold 3/5 (fold-3): ") and m.endswith(" test") for m in messages)
     records = fold_records(out)
     everything = {doc.doc_id for doc in toy_corpus()}
     tested = [d for r in records.values() for d in r["documents"]["test"]]
@@ -123,8 +124,8 @@ def sourced_corpus() -> list[AnnotatedDocument]:
             for name, doc in zip(names, toy_corpus(len(names)))]
 
 
-def write_sourced_recipe(tmp_path):
-    path = write_recipe(tmp_path)
+def write_sourced_recipe(tmp_path, base: str = "tiny-in-process"):
+    path = write_recipe(tmp_path, base=base)
     write_native(sourced_corpus(), tmp_path / "toy.jsonl")
     path.write_text(path.read_text() + '\n[evaluation]\nsources = { UA = "EN_UA_*", CC = "EN_CC_*", '
                                        'PTC = ["article*"] }\n')
@@ -132,10 +133,14 @@ def write_sourced_recipe(tmp_path):
 
 
 def test_crossval_by_source_holds_out_exactly_one_source_per_fold(tmp_path, base_tokenizer):
-    recipe = load_recipe(write_sourced_recipe(tmp_path), FEW_STEPS)
+    """Through the command line, with the recipe's own base (a local tiny model folder)."""
+    base = save_tiny_base(tmp_path / "tiny-base", base_tokenizer)
+    recipe = write_sourced_recipe(tmp_path, base=str(base))
     out = tmp_path / "by-source"
-    report = cross_validate(recipe, out, by_source=True, make_model=CountingModels(base_tokenizer),
-                            tokenizer=base_tokenizer, progress=False)
+    result = runner.invoke(app, ["cross-validate", str(recipe), "--by-source", "--out", str(out), *SET_FEW_STEPS])
+    assert result.exit_code == 0, result.output
+    assert "Mean ± sd over 3 folds" in result.output and "never tested, only trained on" in result.output
+    report = json.loads((out / "report.json").read_text())
     prefixes = {"UA": "EN_UA_", "CC": "EN_CC_", "PTC": "article"}
     assert [fold["name"] for fold in report["per_fold"]] == ["UA", "CC", "PTC"]
     for name, record in fold_records(out).items():
@@ -144,7 +149,6 @@ def test_crossval_by_source_holds_out_exactly_one_source_per_fold(tmp_path, base
         trained = set(record["documents"]["train"]) | set(record["documents"]["dev"])
         assert {"000_seed", "001_seed"} <= trained and not any(d.startswith(prefixes[name]) for d in trained)
     assert report["training_only_documents"] == ["000_seed", "001_seed"]
-    assert "never tested, only trained on" in (out / "report.md").read_text()
 
 
 def test_crossval_sources_must_be_two_and_must_not_overlap(tmp_path):
@@ -208,14 +212,8 @@ def test_learning_curve_trains_on_the_given_numbers_of_articles(tmp_path, base_t
     assert "| 3 |" in (out / "report.md").read_text()
 
 
-def test_crossval_cli_cross_validate_and_learning_curve_errors(tmp_path, base_tokenizer):
-    base = save_tiny_base(tmp_path / "tiny-base", base_tokenizer)
-    recipe = write_recipe(tmp_path, base=str(base))
-    out = tmp_path / "cv"
-    result = runner.invoke(app, ["cross-validate", str(recipe), "--folds", "2", "--out", str(out), "--set",
-                                 "training.max_steps=2", "--set", "training.eval_every=2"])
-    assert result.exit_code == 0, result.output
-    assert "Mean ± sd over 2 folds" in result.output and (out / "report.json").exists()
+def test_crossval_cli_errors_name_what_is_missing(tmp_path):
+    recipe = write_recipe(tmp_path)
     result = runner.invoke(app, ["cross-validate", str(recipe), "--by-source", "--out", str(tmp_path / "s")])
     assert result.exit_code == 1 and "[evaluation] sources" in result.output
     result = runner.invoke(app, ["learning-curve", str(recipe), "--sizes", "10,many"])

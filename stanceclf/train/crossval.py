@@ -84,6 +84,11 @@ class Pool:
                                   f"(dev fraction {dev_fraction:.2f}): too few documents for this fold")
         return train, dev
 
+    def fold_splits(self, plan: list["Fold"], dev_fraction: float, seed: int) -> list[tuple[list[str], list[str]]]:
+        """Each fold's other documents as (train, dev); all computed before the first fold trains, so that
+        a fold too small to split fails at once."""
+        return [self.split_dev(sorted(set(self.documents) - set(fold.test)), dev_fraction, seed) for fold in plan]
+
 
 @dataclass
 class Fold:
@@ -155,8 +160,8 @@ def echo_for(progress: bool) -> Callable[[str], None]:
 class FoldRunner:
     """Trains and scores folds, saving each finished one in ``work_dir`` and reusing it on a rerun.
 
-    ``make_model`` gives a fresh, untrained model per fold. ``trainings`` counts the folds trained
-    (not reused) by this runner.
+    ``make_model`` gives a fresh, untrained model per fold; ``tokenizer`` defaults to the recipe base's,
+    loaded when a fold first needs it.
     """
 
     recipe: Recipe
@@ -168,7 +173,10 @@ class FoldRunner:
     resume: bool = True
     progress: bool = True
     echo: Callable[[str], None] = field(default=lambda message: None)
-    trainings: int = 0
+
+    def __post_init__(self):
+        # Absolute: a recipe resolves a relative run_dir against its own folder, not the working directory.
+        self.work_dir = Path(self.work_dir).resolve()
 
     def signature(self, train: list[str], dev: list[str], test: list[str]) -> str:
         """What a saved fold must share with the fold to run: recipe (but paths and the evaluation and
@@ -191,12 +199,12 @@ class FoldRunner:
         from datasets import DatasetDict
 
         started = time.time()
+        self.tokenizer = self.tokenizer or load_base_tokenizer(self.recipe.base_model)
         run_dir = self.work_dir / "runs" / name
         recipe = self.recipe.model_copy(update={"run_dir": str(run_dir)})
         data = DatasetDict(train=self.pool.subset(train), dev=self.pool.subset(dev))
         model, trainer = fit_and_calibrate(recipe, data, self.schema, model=self.make_model(), tokenizer=self.tokenizer,
                                            fingerprint=key, resume=self.resume, progress=self.progress)
-        self.trainings += 1
         tested = self.pool.subset(test)
         logits, _ = model.predict_logits(list(tested["text"]))
         y_true = np.array(tested["labels"], dtype=int).reshape(len(logits), -1)
@@ -205,7 +213,7 @@ class FoldRunner:
             "name": name, "signature": key,
             "documents": {"train": sorted(train), "dev": sorted(dev), "test": sorted(test)},
             "sentences": {"train": len(data["train"]), "dev": len(data["dev"]), "test": len(tested)},
-            "temperatures": temperatures, "thresholds": list(model.threshold_vector),
+            "temperatures": temperatures, "thresholds": [float(t) for t in model.threshold_vector],
             "test_report": _evaluate_logits(logits, y_true, model.labels, temperatures, model.threshold_vector),
             "epochs_run": float(trainer.state.epoch or 0), "wall_seconds": round(time.time() - started, 1),
             "logits": logits.tolist(), "labels": y_true.tolist(),
@@ -291,7 +299,7 @@ class Setup:
         pool = Pool(dataset, info["fingerprint"])
         runner = FoldRunner(recipe, schema, pool, Path(work_dir),
                             make_model or (lambda: seeded_base_model(recipe, schema)),
-                            tokenizer or load_base_tokenizer(recipe.base_model), resume, progress,
+                            tokenizer, resume, progress,
                             echo or echo_for(progress))
         return cls(recipe, schema, pool, info, runner)
 
@@ -315,12 +323,11 @@ def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = N
     else:
         plan = kfold_plan(pool, folds or recipe.evaluation.folds, recipe.seed)
     dev_fraction = default_dev_fraction(recipe, setup.info)
+    splits = pool.fold_splits(plan, dev_fraction, recipe.seed)
     records = []
-    for number, fold in enumerate(plan, 1):
-        rest = sorted(set(pool.documents) - set(fold.test))
-        train, dev = pool.split_dev(rest, dev_fraction, recipe.seed)
-        runner.echo(f"fold {number}/{len(plan)} ({fold.name}): training on {len(train)} documents, "
-                    f"dev {len(dev)}, test {len(fold.test)}")
+    for number, (fold, (train, dev)) in enumerate(zip(plan, splits), 1):
+        runner.echo(f"fold {number}/{len(plan)} ({fold.name}): {len(train)} training documents, "
+                    f"{len(dev)} dev, {len(fold.test)} test")
         record = runner.run(fold.name, train, dev, fold.test)
         runner.echo(f"fold {number}/{len(plan)} ({fold.name}): test macro F1 "
                     f"{record['test_report']['macro']['f1']:.3f}")
@@ -429,8 +436,8 @@ def recipe_calibration(recipe: Recipe, dataset, schema: LabelSchema, *, model, t
     plan = kfold_plan(pool, settings.folds, recipe.seed, documents=train_docs)
     records = []
     for number, fold in enumerate(plan, 1):
-        runner.echo(f"out-of-fold calibration, fold {number}/{len(plan)}: training on "
-                    f"{len(train_docs) - len(fold.test)} documents, predicting {len(fold.test)}")
+        runner.echo(f"out-of-fold calibration, fold {number}/{len(plan)}: "
+                    f"{len(train_docs) - len(fold.test)} training documents, {len(fold.test)} held out")
         records.append(runner.run(fold.name, sorted(set(train_docs) - set(fold.test)), dev_docs, fold.test))
     labels = schema.label_names
     logits = np.concatenate([np.asarray(r["logits"]).reshape(-1, len(labels)) for r in records])

@@ -33,7 +33,7 @@ def learning_curve(recipe: Recipe, sizes: list[int], out_dir: str | Path, *, fol
     pool, runner = setup.pool, setup.runner
     plan = kfold_plan(pool, folds or recipe.evaluation.folds, recipe.seed)
     dev_fraction = default_dev_fraction(recipe, setup.info)
-    splits = [pool.split_dev(sorted(set(pool.documents) - set(fold.test)), dev_fraction, recipe.seed) for fold in plan]
+    splits = pool.fold_splits(plan, dev_fraction, recipe.seed)
     available = min(len(train) for train, _ in splits)
     if sizes[-1] > available:
         raise EvaluationError(f"size {sizes[-1]} is more than the {available} training articles the smallest fold "
