@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stanceclf.model.metrics import format_metric  # noqa: E402
 from stanceclf.train.crossval import format_mean_sd, mean_sd_table  # noqa: E402
 
 STEPS = ("kfold", "by-source", "learning-curve", "thresholds")
@@ -60,8 +61,9 @@ def kfold_section(args, overrides: list[str]) -> list[str]:
             f"({wall / 60:.0f} min). {report['documents']} documents, {report['sentences']} sentences; dev fraction "
             f"{report['dev_fraction']:.2f} of each fold's other documents.", "",
             "Mean ± sd over folds (sample sd):", "", *mean_sd_table(report["mean_sd"], report["labels"]), "",
-            f"Pooled out-of-fold: macro F1 **{pooled['macro']['f1']:.3f}**, micro F1 {pooled['micro']['f1']:.3f}, "
-            "F1 per label " + ", ".join(f"{label} {row['f1']:.3f}" for label, row in pooled["labels"].items())
+            f"Pooled out-of-fold: macro F1 **{format_metric(pooled['macro']['f1'])}**, micro F1 "
+            f"{format_metric(pooled['micro']['f1'])}, F1 per label "
+            + ", ".join(f"{label} {format_metric(row['f1'])}" for label, row in pooled["labels"].items())
             + f"; ECE {pooled['ece']:.4f}.", ""]
 
 
@@ -80,8 +82,8 @@ def by_source_section(args, overrides: list[str]) -> list[str]:
     for fold in report["per_fold"]:
         test = fold["test_report"]
         lines.append(f"| {fold['name']} | {fold['documents']['train'] + fold['documents']['dev']} | "
-                     f"{fold['documents']['test']} | {fold['sentences']['test']} | **{test['macro']['f1']:.3f}** | "
-                     + " | ".join(f"{test['labels'][label]['f1']:.3f}" for label in labels) + " |")
+                     f"{fold['documents']['test']} | {fold['sentences']['test']} | **{format_metric(test['macro']['f1'])}** | "
+                     + " | ".join(format_metric(test["labels"][label]["f1"]) for label in labels) + " |")
     return lines + [""]
 
 
@@ -116,7 +118,8 @@ def thresholds_section(args, overrides: list[str]) -> list[str]:
         manifest = json.loads((model / "stanceclf.json").read_text(encoding="utf-8"))
         test = manifest["metrics"]["test"]
         thresholds = ", ".join(f"{label} {value:.3f}" for label, value in manifest["thresholds"].items())
-        lines.append(f"| {method} | `{command}` | **{test['macro']['f1']:.3f}** | {test['micro']['f1']:.3f} | "
+        lines.append(f"| {method} | `{command}` | **{format_metric(test['macro']['f1'])}** | "
+                     f"{format_metric(test['micro']['f1'])} | "
                      f"{test['ece_after_calibration']:.4f} | {thresholds} |")
     return lines + [""]
 

@@ -173,7 +173,8 @@ def main() -> None:
     fast = {backend: run_child("classify", args.model, str(sentences_file), fast=backend) for backend in ("bf16", "onnx")}
     import numpy as np
 
-    from stanceclf.infer.backends import resolve_backend
+    from stanceclf.infer.backends import AUTO, resolve_backend
+    from stanceclf.infer.predict import load
     from stanceclf.model.manifest import ModelManifest
 
     manifest = ModelManifest.read(Path(args.model))
@@ -198,7 +199,8 @@ def main() -> None:
         return count / seconds
 
     base = rate(pipe["seconds"])
-    auto = resolve_backend("auto")
+    auto = load(args.model, fast=True).backend  # what the calibration chose on this machine
+    scaling_backend = auto if resolve_backend(args.scaling_backend) == AUTO else args.scaling_backend
     described = {"bf16": "bfloat16 matrix products", "onnx": "ONNX Runtime, fused attention"}
     lines = ["# Inference throughput and memory", "",
              f"Command: `python benchmarks/inference.py --model {args.model}"
@@ -206,7 +208,8 @@ def main() -> None:
              + (f" --write {args.write}`" if args.write else "`"),
              f"Date {datetime.date.today()}, {platform.machine()} ({cpu_model()}), "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {__import__('torch').__version__}, "
-             f"transformers {__import__('transformers').__version__}. `fast=True` on this CPU means `{auto}`. "
+             f"transformers {__import__('transformers').__version__}. "
+             f"`fast=True` on this machine chose `{auto}` by measuring. "
              "One run each; this machine varies by up to 40% from run to run.",
              f"Input: {n} sentences from the 200 SemEval-2025 articles and the 57 PTC dev articles "
              f"(mean {fp32['tokens'] / n:.1f} tokens; padding overhead with length-sorted batches "
@@ -234,7 +237,7 @@ def main() -> None:
     for backend, (gap, flips) in gaps.items():
         lines.append(f"- `{backend}`: largest score difference {gap:.4f}; label decisions changed: {flips} "
                      f"of {n * len(threshold_row)}.")
-    lines += ["", f"## Scaling of `stanceclf score` (backend {resolve_backend(args.scaling_backend)})", "",
+    lines += ["", f"## Scaling of `stanceclf score` (backend {scaling_backend})", "",
               "| sentences | seconds | sentences/s | peak RSS MB |", "|---:|---:|---:|---:|"]
     for row in scaling:
         lines.append(f"| {row['sentences']:,} | {row['seconds']:.0f} | {rate(row['seconds'], row['sentences']):.1f} | "

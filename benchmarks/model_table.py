@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stanceclf.model.manifest import ModelManifest  # noqa: E402
+from stanceclf.model.metrics import format_metric  # noqa: E402
 
 
 def main() -> None:
@@ -43,18 +44,19 @@ def main() -> None:
         training = manifest.training
         settings = training.get("recipe", {}).get("training", {})
         size = (directory / "model.safetensors").stat().st_size / 1e6
-        auc = report["macro"].get("pr_auc")
+        fmt = format_metric  # "-" for a metric left undefined (a label without positives in the split)
         precision = settings.get("precision", "float32")
         method = f"{settings.get('method')}{'' if precision == 'float32' else ', ' + precision} " \
                  f"(lr {settings.get('learning_rate')})"
-        dev = f"{manifest.metrics['dev']['macro']['f1']:.3f} | " if args.dev else ""
+        dev = f"{fmt(manifest.metrics['dev']['macro']['f1'])} | " if args.dev else ""
         lines.append(f"| `{directory}` | {method} | "
-                     f"{training.get('epochs_run')} | {dev}**{report['macro']['f1']:.3f}** | {report['micro']['f1']:.3f} | "
-                     f"{'-' if auc is None else f'{auc:.3f}'} | {training.get('wall_seconds')} | "
+                     f"{training.get('epochs_run')} | {dev}**{fmt(report['macro']['f1'])}** | "
+                     f"{fmt(report['micro']['f1'])} | {fmt(report['macro'].get('pr_auc'))} | "
+                     f"{training.get('wall_seconds')} | "
                      f"{training.get('peak_rss_mb')} | {size:.1f} |")
         for label, row in report["labels"].items():
-            per_label.append(f"| `{directory.name}` | {label} | {row['precision']:.3f} | {row['recall']:.3f} | "
-                             f"**{row['f1']:.3f}** | {row['support']} |")
+            per_label.append(f"| `{directory.name}` | {label} | {fmt(row['precision'])} | {fmt(row['recall'])} | "
+                             f"**{fmt(row['f1'])}** | {row['support']} |")
     if args.per_label:
         lines += ["", f"Per label ({args.split} split):", "", "| model | label | precision | recall | F1 | support |",
                   "|---|---|---:|---:|---:|---:|", *per_label]

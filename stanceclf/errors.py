@@ -95,6 +95,13 @@ class ScoringSetupError(StanceclfError):
     code = "E031"
 
 
+class RayEngineError(StanceclfError):
+    """The Ray scoring engine cannot run: Ray is not installed, the cluster cannot be reached, or the
+    cluster returned rows that do not add up."""
+
+    code = "E032"
+
+
 class EvaluationError(StanceclfError):
     """An evaluation would be meaningless: an empty split, or documents the model was trained on."""
 
@@ -125,6 +132,10 @@ class ServerBusyError(StanceclfError):
     code = "E053"
 
 
+class LanguageWarning(UserWarning):
+    """Input that does not look like English, the language the models were trained on."""
+
+
 def describe_validation_error(exc) -> str:
     """A pydantic ``ValidationError`` as one line naming each bad field."""
     parts = []
@@ -132,6 +143,32 @@ def describe_validation_error(exc) -> str:
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         parts.append(f"field '{field}': {err['msg']}")
     return "; ".join(parts)
+
+
+def describe_json_error(exc) -> str:
+    """A ``json.JSONDecodeError`` in full: its ``msg`` alone ends mid-sentence ("Invalid control character at")."""
+    return f"{exc.msg.removesuffix(' at')} at line {exc.lineno}, column {exc.colno}"
+
+
+def load_json_object(path: str | Path, error: type[StanceclfError], what: str) -> dict:
+    """Read a JSON object from a file, turning a missing file, bad bytes, bad syntax or another JSON
+    type into ``error`` naming the file (and the line and column of a syntax error)."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} file not found", where=str(path)) from None
+    except OSError as exc:
+        raise error(f"{what} file cannot be read: {exc.strerror}", where=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} file is not valid UTF-8 (byte {exc.start})", where=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} file is not valid JSON: {describe_json_error(exc)}", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise error(f"{what} file must be a JSON object, not {type(data).__name__}", where=str(path))
+    return data
 
 
 def load_toml(path: str | Path, error: type[StanceclfError], what: str) -> dict:

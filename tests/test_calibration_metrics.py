@@ -134,11 +134,14 @@ def test_metrics_multilabel_report_hand_computed():
     assert b == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "predicted": 2,
                                # ranking 0.8(+) 0.7(-) 0.3(+) 0.2(-): AP = 0.5 * 1 + 0.5 * 2/3
                                "pr_auc": 0.5 + 1 / 3})
-    assert c == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "predicted": 1, "pr_auc": None}
+    # c has no positives: recall and F1 are undefined, not 0; its one prediction is wrong (precision 0).
+    assert c == {"precision": 0.0, "recall": None, "f1": None, "support": 0, "predicted": 1, "pr_auc": None}
     # micro: tp 2, fp 2, fn 2.
     assert report["micro"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
-    assert report["macro"] == pytest.approx({"precision": 0.5, "recall": 1 / 3, "f1": (2 / 3 + 0.5) / 3,
-                                             "pr_auc": 0.5 + 1 / 3})  # PR-AUC over labels with positives
+    # macro: over a and b, the labels with positives (c's undefined F1 would otherwise count as 0).
+    assert report["macro"] == pytest.approx({"precision": 0.75, "recall": 0.5, "f1": (2 / 3 + 0.5) / 2,
+                                             "pr_auc": 0.5 + 1 / 3})
+    assert report["macro_left_out"] == ["c"]
     assert report["examples"] == 4
 
 
@@ -151,6 +154,21 @@ def test_metrics_multilabel_report_without_scores_and_formatted():
     assert table.splitlines()[0] == "**dev**"
     assert "| x | 1.000 | 1.000 | 1.000 | 1 |" in table
     assert "PR-AUC" not in table
+
+
+def test_metrics_labels_without_positives_are_undefined_and_named_in_the_table():
+    y_true = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0]])
+    y_pred = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0]])
+    report = multilabel_report(y_true, y_pred, ["seen", "never", "unpredicted"])
+    assert report["labels"]["never"] == {"precision": None, "recall": None, "f1": None, "support": 0, "predicted": 0}
+    assert report["macro"]["f1"] == 1.0, "a perfect model on the labels that occur is not averaged down to 0.333"
+    assert report["macro_left_out"] == ["never", "unpredicted"]
+    table = format_report(report)
+    assert "| never | - | - | - | 0 |" in table and "| *macro* | 1.000 | 1.000 | 1.000 | |" in table
+    assert "No positives in this split for never, unpredicted" in table and "leave these labels out" in table
+    none = multilabel_report(np.zeros((2, 2), dtype=int), np.zeros((2, 2), dtype=int), ["x", "y"])
+    assert none["macro"] == {"precision": None, "recall": None, "f1": None}
+    assert "| *macro* | - | - | - | |" in format_report(none)
 
 
 def test_metrics_single_label_reports_the_positive_class():

@@ -61,10 +61,10 @@ def test_cli_evaluate_refuses_documents_the_model_was_trained_on(tmp_path, tiny_
     assert "2 document(s) of this split were in the model's training split" in result.output
 
 
-def test_cli_export_gives_a_pipeline_loadable_directory(tmp_path, tiny_model_dir):
+def test_cli_export_gives_a_pipeline_loadable_directory(tmp_path, tiny_arch_model_dir):
     from transformers import pipeline
 
-    result = runner.invoke(app, ["export", str(tiny_model_dir), str(tmp_path / "plain")])
+    result = runner.invoke(app, ["export", str(tiny_arch_model_dir), str(tmp_path / "plain")])
     assert result.exit_code == 0, result.output
     classifier = pipeline("text-classification", model=str(tmp_path / "plain"), top_k=None)
     out = classifier(["War is coming."])
@@ -145,6 +145,77 @@ def test_cli_train_bad_recipe_exits_with_named_field(tmp_path):
     assert "[E010]" in result.output and "training.epochs" in result.output
 
 
+LONG_SENTENCE = ("The alliance will deploy " + "several more battalions along the eastern border " * 4
+                 + "before the summit opens.")
+
+
+def test_cli_classify_writes_plain_tab_separated_text_when_not_a_terminal(tmp_path, make_tiny_model):
+    model_dir = make_tiny_model(thresholds={"prediction": 0.0, "threat_framing": 0.0, "policy_attribution": 2.0}
+                                ).save_pretrained(tmp_path / "m")
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT + "\n" + LONG_SENTENCE, encoding="utf-8")
+    result = runner.invoke(app, ["classify", str(doc), "--model", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" not in result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "# thresholds: prediction=0.0 threat_framing=0.0 policy_attribution=2.0"
+    header, rows = lines[1].split("\t"), [line.split("\t") for line in lines[2:]]
+    assert header == ["file", "sentence", "labels", "prediction", "threat_framing", "policy_attribution", "text"]
+    assert len(rows) == 4 and all(len(row) == len(header) for row in rows)
+    assert {row[2] for row in rows} == {"prediction,threat_framing"}
+    assert all(0.0 <= float(score) <= 1.0 for row in rows for score in row[3:6])
+    assert rows[-1][-1] == LONG_SENTENCE, "the whole text, not cut at 110 characters"
+
+
+def test_cli_classify_table_on_a_terminal_marks_labels_and_shows_thresholds():
+    import io
+    import re
+
+    from rich.console import Console
+
+    from stanceclf.cli.render import MAX_TEXT_CHARS, PASS_MARK, render_classified
+    from stanceclf.infer.results import Prediction
+
+    labels = ["prediction", "threat_framing", "policy_attribution"]
+    thresholds = {"prediction": 0.5, "threat_framing": 0.64, "policy_attribution": 0.39}
+    long_text = "word " * 200
+    predictions = [
+        Prediction("All three.", 0, 10, labels, {"prediction": 0.9, "threat_framing": 0.8, "policy_attribution": 0.7}),
+        Prediction("None.", 11, 16, [], {"prediction": 0.1, "threat_framing": 0.2, "policy_attribution": 0.3}),
+        Prediction(long_text, 17, 17 + len(long_text), ["policy_attribution"],
+                   {"prediction": 0.2, "threat_framing": 0.639, "policy_attribution": 0.39})]
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=130, color_system=None)
+    render_classified(console, [("doc.txt", predictions)], labels, thresholds)
+    out = buffer.getvalue()
+    for label in labels:
+        assert label in out, "full label names, not 'predic='"
+    assert "≥ 0.500" in out and "≥ 0.640" in out and "≥ 0.390" in out
+    assert out.count(PASS_MARK) == 4 + 1  # three labels, one label, and the legend
+    assert "None." not in out, "sentences without labels are left out unless --all"
+    assert "…" in out and "word " * (MAX_TEXT_CHARS // 5) not in out
+    # Scores line up: each label's scores end in the same column on every row.
+    rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+0\.\d{3}", line)]
+    ends = [[m.end() for m in re.finditer(r"0\.\d{3}", row)] for row in rows]
+    assert len(rows) == 2 and ends[0] == ends[1]
+
+
+def test_cli_build_dataset_and_export_print_no_library_progress_bars(tmp_path, tiny_model_dir):
+    from pathlib import Path
+
+    import datasets.utils
+
+    fixture = Path(__file__).parent / "fixtures" / "annotations" / "native" / "docs.jsonl"
+    built = runner.invoke(app, ["build-dataset", str(fixture), "--out", str(tmp_path / "data"),
+                                "--export", "jsonl,parquet"])
+    exported = runner.invoke(app, ["export", str(tiny_model_dir), str(tmp_path / "plain")])
+    assert built.exit_code == 0 and exported.exit_code == 0, built.output + exported.output
+    for output in (built.output, exported.output):
+        assert "%|" not in output and "it/s" not in output and "examples/s" not in output, output
+    assert "Writing model shards" not in exported.output and "Saving the dataset" not in built.output
+    assert not datasets.utils.are_progress_bars_disabled(), "the library's own setting is restored afterwards"
+
+
 def test_cli_build_dataset_from_a_recipe_reproduces_the_training_split(tmp_path):
     """build-dataset --recipe builds exactly the dataset the trainer builds from the same recipe."""
     from stanceclf.data.dataset import load_built_dataset
@@ -204,3 +275,83 @@ def test_cli_evaluate_writes_to_the_working_directory_by_default(tmp_path, tiny_
     assert result.exit_code == 0, result.output
     assert (work / "eval-tiny-model-test" / "report.json").exists()
     assert not list(tiny_model_dir.glob("eval-*"))
+
+
+def test_cli_evaluate_leaves_labels_without_positives_out_of_the_macro_average(tmp_path, tiny_model_dir):
+    data = small_dataset(tmp_path)  # no policy_attribution spans at all
+    result = runner.invoke(app, ["evaluate", str(tiny_model_dir), str(data), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    row = report["labels"]["policy_attribution"]
+    assert row["support"] == 0 and row["f1"] is None and row["recall"] is None
+    assert report["macro_left_out"] == ["policy_attribution"]
+    others = [report["labels"][label]["f1"] for label in ("prediction", "threat_framing")]
+    assert report["macro"]["f1"] == sum(others) / 2
+    assert "| policy_attribution | " in result.output and "No positives in this split for policy_attribution" \
+        in result.output
+    assert "No positives in this split for policy_attribution" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_cli_score_runs_that_score_nothing_or_repeat_ids_exit_non_zero(tmp_path, tiny_model_dir):
+    def score(*args):
+        return runner.invoke(app, ["score", *map(str, args), "--model", str(tiny_model_dir), "--no-progress"])
+
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "A.TXT").write_text(TEXT, encoding="utf-8")
+    (upper / "b.text").write_text(TEXT, encoding="utf-8")
+    result = score(upper, "--out", tmp_path / "a.jsonl")
+    assert result.exit_code == 0 and "scored 2 documents, 6 sentences" in result.output, result.output
+    (tmp_path / "w.csv").write_text("id,body\n1,NATO will expand.\n2,Moscow warned.\n", encoding="utf-8")
+    result = score(tmp_path / "w.csv", "--out", tmp_path / "b.jsonl", "--on-error", "skip")
+    assert result.exit_code == 1 and "[E030]" in result.output and "nothing was scored" in result.output
+    assert not (tmp_path / "b.jsonl").exists()
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "x", "text": TEXT}) + "\n"
+                                      + json.dumps({"id": "x", "text": "Other."}) + "\n", encoding="utf-8")
+    result = score(tmp_path / "d.jsonl", "--out", tmp_path / "c.jsonl")
+    assert result.exit_code == 1 and "duplicate document id 'x'" in result.output
+
+
+def test_cli_score_following_the_max_chars_advice_resumes(tmp_path, tiny_model_dir):
+    records = [{"id": f"d{i}", "text": TEXT} for i in range(3)] + [{"id": "long", "text": TEXT * 4}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    command = ["score", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "o.jsonl"), "--model",
+               str(tiny_model_dir), "--no-progress"]
+    result = runner.invoke(app, [*command, "--max-chars", str(len(TEXT))])
+    assert result.exit_code == 1 and "raise --max-chars" in result.output
+    result = runner.invoke(app, [*command, "--max-chars", str(10 * len(TEXT))])
+    assert result.exit_code == 0, result.output
+    assert "resuming after 3 records" in result.output and "scored 4 documents" in result.output
+
+
+def test_cli_classify_long_input_on_a_terminal_shows_progress_and_the_same_results(tmp_path, tiny_model_dir):
+    import io
+
+    from rich.console import Console
+
+    from stanceclf.cli.infer_verbs import LONG_INPUT_CHARS, _classify_with_progress
+    from stanceclf.infer.model import StanceModel
+    from stanceclf.progress import wants_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert wants_progress(LONG_INPUT_CHARS, long_work=LONG_INPUT_CHARS, stream=Terminal())
+    assert not wants_progress(LONG_INPUT_CHARS - 1, long_work=LONG_INPUT_CHARS, stream=Terminal())
+    assert not wants_progress(LONG_INPUT_CHARS, long_work=LONG_INPUT_CHARS, stream=io.StringIO())
+    model = StanceModel.from_pretrained(tiny_model_dir)
+    texts = [TEXT, "One more document. It is short."]
+    screen = io.StringIO()
+    shown = _classify_with_progress(model, texts, Console(file=screen, force_terminal=True, width=80))
+    assert "classifying" in screen.getvalue()
+    assert [[(p.start, p.labels, p.scores) for p in doc] for doc in shown] == \
+        [[(p.start, p.labels, p.scores) for p in doc] for doc in model.classify(texts)]
+
+
+def test_cli_score_draws_no_progress_bar_into_a_log(tmp_path, tiny_model_dir):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "text": TEXT}) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["score", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                                 "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "sent/s" not in result.output and "\r" not in result.output, result.output

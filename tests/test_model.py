@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stanceclf.errors import ModelDirectoryError
+from stanceclf.model.directory import load_model_directory
 from stanceclf.model.manifest import MANIFEST_NAME, ModelManifest
 from stanceclf.infer.model import StanceModel
 from stanceclf.model.decision import probabilities
@@ -27,9 +28,10 @@ def test_model_save_load_round_trip_keeps_thresholds_and_temperatures(tmp_path, 
     np.testing.assert_allclose(original, again, atol=1e-6)
 
 
-def test_model_directory_loads_with_transformers_pipeline(tiny_model_dir):
+def test_model_directory_loads_with_transformers_pipeline(tiny_arch_model_dir):
     from transformers import pipeline
 
+    tiny_model_dir = tiny_arch_model_dir
     classifier = pipeline("text-classification", model=str(tiny_model_dir), top_k=None)
     scores = classifier("NATO will expand.")
     names = {item["label"] for item in (scores[0] if isinstance(scores[0], list) else scores)}
@@ -77,8 +79,9 @@ def test_model_refuses_manifest_with_bad_values(tiny_model_dir, change, message)
     assert str(tiny_model_dir) in str(excinfo.value)
 
 
-@pytest.mark.parametrize("content, message", [(b"[1, 2]", "must be a JSON object"),
-                                              (b"\xff\xfe{}", "not valid UTF-8 JSON")])
+@pytest.mark.parametrize("content, message", [
+    (b"[1, 2]", "must be a JSON object"), (b"\xff\xfe{}", "not valid UTF-8"),
+    (b'{"format": "stanceclf-mo', "not valid JSON: Unterminated string starting at line 1, column 12")])
 def test_model_refuses_unreadable_manifest(tiny_model_dir, content, message):
     (tiny_model_dir / MANIFEST_NAME).write_bytes(content)
     with pytest.raises(ModelDirectoryError, match=message):
@@ -135,6 +138,16 @@ def test_model_length_sorted_batches_match_one_at_a_time(make_tiny_model):
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_model_one_long_sentence_does_not_pad_a_whole_batch(make_tiny_model):
+    model = make_tiny_model(max_length=64)
+    texts = ["Short one."] * 40 + ["word " * 200]
+    logits, _ = model.predict_logits(texts, batch_size=64)
+    short_width = len(model.tokenize(["Short one."])[0][0])
+    assert model.stats.padded_tokens == 40 * short_width + 64, "the long sentence is a batch of its own"
+    single = np.vstack([model.predict_logits([t], batch_size=1)[0] for t in texts[-2:]])
+    np.testing.assert_allclose(logits[-2:], single, atol=1e-5)
+
+
 def test_model_probabilities_apply_temperature():
     logits = np.array([[2.0, -2.0]])
     plain = probabilities(logits, np.array([1.0, 1.0]))
@@ -145,8 +158,8 @@ def test_model_probabilities_apply_temperature():
 
 
 @pytest.mark.parametrize("backend", ["bf16", "onnx"])
-def test_model_fast_path_within_tolerance_of_fp32(make_tiny_model, backend):
-    model = make_tiny_model(seed=3)
+def test_model_fast_path_within_tolerance_of_fp32(make_tiny_model, backend, architecture):
+    model = make_tiny_model(seed=3, architecture=architecture)
     texts = ["The US will deploy missiles in Asia.", "China warned of an arms race.",
              "Putin met Xi in Moscow on Monday.", "Prices rose again.", "a " * 60] * 4
     fp32, _ = model.predict_proba(texts)
@@ -173,17 +186,201 @@ def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles(back
     assert np.abs(fp32 - scores).max() <= 0.02
 
 
-def test_model_fast_backend_resolution(monkeypatch):
-    from stanceclf.infer import backends as fast_path
+def test_model_fast_backend_resolution():
     from stanceclf.errors import BackendError
+    from stanceclf.infer import backends as fast_path
 
-    monkeypatch.setattr(fast_path, "native_bf16_supported", lambda: True)
-    assert fast_path.resolve_backend(True) == "bf16"
-    monkeypatch.setattr(fast_path, "native_bf16_supported", lambda: False)
-    assert fast_path.resolve_backend("auto") == "onnx"
-    monkeypatch.setattr(fast_path, "onnxruntime_installed", lambda: False)
-    assert fast_path.resolve_backend(True) == "torch"
+    assert fast_path.resolve_backend(True) == fast_path.resolve_backend("auto") == "auto"
     assert fast_path.resolve_backend(False) == "torch"
     assert fast_path.resolve_backend("bf16") == "bf16"
     with pytest.raises(BackendError, match="E022.*'int4'"):
         fast_path.resolve_backend("int4")
+
+
+# ---- a model directory must be complete and self-consistent, and every file readable -------------------------
+REQUIRED = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_model_refuses_incomplete_directory_naming_the_missing_file(tiny_model_dir, name):
+    (tiny_model_dir / name).unlink()
+    for runtime in ("auto", "transformers"):
+        with pytest.raises(ModelDirectoryError, match=rf"\[E020\].*missing {name}"):
+            load_model_directory(tiny_model_dir, runtime=runtime)
+
+
+def test_model_without_tokenizer_json_is_refused_not_scored_with_a_fallback_vocabulary(tiny_model_dir, tmp_path):
+    """The issue's repro: transformers fell back to a 5-token vocabulary and `score` wrote rows of [UNK]."""
+    from typer.testing import CliRunner
+
+    from stanceclf.cli import app
+
+    (tiny_model_dir / "tokenizer.json").unlink()
+    (tmp_path / "doc.txt").write_text("NATO will expand again.", encoding="utf-8")
+    result = CliRunner().invoke(app, ["score", str(tmp_path / "doc.txt"), "--out", str(tmp_path / "x.jsonl"),
+                                      "--model", str(tiny_model_dir), "--no-progress"])
+    assert result.exit_code == 1 and "[E020]" in result.output and "tokenizer.json" in result.output
+    assert not list(tmp_path.glob("x.jsonl*"))
+
+
+def test_model_refuses_a_tokenizer_of_another_model(tiny_model_dir):
+    from tokenizers import Tokenizer, models
+
+    small = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4},
+                                       unk_token="[UNK]"))
+    small.save(str(tiny_model_dir / "tokenizer.json"))
+    with pytest.raises(ModelDirectoryError, match=r"tokenizer has 5 tokens but the embedding matrix .* has "
+                                                  r"\d+ rows: tokenizer.json belongs to another model"):
+        load_model_directory(tiny_model_dir)
+
+
+def test_model_refuses_config_whose_vocabulary_is_not_the_embedding_matrix(tiny_model_dir):
+    path = tiny_model_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["vocab_size"] += 1000
+    path.write_text(json.dumps(config))
+    with pytest.raises(ModelDirectoryError, match=rf"vocab_size {config['vocab_size']}, but the embedding matrix"):
+        load_model_directory(tiny_model_dir)
+
+
+def test_model_refuses_labels_the_head_does_not_have(tiny_model_dir):
+    manifest_path, config_path = tiny_model_dir / MANIFEST_NAME, tiny_model_dir / "config.json"
+    manifest, config = json.loads(manifest_path.read_text()), json.loads(config_path.read_text())
+    manifest["label_schema"]["labels"].append({"name": "irony", "definition": "Says the opposite of what it means."})
+    manifest["thresholds"]["irony"], manifest["temperatures"]["irony"] = 0.5, 1.0
+    config["id2label"]["3"], config["label2id"]["irony"] = "irony", 3
+    manifest_path.write_text(json.dumps(manifest))
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelDirectoryError, match=r"classification head classifier.weight has 3 outputs, but the "
+                                                  r"manifest has 4 labels"):
+        load_model_directory(tiny_model_dir)
+
+
+def _damage(path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:  # garbage: bytes that are neither UTF-8 nor any file format
+        path.write_bytes(bytes(range(128, 256)) * 40)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+@pytest.mark.parametrize("name", [*REQUIRED, MANIFEST_NAME])
+def test_model_refuses_damaged_files_with_a_coded_error_naming_the_file(tiny_model_dir, name, how):
+    _damage(tiny_model_dir / name, how)
+    with pytest.raises(ModelDirectoryError) as excinfo:
+        load_model_directory(tiny_model_dir)
+    message = str(excinfo.value)
+    assert message.startswith("[E020]") and str(tiny_model_dir / name) in message, message
+
+
+def test_model_refuses_weights_holding_nan(tiny_model_dir):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(tiny_model_dir / "model.safetensors")
+    tensors["classifier.weight"][0, 0] = float("nan")
+    save_file(tensors, tiny_model_dir / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelDirectoryError, match=r"NaN or infinite values .*classifier.weight"):
+        load_model_directory(tiny_model_dir)
+
+
+def test_model_damaged_weights_through_the_cli_give_a_coded_error_not_a_traceback(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from stanceclf.cli import app
+
+    _damage(tiny_model_dir / "model.safetensors", "truncated")
+    (tmp_path / "doc.txt").write_text("NATO will expand again.", encoding="utf-8")
+    for verb in (["classify", str(tmp_path / "doc.txt")],
+                 ["score", str(tmp_path / "doc.txt"), "--out", str(tmp_path / "x.jsonl")]):
+        result = CliRunner().invoke(app, [*verb, "--model", str(tiny_model_dir)])
+        assert result.exit_code == 1, result.output
+        assert "[E020]" in result.output and "model.safetensors" in result.output and "truncated" in result.output
+        assert isinstance(result.exception, SystemExit), "a coded exit, not an uncaught exception"
+
+
+# ---- the plain-torch runtime computes what transformers computes ----------------------------------------------
+TRICKY = ["NATO will expand again.", "Café naïve — “quotes” 中文 😀 Ελληνικά русский", "a " * 400, "x",
+          "Hello\tworld\u00a0nbsp\u200bzero-width", "UPPER case AND ünïcödé"]
+
+
+def test_model_native_runtime_matches_transformers(tiny_model_dir):
+    native = StanceModel(*_parts(load_model_directory(tiny_model_dir)), tiny_model_dir)
+    reference = StanceModel(*_parts(load_model_directory(tiny_model_dir, runtime="transformers")), tiny_model_dir)
+    assert type(native.model).__name__ == "BertClassifier" and type(native.tokenizer).__name__ == "JsonTokenizer"
+    assert type(reference.model).__name__ == "BertForSequenceClassification"
+    assert native.tokenize(TRICKY) == reference.tokenize(TRICKY)
+    np.testing.assert_allclose(native.predict_logits(TRICKY)[0], reference.predict_logits(TRICKY)[0], atol=1e-5)
+
+
+def test_model_native_runtime_of_shipped_model_matches_transformers_on_seed_articles():
+    from pathlib import Path
+
+    from stanceclf.infer.predict import default_model_path
+
+    path = default_model_path()
+    native = StanceModel(*_parts(load_model_directory(path)), path)
+    reference = StanceModel(*_parts(load_model_directory(path, runtime="transformers")), path)
+    seeds = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))
+    texts = [s.text for seed in seeds for s in native.split(seed.read_text(encoding="utf-8"))] + TRICKY
+    assert native.tokenize(texts) == reference.tokenize(texts)
+    np.testing.assert_allclose(native.predict_logits(texts)[0], reference.predict_logits(texts)[0], atol=1e-4)
+
+
+def test_model_native_runtime_saves_a_directory_that_loads_back_and_in_transformers(tiny_model_dir, tmp_path):
+    from transformers import pipeline
+
+    loaded = StanceModel.from_pretrained(tiny_model_dir)
+    again = StanceModel.from_pretrained(loaded.save_pretrained(tmp_path / "again", storage_dtype="float16"))
+    np.testing.assert_allclose(loaded.predict_proba(TRICKY)[0], again.predict_proba(TRICKY)[0], atol=2e-3)
+    assert type(loaded.model).__name__ == "BertClassifier"
+    out = pipeline("text-classification", model=str(tmp_path / "again"), top_k=None)(["War is coming."])
+    assert {item["label"] for item in out[0]} == set(loaded.labels)
+
+
+def test_model_prediction_does_not_import_transformers(tiny_model_dir):
+    """transformers' import alone cost 1.7 s of a 5 s cold start."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stanceclf, stanceclf.cli; heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            f"r = stanceclf.classify('NATO will expand again.', model={str(tiny_model_dir)!r}); "
+            "print(heavy, len(r), 'transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "1", "False"]
+
+
+def test_model_saved_and_exported_files_have_default_permissions(tiny_model_dir, tmp_path):
+    import os
+    import stat
+
+    from stanceclf.model.directory import export_model_directory
+
+    previous = os.umask(0o022)
+    try:
+        out = export_model_directory(tiny_model_dir, tmp_path / "exported")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def _parts(loaded):
+    model, tokenizer, manifest = loaded
+    return model, tokenizer, manifest
+
+
+def test_model_card_shows_undefined_metrics_and_says_why(make_tiny_model):
+    from stanceclf.model.card import render_model_card
+    from stanceclf.model.metrics import multilabel_report
+
+    model = make_tiny_model()
+    y_true = np.array([[1, 0, 0], [0, 1, 0]])
+    model.manifest.metrics = {"test": multilabel_report(y_true, y_true, model.labels)}
+    card = render_model_card(model.manifest)
+    assert "| policy_attribution | - | - | - | 0 |" in card
+    assert "| *macro* | 1.000 | 1.000 | 1.000 | |" in card
+    assert "No positives in this split for policy_attribution" in card

@@ -595,3 +595,18 @@ def test_readers_native_write_read_round_trip_by_reference(tmp_path):
     (back,) = read_annotations("native", tmp_path / "out" / "a.jsonl", labels=["prediction"])
     assert back.text == text and back.spans == doc.spans and back.annotators == ("me",)
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("fmt, name, content, where", [
+    ("native", "docs.jsonl", '{"doc_id": "a", "text": "tab\there"}\n', ":1"),
+    ("label-studio", "export.json", '[{"id": 1, "data": {"text": "tab\there"}}]', ""),
+])
+def test_readers_bad_json_message_is_whole_with_line_and_column(tmp_path, fmt, name, content, where):
+    """json's bare ``msg`` ends mid-sentence ("Invalid control character at"): the message must not."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(AnnotationError) as excinfo:
+        read_annotations(fmt, path)
+    column = content.index("\t") + 1
+    assert f"not valid JSON: Invalid control character at line 1, column {column}" in str(excinfo.value)
+    assert excinfo.value.where == f"{path}{where}"

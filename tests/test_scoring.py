@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import interrupt_on_call
 from stanceclf.errors import InputRecordError, StanceclfError
 from stanceclf.infer.model import StanceModel
 from stanceclf.infer.scoring import PROGRESS_SUFFIX, score_corpus
@@ -150,16 +151,7 @@ def test_scoring_is_deterministic(tmp_path, tiny_model):
 def test_scoring_refuses_to_resume_with_another_backend(tmp_path, tiny_model, monkeypatch):
     """bf16 scores differ slightly from fp32: one output must not mix the two."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(40)])
-    real_predict = StanceModel.predict_proba
-    calls = []
-
-    def interrupted_after_one_chunk(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real_predict(self, *args, **kwargs)
-
-    monkeypatch.setattr(StanceModel, "predict_proba", interrupted_after_one_chunk)
+    real_predict = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
     monkeypatch.setattr(StanceModel, "predict_proba", real_predict)
@@ -213,20 +205,6 @@ def test_scoring_resumes_after_kill_without_lost_or_duplicated_rows(tmp_path, ti
         assert clean.read_bytes() == out.read_bytes()
 
 
-def _interrupt_on_call(monkeypatch, owner, name, after: int):
-    """Make ``owner.name`` raise KeyboardInterrupt from its ``after``-th call on (a Ctrl-C there)."""
-    real = getattr(owner, name)
-    calls = []
-
-    def wrapper(*args, **kwargs):
-        calls.append(1)
-        if len(calls) >= after:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, wrapper)
-    return real
-
 
 def test_scoring_parquet_output_when_some_chunks_have_no_labels(tmp_path, tiny_model, monkeypatch):
     import numpy as np
@@ -255,7 +233,7 @@ def test_scoring_interrupted_while_finishing_resumes_without_duplicates(tmp_path
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": f"Sentence {i}."} for i in range(3)])
     out = tmp_path / f"o.{fmt}"
     writer = OUTPUT_FORMATS[fmt]
-    real = _interrupt_on_call(monkeypatch, writer, "finish", after=1)
+    real = interrupt_on_call(monkeypatch, writer, "finish", after=1)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], out, tiny_model, progress=False, chunk_sentences=1)
     monkeypatch.setattr(writer, "finish", real)
@@ -267,7 +245,7 @@ def test_scoring_interrupted_while_finishing_resumes_without_duplicates(tmp_path
 def test_scoring_killed_after_output_renamed_finishes_cleanly(tmp_path, tiny_model, monkeypatch):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}])
     out = tmp_path / "o.jsonl"
-    _interrupt_on_call(monkeypatch, Path, "unlink", after=1)  # the progress file's removal
+    interrupt_on_call(monkeypatch, Path, "unlink", after=1)  # the progress file's removal
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], out, tiny_model, progress=False)
     monkeypatch.undo()
@@ -292,7 +270,7 @@ def test_scoring_resumes_when_output_lies_inside_the_input_folder(tmp_path, tiny
     for i in range(6):
         (folder / f"d{i}.txt").write_text(ARTICLE, encoding="utf-8")
     out = folder / "scores.jsonl"
-    real = _interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
+    real = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([folder], out, tiny_model, progress=False, chunk_sentences=3)
     monkeypatch.setattr(StanceModel, "predict_proba", real)
@@ -307,7 +285,7 @@ def test_scoring_refuses_to_resume_after_the_model_changed_in_place(tmp_path, ti
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(4)])
-    real = _interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
+    real = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", StanceModel.from_pretrained(model_dir), progress=False,
                      chunk_sentences=3)
@@ -364,3 +342,128 @@ def test_scoring_explicit_id_field_missing_is_a_bad_record(tmp_path, tiny_model)
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, id_field="url", progress=False)
     score_corpus([source], tmp_path / "o2.jsonl", tiny_model, progress=False)  # no id field asked for
     assert [r["doc_id"] for r in read_jsonl(tmp_path / "o2.jsonl")][::3] == ["in:1", "in:2"]
+
+
+# ---- runs that score nothing fail; ids are unique (issue: "runs that score nothing succeed") -----------------
+
+
+def test_scoring_text_folder_reads_any_case_of_txt_and_text(tmp_path, tiny_model):
+    folder = tmp_path / "upper"
+    folder.mkdir()
+    for name in ("A.TXT", "b.text", "c.Txt", "d.TEXT"):
+        (folder / name).write_text(f"Document {name} says NATO will grow.", encoding="utf-8")
+    (folder / "notes.md").write_text("Not a document.", encoding="utf-8")
+    summary = score_corpus([folder], tmp_path / "o.jsonl", tiny_model, progress=False)
+    assert summary.documents == 4
+    assert [r["doc_id"] for r in read_jsonl(tmp_path / "o.jsonl")] == ["A", "b", "c", "d"]
+
+
+def test_scoring_every_record_skipped_is_an_error_and_writes_no_output(tmp_path, tiny_model):
+    (tmp_path / "in.csv").write_text("id,body\n1,NATO will expand.\n2,Moscow warned.\n", encoding="utf-8")
+    with pytest.raises(InputRecordError, match=r"nothing was scored.*all 2 records were skipped"):
+        score_corpus([tmp_path / "in.csv"], tmp_path / "o.jsonl", tiny_model, on_error="skip", progress=False)
+    assert not (tmp_path / "o.jsonl").exists() and not list(tmp_path.glob("o.jsonl.p*"))
+    errors = read_jsonl(tmp_path / "o.jsonl.errors.jsonl")
+    assert [e["error"] for e in errors] == ["missing field 'text' (fields: ['body', 'id'])"] * 2
+
+
+def test_scoring_duplicate_ids_are_bad_records(tmp_path, tiny_model):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "text": ARTICLE}, {"id": "y", "text": "Fine."},
+                                                  {"id": "x", "text": "Another text under the same id."}])
+    with pytest.raises(InputRecordError, match=r"record 2 \(.*in.jsonl:3, id 'x'\): duplicate document id 'x' "
+                                               r"\(first at .*in.jsonl:1\)"):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False)
+    summary = score_corpus([source], tmp_path / "s.jsonl", tiny_model, on_error="skip", progress=False)
+    keys = [(r["doc_id"], r["sentence_index"]) for r in read_jsonl(tmp_path / "s.jsonl")]
+    assert summary.skipped == 1 and len(keys) == len(set(keys)) == 4
+    assert "duplicate document id 'x'" in read_jsonl(tmp_path / "s.jsonl.errors.jsonl")[0]["error"]
+
+
+def test_scoring_duplicate_id_of_a_record_done_before_an_interruption_is_still_caught(tmp_path, tiny_model,
+                                                                                      monkeypatch):
+    records = [{"id": f"d{i}", "text": ARTICLE} for i in range(6)] + [{"id": "d0", "text": ARTICLE}]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    real = _interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=3)
+    monkeypatch.setattr(StanceModel, "predict_proba", real)
+    with pytest.raises(InputRecordError, match="duplicate document id 'd0'"):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=3)
+
+
+# ---- following an error's advice keeps finished work ---------------------------------------------------------
+
+
+def _stopped_then_resumed(tmp_path, tiny_model, records, first: dict, second: dict, message: str):
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(InputRecordError, match=message):
+        score_corpus([source], out, tiny_model, progress=False, chunk_sentences=3, **first)
+    done = json.loads((tmp_path / f"o.jsonl{PROGRESS_SUFFIX}").read_text())["records_done"]
+    assert done > 0, "the stopped run had finished some work"
+    summary = score_corpus([source], out, tiny_model, progress=False, chunk_sentences=3, **second)
+    assert summary.resumed_from == done
+    return summary, read_jsonl(out)
+
+
+def test_scoring_rerun_with_a_higher_max_chars_resumes_instead_of_starting_over(tmp_path, tiny_model):
+    records = ([{"id": f"a{i}", "text": ARTICLE} for i in range(5)] + [{"id": "long", "text": "\n".join([ARTICLE] * 3)}]
+               + [{"id": f"b{i}", "text": ARTICLE} for i in range(3)])
+    summary, rows = _stopped_then_resumed(tmp_path, tiny_model, records, {"max_chars": len(ARTICLE) + 1},
+                                          {"max_chars": 10 * len(ARTICLE)}, r"id 'long'.*raise --max-chars")
+    keys = [(r["doc_id"], r["sentence_index"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 8 * 3 + 9
+    assert [k[0] for k in keys if k[1] == 0] == [r["id"] for r in records]
+    clean = tmp_path / "clean.jsonl"
+    score_corpus([tmp_path / "in.jsonl"], clean, tiny_model, progress=False, chunk_sentences=3,
+                 max_chars=10 * len(ARTICLE))
+    assert clean.read_bytes() == (tmp_path / "o.jsonl").read_bytes()
+
+
+def test_scoring_rerun_with_on_error_skip_resumes_instead_of_starting_over(tmp_path, tiny_model):
+    records = ([{"id": f"a{i}", "text": ARTICLE} for i in range(5)] + [{"id": "empty", "text": " "}]
+               + [{"id": f"b{i}", "text": ARTICLE} for i in range(3)])
+    summary, rows = _stopped_then_resumed(tmp_path, tiny_model, records, {}, {"on_error": "skip"},
+                                          r"id 'empty'.*--on-error skip")
+    keys = [(r["doc_id"], r["sentence_index"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 8 * 3 and summary.skipped == 1
+    assert [e["doc_id"] for e in read_jsonl(tmp_path / "o.jsonl.errors.jsonl")] == ["empty"]
+
+
+# ---- a second run on the same output, while the first is going ------------------------------------------------
+
+
+def test_scoring_second_process_on_the_same_output_is_refused_and_the_first_completes(tmp_path, tiny_model_dir):
+    """The first run reads its input from a named pipe: it scores what it gets, commits, and waits for more
+    while it holds the output, so the second run starts for certain while the first is going."""
+    records = [{"id": f"doc{i:04d}", "text": f"Document {i} says NATO will grow. " + ARTICLE} for i in range(600)]
+    lines = [json.dumps(record) + "\n" for record in records]
+    fifo, out = tmp_path / "stream.jsonl", tmp_path / "out.jsonl"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "stanceclf.cli", "score", str(fifo), "--out", str(out), "--model",
+               str(tiny_model_dir), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    progress_file = tmp_path / f"out.jsonl{PROGRESS_SUFFIX}"
+    with open(fifo, "w", encoding="utf-8") as feed:  # blocks until the first run opens its input
+        feed.writelines(lines[:400])
+        feed.flush()
+        deadline = time.time() + 120
+        while time.time() < deadline and not (progress_file.exists()
+                                              and json.loads(progress_file.read_text())["records_done"] > 0):
+            time.sleep(0.05)
+        state_before = progress_file.read_bytes()
+        assert first.poll() is None and json.loads(state_before)["records_done"] > 0
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1
+        assert "another 'stanceclf score' run is writing this output right now" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert progress_file.read_bytes() == state_before, "the first run's resume state is untouched"
+        assert (tmp_path / "out.jsonl.partial").exists() and not out.exists()
+        feed.writelines(lines[400:])
+    _, errors = first.communicate(timeout=300)
+    assert first.returncode == 0, errors
+    keys = [(r["doc_id"], r["sentence_index"]) for r in read_jsonl(out)]
+    assert len(keys) == len(set(keys)) == 600 * 4
+    assert [k[0] for k in keys[::4]] == [r["id"] for r in records]
+    assert not progress_file.exists() and not (tmp_path / "out.jsonl.lock").exists()

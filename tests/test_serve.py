@@ -180,7 +180,7 @@ def test_serve_model_endpoint_gives_labels_thresholds_and_provenance(server, ref
     assert info["labels"] == reference.labels == ["prediction", "threat_framing", "policy_attribution"]
     assert info["thresholds"] == reference.thresholds
     assert info["temperatures"] == reference.manifest.temperatures
-    assert info["label_schema"] == {"name": "claim-types", "version": reference.manifest.label_schema.version}
+    assert info["label_schema"] == reference.manifest.label_schema.model_dump(mode="json")
     assert info["base_model"] == "tiny-random-bert" and info["backend"] == "torch"
     assert info["library_versions"] == reference.manifest.library_versions
     assert "torch" in info["serving_versions"]
@@ -204,7 +204,7 @@ def test_serve_openapi_documents_every_field(server):
     for name in ("ClassifyRequest", "ClassifyResponse", "Prediction", "ModelInfo", "Stats", "ErrorResponse"):
         assert name in schemas, sorted(schemas)
     for name in ("ClassifyRequest", "ClassifyResponse", "Prediction", "ModelInfo", "Limits", "Stats",
-                 "ErrorResponse", "FieldProblem", "LabelSchemaInfo", "Status"):
+                 "ErrorResponse", "FieldProblem", "LabelSchema", "LabelDefinition", "Status"):
         undocumented = [field for field, spec in schemas[name]["properties"].items() if not spec.get("description")]
         assert not undocumented, f"{name}: {undocumented}"
     classify = document["paths"]["/v1/classify"]["post"]

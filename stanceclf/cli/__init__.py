@@ -8,6 +8,7 @@ beside the stage they drive: :mod:`.data_verbs`, :mod:`.train_verbs`, :mod:`.inf
 from __future__ import annotations
 
 import os
+import warnings
 
 import typer
 
@@ -34,4 +35,18 @@ app.add_typer(data_verbs.sheets_app, name="sheets")
 
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.showwarning = _show_warning
     app()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's own warnings as one plain line on stderr (no source file and line: not a bug report)."""
+    from stanceclf.errors import LanguageWarning
+
+    if issubclass(category, LanguageWarning):
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning

@@ -136,6 +136,7 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
     """Show a model's labels, thresholds, metrics and provenance."""
     from stanceclf.infer.predict import default_model_path
     from stanceclf.model.manifest import ModelManifest
+    from stanceclf.model.metrics import format_metric
 
     try:
         directory = model or default_model_path()
@@ -144,9 +145,15 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
         fail(error)
     typer.echo(f"{directory}: schema {manifest.label_schema.name} v{manifest.label_schema.version}, "
                f"base {manifest.base_model}, max_length {manifest.max_length}")
+    distilled = manifest.training.get("distillation")
+    if distilled:
+        teachers = ", ".join(t["path"] for t in distilled["teachers"])
+        layers = f", layers {distilled['student_layers']} of its base" if distilled.get("student_layers") else ""
+        typer.echo(f"  distilled from {teachers} (alpha {distilled['alpha']}{layers})")
     for label in manifest.labels:
         typer.echo(f"  {label}: threshold {manifest.thresholds[label]:.3f}, "
                    f"temperature {manifest.temperatures[label]:.2f}")
     test = manifest.metrics.get("test")
     if test:
-        typer.echo(f"  test macro F1 {test['macro']['f1']:.3f}, micro F1 {test['micro']['f1']:.3f}")
+        typer.echo(f"  test macro F1 {format_metric(test['macro']['f1'])}, "
+                   f"micro F1 {format_metric(test['micro']['f1'])}")

@@ -272,21 +272,25 @@ def format_statistics(rows: list[dict]) -> str:
 def save_dataset(dataset, info: dict, schema: LabelSchema, out_dir: str | Path, *,
                  export: tuple[str, ...] = ("jsonl",)) -> Path:
     """Save the DatasetDict (Arrow), its build info, statistics, and JSONL/Parquet exports."""
+    from stanceclf.progress import library_output, wants_progress
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # One shard per split: datasets writes an empty split with zero shards, which it cannot load back.
-    dataset.save_to_disk(str(out_dir / "dataset"), num_shards={name: 1 for name in dataset})
-    rows = statistics(dataset, schema)
-    (out_dir / BUILD_INFO).write_text(json.dumps({**info, "statistics": rows}, indent=2), encoding="utf-8")
-    (out_dir / "statistics.md").write_text(format_statistics(rows) + "\n", encoding="utf-8")
-    for fmt in export:
-        for name in dataset:
-            if fmt == "jsonl":
-                dataset[name].to_json(str(out_dir / f"{name}.jsonl"), lines=True, force_ascii=False)
-            elif fmt == "parquet":
-                dataset[name].to_parquet(str(out_dir / f"{name}.parquet"))
-            else:
-                raise ValueError(f"unknown export format {fmt!r}; use jsonl or parquet")
+    # datasets draws bars for every split and export, even of a few hundred rows: only for long work.
+    with library_output("datasets", progress=wants_progress(sum(len(split) for split in dataset.values()))):
+        # One shard per split: datasets writes an empty split with zero shards, which it cannot load back.
+        dataset.save_to_disk(str(out_dir / "dataset"), num_shards={name: 1 for name in dataset})
+        rows = statistics(dataset, schema)
+        (out_dir / BUILD_INFO).write_text(json.dumps({**info, "statistics": rows}, indent=2), encoding="utf-8")
+        (out_dir / "statistics.md").write_text(format_statistics(rows) + "\n", encoding="utf-8")
+        for fmt in export:
+            for name in dataset:
+                if fmt == "jsonl":
+                    dataset[name].to_json(str(out_dir / f"{name}.jsonl"), lines=True, force_ascii=False)
+                elif fmt == "parquet":
+                    dataset[name].to_parquet(str(out_dir / f"{name}.parquet"))
+                else:
+                    raise ValueError(f"unknown export format {fmt!r}; use jsonl or parquet")
     return out_dir
 
 

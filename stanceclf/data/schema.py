@@ -26,8 +26,8 @@ SCHEMA_DIRS = (
 class LabelDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    definition: str = Field(min_length=10)
+    name: str = Field(description="The label's name (lower_snake_case).")
+    definition: str = Field(min_length=10, description="What the label means, in words an annotator can apply.")
 
     @field_validator("name")
     @classmethod
@@ -42,10 +42,10 @@ class LabelSchema(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    version: str
-    description: str = ""
-    labels: tuple[LabelDefinition, ...]
+    name: str = Field(description="The schema's name, e.g. claim-types.")
+    version: str = Field(description="The schema's version; changes when a label's meaning changes.")
+    description: str = Field("", description="What the schema is for.")
+    labels: tuple[LabelDefinition, ...] = Field(description="The labels, in model output order.")
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "LabelSchema":

@@ -1,17 +1,25 @@
-"""The faster CPU paths ("backends"), each checked by the tests to stay within 0.02 of fp32.
+"""The faster CPU paths ("backends"), each checked to stay within 0.02 of fp32, and how ``fast=True`` picks one.
 
 - ``bf16``: torch with bfloat16 matrix products (autocast; layer norms and softmax
   stay float32). On CPUs with native bfloat16 (AVX512-BF16 or AMX: AMD Zen 4 and
   later, Intel Cooper Lake and Sapphire Rapids and later) it runs about 1.5x as fast
-  as fp32 end to end. On 7,079 news sentences scores moved by up to 0.017 and 0.06%
-  of label decisions changed (benchmarks/results/inference.md): a measured bound, not
-  a guarantee. On other CPUs bfloat16 is emulated and slow.
+  as fp32 end to end on an idle machine. On 7,079 news sentences scores moved by up to
+  0.017 and 0.06% of label decisions changed (benchmarks/results/inference.md): a
+  measured bound, not a guarantee. On other CPUs bfloat16 is emulated and slow.
 - ``onnx``: ONNX Runtime with fused attention, in float32. The model is exported to
   ONNX in memory (nothing but safetensors and JSON is read from a model directory) and
   optimised by ONNX Runtime's BERT fusions; scores match fp32 to about 1e-6. Needs
   ``pip install 'stanceclf[fast]'``.
-- ``auto`` (``fast=True``): ``bf16`` where the CPU has native bfloat16, else ``onnx``
-  when ONNX Runtime is installed, else plain torch.
+- ``auto`` (``fast=True``): measured, not guessed from CPU flags. On the first fast load of
+  a model on a machine, :func:`choose_backend` scores a fixed batch of news-like sentences
+  with every candidate (``torch``; ``bf16`` where the CPU has native bfloat16; ``onnx`` where
+  ONNX Runtime is installed), drops any whose scores move by more than 0.02 from fp32 on
+  that batch, and takes the fastest. The choice is cached per machine (CPU model, cores,
+  threads, torch and ONNX Runtime versions) and model in ``backends.json`` under the cache
+  folder (``$STANCECLF_CACHE``, else ``$XDG_CACHE_HOME/stanceclf``, else
+  ``~/.cache/stanceclf``); delete it to measure again. A loaded machine can favour another
+  backend than an idle one (on a busy 2-core machine bf16 ran at 31 sentences/s, fp32 at 34,
+  ONNX at 61), which is why the choice is measured where the model runs.
 
 int8 dynamic quantization was measured and rejected for this purpose: on the
 shipped claim-type model it moved scores by up to 0.59 (torch, per tensor), 0.41
@@ -22,13 +30,21 @@ that the fast path promises.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import json
+import logging
+import os
+import tempfile
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from stanceclf.cache import cache_dir
 from stanceclf.errors import BackendError
 from stanceclf.model.architectures import architecture_of
 
@@ -52,7 +68,10 @@ def _bf16(model, threads):
 
 
 def _onnx(model, threads):
-    return OnnxEncoder(model, threads=threads)
+    from stanceclf.model.native import transformers_model
+
+    # ONNX Runtime's BERT fusion recognises the graph of transformers' eager attention.
+    return OnnxEncoder(transformers_model(model), threads=threads)
 
 
 #: Every backend, in one place: the CLI help, ``load(fast=...)`` and scoring read this table.
@@ -69,7 +88,7 @@ AUTO = "auto"
 def backend_help() -> str:
     """One line per backend, for command-line help."""
     return "; ".join(f"{b.name} ({b.summary})" for b in BACKENDS.values()) + \
-        f"; {AUTO} (the fastest for this CPU)"
+        f"; {AUTO} (the fastest on this machine, measured once per model and cached)"
 
 
 def native_bf16_supported() -> bool:
@@ -90,14 +109,12 @@ def onnxruntime_installed() -> bool:
 
 
 def resolve_backend(fast: bool | str | None) -> str:
-    """``False``/None -> torch, ``True`` or ``"auto"`` -> the fastest available on this CPU, or a backend named
-    outright. ``auto`` falls back to torch (fp32) when the CPU lacks bfloat16 and ONNX Runtime is not installed."""
+    """``False``/None -> torch, ``True`` or ``"auto"`` -> ``"auto"`` (measured by :func:`choose_backend`
+    once a model is loaded), or a backend named outright."""
     if fast is False or fast is None:
         return "torch"
     if fast is True or fast == AUTO:
-        if native_bf16_supported():
-            return "bf16"
-        return "onnx" if onnxruntime_installed() else "torch"
+        return AUTO
     if fast not in BACKENDS:
         raise BackendError(f"unknown backend {fast!r}: choose from {', '.join(BACKENDS)} or {AUTO!r}")
     return fast
@@ -105,7 +122,168 @@ def resolve_backend(fast: bool | str | None) -> str:
 
 def build_encoder(backend: str, model, *, threads: int | None = None):
     """The encoder of a named backend for ``model`` (None for plain torch)."""
-    return BACKENDS[resolve_backend(backend)].build(model, threads)
+    return BACKENDS[backend].build(model, threads)
+
+
+def candidate_backends() -> list[str]:
+    """What ``auto`` measures: torch always; bf16 only with native bfloat16 (emulated, it is many times
+    slower, and timing it would slow every first load); onnx when ONNX Runtime is installed."""
+    return ["torch"] + (["bf16"] if native_bf16_supported() else []) + (["onnx"] if onnxruntime_installed() else [])
+
+
+#: The calibration batch: news-like sentences of mixed lengths (padded batches as scoring makes them).
+CALIBRATION_SENTENCES = (
+    "The minister said the new tariffs would take effect next month.",
+    "Analysts expect inflation to fall below three percent by the end of the year.",
+    "Officials warned that the drought poses a serious threat to the region's water supply.",
+    "The opposition accused the government of planning to raise taxes after the election.",
+    "Talks resumed on Monday.",
+    "If the ceasefire collapses, thousands more people could be forced to flee their homes, aid groups said.",
+    "The company reported record profits for the third quarter in a row.",
+    "Critics say the law is designed to silence independent journalists.",
+    "Photo: Reuters",
+    "Experts fear the virus will spread faster once schools reopen in September, straining hospitals that are "
+    "already short of staff and beds.",
+    "The president's plan aims to cut emissions by half within a decade.",
+    "Markets fell sharply after the central bank signalled further rate rises.",
+    "Residents described hearing explosions throughout the night.",
+    "The treaty, signed in 1987, banned an entire class of intermediate-range missiles.",
+    "Without new funding, the programme is likely to close by spring.",
+    "He denied all the allegations.",
+) * 2
+#: The largest score change from fp32, on the calibration batch, that a fast path may show.
+CALIBRATION_TOLERANCE = 0.02
+CACHE_FILE = "backends.json"
+log = logging.getLogger(__name__)
+
+
+def time_backend(name: str, run: Callable[[], object], repeats: int = 3) -> float:
+    """Seconds ``run`` takes, the best of ``repeats`` after one warm-up call (first calls allocate and plan)."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@dataclass
+class BackendChoice:
+    """What ``auto`` chose, and the measurements behind it."""
+
+    backend: str
+    #: Seconds per calibration batch of each measured candidate.
+    seconds: dict[str, float] = field(default_factory=dict)
+    #: Largest score change from fp32 on the calibration batch, per candidate.
+    deviation: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+
+def choose_backend(model, *, threads: int | None = None, candidates: list[str] | None = None,
+                   measure: Callable[[str, Callable[[], object]], float] = time_backend,
+                   cache_path: Path | None = None):
+    """``(BackendChoice, StanceModel on that backend)``: the fastest candidate whose scores stay within
+    :data:`CALIBRATION_TOLERANCE` of fp32 on the calibration batch, read from the cache when this
+    machine has measured this model before. ``measure(name, run)`` times one candidate."""
+    cache = BackendCache(cache_path or cache_dir() / CACHE_FILE)
+    key = _cache_key(model, threads)
+    known = cache.get(key) if key else None
+    if known is not None and known.backend in (candidates or candidate_backends()):
+        return known, (model if known.backend == "torch" else model.accelerated(known.backend, threads=threads))
+    batch = list(CALIBRATION_SENTENCES)
+    reference, _ = model.predict_proba(batch)
+    choice, built = BackendChoice("torch"), {}
+    for name in candidates or candidate_backends():
+        try:
+            built[name] = model if name == "torch" else model.accelerated(name, threads=threads)
+            scores, _ = built[name].predict_proba(batch)
+        except Exception as exc:  # a fast path that cannot run here (export, runtime) is only not a candidate
+            if name == "torch":
+                raise
+            log.warning("backend %s cannot run this model here (%s): not used", name, exc)
+            continue
+        choice.deviation[name] = float(abs(scores - reference).max())
+        if choice.deviation[name] > CALIBRATION_TOLERANCE:
+            log.warning("backend %s moved scores by %.3f on the calibration batch: not used", name,
+                        choice.deviation[name])
+            continue
+        choice.seconds[name] = measure(name, lambda runner=built[name]: runner.predict_logits(batch))
+    choice.backend = min(choice.seconds, key=choice.seconds.get)
+    if key:
+        cache.put(key, choice)
+    for candidate in built.values():  # calibration is not work the caller asked for
+        candidate.stats = type(candidate.stats)()
+    return choice, built[choice.backend]
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_key(model, threads: int | None) -> str | None:
+    """Machine and model, or None for a model not read from a directory (nothing to key it by)."""
+    import importlib.metadata as md
+
+    import torch
+
+    weights = model.path / "model.safetensors" if model.path is not None else None
+    if weights is None or not weights.exists():
+        return None
+    try:
+        onnxruntime = md.version("onnxruntime")
+    except md.PackageNotFoundError:
+        onnxruntime = None
+    stat = weights.stat()
+    parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
+             "torch": torch.__version__, "onnxruntime": onnxruntime, "bf16": native_bf16_supported(),
+             "weights": [str(weights.resolve()), stat.st_size, stat.st_mtime_ns],
+             "manifest": hashlib.sha256(model.manifest.model_dump_json().encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+class BackendCache:
+    """Measured choices in one small JSON file. An unreadable or malformed file counts as empty and is
+    rewritten; a cache that cannot be written only means measuring again next time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) and isinstance(data.get("choices"), dict) else {}
+
+    def get(self, key: str) -> BackendChoice | None:
+        entry = self._read().get("choices", {}).get(key)
+        try:
+            return BackendChoice(**{**entry, "cached": True}) if isinstance(entry, dict) else None
+        except TypeError:
+            return None
+
+    def put(self, key: str, choice: BackendChoice) -> None:
+        data = self._read() or {"choices": {}}
+        data["choices"][key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(json.dumps(data, indent=1) + "\n")
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache holds nothing private
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.info("could not cache the backend choice in %s: %s", self.path, exc)
 
 
 class Bfloat16Encoder:

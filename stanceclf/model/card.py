@@ -45,6 +45,12 @@ def render_model_card(manifest, notes: str = "") -> str:
         lines.append(f"- Recipe `{recipe.get('name')}`: method {settings.get('method')}, "
                      f"lr {settings.get('learning_rate')}, batch {settings.get('batch_size')}, "
                      f"epochs up to {settings.get('epochs')} (ran {training.get('epochs_run')}), seed {recipe.get('seed')}")
+    distilled = training.get("distillation")
+    if distilled:
+        teachers = ", ".join(f"`{t['path']}` (base `{t['base_model']}`)" for t in distilled["teachers"])
+        kept = f"; layers {distilled['student_layers']} of the base kept" if distilled.get("student_layers") else ""
+        lines.append(f"- Distilled from {teachers}: alpha {distilled['alpha']} (weight of the gold loss), "
+                     f"{distilled['soft_rows']} sentences with the teachers' probabilities{kept}")
     if "wall_seconds" in training:
         lines.append(f"- Training wall time {training['wall_seconds']} s, peak RSS {training.get('peak_rss_mb')} MB")
     if training.get("statistics"):

@@ -12,54 +12,143 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stanceclf.errors import ModelDirectoryError
+from stanceclf.errors import ModelDirectoryError, load_json_object
+from stanceclf.model.architectures import architecture_of
 from stanceclf.model.manifest import ModelManifest
+from stanceclf.progress import library_output
 
 WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+TOKENIZER_NAME = "tokenizer.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+#: Every file that prediction reads besides the manifest, and what it holds: a model directory
+#: without one is refused (without tokenizer.json transformers silently falls back to a 5-token
+#: vocabulary, every word becomes [UNK] and every score is wrong).
+REQUIRED_FILES = {
+    CONFIG_NAME: "the architecture and the head's labels",
+    WEIGHTS_NAME: "the weights (only safetensors are loaded)",
+    TOKENIZER_NAME: "the tokenizer's vocabulary",
+    TOKENIZER_CONFIG_NAME: "the tokenizer's settings and special tokens",
+}
+#: Embedding rows past the tokenizer's vocabulary that are taken for padding (some models round the
+#: matrix up to a multiple of 64 or 128); a larger gap means the tokenizer belongs to another model.
+EMBEDDING_ROUNDING = 128
 
 
-class quiet_transformers:
-    """transformers 5 prints a load report and progress bars on every load; keep the CLI clean."""
+def load_model_directory(path: str | Path, *, runtime: str = "auto"):
+    """``(model, tokenizer, manifest)`` from a model directory that is complete and self-consistent,
+    else a :class:`~stanceclf.errors.ModelDirectoryError` naming the missing or inconsistent part.
 
-    def __enter__(self):
-        from transformers.utils import logging as hf_logging
-
-        self._verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        return self
-
-    def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity(self._verbosity)
-        hf_logging.enable_progress_bar()
-        return False
-
-
-def load_model_directory(path: str | Path):
-    """``(transformers model, tokenizer, manifest)`` from a model directory, checked for consistency."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+    ``runtime="auto"`` runs a BERT-family model in plain torch (:mod:`stanceclf.model.native`, without
+    importing transformers); ``"transformers"``, and any other architecture, load through transformers."""
     path = Path(path)
     manifest = check_model_directory(path)
-    with quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=False, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-    check_head(model.config, manifest, path)
+    config = load_json_object(path / CONFIG_NAME, ModelDirectoryError, "model config")
+    tokenizer = _read_tokenizer(path)
+    shapes = _weight_shapes(path / WEIGHTS_NAME)
+    check_consistency(config, shapes, tokenizer.vocab_size, manifest, path)
+    from stanceclf.model.native import BertClassifier, read_float32_tensors, runs_natively
+
+    if runtime == "auto" and runs_natively(config):
+        model = BertClassifier.from_tensors(config, read_float32_tensors(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
+    else:
+        model, tokenizer = _load_with_transformers(path)
+    _check_finite(model, path / WEIGHTS_NAME)
     return model, tokenizer, manifest
 
 
+def _read_tokenizer(path: Path):
+    from stanceclf.model.native import JsonTokenizer
+
+    try:
+        return JsonTokenizer((path / TOKENIZER_NAME).read_text(encoding="utf-8"),
+                             (path / TOKENIZER_CONFIG_NAME).read_text(encoding="utf-8"))
+    except Exception as exc:  # tokenizers raises a bare Exception on a malformed tokenizer.json
+        for name in (TOKENIZER_CONFIG_NAME, TOKENIZER_NAME):  # bad bytes or JSON: named with line and column
+            load_json_object(path / name, ModelDirectoryError, "tokenizer")
+        raise ModelDirectoryError(f"not a tokenizer the tokenizers library can read: {exc}",
+                                  where=str(path / TOKENIZER_NAME)) from None
+
+
+def _weight_shapes(weights: Path) -> dict[str, list[int]]:
+    """Tensor names and shapes from the safetensors header, which also tells a truncated file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ModelDirectoryError(f"not a readable safetensors file (truncated or corrupt?): {exc}",
+                                  where=str(weights)) from None
+
+
+def check_consistency(config: dict, shapes: dict[str, list[int]], tokenizer_size: int, manifest: ModelManifest,
+                      path: Path) -> None:
+    """The parts of a model directory must belong together: config.json's vocabulary and labels, the
+    embedding matrix and head in the weights, the tokenizer's vocabulary and the manifest's labels."""
+    from stanceclf.model.native import ModelConfig
+
+    weights, tokenizer = path / WEIGHTS_NAME, path / TOKENIZER_NAME
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        raise ModelDirectoryError("no id2label: not a classification model's config", where=str(path / CONFIG_NAME))
+    check_head(ModelConfig(config), manifest, path / CONFIG_NAME)
+    embedding = next((name for name in shapes if name.endswith("embeddings.word_embeddings.weight")), None)
+    if embedding is not None:
+        rows = shapes[embedding][0]
+        if config.get("vocab_size") != rows:
+            raise ModelDirectoryError(f"config.json says vocab_size {config.get('vocab_size')}, but the embedding "
+                                      f"matrix {embedding} in {WEIGHTS_NAME} has {rows} rows", where=str(path))
+        if not rows - EMBEDDING_ROUNDING <= tokenizer_size <= rows:
+            raise ModelDirectoryError(f"the tokenizer has {tokenizer_size} tokens but the embedding matrix in "
+                                      f"{WEIGHTS_NAME} has {rows} rows: {TOKENIZER_NAME} belongs to another model",
+                                      where=str(tokenizer))
+    head = next((name for name in ("classifier.out_proj.weight", "classifier.weight") if name in shapes), None)
+    if head is not None and shapes[head][0] != len(manifest.labels):
+        raise ModelDirectoryError(f"the classification head {head} has {shapes[head][0]} outputs, but the manifest "
+                                  f"has {len(manifest.labels)} labels {manifest.labels}", where=str(weights))
+
+
+def _load_with_transformers(path: Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        with library_output("transformers", "huggingface_hub"):
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, use_safetensors=True, trust_remote_code=False, local_files_only=True, output_loading_info=True)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ModelDirectoryError(f"transformers cannot load it: {exc}", where=str(path)) from None
+    # transformers fills tensors missing from the file with random values and only logs it.
+    missing = sorted(info.get("missing_keys") or []) + [name for name, *_ in info.get("mismatched_keys") or []]
+    if missing:
+        raise ModelDirectoryError(f"{WEIGHTS_NAME} lacks, or has other shapes for, {len(missing)} tensor(s) the "
+                                  f"model needs: {', '.join(missing[:5])}", where=str(path / WEIGHTS_NAME))
+    return model, tokenizer
+
+
+def _check_finite(model, weights: Path) -> None:
+    import numpy as np
+
+    # A NaN or infinity anywhere makes the sum non-finite. numpy's single-threaded sum: torch's parallel
+    # reductions (and isfinite() over every element) are many times slower on a busy machine.
+    bad = [name for name, tensor in model.named_parameters()
+           if tensor.is_floating_point() and not np.isfinite(tensor.detach().float().numpy().sum())]
+    if bad:
+        raise ModelDirectoryError(f"the weights hold NaN or infinite values (corrupt?): {', '.join(bad[:5])}",
+                                  where=str(weights))
+
+
 def check_model_directory(path: str | Path) -> ModelManifest:
-    """The manifest of a model directory, once its folder, manifest and weights file are there
-    (cheap: no weights are read)."""
+    """The manifest of a model directory, once its folder, manifest and every required file are there
+    (cheap: nothing but the manifest is read)."""
     path = Path(path)
     if not path.is_dir():
         raise ModelDirectoryError("model directory not found", where=str(path))
     manifest = ModelManifest.read(path)
-    if not (path / WEIGHTS_NAME).exists():
-        raise ModelDirectoryError(f"no {WEIGHTS_NAME}: only safetensors weights are loaded", where=str(path))
+    missing = [f"{name} ({why})" for name, why in REQUIRED_FILES.items() if not (path / name).is_file()]
+    if missing:
+        raise ModelDirectoryError("incomplete model directory, missing " + "; ".join(missing), where=str(path))
     return manifest
 
 
@@ -70,10 +159,10 @@ def check_head(config, manifest: ModelManifest, path: str | Path | None = None) 
     if [id2label.get(i) for i in range(len(id2label))] != manifest.labels:
         raise ModelDirectoryError(f"config.json id2label {id2label} does not match the manifest's labels "
                                   f"{manifest.labels}", where=where)
-    positions = getattr(config, "max_position_embeddings", None)
+    positions = architecture_of(config).usable_positions(config)
     if positions is not None and manifest.max_length > positions:
         raise ModelDirectoryError(f"the manifest's max_length {manifest.max_length} exceeds the model's "
-                                  f"{positions} positions", where=where)
+                                  f"{positions} usable positions", where=where)
 
 
 def weights_digest(directory: str | Path | None) -> str | None:
@@ -102,18 +191,48 @@ def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | 
     model.config.problem_type = "multi_label_classification"
     original = next(model.parameters()).dtype
     model.to(torch.float16 if storage_dtype == "float16" else torch.float32)
+    before = set(path.iterdir())
     try:
-        model.save_pretrained(path, safe_serialization=True)
+        # One shard of a small model: no "Writing model shards" bar.
+        with library_output("transformers", "huggingface_hub"):
+            model.save_pretrained(path, safe_serialization=True)
+            tokenizer.save_pretrained(path)
     finally:
         model.to(original)
-    _run_dtype_float32(path / "config.json")
-    tokenizer.save_pretrained(path)
+    _run_dtype_float32(path / CONFIG_NAME)
     manifest.write(path)
     if model_card:
         from stanceclf.model.card import write_model_card
 
         write_model_card(path, manifest)
+    _default_permissions(sorted(set(path.iterdir()) - before | {path / name for name in REQUIRED_FILES}))
     return path
+
+
+def _default_permissions(files: list[Path]) -> None:
+    """Give written files the mode a plain ``open()`` would (0644 under the usual umask 022):
+    transformers writes some through temporary files, which are created 0600."""
+    import os
+
+    mode = 0o666 & ~_umask()
+    for file in files:
+        if file.is_file():
+            os.chmod(file, mode)
+
+
+def _umask() -> int:
+    import os
+
+    try:  # Linux shows the umask without changing it (os.umask would, briefly, for every thread)
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def _run_dtype_float32(config_path: Path) -> None:
@@ -126,6 +245,6 @@ def _run_dtype_float32(config_path: Path) -> None:
 
 def export_model_directory(source: str | Path, out: str | Path) -> Path:
     """Copy a model directory as a plain transformers folder in float32 (plus the manifest and card),
-    loading it afresh so that no cached model is touched."""
-    model, tokenizer, manifest = load_model_directory(source)
+    loading it afresh through transformers so that no cached model is touched."""
+    model, tokenizer, manifest = load_model_directory(source, runtime="transformers")
     return save_model_directory(model, tokenizer, manifest, out, storage_dtype="float32")

@@ -9,7 +9,6 @@ a bad value is refused with the file named, never guessed.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 from typing import Literal
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from stanceclf.data.schema import LabelSchema
 from stanceclf.data.sentences import SentenceSplitter
-from stanceclf.errors import ModelDirectoryError, describe_validation_error
+from stanceclf.errors import ModelDirectoryError, describe_validation_error, load_json_object
 
 MANIFEST_NAME = "stanceclf.json"
 FORMAT_NAME = "stanceclf-model"
@@ -86,12 +85,7 @@ class ModelManifest(BaseModel):
             raise ModelDirectoryError(f"no {MANIFEST_NAME} here: not a stanceclf model directory "
                                       "(a plain transformers folder can be wrapped with 'stanceclf train')",
                                       where=str(directory))
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelDirectoryError(f"manifest is not valid UTF-8 JSON: {exc}", where=str(path)) from None
-        if not isinstance(data, dict):
-            raise ModelDirectoryError(f"manifest must be a JSON object, not {type(data).__name__}", where=str(path))
+        data = load_json_object(path, ModelDirectoryError, "manifest")
         if data.get("format") != FORMAT_NAME:
             raise ModelDirectoryError(f"manifest format is {data.get('format')!r}, expected {FORMAT_NAME!r}",
                                       where=str(path))

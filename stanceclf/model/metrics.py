@@ -12,7 +12,10 @@ def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str],
 
     Each label is scored as its own binary problem, positive class 1. (Handing a
     one-column matrix to scikit-learn's multi-label averaging would make it a binary
-    target whose "macro" average mixes in the negative class.)
+    target whose "macro" average mixes in the negative class.) A label with no positives
+    in the data has no recall and no F1 (None, not 0): it is left out of the macro
+    averages, and ``report["macro_left_out"]`` lists it. Its precision is still given
+    when it was predicted (every prediction of it is wrong).
     """
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
@@ -26,33 +29,35 @@ def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str],
 
     report: dict = {"labels": {}}
     for i, label in enumerate(labels):
+        support, predicted = int(y_true[:, i].sum()), int(y_pred[:, i].sum())
         precision, recall, f1 = binary(y_true[:, i], y_pred[:, i]) if len(y_true) else (0.0, 0.0, 0.0)
-        row = {"precision": precision, "recall": recall, "f1": f1,
-               "support": int(y_true[:, i].sum()), "predicted": int(y_pred[:, i].sum())}
+        if not support:
+            precision, recall, f1 = (precision if predicted else None), None, None
+        row = {"precision": precision, "recall": recall, "f1": f1, "support": support, "predicted": predicted}
         if y_score is not None:
-            row["pr_auc"] = (float(average_precision_score(y_true[:, i], np.asarray(y_score)[:, i]))
-                             if y_true[:, i].any() else None)
+            row["pr_auc"] = float(average_precision_score(y_true[:, i], np.asarray(y_score)[:, i])) if support else None
         report["labels"][label] = row
-    rows = list(report["labels"].values())
+    defined = [row for row in report["labels"].values() if row["support"]]
     micro = binary(y_true.ravel(), y_pred.ravel()) if len(y_true) else (0.0, 0.0, 0.0)
     report["micro"] = dict(zip(("precision", "recall", "f1"), micro))
-    report["macro"] = {key: float(np.mean([row[key] for row in rows])) for key in ("precision", "recall", "f1")}
-    if y_score is not None:
-        aucs = [row["pr_auc"] for row in rows if row["pr_auc"] is not None]
-        report["macro"]["pr_auc"] = float(np.mean(aucs)) if aucs else None
+    report["macro"] = {key: float(np.mean([row[key] for row in defined])) if defined else None
+                       for key in ("precision", "recall", "f1", *(("pr_auc",) if y_score is not None else ()))}
+    report["macro_left_out"] = [label for label, row in report["labels"].items() if not row["support"]]
     report["examples"] = int(len(y_true))
     return report
 
 
+def format_metric(value: float | None) -> str:
+    """A metric as every table shows it: three decimals, or "-" where it is undefined."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def format_report(report: dict, title: str = "") -> str:
-    """A Markdown table of :func:`multilabel_report`."""
+    """A Markdown table of :func:`multilabel_report`, with a note naming labels left out of the macro average."""
     has_auc = any("pr_auc" in row for row in report["labels"].values())
     header = "| label | precision | recall | F1 | support |" + (" PR-AUC |" if has_auc else "")
     lines = ([f"**{title}**", ""] if title else []) + [header, "|---|---:|---:|---:|---:|" + ("---:|" if has_auc else "")]
-
-    def fmt(value):
-        return "-" if value is None else f"{value:.3f}"
-
+    fmt = format_metric
     for label, row in report["labels"].items():
         line = f"| {label} | {fmt(row['precision'])} | {fmt(row['recall'])} | {fmt(row['f1'])} | {row['support']} |"
         lines.append(line + (f" {fmt(row.get('pr_auc'))} |" if has_auc else ""))
@@ -60,6 +65,10 @@ def format_report(report: dict, title: str = "") -> str:
         row = report[average]
         line = f"| *{average}* | {fmt(row['precision'])} | {fmt(row['recall'])} | {fmt(row['f1'])} | |"
         lines.append(line + (f" {fmt(row.get('pr_auc'))} |" if has_auc else ""))
+    left_out = report.get("macro_left_out") or []
+    if left_out:
+        lines += ["", f"No positives in this split for {', '.join(left_out)}: recall and F1 are undefined (-) "
+                  "and the macro averages leave these labels out."]
     return "\n".join(lines)
 
 

@@ -144,8 +144,7 @@ class ServerState:
         self.model_info = schemas.ModelInfo(
             name=model.path.name if model.path else "", labels=model.labels, thresholds=model.thresholds,
             temperatures=dict(manifest.temperatures), max_length=manifest.max_length,
-            label_schema=schemas.LabelSchemaInfo(name=manifest.label_schema.name,
-                                                 version=manifest.label_schema.version),
+            label_schema=manifest.label_schema,
             base_model=manifest.base_model, data_fingerprint=manifest.data_fingerprint, created=manifest.created,
             backend=model.backend, library_versions=manifest.library_versions, serving_versions=library_versions(),
             metrics=manifest.metrics, limits=limits)

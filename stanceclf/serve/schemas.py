@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from stanceclf.data.documents import unicode_problem
+from stanceclf.data.schema import LabelSchema
 
 
 def _usable_text(text: str) -> str:
@@ -73,11 +74,6 @@ class ClassifyResponse(BaseModel):
                                                         "for 'text'); each holds that text's units in order.")
 
 
-class LabelSchemaInfo(BaseModel):
-    name: str = Field(description="Name of the label schema the model was trained on.")
-    version: str = Field(description="Version of that label schema.")
-
-
 class Limits(BaseModel):
     """The server's limits, fixed at start (see ``stanceclf serve --help``)."""
 
@@ -97,7 +93,8 @@ class ModelInfo(BaseModel):
     temperatures: dict[str, float] = Field(description="Per label: the temperature that calibrates raw logits "
                                                        "(score = sigmoid(logit / temperature)).")
     max_length: int = Field(description="Longest unit scored, in tokens; longer units are truncated.")
-    label_schema: LabelSchemaInfo = Field(description="The label schema the model was trained on.")
+    label_schema: LabelSchema = Field(description="The label schema the model was trained on, with each "
+                                                  "label's definition.")
     base_model: str = Field(description="The pretrained model it was fine-tuned from.")
     data_fingerprint: str | None = Field(description="Fingerprint of the training data (null if not recorded).")
     created: str = Field(description="When the model was saved (ISO 8601, UTC).")

@@ -36,7 +36,7 @@ from stanceclf.data.dataset import assign_folds, assign_splits
 from stanceclf.data.schema import LabelSchema, load_schema
 from stanceclf.errors import EvaluationError, RecipeError
 from stanceclf.model.decision import decide, probabilities
-from stanceclf.model.metrics import expected_calibration_error, format_report, multilabel_report
+from stanceclf.model.metrics import expected_calibration_error, format_metric, format_report, multilabel_report
 from stanceclf.train.calibration import calibrate
 from stanceclf.train.recipe import Recipe
 from stanceclf.train.trainer import (_evaluate_logits, _run_signature, fit_and_calibrate, load_base_tokenizer,
@@ -292,6 +292,9 @@ class Setup:
     @classmethod
     def of(cls, recipe: Recipe, work_dir: Path, *, make_model=None, tokenizer=None, resume=True, progress=True,
            echo=None) -> "Setup":
+        if recipe.distill is not None:
+            raise RecipeError("cross-validation and learning curves of a [distill] recipe are not supported yet "
+                              "(the folds would learn without the teachers)", where=recipe.source)
         schema = load_schema(recipe.schema_path)
         dataset, info, read_report = prepare_dataset(recipe, schema)
         if read_report.skipped:
@@ -330,7 +333,7 @@ def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = N
                     f"{len(dev)} dev, {len(fold.test)} test")
         record = runner.run(fold.name, train, dev, fold.test)
         runner.echo(f"fold {number}/{len(plan)} ({fold.name}): test macro F1 "
-                    f"{record['test_report']['macro']['f1']:.3f}")
+                    f"{format_metric(record['test_report']['macro']['f1'])}")
         records.append(record)
     labels = setup.schema.label_names
     report = {
@@ -397,8 +400,8 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     for fold in report["per_fold"]:
         docs, test = fold["documents"], fold["test_report"]
         lines.append(f"| {fold['name']} | {docs['train']} | {docs['dev']} | {docs['test']} | "
-                     f"{fold['sentences']['test']} | {test['macro']['f1']:.3f} | "
-                     + " | ".join(f"{test['labels'][label]['f1']:.3f}" for label in labels) + " |")
+                     f"{fold['sentences']['test']} | {format_metric(test['macro']['f1'])} | "
+                     + " | ".join(format_metric(test["labels"][label]["f1"]) for label in labels) + " |")
     paths = [out_dir / "report.json", out_dir / "report.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     paths[1].write_text("\n".join(lines) + "\n", encoding="utf-8")

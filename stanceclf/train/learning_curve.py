@@ -84,6 +84,9 @@ def write_learning_curve(report: dict, out_dir: Path) -> list[Path]:
     for name, pick in [("macro", lambda row: row["macro"]["f1"])] + [
             (label, lambda row, label=label: row["labels"][label]["f1"]) for label in labels]:
         means = [pick(row)["mean"] for row in report["sizes"]]
+        if all(mean is None for mean in means):
+            continue  # a label with no positive in any fold has no F1 to plot
+        means = [float("nan") if mean is None else mean for mean in means]
         errors = [pick(row)["sd"] or 0.0 for row in report["sizes"]]
         ax.errorbar(x, means, yerr=errors, marker="o", capsize=3, label=name, linewidth=2.5 if name == "macro" else 1)
     ax.set(xlabel="training articles", ylabel="test F1 (mean ± sd over folds)", ylim=(0, 1),

@@ -85,6 +85,60 @@ class TrainingSection(BaseModel):
         return value
 
 
+class DistillSection(BaseModel):
+    """The recipe's ``[distill]``: train the model as a student of one or more teachers
+    (stanceclf model directories), on its labelled data and on the teachers' calibrated
+    probabilities for unlabelled sentences; see :mod:`stanceclf.train.distill`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: A teacher's model directory, or a list of them (an ensemble: their calibrated probabilities are averaged).
+    teacher: str | list[str]
+    #: Unlabelled inputs (folders of .txt files, JSONL, CSV, Parquet), split with the student's splitter.
+    unlabelled: list[str] = []
+    input_format: Literal["auto", "txt", "jsonl", "csv", "parquet"] = "auto"
+    text_field: str = "text"
+    #: A bad unlabelled record (empty, not UTF-8, too long) stops the run, or is skipped and counted.
+    on_error: Literal["stop", "skip"] = "stop"
+    max_chars: int = Field(default=1_000_000, ge=1)
+    #: Weight of the gold loss on labelled sentences; 1 - alpha weighs the soft loss against the teachers.
+    alpha: float = Field(default=0.5, ge=0, lt=1)
+    #: Also learn the teachers' probabilities on the labelled training sentences (besides their gold labels).
+    soft_on_labelled: bool = False
+    #: A student with fewer layers than its base: how many (spread evenly from the first: 3 of 6 keeps
+    #: layers 0, 2, 4) or which ones (``[1, 3, 5]``). BERT and MPNet bases.
+    student_layers: int | list[int] | None = None
+    #: How the teachers run (``stanceclf score --backend``); scores are computed once and cached in the run folder.
+    teacher_backend: str = "torch"
+    teacher_batch_size: int = Field(default=64, ge=1)
+    #: Where the teachers' scores are cached (default: the run folder's ``teacher-scores``). Students of one
+    #: teacher can share a folder: its scores are keyed by the teacher's signature and by sentence.
+    scores_dir: str | None = None
+
+    @property
+    def teachers(self) -> list[str]:
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DistillSection":
+        from stanceclf.infer.backends import AUTO, BACKENDS
+
+        if not self.teachers:
+            raise ValueError("distill.teacher names no model directory")
+        if not self.unlabelled and not self.soft_on_labelled:
+            raise ValueError("distill needs unlabelled inputs (distill.unlabelled) or distill.soft_on_labelled = "
+                             "true: otherwise the teachers have nothing to teach")
+        layers = self.student_layers
+        if isinstance(layers, int) and layers < 1 or isinstance(layers, list) and (
+                not layers or min(layers) < 0 or layers != sorted(set(layers))):
+            raise ValueError(f"distill.student_layers must be a positive count or a non-empty, increasing list of "
+                             f"layer numbers from 0, got {layers!r}")
+        if self.teacher_backend not in (*BACKENDS, AUTO):
+            raise ValueError(f"distill.teacher_backend must be one of {', '.join((*BACKENDS, AUTO))}, "
+                             f"got {self.teacher_backend!r}")
+        return self
+
+
 class EvaluationSection(BaseModel):
     """The recipe's ``[evaluation]``: how ``stanceclf cross-validate`` and ``learning-curve`` split documents."""
 
@@ -134,9 +188,10 @@ class Recipe(BaseModel):
     seed: int = 13
     data: DataSection
     training: TrainingSection = TrainingSection()
-    source: str | None = Field(default=None, exclude=True)
+    distill: DistillSection | None = None
     evaluation: EvaluationSection = EvaluationSection()
     calibration: CalibrationSection = CalibrationSection()
+    source: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -144,6 +199,13 @@ class Recipe(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("data"), dict) and "seed" not in data["data"]:
             data = {**data, "data": {**data["data"], "seed": data.get("seed", 13)}}
         return data
+
+    @model_validator(mode="after")
+    def _out_of_fold_without_distillation(self) -> "Recipe":
+        if self.distill is not None and self.calibration.thresholds == "cross-validation":
+            raise ValueError("calibration.thresholds = 'cross-validation' does not work with [distill] yet (the "
+                             "out-of-fold models would learn without the teachers); use 'dev'")
+        return self
 
     @property
     def schema_path(self) -> str | Path:

@@ -27,7 +27,7 @@ from stanceclf.errors import RecipeError
 from stanceclf.infer.model import StanceModel
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.decision import decide, probabilities
-from stanceclf.model.directory import quiet_transformers
+from stanceclf.progress import library_output, wants_progress
 from stanceclf.model.manifest import ModelManifest
 from stanceclf.train.base_models import resolve_base
 from stanceclf.train.calibration import calibrate
@@ -66,7 +66,7 @@ def _make_trainer_class():
     from transformers import Trainer
 
     class WeightedBCETrainer(Trainer):
-        """BCE on logits with a positive-class weight per label."""
+        """BCE on logits with a positive-class weight per label (and, distilling, a weight per row)."""
 
         # compute_loss returns a plain per-batch mean: the Trainer must divide it by the
         # gradient accumulation steps (it skips that for models that take loss kwargs).
@@ -78,10 +78,15 @@ def _make_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
+            # Distillation rows carry a weight each (gold and soft rows mixed, see stanceclf.train.distill);
+            # their labels may be probabilities in [0, 1].
+            row_weight = inputs.pop("weight", None)
             outputs = model(**inputs)
             weight = self.pos_weight.to(outputs.logits.device) if self.pos_weight is not None else None
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, labels.float(),
-                                                                        pos_weight=weight)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                outputs.logits, labels.float(), pos_weight=weight, reduction="mean" if row_weight is None else "none")
+            if row_weight is not None:
+                loss = (loss.mean(dim=1) * row_weight.to(loss.dtype)).mean()
             return (loss, outputs) if return_outputs else loss
 
     return WeightedBCETrainer
@@ -93,7 +98,8 @@ def _dev_macro_f1(eval_prediction) -> dict:
     logits = np.asarray(logits)
     predicted = decide(probabilities(logits, np.ones(logits.shape[1])), np.full(logits.shape[1], 0.5))
     report = multilabel_report(np.asarray(labels), predicted, [str(i) for i in range(predicted.shape[1])])
-    return {"macro_f1": report["macro"]["f1"], "micro_f1": report["micro"]["f1"]}
+    # A dev split without positives of any label has no macro F1: nothing to stop early on, so 0.
+    return {"macro_f1": report["macro"]["f1"] or 0.0, "micro_f1": report["micro"]["f1"]}
 
 
 def build_base_model(base: str, schema: LabelSchema, *, config=None):
@@ -111,7 +117,7 @@ def build_base_model(base: str, schema: LabelSchema, *, config=None):
         for key, value in head.items():
             setattr(config, key, value)
         return AutoModelForSequenceClassification.from_config(config)
-    with quiet_transformers():
+    with library_output("transformers", "huggingface_hub"):
         return AutoModelForSequenceClassification.from_pretrained(
             resolve_base(base), trust_remote_code=False, use_safetensors=True, **head)
 
@@ -136,14 +142,18 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
     dataset, info = _prepared_data(recipe, schema)
     tokenizer = tokenizer or load_base_tokenizer(recipe.base_model)
     model = model or seeded_base_model(recipe, schema)
+    distillation = _distillation(recipe, schema, dataset, info, model, progress) if recipe.distill else None
     from stanceclf.train.crossval import recipe_calibration
 
     out_of_fold = recipe_calibration(recipe, dataset, schema, model=model, tokenizer=tokenizer,
                                      fingerprint=info["fingerprint"], resume=resume, progress=progress)
+    fingerprint = info["fingerprint"] + (f"+distill:{distillation.signature}" if distillation else "")
     result, trainer = fit_and_calibrate(recipe, dataset, schema, model=model, tokenizer=tokenizer,
-                                        fingerprint=info["fingerprint"], resume=resume, progress=progress,
-                                        calibration=out_of_fold.fitted if out_of_fold else None)
-    result.manifest = _final_manifest(result, recipe, info, dataset, trainer, time.time() - started)
+                                        fingerprint=fingerprint, resume=resume, progress=progress,
+                                        calibration=out_of_fold.fitted if out_of_fold else None,
+                                        train_rows=distillation.train_rows if distillation else None)
+    result.manifest = _final_manifest(result, recipe, info, dataset, trainer, time.time() - started,
+                                      distillation=distillation.record if distillation else None)
     result.manifest.training["calibration"] = out_of_fold.record if out_of_fold else {"method": "dev"}
     if trainer.is_world_process_zero():
         result.save_pretrained(recipe.resolve(recipe.output_dir), storage_dtype=recipe.training.storage_dtype)
@@ -152,11 +162,12 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
 
 
 def fit_and_calibrate(recipe: Recipe, dataset, schema: LabelSchema, *, model, tokenizer, fingerprint: str,
-                      resume: bool = True, progress: bool = True, calibration=None):
+                      resume: bool = True, progress: bool = True, calibration=None, train_rows=None):
     """Phases 2 to 4 on a given ``DatasetDict`` (train, dev, optionally test): ``(StanceModel, trainer)``,
     nothing saved. Checkpoints go to ``recipe.run_path``; ``fingerprint`` names the data they belong to.
-    ``calibration`` (temperatures, thresholds) replaces fitting them on dev."""
-    trainer = _make_trainer(recipe, model, tokenizer, dataset, progress)
+    ``calibration`` (temperatures, thresholds) replaces fitting them on dev; ``train_rows`` (distillation)
+    replaces the train split's rows."""
+    trainer = _make_trainer(recipe, model, tokenizer, dataset, progress, train_rows=train_rows)
     fitted = _fit(trainer, recipe, fingerprint, resume)
     return _calibrate_and_evaluate(fitted, tokenizer, dataset, schema, recipe.training.max_length, calibration), trainer
 
@@ -172,10 +183,22 @@ def _prepared_data(recipe: Recipe, schema: LabelSchema):
     return dataset, info
 
 
+def _distillation(recipe: Recipe, schema: LabelSchema, dataset, info: dict, model, progress: bool):
+    """Phase 1b (recipes with ``[distill]``): the student's layers, and its training rows with the
+    teachers' cached scores (:mod:`stanceclf.train.distill`)."""
+    from stanceclf.train.distill import prepare_distillation, student_model
+
+    _, kept = student_model(model, recipe.distill.student_layers)
+    splitter = SentenceSplitter.model_validate(info["build_config"]["splitter"])
+    distillation = prepare_distillation(recipe, schema, dataset, splitter, progress=progress)
+    distillation.record["student_layers"] = kept
+    return distillation
+
+
 def load_base_tokenizer(base: str):
     from transformers import AutoTokenizer
 
-    with quiet_transformers():
+    with library_output("transformers", "huggingface_hub"):
         return AutoTokenizer.from_pretrained(resolve_base(base), trust_remote_code=False)
 
 
@@ -201,11 +224,15 @@ def _training_arguments(recipe: Recipe, progress: bool):
         save_total_limit=2, seed=recipe.seed, data_seed=recipe.seed,
         report_to=[], disable_tqdm=not progress, use_cpu=_use_cpu(), bf16=_use_bf16(settings.precision),
         dataloader_num_workers=0,
+        # The encoded splits hold only what the loss reads; a distillation row's "weight" is not a model input.
+        remove_unused_columns=False,
     )
 
 
-def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool):
-    """Phase 2: a transformers ``Trainer`` over the tokenized splits, with weighted BCE and early stopping."""
+def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, train_rows=None):
+    """Phase 2: a transformers ``Trainer`` over the tokenized splits, with weighted BCE and early stopping.
+    ``train_rows`` (distillation) replaces the train split: targets in [0, 1] and a ``weight`` per row."""
+    from datasets import DatasetDict
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
     settings = recipe.training
@@ -213,11 +240,19 @@ def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool):
         model = _wrap_lora(model, settings)
 
     def encode(batch):
-        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length)
+        # No token_type_ids: serving never passes them (all zeros), and MPNet has none.
+        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length,
+                            return_token_type_ids=False)
         encoded["labels"] = [[float(v) for v in row] for row in batch["labels"]]
+        if "weight" in batch:
+            encoded["weight"] = batch["weight"]
         return encoded
 
-    encoded = dataset.map(encode, batched=True, remove_columns=dataset["train"].column_names, desc=None)
+    splits = {"train": train_rows if train_rows is not None else dataset["train"], "dev": dataset["dev"]}
+    with library_output("datasets", progress=progress and wants_progress(sum(map(len, splits.values())))):
+        encoded = DatasetDict({name: split.map(encode, batched=True, remove_columns=split.column_names, desc=None)
+                               for name, split in splits.items()})
+    # Positive weights from the gold labels only: the teachers' probabilities are targets, not counts.
     pos_weight = positive_weights(np.array(dataset["train"]["labels"], dtype=np.float32), settings.pos_weight)
     callbacks = [EarlyStoppingCallback(settings.early_stopping_patience)] if settings.early_stopping_patience else []
     return _make_trainer_class()(
@@ -258,9 +293,11 @@ def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_
     return served
 
 
-def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, trainer, elapsed: float) -> ModelManifest:
-    """Phase 5: the manifest, with provenance (recipe, data, wall time, memory)."""
+def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, trainer, elapsed: float, *,
+                    distillation: dict | None = None) -> ModelManifest:
+    """Phase 5: the manifest, with provenance (recipe, data, teachers, wall time, memory)."""
     labels = result.labels
+    extra = {"distillation": distillation} if distillation else {}
     return result.manifest.model_copy(update={
         # The splitter the data was built with (a prebuilt dataset records its own).
         "splitter": SentenceSplitter.model_validate(info["build_config"]["splitter"]),
@@ -270,7 +307,7 @@ def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, tr
                      "epochs_run": float(trainer.state.epoch or 0),
                      "best_checkpoint": trainer.state.best_model_checkpoint, "peak_rss_mb": _peak_rss_mb(),
                      "statistics": statistics(dataset, LabelSchema.from_labels(labels)),
-                     "documents": info["documents"]}})
+                     "documents": info["documents"], **extra}})
 
 
 RUN_SIGNATURE = "run-signature.json"

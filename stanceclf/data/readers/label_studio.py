@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stanceclf.data.documents import AnnotatedDocument
-from stanceclf.errors import AnnotationError
+from stanceclf.errors import AnnotationError, describe_json_error
 from .validation import TEXT_FIELD_HINT, SpanChecker
 
 ANNOTATION_RULES = ("merge", "per-annotator")
@@ -93,7 +93,7 @@ def _load_items(path: Path, checker: SpanChecker) -> list | None:
         checker.fail(AnnotationError(f"not UTF-8: {exc.reason} at byte {exc.start}", where=str(path)))
         return None
     except json.JSONDecodeError as exc:
-        checker.fail(AnnotationError(f"not valid JSON: {exc.msg} (line {exc.lineno})", where=str(path)))
+        checker.fail(AnnotationError(f"not valid JSON: {describe_json_error(exc)}", where=str(path)))
         return None
     if not isinstance(items, list):
         checker.fail(AnnotationError("a Label Studio export must be a JSON list of tasks", where=str(path)))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from stanceclf.data.documents import (AnnotatedDocument, decode_document_text, read_document_bytes, read_document_text,
                                       text_checksum)
-from stanceclf.errors import AnnotationError, ChecksumMismatchError, InputFileError
+from stanceclf.errors import AnnotationError, ChecksumMismatchError, InputFileError, describe_json_error
 from .validation import SpanChecker
 
 FORMAT_NAME = "stanceclf-standoff"
@@ -73,7 +73,7 @@ def iter_jsonl(path: Path, checker: SpanChecker):
             try:
                 yield line_number, where, json.loads(line)
             except json.JSONDecodeError as exc:
-                checker.fail(AnnotationError(f"not valid JSON: {exc.msg}", where=where))
+                checker.fail(AnnotationError(f"not valid JSON: {describe_json_error(exc)}", where=where))
 
 
 def _document_from_record(record, root: Path, checker: SpanChecker, where: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from stanceclf.data.documents import decode_document_text, read_document_bytes, unicode_problem
-from stanceclf.errors import InputFileError, ScoringSetupError
+from stanceclf.errors import InputFileError, ScoringSetupError, describe_json_error
 
 #: The suffixes of the text files a folder input holds, compared case-insensitively.
 TEXT_SUFFIXES = (".txt", ".text")
@@ -99,7 +99,7 @@ def _parse_json_line(raw: bytes, line_number: int):
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc}"
+        return None, f"not valid JSON: {describe_json_error(exc)}"
     if not isinstance(record, dict):
         return None, "a record must be a JSON object"
     return record, None

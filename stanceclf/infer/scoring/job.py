@@ -16,10 +16,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stanceclf.data.language import warn_if_not_english
 from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
 from stanceclf.infer.results import RowSpec
 from stanceclf.infer.scoring.inputs import Fields, InputRecord, check_inputs, input_files, iter_records
@@ -65,16 +66,24 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, options: Score
 
     Options are a :class:`ScoreOptions` or its fields as keywords (``per_document=True``).
     """
+    options = score_options(options, option_values)
+    return run_locked(_LocalRun([Path(p) for p in paths], Path(out), model, options, log), progress)
+
+
+def score_options(options: ScoreOptions | None, option_values: dict) -> ScoreOptions:
+    """The options of a run: given whole, or as keywords checked into a :class:`ScoreOptions`."""
     from pydantic import ValidationError
 
     from stanceclf.errors import describe_validation_error
 
     try:
-        options = options or ScoreOptions(**option_values)
+        return options or ScoreOptions(**option_values)
     except ValidationError as exc:
         raise ScoringSetupError(describe_validation_error(exc)) from None
-    run = _ScoringRun([Path(p) for p in paths], Path(out), model, options,
-                      log or (lambda message: print(message, file=sys.stderr)))
+
+
+def run_locked(run: "ScoringRun", progress: bool) -> ScoreSummary:
+    """Execute a run while holding its output's lock, so that no second run writes the same output."""
     with OutputLock(run.files.lock) as lock:
         try:
             return run.execute(progress)
@@ -82,15 +91,95 @@ def score_corpus(paths: list[str | Path], out: str | Path, model, options: Score
             lock.release(remove=True)
 
 
-class _ScoringRun:
-    def __init__(self, paths: list[Path], out: Path, model, options: ScoreOptions, log):
+class ChunkFiller:
+    """The one chunking rule of every engine: documents join a chunk until it holds at least
+    ``limit`` sentences. Forward-pass batches are formed within a chunk (length-sorted), and
+    batch composition moves scores in the last float bits, so engines that chunk alike give
+    identical scores."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.items: list = []
+        self.sentences = 0
+
+    def add(self, item, sentences: int) -> list | None:
+        """Add one document; the chunk it completes, or None."""
+        self.items.append(item)
+        self.sentences += sentences
+        return self.take() if self.sentences >= self.limit else None
+
+    def take(self) -> list:
+        """The documents gathered so far (possibly none), starting a new chunk."""
+        items, self.items, self.sentences = self.items, [], 0
+        return items
+
+
+class ScoringRun:
+    """What every engine's run shares: the checks made before anything is written, the records
+    with the duplicate-id rule, the bad-record rule, the error log and the refusal of an empty
+    result. Engines add ``execute(progress) -> ScoreSummary``."""
+
+    def __init__(self, paths: list[Path], out: Path, model, options: ScoreOptions, log=None):
         check_inputs(paths, options.input_format)
         if not out.parent.is_dir():
             raise ScoringSetupError("the output's folder does not exist", where=str(out.parent))
-        self.paths, self.out, self.model, self.options, self.log = paths, out, model, options, log
+        self.paths, self.out, self.model, self.options = paths, out, model, options
+        self.log = log or (lambda message: print(message, file=sys.stderr))
         self.fmt = output_format_of(out, options.output_format)
         self.files = OutputPaths.beside(out)
         self.spec = RowSpec(tuple(model.labels), per_document=options.per_document)
+        self.summary = ScoreSummary()
+
+    def execute(self, progress: bool) -> ScoreSummary:
+        raise NotImplementedError
+
+    def records(self) -> Iterator[InputRecord]:
+        """Every input record in order, a repeated id turned into a bad record (ids are unique across the run)."""
+        ids = DuplicateIds()
+        fields = Fields(self.options.id_field, self.options.text_field)
+        for record in iter_records(self.paths, self.options.input_format, fields=fields,
+                                   max_chars=self.options.max_chars):
+            yield ids.check(record)
+
+    def clear_previous(self) -> None:
+        """``overwrite``: remove the output and whatever an earlier run left beside it."""
+        for stale in (self.out, self.files.progress, self.files.errors):
+            stale.unlink(missing_ok=True)
+        make_writer(self.fmt, self.files.partial, self.spec).discard()
+
+    def refuse_complete_output(self) -> None:
+        if self.out.exists():
+            raise StanceclfError("the output exists and is complete; pass --overwrite to score again",
+                                 where=str(self.out))
+
+    def handle_bad_record(self, record: InputRecord) -> None:
+        """Stop with the record's name (``on_error="stop"``), or log it to OUT.errors.jsonl and count it."""
+        where = f"record {record.number} ({record.where}, id {record.doc_id!r})"
+        if self.options.on_error == "stop":
+            raise InputRecordError(record.error + "; pass --on-error skip to log it and go on", where=where)
+        self.errors.write(json.dumps({"record": record.number, "where": record.where, "doc_id": record.doc_id,
+                                      "error": record.error}, ensure_ascii=False) + "\n")
+        self.summary.skipped += 1
+        self.log(f"skipped {where}: {record.error}")
+
+    def refuse_empty_result(self, writer) -> None:
+        """A run that scored nothing is an error, even when every record was skipped on purpose."""
+        if self.summary.documents:
+            return
+        writer.discard()
+        self.files.progress.unlink(missing_ok=True)
+        if not self.summary.skipped:
+            self.files.errors.unlink(missing_ok=True)
+        what = (f"all {self.summary.skipped} records were skipped as bad (listed in {self.files.errors.name})"
+                if self.summary.skipped else "the inputs hold no records")
+        raise InputRecordError(f"nothing was scored, so no output was written: {what}", where=str(self.out))
+
+
+class _LocalRun(ScoringRun):
+    """The local engine: chunks scored in this process, a resume state after each one."""
+
+    def __init__(self, paths: list[Path], out: Path, model, options: ScoreOptions, log=None):
+        super().__init__(paths, out, model, options, log)
         self.signature = run_signature(input_files(paths, options.input_format), model, options.shaping(self.fmt))
 
     def execute(self, progress: bool) -> ScoreSummary:
@@ -102,7 +191,7 @@ class _ScoringRun:
         self.state = state
         started = time.time()
         self._score_all(progress)
-        self._refuse_empty_result()
+        self.refuse_empty_result(self.writer)
         self.writer.finish(self.out)
         self.files.progress.unlink()
         if self.state.errors_written == 0:
@@ -115,9 +204,7 @@ class _ScoringRun:
         files = self.files
         self.resuming = False
         if self.options.overwrite:
-            for stale in (self.out, files.progress, files.errors):
-                stale.unlink(missing_ok=True)
-            make_writer(self.fmt, files.partial, self.spec).discard()
+            self.clear_previous()
         elif files.progress.exists():
             state = ResumeState.load(files.progress)
             if state.signature != self.signature:
@@ -135,10 +222,8 @@ class _ScoringRun:
             self.log(f"resuming after {state.records_done} records ({state.sentences} sentences already written)")
             self.errors = open(files.errors, "a", encoding="utf-8")
             return state
-        elif self.out.exists():
-            raise StanceclfError("the output exists and is complete; pass --overwrite to score again",
-                                 where=str(self.out))
-        self.summary = ScoreSummary()
+        else:
+            self.refuse_complete_output()
         # A fresh run starts a fresh error log: lines from a run killed before its first checkpoint are redone.
         self.errors = open(files.errors, "w", encoding="utf-8")
         return ResumeState(signature=self.signature)
@@ -146,49 +231,40 @@ class _ScoringRun:
     def _score_all(self, progress: bool) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=None, unit=" sent", disable=not progress, dynamic_ncols=True, desc="scoring",
-                        file=sys.stderr)
+        from stanceclf.progress import wants_progress
+
+        # A bar redrawn with carriage returns is noise in a log file: on a terminal only.
+        self.bar = tqdm(total=None, unit=" sent", disable=not (progress and wants_progress()), dynamic_ncols=True,
+                        desc="scoring", file=sys.stderr)
         try:
-            chunk, pending, seen = [], 0, self.state.records_done
-            ids = DuplicateIds()
-            for record in iter_records(self.paths, self.options.input_format, fields=self._fields,
-                                       max_chars=self.options.max_chars):
-                record = ids.check(record)  # records already done count too: ids are unique across the run
+            self.chunks, seen = ChunkFiller(self.options.chunk_sentences), self.state.records_done
+            for record in self.records():  # records already done count too: ids are unique across the run
                 if record.number < self.state.records_done:
                     continue
                 seen = record.number + 1
                 if record.error is not None:
-                    self._bad_record(record, chunk)
+                    self._bad_record(record)
                     continue
+                warn_if_not_english(record.text, f"document {record.doc_id!r} ({record.where})")
                 sentences = self.model.split(record.text)
-                chunk.append((record, sentences))
-                pending += len(sentences)
-                if pending >= self.options.chunk_sentences:
+                chunk = self.chunks.add((record, sentences), len(sentences))
+                if chunk is not None:
                     self._flush(chunk, record.number + 1)
-                    chunk, pending = [], 0
             # The last (possibly empty) chunk also records the final state, skipped trailing records included.
-            self._flush(chunk, seen)
+            self._flush(self.chunks.take(), seen)
         finally:
             self.bar.close()
             self.writer.close()
             self.errors.close()
 
-    @property
-    def _fields(self) -> Fields:
-        return Fields(self.options.id_field, self.options.text_field)
-
-    def _bad_record(self, record: InputRecord, chunk: list) -> None:
-        where = f"record {record.number} ({record.where}, id {record.doc_id!r})"
+    def _bad_record(self, record: InputRecord) -> None:
         if self.options.on_error == "stop":
-            if chunk:
+            chunk = self.chunks.take()
+            if chunk:  # what came before the bad record is kept, for a resumed run
                 self._flush(chunk, record.number)
-            raise InputRecordError(record.error + "; pass --on-error skip to log it and go on", where=where)
-        self.errors.write(json.dumps({"record": record.number, "where": record.where, "doc_id": record.doc_id,
-                                      "error": record.error}, ensure_ascii=False) + "\n")
+        self.handle_bad_record(record)
         self.state.errors_written += 1
         self.state.skipped += 1
-        self.summary.skipped += 1
-        self.log(f"skipped {where}: {record.error}")
 
     def _flush(self, chunk: list[tuple[InputRecord, list]], records_done: int) -> None:
         """Score a chunk, append its rows, and record the new state durably (output first, then state)."""
@@ -213,18 +289,6 @@ class _ScoringRun:
         self.summary = _summary_of(state, self.summary)
         self.bar.update(len(texts))
         self.bar.set_postfix(docs=state.documents, skipped=state.skipped)
-
-    def _refuse_empty_result(self) -> None:
-        """A run that scored nothing is an error, even when every record was skipped on purpose."""
-        if self.summary.documents:
-            return
-        self.writer.discard()
-        self.files.progress.unlink(missing_ok=True)
-        if not self.summary.skipped:
-            self.files.errors.unlink(missing_ok=True)
-        what = (f"all {self.summary.skipped} records were skipped as bad (listed in {self.files.errors.name})"
-                if self.summary.skipped else "the inputs hold no records")
-        raise InputRecordError(f"nothing was scored, so no output was written: {what}", where=str(self.out))
 
 
 class DuplicateIds:

@@ -1,0 +1,260 @@
+"""Distillation: a student learns from gold labels and from its teachers' calibrated probabilities.
+
+A recipe with a ``[distill]`` section (:class:`~stanceclf.train.recipe.DistillSection`) trains its
+model as a student. This phase runs between data preparation and fine-tuning (see
+:func:`stanceclf.train.trainer.train`):
+
+1. **Teachers**: stanceclf model directories whose labels are the student schema's. Several
+   teachers are an ensemble: their calibrated probabilities are averaged.
+2. **Unlabelled sentences**: the inputs are read with the corpus readers of ``stanceclf score``
+   and split with the student's splitter. Repeated sentences count once, and a sentence that is
+   also in a labelled split is left out (the student's dev and test sentences stay unseen).
+3. **Teacher scores** are computed once per teacher and cached in the run folder, or in the
+   recipe's ``scores_dir`` that several students of one teacher can share
+   (``<teacher>-<signature>/``, Parquet parts keyed by sentence text; the signature covers the
+   teacher's weights, manifest and backend). A rerun, a resumed run or a student with other
+   settings reads them back; an interrupted scoring goes on from its last saved part.
+4. **The training set** holds the labelled train sentences (gold labels) and the soft rows
+   (teacher probabilities as targets in [0, 1]). Each row carries a weight chosen so that the
+   expected batch loss is ``alpha * gold BCE + (1 - alpha) * soft BCE``, whatever the mix of rows.
+5. **The student** is the base model, or with ``student_layers`` a shallower copy of it that
+   keeps some of its layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stanceclf.errors import RecipeError
+from stanceclf.model.architectures import architecture_of
+
+log = logging.getLogger(__name__)
+
+TEACHER_SCORES = "teacher-scores"
+#: Sentences scored between two saved parts: what an interruption can lose.
+CHUNK_SENTENCES = 1024
+
+
+@dataclass
+class Distillation:
+    """What the trainer needs from this phase."""
+
+    #: The mixed training split: ``text``, ``labels`` (float targets in [0, 1]) and ``weight`` per row.
+    train_rows: object
+    #: Identifies the teachers and their scores: a checkpoint of another distillation is not resumed.
+    signature: str
+    #: Provenance for the manifest (``training.distillation``).
+    record: dict
+
+
+def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = True) -> Distillation:
+    """Load the teachers, collect the unlabelled sentences, get the teachers' (cached) scores, and
+    build the weighted training rows."""
+    from datasets import Dataset
+
+    settings = recipe.distill
+    labels = schema.label_names
+    teachers = [_load_teacher(recipe, path, labels) for path in settings.teachers]
+    labelled = {text for split in dataset.values() for text in split["text"]}
+    unlabelled, read = unlabelled_sentences(recipe, splitter, exclude=labelled)
+    train_texts = list(dataset["train"]["text"])
+    soft_texts = unlabelled + (train_texts if settings.soft_on_labelled else [])
+    if not soft_texts:
+        raise RecipeError("distill: no unlabelled sentence is left (each one is also in the labelled data)",
+                          where=recipe.source)
+    folder = recipe.resolve(settings.scores_dir) if settings.scores_dir else recipe.run_path / TEACHER_SCORES
+    caches = [TeacherScoreCache(folder, teacher) for teacher in teachers]
+    soft = np.mean([cache.probabilities(soft_texts, labels, settings.teacher_batch_size, progress)
+                    for cache in caches], axis=0)
+    gold = np.asarray(dataset["train"]["labels"], dtype=np.float32).reshape(len(train_texts), len(labels))
+    weights = mixing_weights(len(train_texts), len(soft_texts), settings.alpha)
+    rows = Dataset.from_dict({
+        "text": train_texts + soft_texts,
+        "labels": np.vstack([gold, soft]).astype(np.float32).tolist(),
+        "weight": [weights[0]] * len(train_texts) + [weights[1]] * len(soft_texts),
+    })
+    record = {
+        "teachers": [{"path": str(c.teacher.path), "base_model": c.teacher.manifest.base_model,
+                      "signature": c.signature} for c in caches],
+        "alpha": settings.alpha, "soft_on_labelled": settings.soft_on_labelled,
+        "teacher_backend": caches[0].teacher.backend,
+        "unlabelled": [str(recipe.resolve(p)) for p in settings.unlabelled], **read,
+        "gold_rows": len(train_texts), "soft_rows": len(soft_texts),
+        "row_weights": {"gold": weights[0], "soft": weights[1]},
+    }
+    signature = hashlib.sha256("+".join(c.signature for c in caches).encode()).hexdigest()
+    return Distillation(rows, signature, record)
+
+
+def mixing_weights(gold_rows: int, soft_rows: int, alpha: float) -> tuple[float, float]:
+    """Per-row weights ``(gold, soft)`` such that a uniformly drawn batch's mean weighted loss has the
+    expectation ``alpha * mean gold loss + (1 - alpha) * mean soft loss``."""
+    total = gold_rows + soft_rows
+    gold = alpha * total / gold_rows if gold_rows else 0.0
+    soft = (1 - alpha) * total / soft_rows if soft_rows else 0.0
+    return float(gold), float(soft)
+
+
+def _load_teacher(recipe, path: str, labels: list[str]):
+    from stanceclf.errors import StanceclfError
+    from stanceclf.infer.model import StanceModel
+
+    try:
+        teacher = StanceModel.from_pretrained(recipe.resolve(path), fast=recipe.distill.teacher_backend)
+    except StanceclfError as error:
+        raise RecipeError(f"distill.teacher {path!r} cannot be loaded: {error}", where=recipe.source) from None
+    if sorted(teacher.labels) != sorted(labels):
+        raise RecipeError(f"distill.teacher {path!r} has the labels {teacher.labels}, the student's schema "
+                          f"{labels}: a teacher must score the student's labels", where=recipe.source)
+    return teacher
+
+
+def unlabelled_sentences(recipe, splitter, *, exclude: set[str]) -> tuple[list[str], dict]:
+    """The distinct sentences of the unlabelled inputs, in reading order, less those in ``exclude``;
+    and counts of what was read, for the manifest."""
+    from stanceclf.errors import StanceclfError
+    from stanceclf.infer.scoring.inputs import Fields, check_inputs, iter_records
+
+    settings = recipe.distill
+    paths = [recipe.resolve(p) for p in settings.unlabelled]
+    try:
+        check_inputs(paths, settings.input_format)
+    except StanceclfError as error:
+        raise RecipeError(f"distill.unlabelled: {error}", where=recipe.source) from None
+    seen, sentences = set(), []
+    counts = {"unlabelled_documents": 0, "unlabelled_skipped": 0, "unlabelled_sentences_read": 0,
+              "unlabelled_left_out_as_labelled": 0}
+    for record in iter_records(paths, settings.input_format, fields=Fields(text_field=settings.text_field),
+                               max_chars=settings.max_chars):
+        if record.error is not None:
+            if settings.on_error == "stop":
+                raise RecipeError(f"distill.unlabelled: {record.error} (set distill.on_error = \"skip\" to skip "
+                                  "and count such records)", where=f"{record.where} (id {record.doc_id!r})")
+            counts["unlabelled_skipped"] += 1
+            log.warning("distill: skipped %s: %s", record.where, record.error)
+            continue
+        counts["unlabelled_documents"] += 1
+        for sentence in splitter.split(record.text):
+            counts["unlabelled_sentences_read"] += 1
+            if sentence.text in exclude:
+                counts["unlabelled_left_out_as_labelled"] += 1
+            elif sentence.text not in seen:
+                seen.add(sentence.text)
+                sentences.append(sentence.text)
+    counts["unlabelled_sentences"] = len(sentences)
+    return sentences, counts
+
+
+def teacher_probabilities(teacher, texts: list[str], batch_size: int) -> np.ndarray:
+    """Calibrated probabilities of one teacher (its label order): the one place teachers are run."""
+    return teacher.predict_proba(texts, batch_size=batch_size)[0]
+
+
+class TeacherScoreCache:
+    """One teacher's calibrated probabilities by sentence text, in Parquet parts under
+    ``<folder>/<teacher name>-<signature>/``; a part is renamed into place once complete."""
+
+    def __init__(self, folder: Path, teacher):
+        from stanceclf.infer.scoring.state import run_signature
+
+        self.teacher = teacher
+        # The teacher's weights, manifest (temperatures, max length, ...) and backend.
+        self.signature = run_signature([], teacher, {"use": "distillation targets"})
+        self.folder = folder / f"{Path(teacher.path).name}-{self.signature[:16]}"
+
+    def probabilities(self, texts: list[str], labels: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        """``(len(texts), len(labels))`` probabilities in the order of ``labels``, scoring only what is not cached.
+        Under a lock: a second process (``accelerate launch``) waits, then finds every score cached."""
+        from filelock import FileLock
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.folder) + ".lock"):
+            known = self._scored(texts, batch_size, progress)
+        order = [self.teacher.labels.index(label) for label in labels]
+        return np.asarray([known[t] for t in texts], dtype=np.float32).reshape(len(texts), -1)[:, order]
+
+    def _scored(self, texts: list[str], batch_size: int, progress: bool) -> dict[str, np.ndarray]:
+        """The cached scores, completed with those of ``texts`` not yet scored."""
+        from tqdm import tqdm
+
+        known = self._load()
+        distinct = dict.fromkeys(texts)
+        missing = [t for t in distinct if t not in known]
+        name = Path(self.teacher.path).name
+        log.warning("distill: teacher %s: %d of %d distinct sentences already scored (cached in %s)", name,
+                    len(distinct) - len(missing), len(distinct), self.folder)
+        if missing:
+            with tqdm(total=len(missing), unit=" sent", desc=f"teacher {name}", disable=not progress,
+                      file=sys.stderr, dynamic_ncols=True) as bar:
+                for begin in range(0, len(missing), CHUNK_SENTENCES):
+                    chunk = missing[begin: begin + CHUNK_SENTENCES]
+                    scores = teacher_probabilities(self.teacher, chunk, batch_size)
+                    self._save_part(chunk, scores)
+                    known.update(zip(chunk, scores))
+                    bar.update(len(chunk))
+        return known
+
+    def _load(self) -> dict[str, np.ndarray]:
+        import pyarrow.parquet as pq
+
+        known = {}
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            table = pq.read_table(part).to_pydict()
+            scores = np.column_stack([table[f"score_{label}"] for label in self.teacher.labels])
+            known.update(zip(table["text"], scores))
+        return known
+
+    def _save_part(self, texts: list[str], scores: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = {"text": texts, **{f"score_{label}": scores[:, j].astype(np.float32)
+                                     for j, label in enumerate(self.teacher.labels)}}
+        final = self.folder / f"part-{uuid.uuid4().hex}.parquet"
+        partial = final.with_suffix(".partial")
+        pq.write_table(pa.table(columns), partial)
+        os.replace(partial, final)
+
+
+def student_model(model, layers: int | list[int] | None):
+    """The base ``model`` itself, or with ``layers`` a shallower student keeping those of its layers
+    (a count spreads them evenly from the first; see :func:`spread_layers`). Returns ``(model, kept)``."""
+    import torch
+
+    stack_path = architecture_of(model.config).layer_stack
+    if layers is None:
+        return model, None
+    if stack_path is None:
+        raise RecipeError(f"distill.student_layers: cannot build a student with fewer layers from a "
+                          f"{model.config.model_type!r} base (supported: BERT and MPNet families)")
+    *parents, name = stack_path.split(".")
+    holder = model.base_model
+    for parent in parents:
+        holder = getattr(holder, parent)
+    stack = getattr(holder, name)
+    kept = spread_layers(len(stack), layers) if isinstance(layers, int) else list(layers)
+    if max(kept) >= len(stack) or len(kept) > len(stack):
+        raise RecipeError(f"distill.student_layers {layers!r} asks for layers the {len(stack)}-layer base "
+                          f"does not have")
+    setattr(holder, name, torch.nn.ModuleList([stack[i] for i in kept]))
+    model.config.num_hidden_layers = len(kept)
+    return model, kept
+
+
+def spread_layers(total: int, count: int) -> list[int]:
+    """``count`` of ``total`` layers, evenly spread from the first: 3 of 6 -> [0, 2, 4], 6 of 12 ->
+    [0, 2, ..., 10]. The first layer is kept because it alone was trained on the embeddings' output;
+    thanks to the residual connections, each later kept layer then reads an input close to the one it
+    was trained on. (1, 3, 5 would feed layer 1 the embeddings it never saw; a list in the recipe
+    chooses any layers.)"""
+    if count > total:
+        raise RecipeError(f"distill.student_layers = {count} is more than the base's {total} layers")
+    return [i * total // count for i in range(count)]

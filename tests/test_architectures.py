@@ -1,0 +1,102 @@
+"""Every base-model family of the architecture table (BERT, MPNet) through every stage:
+train, calibrate, save, load, each backend, export to a plain pipeline folder, LoRA."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stanceclf.data.schema import load_schema
+from stanceclf.infer.backends import BACKENDS
+from stanceclf.infer.model import StanceModel
+from stanceclf.model.architectures import architecture_of
+from stanceclf.model.directory import export_model_directory
+from stanceclf.train.recipe import load_recipe
+from stanceclf.train.trainer import build_base_model, train
+
+from conftest import tiny_config
+from test_training import write_recipe
+
+TEXTS = ["The army will attack the city soon.", "Officials warned of a deadly threat.",
+         "The museum opened a new wing.", "Prices are likely to rise next year, experts said on Monday.",
+         "a " * 40]
+
+
+def tiny_of(architecture: str, tokenizer, seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    config = tiny_config(tokenizer.vocab_size, architecture=architecture)
+    return build_base_model("unused", load_schema("claim-types"), config=config)
+
+
+def test_architectures_train_save_load_every_backend_and_export(tmp_path, base_tokenizer, architecture):
+    recipe = load_recipe(write_recipe(tmp_path), ["training.max_steps=6", "training.eval_every=6"])
+    trained = train(recipe, model=tiny_of(architecture, base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    assert trained.model.config.model_type == architecture
+    assert set(trained.manifest.temperatures) == set(trained.labels)
+    reloaded = StanceModel.from_pretrained(tmp_path / "model")
+    assert reloaded.model.config.model_type == architecture
+    reference, _ = reloaded.predict_proba(TEXTS)
+    original, _ = trained.predict_proba(TEXTS)
+    np.testing.assert_allclose(reference, original, atol=1e-6)
+    for backend in BACKENDS:
+        scores, _ = reloaded.accelerated(backend).predict_proba(TEXTS)
+        assert np.abs(scores - reference).max() <= 0.02, backend
+    predictions = reloaded.classify("The army will attack the city soon. The museum opened a new wing.")
+    assert len(predictions) == 2
+
+    from transformers import pipeline
+
+    plain = export_model_directory(tmp_path / "model", tmp_path / "plain")
+    classifier = pipeline("text-classification", model=str(plain), top_k=None)
+    raw = classifier(TEXTS[:2])
+    assert {item["label"] for item in raw[0]} == set(reloaded.labels)
+    # The pipeline's raw sigmoid is the model's uncalibrated score.
+    logits, _ = reloaded.predict_logits(TEXTS[:2])
+    sigmoid = {item["label"]: item["score"] for item in raw[1]}
+    for j, label in enumerate(reloaded.labels):
+        assert sigmoid[label] == pytest.approx(1 / (1 + np.exp(-logits[1, j])), abs=1e-5)
+
+
+def test_architectures_lora_trains_adapters_and_saves_a_merged_model(tmp_path, base_tokenizer, architecture):
+    pytest.importorskip("peft")
+    import torch
+
+    recipe = load_recipe(write_recipe(tmp_path), ["training.method=lora", "training.max_steps=4",
+                                                  "training.eval_every=4", "training.learning_rate=1e-2"])
+    model = tiny_of(architecture, base_tokenizer)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trained = train(recipe, model=model, tokenizer=base_tokenizer, progress=False)
+    after = trained.model.state_dict()
+    # Merged back: the plain architecture's parameter names, no adapter left over.
+    assert set(after) == set(before)
+    targets = architecture_of(architecture).lora_targets
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert any(name.split(".")[-2] in targets for name in changed), changed
+    assert any("embeddings" in name for name in before) and not any("embeddings" in name for name in changed)
+    reloaded = StanceModel.from_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["model_type"] == architecture
+    scores, _ = reloaded.predict_proba(TEXTS)
+    merged, _ = trained.predict_proba(TEXTS)
+    np.testing.assert_allclose(scores, merged, atol=1e-6)
+
+
+def test_architectures_position_limit_counts_mpnet_padding_offset(make_tiny_model, architecture):
+    import torch
+
+    from stanceclf.errors import ModelDirectoryError
+    from stanceclf.model.directory import check_head
+
+    model = make_tiny_model(architecture=architecture)
+    usable = architecture_of(model.model.config).usable_positions(model.model.config)
+    assert usable == 128
+    check_head(model.model.config, model.manifest.model_copy(update={"max_length": usable}))
+    with pytest.raises(ModelDirectoryError, match="exceeds the model's 128 usable positions"):
+        check_head(model.model.config, model.manifest.model_copy(update={"max_length": usable + 1}))
+    # A sequence of exactly the usable length runs (MPNet reads positions from pad_token_id + 1 on).
+    ids = torch.full((1, usable), 1000, dtype=torch.long)
+    with torch.inference_mode():
+        assert model.model(input_ids=ids).logits.shape == (1, 3)

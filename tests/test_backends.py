@@ -1,0 +1,117 @@
+"""How ``fast=True`` picks a backend: measured on a calibration batch, checked against fp32, cached."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stanceclf.infer.backends import BACKENDS, CACHE_FILE, Backend, choose_backend
+from stanceclf.infer.model import StanceModel
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    return StanceModel.from_pretrained(tiny_model_dir)
+
+
+def timings(seconds: dict[str, float], calls: list | None = None):
+    """A ``measure`` seam that reports fixed seconds per backend (and records what it was asked)."""
+
+    def measure(name, run):
+        if calls is not None:
+            calls.append(name)
+        return seconds[name]
+
+    return measure
+
+
+@pytest.mark.parametrize("seconds, fastest", [({"torch": 3.0, "bf16": 2.0, "onnx": 1.0}, "onnx"),
+                                              ({"torch": 1.0, "bf16": 2.0, "onnx": 3.0}, "torch"),
+                                              ({"torch": 3.0, "bf16": 1.0, "onnx": 2.0}, "bf16")])
+def test_backends_auto_picks_the_measured_fastest(tiny, tmp_path, seconds, fastest):
+    choice, fast = choose_backend(tiny, candidates=["torch", "bf16", "onnx"], measure=timings(seconds),
+                                  cache_path=tmp_path / CACHE_FILE)
+    assert choice.backend == fast.backend == fastest
+    assert (fast.encoder is None) == (fastest == "torch")
+    assert choice.seconds == seconds and not choice.cached
+    assert max(choice.deviation.values()) <= 0.02
+    texts = ["NATO will expand again.", "Moscow warned of a dangerous escalation."]
+    assert abs(fast.predict_proba(texts)[0] - tiny.predict_proba(texts)[0]).max() <= 0.02
+
+
+def test_backends_auto_never_picks_a_backend_that_moves_scores(tiny, tmp_path, monkeypatch):
+    def skewed(model, threads):
+        def encoder(input_ids, attention_mask):
+            import torch
+
+            logits = model(input_ids=torch.as_tensor(input_ids), attention_mask=torch.as_tensor(attention_mask)).logits
+            return logits.float().numpy() + 2.0
+
+        return encoder
+
+    monkeypatch.setitem(BACKENDS, "skewed", Backend("skewed", "fast and wrong", skewed))
+    calls = []
+    choice, fast = choose_backend(tiny, candidates=["torch", "skewed"], cache_path=tmp_path / CACHE_FILE,
+                                  measure=timings({"torch": 5.0, "skewed": 0.1}, calls))
+    assert choice.backend == fast.backend == "torch"
+    assert choice.deviation["skewed"] > 0.02 and calls == ["torch"]
+
+
+def test_backends_choice_is_cached_per_machine_and_model(tiny, tmp_path, make_tiny_model):
+    cache = tmp_path / CACHE_FILE
+    calls = []
+    first, _ = choose_backend(tiny, candidates=["torch", "bf16"], cache_path=cache,
+                              measure=timings({"torch": 2.0, "bf16": 1.0}, calls))
+    assert calls == ["torch", "bf16"] and first.backend == "bf16"
+    again, fast = choose_backend(tiny, candidates=["torch", "bf16"], cache_path=cache,
+                                 measure=timings({"torch": 1.0, "bf16": 2.0}, calls))
+    assert calls == ["torch", "bf16"], "the second load must not measure again"
+    assert again.cached and again.backend == fast.backend == "bf16" and again.seconds == first.seconds
+    other = StanceModel.from_pretrained(make_tiny_model(seed=5).save_pretrained(tmp_path / "other"))
+    choice, _ = choose_backend(other, candidates=["torch", "bf16"], cache_path=cache,
+                               measure=timings({"torch": 1.0, "bf16": 2.0}, calls))
+    assert choice.backend == "torch" and not choice.cached and len(calls) == 4
+    assert len(json.loads(cache.read_text())["choices"]) == 2
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"choices": 7}', "\x00\xff"])
+def test_backends_corrupt_cache_is_ignored_and_rewritten(tiny, tmp_path, content):
+    cache = tmp_path / CACHE_FILE
+    cache.write_text(content, encoding="utf-8", errors="surrogateescape")
+    calls = []
+    choice, _ = choose_backend(tiny, candidates=["torch", "bf16"], cache_path=cache,
+                               measure=timings({"torch": 1.0, "bf16": 2.0}, calls))
+    assert choice.backend == "torch" and calls == ["torch", "bf16"]
+    [entry] = json.loads(cache.read_text())["choices"].values()
+    assert entry["backend"] == "torch"
+
+
+def test_backends_cached_entry_of_a_backend_not_available_now_is_measured_again(tiny, tmp_path):
+    cache = tmp_path / CACHE_FILE
+    choose_backend(tiny, candidates=["torch", "bf16"], cache_path=cache, measure=timings({"torch": 2.0, "bf16": 1.0}))
+    choice, _ = choose_backend(tiny, candidates=["torch"], cache_path=cache, measure=timings({"torch": 1.0}))
+    assert choice.backend == "torch" and not choice.cached
+
+
+def test_backends_load_fast_true_measures_once_and_caches_in_the_cache_dir(tiny_model_dir, tmp_path, monkeypatch):
+    from stanceclf.infer import predict
+
+    monkeypatch.setenv("STANCECLF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(predict, "_cache", {})
+    fast = predict.load(tiny_model_dir, fast=True)
+    entries = json.loads((tmp_path / "cache" / CACHE_FILE).read_text())["choices"]
+    [entry] = entries.values()
+    assert fast.backend == entry["backend"] and set(entry["seconds"]) >= {"torch"}
+    assert predict.load(tiny_model_dir, fast=True) is fast
+    assert fast.model is predict.load(tiny_model_dir).model, "backends share one copy of the weights"
+
+
+def test_backends_a_fast_path_that_cannot_run_is_not_a_candidate(tiny, tmp_path, monkeypatch):
+    def broken(model, threads):
+        raise RuntimeError("cannot export this graph")
+
+    monkeypatch.setitem(BACKENDS, "broken", Backend("broken", "fails to build", broken))
+    choice, fast = choose_backend(tiny, candidates=["torch", "broken"], cache_path=tmp_path / CACHE_FILE,
+                                  measure=timings({"torch": 1.0, "broken": 0.1}))
+    assert choice.backend == fast.backend == "torch" and "broken" not in choice.seconds
