@@ -383,7 +383,7 @@ def test_scoring_duplicate_id_of_a_record_done_before_an_interruption_is_still_c
                                                                                       monkeypatch):
     records = [{"id": f"d{i}", "text": ARTICLE} for i in range(6)] + [{"id": "d0", "text": ARTICLE}]
     source = write_jsonl(tmp_path / "in.jsonl", records)
-    real = _interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
+    real = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=3)
     monkeypatch.setattr(StanceModel, "predict_proba", real)
