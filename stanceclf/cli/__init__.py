@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.command("build-dataset")(data_verbs.build_dataset_command)
 app.command()(train_verbs.train)
 app.command()(train_verbs.evaluate)
+app.command("cross-validate")(train_verbs.cross_validate)
+app.command("learning-curve")(train_verbs.learning_curve)
 app.command()(infer_verbs.classify)
 app.command()(infer_verbs.score)
 app.command()(serve_verbs.serve)

@@ -1,4 +1,5 @@
-"""Verbs of the training stage and of model directories: train, evaluate, export, info."""
+"""Verbs of the training stage and of model directories: train, cross-validate, learning-curve, evaluate,
+export, info."""
 
 from __future__ import annotations
 
@@ -29,6 +30,62 @@ def train(
     for split, report in model.manifest.metrics.items():
         typer.echo(format_report(report, title=split))
     typer.echo(f"saved {loaded.resolve(loaded.output_dir)}")
+
+
+def cross_validate(
+    recipe: Path = typer.Argument(..., help="A recipe TOML file, e.g. training/claim-types.toml."),
+    folds: Optional[int] = typer.Option(None, min=2, help="Document-grouped folds (default: the recipe's "
+                                        "[evaluation] folds, 5)."),
+    by_source: bool = typer.Option(False, "--by-source", help="Leave one source out instead: sources are the "
+                                   "recipe's [evaluation] sources (document-id patterns)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for report.json, report.md and the finished folds "
+                                       "(default: ./crossval-NAME, or ./crossval-NAME-by-source)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe value: training.epochs=3. Repeatable."),
+    resume: bool = typer.Option(True, help="Reuse the folds an earlier run of the same recipe and data finished."),
+):
+    """Cross-validate what a recipe trains: k-fold grouped by document, or leave-one-source-out.
+    Reports each label's F1, precision, recall and PR-AUC as mean ± sd over folds, and pooled."""
+    from stanceclf.train.crossval import cross_validate as run_cross_validation
+
+    _run_recipe_report(recipe, set_, out, "crossval-{name}" + ("-by-source" if by_source else ""),
+                       lambda loaded, folder: run_cross_validation(loaded, folder, folds=folds, by_source=by_source,
+                                                                   resume=resume))
+
+
+def _run_recipe_report(recipe: Path, overrides: list[str], out: Optional[Path], default_out: str, run) -> None:
+    """Load a recipe, let ``run(recipe, folder)`` write its reports into ``out`` (default: ``default_out``
+    in the working directory, ``{name}`` the recipe's) and print ``report.md``."""
+    from stanceclf.train.recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe, overrides)
+        out = out or Path.cwd() / default_out.format(name=loaded.name)
+        run(loaded, out)
+    except StanceclfError as error:
+        fail(error)
+    typer.echo((out / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"wrote {', '.join(sorted(path.name for path in out.iterdir() if path.is_file()))} in {out}")
+
+
+def learning_curve(
+    recipe: Path = typer.Argument(..., help="A recipe TOML file, e.g. training/claim-types.toml."),
+    sizes: str = typer.Option(..., help="Numbers of training articles, comma-separated: 10,25,50,100."),
+    folds: Optional[int] = typer.Option(None, min=2, help="Document-grouped folds, each giving one point per size "
+                                        "(default: the recipe's [evaluation] folds, 5)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for report.json, report.md, learning-curve.png and the "
+                                       "finished trainings (default: ./learning-curve-NAME)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe value: training.epochs=3. Repeatable."),
+    resume: bool = typer.Option(True, help="Reuse the trainings an earlier run of the same recipe and data finished."),
+):
+    """Test F1 against the number of training articles (seeded subsets, repeated over folds)."""
+    from stanceclf.train.learning_curve import learning_curve as run_learning_curve
+
+    try:
+        counts = [int(size) for size in sizes.split(",") if size.strip()]
+    except ValueError:
+        fail(StanceclfError(f"--sizes {sizes!r} must be whole numbers separated by commas, e.g. 10,25,50"))
+    _run_recipe_report(recipe, set_, out, "learning-curve-{name}",
+                       lambda loaded, folder: run_learning_curve(loaded, counts, folder, folds=folds, resume=resume))
 
 
 def evaluate(

@@ -130,7 +130,19 @@ def sentence_examples(document: AnnotatedDocument, schema: LabelSchema, config: 
 def assign_splits(examples_by_doc: dict[str, list[dict]], ratios: dict[str, float], seed: int) -> dict[str, str]:
     """Map each document id to a split, grouped by document and balanced on
     sentences and on each label's positives as far as whole documents allow."""
-    splits = [name for name in SPLITS if ratios.get(name, 0) > 0]
+    return balanced_assignment(examples_by_doc, {name: ratios.get(name, 0) for name in SPLITS}, seed)
+
+
+def assign_folds(examples_by_doc: dict[str, list[dict]], folds: int, seed: int) -> dict[str, int]:
+    """Map each document id to one of ``folds`` cross-validation folds (0 to folds - 1): the k-fold
+    analogue of :func:`assign_splits`, equal shares, balanced on sentences and on each label's positives."""
+    return balanced_assignment(examples_by_doc, {fold: 1.0 / folds for fold in range(folds)}, seed)
+
+
+def balanced_assignment(examples_by_doc: dict[str, list[dict]], shares: dict, seed: int) -> dict:
+    """Map each document id to a group of ``shares`` (group -> share of the whole), greedily, so that
+    every group gets its share of sentences and of each label's positives; deterministic for a seed."""
+    groups = [name for name, share in shares.items() if share > 0]
     doc_ids = sorted(examples_by_doc)
     random.Random(seed).shuffle(doc_ids)
     counts = {d: _doc_counts(examples_by_doc[d]) for d in doc_ids}
@@ -138,18 +150,18 @@ def assign_splits(examples_by_doc: dict[str, list[dict]], ratios: dict[str, floa
     # A document with no sentences (an empty text) has no label columns to count: pad with zeros.
     counts = {d: c + [0] * (n_dims - len(c)) for d, c in counts.items()}
     totals = [sum(c[k] for c in counts.values()) for k in range(n_dims)]
-    # Documents rich in the rarest label are placed first, while every split still has room.
+    # Documents rich in the rarest label are placed first, while every group still has room.
     rarity = [1.0 / t if t else 0.0 for t in totals]
     doc_ids.sort(key=lambda d: -sum(c * r for c, r in zip(counts[d][1:], rarity[1:])))
-    current = {s: [0] * n_dims for s in splits}
+    current = {g: [0] * n_dims for g in groups}
     assignment = {}
     for doc_id in doc_ids:
-        def need(split: str) -> float:
-            # The share of this split's quota still unfilled, per dimension, weighted by what the
-            # document brings: relative, so that small splits are not starved by the large one.
-            return sum(counts[doc_id][k] * (ratios[split] * totals[k] - current[split][k]) / (ratios[split] * totals[k])
+        def need(group) -> float:
+            # The share of this group's quota still unfilled, per dimension, weighted by what the
+            # document brings: relative, so that small groups are not starved by the large one.
+            return sum(counts[doc_id][k] * (shares[group] * totals[k] - current[group][k]) / (shares[group] * totals[k])
                        for k in range(n_dims) if totals[k])
-        best = max(splits, key=lambda s: (need(s), ratios[s]))
+        best = max(groups, key=lambda g: (need(g), shares[g]))
         assignment[doc_id] = best
         current[best] = [a + b for a, b in zip(current[best], counts[doc_id])]
     return assignment

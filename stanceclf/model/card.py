@@ -71,10 +71,18 @@ def render_model_card(manifest, notes: str = "") -> str:
     lines += ["", "## Limits", "",
               "- Trained on English news and opinion articles; other genres and languages are untested.",
               "- Labels are sentence-level; a claim spread over several sentences is scored per sentence.",
-              "- Scores are calibrated on the dev split; calibration may drift on other sources."]
+              "- Scores are calibrated on " + _calibrated_on(training) + "; calibration may drift on other sources."]
     if notes.strip():
         lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
+
+
+def _calibrated_on(training: dict) -> str:
+    calibration = training.get("calibration") or {}
+    if calibration.get("method") == "cross-validation":
+        return (f"out-of-fold predictions over the {calibration.get('documents')} training documents "
+                f"({calibration.get('folds')} folds)")
+    return "the dev split"
 
 
 def write_model_card(directory: Path, manifest) -> Path:

@@ -8,6 +8,7 @@ command-line overrides (``--set training.epochs=3``) are validated the same way.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -138,6 +139,42 @@ class DistillSection(BaseModel):
         return self
 
 
+class EvaluationSection(BaseModel):
+    """The recipe's ``[evaluation]``: how ``stanceclf cross-validate`` and ``learning-curve`` split documents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Document-grouped folds of k-fold cross-validation.
+    folds: int = Field(default=5, ge=2)
+    #: Source name -> document-id glob(s) (fnmatch) for leave-one-source-out; documents of no
+    #: source are never tested, only trained on.
+    sources: dict[str, str | list[str]] = {}
+    #: Share of each fold's non-test documents held out as dev (early stopping, calibration);
+    #: by default dev / (train + dev) of the data's split ratios.
+    dev_fraction: float | None = Field(default=None, gt=0, lt=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _plain_source_names(cls, value):
+        # A source's name names its fold's files.
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)]
+        if bad:
+            raise ValueError(f"source names must be letters, digits, '-' and '_', starting with a letter or "
+                             f"digit: {bad}")
+        return value
+
+
+class CalibrationSection(BaseModel):
+    """The recipe's ``[calibration]``: where the saved model's temperatures and thresholds are fitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: "dev": on the dev split; "cross-validation": on out-of-fold predictions over all training
+    #: documents (``folds`` extra trainings), which transfer better than a small dev split's.
+    thresholds: Literal["dev", "cross-validation"] = "dev"
+    folds: int = Field(default=5, ge=2)
+
+
 class Recipe(BaseModel):
     """A validated training recipe."""
 
@@ -152,6 +189,8 @@ class Recipe(BaseModel):
     data: DataSection
     training: TrainingSection = TrainingSection()
     distill: DistillSection | None = None
+    evaluation: EvaluationSection = EvaluationSection()
+    calibration: CalibrationSection = CalibrationSection()
     source: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
@@ -160,6 +199,13 @@ class Recipe(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("data"), dict) and "seed" not in data["data"]:
             data = {**data, "data": {**data["data"], "seed": data.get("seed", 13)}}
         return data
+
+    @model_validator(mode="after")
+    def _out_of_fold_without_distillation(self) -> "Recipe":
+        if self.distill is not None and self.calibration.thresholds == "cross-validation":
+            raise ValueError("calibration.thresholds = 'cross-validation' does not work with [distill] yet (the "
+                             "out-of-fold models would learn without the teachers); use 'dev'")
+        return self
 
     @property
     def schema_path(self) -> str | Path:

@@ -5,7 +5,9 @@ several processes works unchanged): a multi-label head trained with BCE on
 logits, positive-class weighting for rare labels, dynamic padding, early
 stopping on dev macro-F1, checkpoints every evaluation and resumption from the
 last one. After training, per-label temperatures and thresholds are fitted on
-dev, the test split is evaluated, and the model directory is written.
+dev (or on out-of-fold predictions: ``[calibration] thresholds =
+"cross-validation"``, see :mod:`stanceclf.train.crossval`), the test split is
+evaluated, and the model directory is written.
 """
 
 from __future__ import annotations
@@ -120,6 +122,15 @@ def build_base_model(base: str, schema: LabelSchema, *, config=None):
             resolve_base(base), trust_remote_code=False, use_safetensors=True, **head)
 
 
+def seeded_base_model(recipe: Recipe, schema: LabelSchema):
+    """The recipe's base model with a fresh head whose initial weights follow the recipe's seed, so that
+    two trainings of one recipe (or its cross-validation folds) start from the same weights."""
+    from transformers import set_seed
+
+    set_seed(recipe.seed)
+    return build_base_model(recipe.base_model, schema)
+
+
 def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, progress: bool = True) -> StanceModel:
     """Run a recipe end to end and return the saved :class:`StanceModel`.
 
@@ -130,19 +141,35 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
     schema = load_schema(recipe.schema_path)
     dataset, info = _prepared_data(recipe, schema)
     tokenizer = tokenizer or load_base_tokenizer(recipe.base_model)
-    model = model or build_base_model(recipe.base_model, schema)
+    model = model or seeded_base_model(recipe, schema)
     distillation = _distillation(recipe, schema, dataset, info, model, progress) if recipe.distill else None
-    trainer = _make_trainer(recipe, model, tokenizer, dataset, progress,
-                            train_rows=distillation.train_rows if distillation else None)
+    from stanceclf.train.crossval import recipe_calibration
+
+    out_of_fold = recipe_calibration(recipe, dataset, schema, model=model, tokenizer=tokenizer,
+                                     fingerprint=info["fingerprint"], resume=resume, progress=progress)
     fingerprint = info["fingerprint"] + (f"+distill:{distillation.signature}" if distillation else "")
-    fitted = _fit(trainer, recipe, fingerprint, resume)
-    result = _calibrate_and_evaluate(fitted, tokenizer, dataset, schema, recipe.training.max_length)
+    result, trainer = fit_and_calibrate(recipe, dataset, schema, model=model, tokenizer=tokenizer,
+                                        fingerprint=fingerprint, resume=resume, progress=progress,
+                                        calibration=out_of_fold.fitted if out_of_fold else None,
+                                        train_rows=distillation.train_rows if distillation else None)
     result.manifest = _final_manifest(result, recipe, info, dataset, trainer, time.time() - started,
                                       distillation=distillation.record if distillation else None)
+    result.manifest.training["calibration"] = out_of_fold.record if out_of_fold else {"method": "dev"}
     if trainer.is_world_process_zero():
         result.save_pretrained(recipe.resolve(recipe.output_dir), storage_dtype=recipe.training.storage_dtype)
         (recipe.run_path / "dataset-info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return result
+
+
+def fit_and_calibrate(recipe: Recipe, dataset, schema: LabelSchema, *, model, tokenizer, fingerprint: str,
+                      resume: bool = True, progress: bool = True, calibration=None, train_rows=None):
+    """Phases 2 to 4 on a given ``DatasetDict`` (train, dev, optionally test): ``(StanceModel, trainer)``,
+    nothing saved. Checkpoints go to ``recipe.run_path``; ``fingerprint`` names the data they belong to.
+    ``calibration`` (temperatures, thresholds) replaces fitting them on dev; ``train_rows`` (distillation)
+    replaces the train split's rows."""
+    trainer = _make_trainer(recipe, model, tokenizer, dataset, progress, train_rows=train_rows)
+    fitted = _fit(trainer, recipe, fingerprint, resume)
+    return _calibrate_and_evaluate(fitted, tokenizer, dataset, schema, recipe.training.max_length, calibration), trainer
 
 
 def _prepared_data(recipe: Recipe, schema: LabelSchema):
@@ -245,9 +272,11 @@ def _fit(trainer, recipe: Recipe, fingerprint: str, resume: bool):
     return model.merge_and_unload() if recipe.training.method == "lora" else model
 
 
-def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_length: int) -> StanceModel:
-    """Phase 4: temperatures and thresholds fitted on dev, and metrics per split, from logits computed
-    by the very code that serves the model (``StanceModel.predict_logits``: float32, same truncation)."""
+def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_length: int,
+                            calibration=None) -> StanceModel:
+    """Phase 4: temperatures and thresholds fitted on dev (unless ``calibration`` gives them), and metrics
+    per split, from logits computed by the very code that serves the model (``StanceModel.predict_logits``:
+    float32, same truncation)."""
     labels = schema.label_names
     provisional = ModelManifest(label_schema=schema, thresholds={l: 0.5 for l in labels},
                                 temperatures={l: 1.0 for l in labels}, max_length=max_length, base_model="")
@@ -255,7 +284,7 @@ def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_
     logits = {name: served.predict_logits(list(dataset[name]["text"]))[0]
               for name in ("dev", "test") if name in dataset and len(dataset[name])}
     truth = {name: np.array(dataset[name]["labels"]) for name in logits}
-    temperatures, thresholds = calibrate(logits["dev"], truth["dev"])
+    temperatures, thresholds = calibration if calibration is not None else calibrate(logits["dev"], truth["dev"])
     served.manifest = provisional.model_copy(update={
         "thresholds": dict(zip(labels, map(float, thresholds))),
         "temperatures": dict(zip(labels, map(float, temperatures))),

@@ -1,0 +1,233 @@
+"""Cross-validation, leave-one-source-out, out-of-fold thresholds and learning curves (tiny models)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stanceclf.cli import app
+from stanceclf.data.dataset import BuildConfig, assign_folds, sentence_examples
+from stanceclf.data.documents import AnnotatedDocument
+from stanceclf.data.readers import write_native
+from stanceclf.data.schema import load_schema
+from stanceclf.errors import EvaluationError, RecipeError
+from stanceclf.infer.model import StanceModel
+from stanceclf.train.calibration import calibrate
+from stanceclf.train.crossval import FoldRunner, Pool, cross_validate, source_plan
+from stanceclf.train.learning_curve import learning_curve
+from stanceclf.train.recipe import load_recipe
+from stanceclf.train.trainer import prepare_dataset, train
+
+from test_training import save_tiny_base, tiny, toy_corpus, write_recipe
+
+FEW_STEPS = ["training.max_steps=2", "training.eval_every=2"]
+SET_FEW_STEPS = [part for override in FEW_STEPS for part in ("--set", override)]
+runner = CliRunner()
+
+
+class CountingModels:
+    """The seam that counts trainings: every fold asks it for one fresh tiny model."""
+
+    def __init__(self, base_tokenizer):
+        self.base_tokenizer = base_tokenizer
+        self.made = 0
+
+    def __call__(self):
+        self.made += 1
+        return tiny(self.base_tokenizer)
+
+
+def fold_records(folder) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted((folder / "folds").glob("*.json"))}
+
+
+def test_crossval_folds_are_disjoint_cover_every_document_balanced_and_deterministic():
+    schema = load_schema("claim-types")
+    by_doc = {doc.doc_id: sentence_examples(doc, schema, BuildConfig()) for doc in toy_corpus(60, seed=1)}
+    folds = assign_folds(by_doc, 5, seed=7)
+    assert sorted(folds) == sorted(by_doc)  # each document in exactly one fold
+    assert sorted(set(folds.values())) == [0, 1, 2, 3, 4]
+    assert assign_folds(by_doc, 5, seed=7) == folds
+    assert assign_folds(by_doc, 5, seed=8) != folds
+    for j, label in enumerate(schema.label_names):
+        per_doc = {d: sum(e["labels"][j] for e in examples) for d, examples in by_doc.items()}
+        per_fold = [sum(n for d, n in per_doc.items() if folds[d] == k) for k in range(5)]
+        # Each fold's positives are within one document's worth of its fifth of the total.
+        assert max(abs(n - sum(per_doc.values()) / 5) for n in per_fold) <= max(per_doc.values()), (label, per_fold)
+
+
+def test_crossval_report_has_mean_sd_per_label_and_resume_reuses_finished_folds(tmp_path, base_tokenizer):
+    recipe = load_recipe(write_recipe(tmp_path), FEW_STEPS)
+    models, messages, out = CountingModels(base_tokenizer), [], tmp_path / "cv"
+    report = cross_validate(recipe, out, folds=5, make_model=models, tokenizer=base_tokenizer, progress=False,
+                            echo=messages.append)
+    assert models.made == 5
+    assert any(m.startswith("fold 3/5 (fold-3): ") and m.endswith(" test") for m in messages)
+    records = fold_records(out)
+    everything = {doc.doc_id for doc in toy_corpus()}
+    tested = [d for r in records.values() for d in r["documents"]["test"]]
+    assert sorted(tested) == sorted(everything)  # disjoint folds covering every document once
+    for r in records.values():
+        train, dev, test = (set(r["documents"][s]) for s in ("train", "dev", "test"))
+        assert not (train & dev or train & test or dev & test) and train | dev | test == everything
+    for label in recipe_labels():
+        for metric in ("f1", "precision", "recall", "pr_auc"):
+            values = [f["test_report"]["labels"][label][metric] for f in report["per_fold"]]
+            stats = report["mean_sd"]["labels"][label][metric]
+            defined = [v for v in values if v is not None]  # undefined where a fold has no positive
+            # The toy corpus has no policy_attribution span: its recall, F1 and PR-AUC are undefined.
+            assert len(defined) == (0 if label == "policy_attribution" and metric != "precision" else
+                                    len(defined) if label == "policy_attribution" else 5)
+            if not defined:
+                assert stats == {"mean": None, "sd": None, "folds": 0}
+                continue
+            assert stats["folds"] == len(defined) and stats["mean"] == pytest.approx(np.mean(defined))
+            if len(defined) > 1:
+                assert stats["sd"] == pytest.approx(np.std(defined, ddof=1))
+    assert report["pooled"]["examples"] == sum(len(r["labels"]) for r in records.values()) == 240
+    markdown = (out / "report.md").read_text()
+    assert "±" in markdown and all(f"| {label} |" in markdown for label in recipe_labels())
+    assert json.loads((out / "report.json").read_text())["mean_sd"] == report["mean_sd"]
+
+    (out / "folds" / "fold-3.json").unlink()  # as if interrupted while training fold 3
+    again = cross_validate(recipe, out, folds=5, make_model=models, tokenizer=base_tokenizer, progress=False,
+                           echo=messages.append)
+    assert models.made == 6
+    assert sum("reusing the finished fold" in m for m in messages) == 4
+    for before, after in zip(report["per_fold"], again["per_fold"]):
+        if before["name"] != "fold-3":
+            assert after["test_report"] == before["test_report"]
+    # A saved fold is reused only by the same recipe (but its paths and split settings), data and split.
+    changed = load_recipe(write_recipe(tmp_path), FEW_STEPS + ["training.learning_rate=1e-3"])
+    moved = load_recipe(write_recipe(tmp_path), FEW_STEPS + ["run_dir=elsewhere", "evaluation.folds=7"])
+    fold = records["fold-1"]["documents"]
+    split = (fold["train"], fold["dev"], fold["test"])
+    assert signature(moved, *split) == records["fold-1"]["signature"] == signature(recipe, *split)
+    assert signature(changed, *split) != signature(recipe, *split)
+    assert signature(recipe, fold["train"][1:], fold["dev"], fold["test"]) != signature(recipe, *split)
+
+
+def signature(recipe, *split) -> str:
+    """The key a fold of ``recipe`` on the toy data is saved under."""
+    schema = load_schema("claim-types")
+    dataset, info, _ = prepare_dataset(recipe, schema)
+    return FoldRunner(recipe, schema, Pool(dataset, info["fingerprint"]), recipe.run_path, None, None).signature(*split)
+
+
+def recipe_labels() -> list[str]:
+    return load_schema("claim-types").label_names
+
+
+def sourced_corpus() -> list[AnnotatedDocument]:
+    """Toy documents named like the project's sources, and two seed articles in no source."""
+    names = [f"EN_UA_{i:02d}" for i in range(8)] + [f"EN_CC_{i:02d}" for i in range(8)] + \
+            [f"article{i:03d}" for i in range(8)] + ["000_seed", "001_seed"]
+    return [AnnotatedDocument(name, doc.text, doc.spans, doc.annotators)
+            for name, doc in zip(names, toy_corpus(len(names)))]
+
+
+def write_sourced_recipe(tmp_path, base: str = "tiny-in-process"):
+    path = write_recipe(tmp_path, base=base)
+    write_native(sourced_corpus(), tmp_path / "toy.jsonl")
+    path.write_text(path.read_text() + '\n[evaluation]\nsources = { UA = "EN_UA_*", CC = "EN_CC_*", '
+                                       'PTC = ["article*"] }\n')
+    return path
+
+
+def test_crossval_by_source_holds_out_exactly_one_source_per_fold(tmp_path, base_tokenizer):
+    """Through the command line, with the recipe's own base (a local tiny model folder)."""
+    base = save_tiny_base(tmp_path / "tiny-base", base_tokenizer)
+    recipe = write_sourced_recipe(tmp_path, base=str(base))
+    out = tmp_path / "by-source"
+    result = runner.invoke(app, ["cross-validate", str(recipe), "--by-source", "--out", str(out), *SET_FEW_STEPS])
+    assert result.exit_code == 0, result.output
+    assert "Mean ± sd over 3 folds" in result.output and "never tested, only trained on" in result.output
+    report = json.loads((out / "report.json").read_text())
+    prefixes = {"UA": "EN_UA_", "CC": "EN_CC_", "PTC": "article"}
+    assert [fold["name"] for fold in report["per_fold"]] == ["UA", "CC", "PTC"]
+    for name, record in fold_records(out).items():
+        assert record["documents"]["test"] == sorted(f"{prefixes[name]}{i:0{3 if name == 'PTC' else 2}d}"
+                                                     for i in range(8))
+        trained = set(record["documents"]["train"]) | set(record["documents"]["dev"])
+        assert {"000_seed", "001_seed"} <= trained and not any(d.startswith(prefixes[name]) for d in trained)
+    assert report["training_only_documents"] == ["000_seed", "001_seed"]
+
+
+def test_crossval_sources_must_be_two_and_must_not_overlap(tmp_path):
+    recipe = load_recipe(write_sourced_recipe(tmp_path))
+    schema = load_schema("claim-types")
+    dataset, info, _ = prepare_dataset(recipe, schema)
+    pool = Pool(dataset, info["fingerprint"])
+    with pytest.raises(RecipeError, match=r"\[E010\].*at least two sources"):
+        source_plan(pool, {"UA": "EN_UA_*"})
+    with pytest.raises(RecipeError, match=r"'EN_UA_00' matches the patterns of several sources \(UA, EN\)"):
+        source_plan(pool, {"UA": "EN_UA_*", "EN": "EN_*"})
+    with pytest.raises(EvaluationError, match=r"\[E040\].*source\(s\) XX match no document"):
+        source_plan(pool, {"UA": "EN_UA_*", "XX": "nothing*"})
+    with pytest.raises(RecipeError, match="source names"):
+        load_recipe(write_sourced_recipe(tmp_path), ['evaluation.sources={"../x" = "a*", "b" = "b*"}'])
+
+
+def test_crossval_oof_thresholds_are_calibrate_of_the_pooled_out_of_fold_logits(tmp_path, base_tokenizer):
+    recipe = load_recipe(write_recipe(tmp_path), FEW_STEPS + ['calibration.thresholds="cross-validation"',
+                                                              "calibration.folds=2"])
+    trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    records = fold_records(tmp_path / "run" / "oof-calibration")
+    assert sorted(records) == ["fold-1", "fold-2"]
+    dataset, _, _ = prepare_dataset(recipe, load_schema("claim-types"))
+    train_docs, dev_docs = sorted(set(dataset["train"]["doc_id"])), sorted(set(dataset["dev"]["doc_id"]))
+    assert sorted(d for r in records.values() for d in r["documents"]["test"]) == train_docs
+    assert all(r["documents"]["dev"] == dev_docs for r in records.values())
+    logits = np.concatenate([np.array(r["logits"]) for r in records.values()])
+    y_true = np.concatenate([np.array(r["labels"]) for r in records.values()])
+    assert len(y_true) == len(dataset["train"]) and y_true.sum() == np.array(dataset["train"]["labels"]).sum()
+    temperatures, thresholds = calibrate(logits, y_true)
+    saved = StanceModel.from_pretrained(tmp_path / "model")
+    for model in (trained, saved):
+        assert [model.manifest.thresholds[l] for l in model.labels] == pytest.approx(list(thresholds))
+        assert [model.manifest.temperatures[l] for l in model.labels] == pytest.approx(list(temperatures))
+    record = saved.manifest.training["calibration"]
+    assert record["method"] == "cross-validation" and record["folds"] == 2 and record["documents"] == len(train_docs)
+    assert record["out_of_fold"]["examples"] == len(y_true)
+    assert "out-of-fold" in (tmp_path / "model" / "README.md").read_text()
+
+
+def test_learning_curve_trains_on_the_given_numbers_of_articles(tmp_path, base_tokenizer):
+    recipe = load_recipe(write_recipe(tmp_path), FEW_STEPS)
+    models, out = CountingModels(base_tokenizer), tmp_path / "curve"
+    with pytest.raises(EvaluationError, match=r"size 100 is more than the \d+ training articles"):
+        learning_curve(recipe, [5, 100], out, folds=2, make_model=models, tokenizer=base_tokenizer, progress=False)
+    assert models.made == 0
+    report = learning_curve(recipe, [8, 3], out, folds=2, make_model=models, tokenizer=base_tokenizer, progress=False)
+    assert models.made == 4
+    assert [row["training_articles"] for row in report["sizes"]] == [3, 8]
+    records = fold_records(out)
+    for fold in ("fold-1", "fold-2"):
+        small, large = records[f"{fold}-n3"], records[f"{fold}-n8"]
+        assert len(small["documents"]["train"]) == 3 and len(large["documents"]["train"]) == 8
+        assert set(small["documents"]["train"]) < set(large["documents"]["train"])  # nested subsets
+        assert small["documents"]["dev"] == large["documents"]["dev"] and small["documents"]["test"] == \
+            large["documents"]["test"]
+    assert records["fold-1-n8"]["documents"]["test"] != records["fold-2-n8"]["documents"]["test"]
+    assert report["sizes"][0]["macro"]["f1"]["folds"] == 2
+    assert (out / "learning-curve.png").stat().st_size > 1000
+    assert "| 3 |" in (out / "report.md").read_text()
+
+
+def test_crossval_cli_errors_name_what_is_missing(tmp_path):
+    recipe = write_recipe(tmp_path)
+    result = runner.invoke(app, ["cross-validate", str(recipe), "--by-source", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "[evaluation] sources" in result.output
+    result = runner.invoke(app, ["learning-curve", str(recipe), "--sizes", "10,many"])
+    assert result.exit_code == 1 and "--sizes '10,many' must be whole numbers" in result.output
+
+
+def test_crossval_refuses_distillation_recipes_it_would_train_without_teachers(tmp_path):
+    distilling = ['distill.teacher="teacher-model"', "distill.soft_on_labelled=true"]
+    with pytest.raises(RecipeError, match=r"'cross-validation' does not work with \[distill\]"):
+        load_recipe(write_recipe(tmp_path), distilling + ['calibration.thresholds="cross-validation"'])
+    with pytest.raises(RecipeError, match=r"\[distill\] recipe are not supported"):
+        cross_validate(load_recipe(write_recipe(tmp_path), distilling), tmp_path / "cv", progress=False)
