@@ -47,6 +47,7 @@ import numpy as np
 from stanceclf.cache import cache_dir
 from stanceclf.errors import BackendError
 from stanceclf.model.architectures import architecture_of
+from stanceclf.model.directory import manifest_digest
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ def _cache_key(model, threads: int | None) -> str | None:
     parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
              "torch": torch.__version__, "onnxruntime": onnxruntime, "bf16": native_bf16_supported(),
              "weights": [str(weights.resolve()), stat.st_size, stat.st_mtime_ns],
-             "manifest": hashlib.sha256(model.manifest.model_dump_json().encode()).hexdigest()}
+             "manifest": manifest_digest(model.manifest)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

@@ -241,12 +241,10 @@ class _Picker:
 def model_version(model) -> str:
     """What Label Studio shows as a prediction's model: schema, base and a digest of the weights
     (of the manifest for a model never saved), so that two models never share a version."""
-    import hashlib
-
-    from stanceclf.model.directory import weights_digest
+    from stanceclf.model.directory import manifest_digest, weights_digest
 
     manifest = model.manifest
-    digest = weights_digest(model.path) or hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
+    digest = weights_digest(model.path) or manifest_digest(manifest)
     schema = manifest.label_schema
     return f"{schema.name}-{schema.version} {manifest.base_model} {digest[:12]}"
 
