@@ -1,4 +1,4 @@
-"""The faster CPU paths ("backends"), each checked to stay within 0.02 of fp32, and how ``fast=True`` picks one.
+"""The faster CPU paths ("backends"), and how ``fast=True`` picks one, checked on a calibration batch against fp32.
 
 - ``bf16``: torch with bfloat16 matrix products (autocast; layer norms and softmax
   stay float32). On CPUs with native bfloat16 (AVX512-BF16 or AMX: AMD Zen 4 and
