@@ -115,3 +115,42 @@ def test_backends_a_fast_path_that_cannot_run_is_not_a_candidate(tiny, tmp_path,
     choice, fast = choose_backend(tiny, candidates=["torch", "broken"], cache_path=tmp_path / CACHE_FILE,
                                   measure=timings({"torch": 1.0, "broken": 0.1}))
     assert choice.backend == fast.backend == "torch" and "broken" not in choice.seconds
+
+
+def test_backends_cached_backend_that_can_no_longer_be_built_is_measured_again(tiny, tmp_path, monkeypatch):
+    cache = tmp_path / CACHE_FILE
+    monkeypatch.setitem(BACKENDS, "gone", BACKENDS["bf16"])
+    first, _ = choose_backend(tiny, candidates=["torch", "gone"], cache_path=cache,
+                              measure=timings({"torch": 2.0, "gone": 1.0}))
+    assert first.backend == "gone"
+
+    def uninstalled(model, threads):
+        raise ImportError("No module named 'onnxruntime'")
+
+    monkeypatch.setitem(BACKENDS, "gone", Backend("gone", "uninstalled since", uninstalled))
+    calls = []
+    choice, fast = choose_backend(tiny, candidates=["torch", "gone"], cache_path=cache,
+                                  measure=timings({"torch": 2.0, "gone": 1.0}, calls))
+    assert choice.backend == fast.backend == "torch" and not choice.cached and calls == ["torch"]
+    [entry] = json.loads(cache.read_text())["choices"].values()
+    assert entry["backend"] == "torch", "the stale choice is replaced"
+
+
+def test_backends_failed_cache_write_leaves_no_temporary_file(tiny, tmp_path):
+    cache = tmp_path / CACHE_FILE
+    cache.mkdir()  # a folder where the cache file should be: the final rename fails
+    choice, _ = choose_backend(tiny, candidates=["torch"], cache_path=cache, measure=timings({"torch": 1.0}))
+    assert choice.backend == "torch"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_backends_concurrent_cache_writers_keep_every_entry(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stanceclf.infer.backends import BackendCache, BackendChoice
+
+    cache = BackendCache(tmp_path / CACHE_FILE)
+    keys = [f"model-{i}" for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: cache.put(key, BackendChoice("torch", {"torch": 1.0})), keys))
+    assert sorted(json.loads(cache.path.read_text())["choices"]) == sorted(keys)

@@ -140,6 +140,24 @@ def test_results_every_output_uses_the_row_spec(tmp_path, tiny_model_dir):
     assert pq.read_schema(tmp_path / "d.parquet").equals(per_document.arrow_schema(), check_metadata=False)
 
 
+# ---- one set of scoring defaults -------------------------------------------------------------
+def test_defaults_score_and_suggest_take_their_defaults_from_score_options():
+    import inspect
+
+    from stanceclf.cli import annotate_verbs, infer_verbs
+    from stanceclf.infer.ray_engine import SentencePredictor
+    from stanceclf.infer.scoring.job import ScoreOptions
+    from stanceclf.infer.suggest import suggest
+
+    declared = ScoreOptions.model_fields
+    for function in (infer_verbs.score, annotate_verbs.suggest, suggest, SentencePredictor.__init__):
+        parameters = inspect.signature(function).parameters
+        for name in ("max_chars", "batch_size"):
+            default = parameters[name].default
+            default = getattr(default, "default", default)  # a typer Option carries its default inside
+            assert default == declared[name].default, f"{function.__qualname__} {name}={default}"
+
+
 # ---- the one-way import graph -----------------------------------------------------------------
 STAGES = ("data", "train", "model", "infer", "cli")
 #: Which stages each stage may import: data flows one way, data -> train -> model directory -> infer.

@@ -9,6 +9,7 @@ import typer
 
 from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail, load_model
 from stanceclf.errors import StanceclfError
+from stanceclf.infer.scoring.job import SCORE_DEFAULTS
 
 
 def suggest(
@@ -30,8 +31,8 @@ def suggest(
                                            "default 'id' where present, else FILE:LINE."),
     text_field: str = typer.Option("text", help="Field holding the document text (JSONL, CSV, Parquet)."),
     on_error: str = typer.Option("stop", help="On a bad record: 'stop' with its name, or 'skip' it (listed)."),
-    max_chars: int = typer.Option(1_000_000, help="Longest document accepted, in characters."),
-    batch_size: int = typer.Option(64, help="Sentences per forward pass."),
+    max_chars: int = typer.Option(SCORE_DEFAULTS.max_chars, help="Longest document accepted, in characters."),
+    batch_size: int = typer.Option(SCORE_DEFAULTS.batch_size, help="Sentences per forward pass."),
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),

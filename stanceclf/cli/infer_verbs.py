@@ -11,6 +11,7 @@ import typer
 
 from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail, load_model
 from stanceclf.errors import StanceclfError
+from stanceclf.infer.scoring.job import SCORE_DEFAULTS
 
 
 def classify(
@@ -85,8 +86,8 @@ def score(
     per_document: bool = typer.Option(False, help="One row per document with counts and shares per label."),
     on_error: str = typer.Option("stop", help="On a bad record: 'stop' with its name, or 'skip' it and log it to "
                                  "OUT.errors.jsonl."),
-    max_chars: int = typer.Option(1_000_000, help="Longest document accepted, in characters."),
-    batch_size: int = typer.Option(64, help="Sentences per forward pass."),
+    max_chars: int = typer.Option(SCORE_DEFAULTS.max_chars, help="Longest document accepted, in characters."),
+    batch_size: int = typer.Option(SCORE_DEFAULTS.batch_size, help="Sentences per forward pass."),
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: torch's choice, one per core)."),
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,

@@ -1,4 +1,4 @@
-"""The faster CPU paths ("backends"), each checked to stay within 0.02 of fp32, and how ``fast=True`` picks one.
+"""The faster CPU paths ("backends"), and how ``fast=True`` picks one, checked on a calibration batch against fp32.
 
 - ``bf16``: torch with bfloat16 matrix products (autocast; layer norms and softmax
   stay float32). On CPUs with native bfloat16 (AVX512-BF16 or AMX: AMD Zen 4 and
@@ -47,6 +47,7 @@ import numpy as np
 from stanceclf.cache import cache_dir
 from stanceclf.errors import BackendError
 from stanceclf.model.architectures import architecture_of
+from stanceclf.model.directory import manifest_digest
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ CALIBRATION_SENTENCES = (
 #: The largest score change from fp32, on the calibration batch, that a fast path may show.
 CALIBRATION_TOLERANCE = 0.02
 CACHE_FILE = "backends.json"
+#: Seconds to wait for another process writing the cache before giving up on caching this choice.
+LOCK_TIMEOUT = 30
 log = logging.getLogger(__name__)
 
 
@@ -190,7 +193,10 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
     key = _cache_key(model, threads)
     known = cache.get(key) if key else None
     if known is not None and known.backend in (candidates or candidate_backends()):
-        return known, (model if known.backend == "torch" else model.accelerated(known.backend, threads=threads))
+        try:
+            return known, (model if known.backend == "torch" else model.accelerated(known.backend, threads=threads))
+        except Exception as exc:  # e.g. ONNX Runtime broken or removed since: the cached choice is stale
+            log.warning("the cached backend %s cannot run here any more (%s): measuring again", known.backend, exc)
     batch = list(CALIBRATION_SENTENCES)
     reference, _ = model.predict_proba(batch)
     choice, built = BackendChoice("torch"), {}
@@ -247,7 +253,7 @@ def _cache_key(model, threads: int | None) -> str | None:
     parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
              "torch": torch.__version__, "onnxruntime": onnxruntime, "bf16": native_bf16_supported(),
              "weights": [str(weights.resolve()), stat.st_size, stat.st_mtime_ns],
-             "manifest": hashlib.sha256(model.manifest.model_dump_json().encode()).hexdigest()}
+             "manifest": manifest_digest(model.manifest)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -273,17 +279,30 @@ class BackendCache:
             return None
 
     def put(self, key: str, choice: BackendChoice) -> None:
-        data = self._read() or {"choices": {}}
-        data["choices"][key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
+        from filelock import FileLock
+
+        entry = {k: v for k, v in asdict(choice).items() if k != "cached"}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+            # Read, change and rewrite under one lock: workers that measure at once (serve --workers N
+            # --fast) would otherwise each drop the others' entries.
+            with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT):
+                data = self._read() or {"choices": {}}
+                data["choices"][key] = entry
+                self._write(data)
+        except OSError as exc:  # filelock's Timeout is an OSError too
+            log.info("could not cache the backend choice in %s: %s", self.path, exc)
+
+    def _write(self, data: dict) -> None:
+        handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
             with os.fdopen(handle, "w", encoding="utf-8") as out:
                 out.write(json.dumps(data, indent=1) + "\n")
             os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache holds nothing private
             os.replace(tmp, self.path)
-        except OSError as exc:
-            log.info("could not cache the backend choice in %s: %s", self.path, exc)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 class Bfloat16Encoder:

@@ -39,9 +39,10 @@ def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceM
 
     ``fast=True`` runs the fastest path on this machine: on the first fast load of a
     model, a short calibration (about a second, plus building the ONNX session) scores
-    a fixed batch with each available backend, drops any that moves a score by more
-    than 0.02 from fp32, and keeps the fastest; the choice is cached per machine and
-    model (see :mod:`stanceclf.infer.backends`). ``fast="bf16"`` or ``fast="onnx"``
+    a fixed batch with each available backend, drops any that moves a score of that
+    batch by more than 0.02 from fp32, and keeps the fastest; the choice is cached per
+    machine and model (see :mod:`stanceclf.infer.backends`). The check covers that
+    batch only; it bounds no other text's scores. ``fast="bf16"`` or ``fast="onnx"``
     picks one outright.
     """
     from stanceclf.infer.backends import resolve_backend

@@ -42,8 +42,8 @@ from pathlib import Path
 from stanceclf.errors import InputRecordError, ModelDirectoryError, RayEngineError, ScoringSetupError
 from stanceclf.infer.results import RowSpec
 from stanceclf.infer.scoring.inputs import text_problem
-from stanceclf.infer.scoring.job import (ChunkFiller, ScoreOptions, ScoreSummary, ScoringRun, run_locked,
-                                         score_options)
+from stanceclf.infer.scoring.job import (SCORE_DEFAULTS, ChunkFiller, ScoreOptions, ScoreSummary, ScoringRun,
+                                         run_locked, score_options)
 from stanceclf.infer.scoring.outputs import make_writer
 
 #: Documents per sentence-counting task.
@@ -115,9 +115,9 @@ class SentencePredictor:
     document.
     """
 
-    def __init__(self, model=None, *, backend: str = "torch", per_document: bool = False, batch_size: int = 64,
-                 id_column: str = "doc_id", text_column: str = "text", max_chars: int = 1_000_000,
-                 with_truncated: bool = False, threads: int | None = None):
+    def __init__(self, model=None, *, backend: str = "torch", per_document: bool = False,
+                 batch_size: int = SCORE_DEFAULTS.batch_size, id_column: str = "doc_id", text_column: str = "text",
+                 max_chars: int = SCORE_DEFAULTS.max_chars, with_truncated: bool = False, threads: int | None = None):
         if threads:
             import torch
 

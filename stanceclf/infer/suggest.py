@@ -49,7 +49,7 @@ from stanceclf.data.label_studio_config import LABELS_CONTROL, TEXT_FIELD, TEXT_
 from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
 from stanceclf.infer.results import Prediction
 from stanceclf.infer.scoring.inputs import Fields, InputRecord, check_inputs, iter_records
-from stanceclf.infer.scoring.job import DuplicateIds
+from stanceclf.infer.scoring.job import SCORE_DEFAULTS, DuplicateIds
 from stanceclf.model.decision import decide, reported_scores
 
 STRATEGIES = ("uncertainty", "disagreement", "random")
@@ -132,8 +132,8 @@ class _Committee:
 
 def suggest(paths: list[str | Path], model, *, strategy: str = "uncertainty", n: int = 50, seed: int = 13,
             input_format: str = "auto", id_field: str | None = None, text_field: str = "text",
-            max_chars: int = 1_000_000, on_error: str = "stop", exclude: set[str] = frozenset(),
-            passes: int = 8, batch_size: int = 64, chunk_sentences: int = 1024, progress: bool = True,
+            max_chars: int = SCORE_DEFAULTS.max_chars, on_error: str = "stop", exclude: set[str] = frozenset(),
+            passes: int = 8, batch_size: int = SCORE_DEFAULTS.batch_size, chunk_sentences: int = 1024, progress: bool = True,
             log=None) -> SuggestSummary:
     """Pick the ``n`` documents of ``paths`` with the highest priority under ``strategy`` (see the
     module docstring), each with the model's sentence predictions. Documents whose id is in
@@ -246,12 +246,10 @@ class _Picker:
 def model_version(model) -> str:
     """What Label Studio shows as a prediction's model: schema, base and a digest of the weights
     (of the manifest for a model never saved), so that two models never share a version."""
-    import hashlib
-
-    from stanceclf.model.directory import weights_digest
+    from stanceclf.model.directory import manifest_digest, weights_digest
 
     manifest = model.manifest
-    digest = weights_digest(model.path) or hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
+    digest = weights_digest(model.path) or manifest_digest(manifest)
     schema = manifest.label_schema
     return f"{schema.name}-{schema.version} {manifest.base_model} {digest[:12]}"
 

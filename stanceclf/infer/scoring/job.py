@@ -52,6 +52,10 @@ class ScoreOptions(BaseModel):
                 "fmt": output_format, "per_document": self.per_document, "chunk_sentences": self.chunk_sentences}
 
 
+#: The one home of the scoring defaults, which the CLI verbs, suggest() and the Ray engine read.
+SCORE_DEFAULTS = ScoreOptions()
+
+
 @dataclass
 class ScoreSummary(RunCounts):
     seconds: float = 0.0

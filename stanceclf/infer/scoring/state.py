@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stanceclf.errors import ScoringSetupError, StanceclfError
-from stanceclf.model.directory import weights_digest
+from stanceclf.model.directory import manifest_digest, weights_digest
 
 PROGRESS_SUFFIX = ".progress.json"
 PARTIAL_SUFFIX = ".partial"
@@ -84,7 +84,7 @@ def run_signature(files: list[Path], model, options: dict) -> str:
         stat = file.stat()
         digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(f"backend:{getattr(model, 'backend', 'torch')}".encode())
-    digest.update(model.manifest.model_dump_json().encode())
+    digest.update(f"manifest:{manifest_digest(model.manifest)}".encode())
     digest.update(f"weights:{weights_digest(model.path)}".encode())
     digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()
