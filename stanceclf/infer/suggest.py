@@ -133,8 +133,8 @@ class _Committee:
 def suggest(paths: list[str | Path], model, *, strategy: str = "uncertainty", n: int = 50, seed: int = 13,
             input_format: str = "auto", id_field: str | None = None, text_field: str = "text",
             max_chars: int = SCORE_DEFAULTS.max_chars, on_error: str = "stop", exclude: set[str] = frozenset(),
-            passes: int = 8, batch_size: int = SCORE_DEFAULTS.batch_size, chunk_sentences: int = 1024, progress: bool = True,
-            log=None) -> SuggestSummary:
+            passes: int = 8, batch_size: int = SCORE_DEFAULTS.batch_size, chunk_sentences: int = 1024,
+            progress: bool = True, log=None) -> SuggestSummary:
     """Pick the ``n`` documents of ``paths`` with the highest priority under ``strategy`` (see the
     module docstring), each with the model's sentence predictions. Documents whose id is in
     ``exclude`` (e.g. those already annotated) are passed over."""
