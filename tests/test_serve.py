@@ -401,8 +401,8 @@ def test_serve_worker_outlives_an_event_loop_closed_at_shutdown(reference):
         gone.close()
         batcher._queue.put(job)
 
-        async def ask():
-            return await batcher.classify([TEXT], True, lambda: asyncio.sleep(60))
+        async def ask():  # a client that stays; a dead worker would leave it waiting
+            return await asyncio.wait_for(batcher.classify([TEXT], True, lambda: asyncio.Event().wait()), 20)
 
         assert len(asyncio.run(ask())[0]) == 3  # a later request is still answered
     finally:
