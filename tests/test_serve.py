@@ -29,10 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 TEXT = "NATO will expand again. Moscow warned of a dangerous escalation.\nThe summit opened on Monday."
 
 
-def many_sentences(count: int, tag: int = 0) -> str:
-    return " ".join(f"Minister {tag}-{i} said the war will come soon." for i in range(count))
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
