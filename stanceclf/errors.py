@@ -132,6 +132,13 @@ class ServerBusyError(StanceclfError):
     code = "E053"
 
 
+class InternalServerError(StanceclfError):
+    """The server failed while scoring a request, not because of the request (HTTP 500; the traceback is in
+    the server's log)."""
+
+    code = "E054"
+
+
 class LanguageWarning(UserWarning):
     """Input that does not look like English, the language the models were trained on."""
 

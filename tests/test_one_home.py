@@ -159,10 +159,12 @@ def test_defaults_score_and_suggest_take_their_defaults_from_score_options():
 
 
 # ---- the one-way import graph -----------------------------------------------------------------
-STAGES = ("data", "train", "model", "infer", "cli")
-#: Which stages each stage may import: data flows one way, data -> train -> model directory -> infer.
+STAGES = ("data", "train", "model", "infer", "serve", "cli")
+#: Which stages each stage may import: data flows one way, data -> train -> model directory -> infer; the
+#: HTTP server sits on infer, and only the CLI starts it.
 ALLOWED = {"data": {"data"}, "model": {"data", "model"}, "infer": {"data", "model", "infer"},
-           "train": {"data", "model", "infer", "train"}, "cli": set(STAGES)}
+           "train": {"data", "model", "infer", "train"}, "serve": {"data", "model", "infer", "serve"},
+           "cli": set(STAGES)}
 
 
 def _imported_stages(path: Path) -> set[str]:

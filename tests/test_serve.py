@@ -8,8 +8,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,13 +23,10 @@ pytest.importorskip("uvicorn")
 from typer.testing import CliRunner  # noqa: E402
 
 from stanceclf.cli import app  # noqa: E402
+from stanceclf.serve.settings import TEST_LOAD_GATE_ENV, TEST_WORKER_GATE_ENV  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "NATO will expand again. Moscow warned of a dangerous escalation.\nThe summit opened on Monday."
-
-
-def many_sentences(count: int, tag: int = 0) -> str:
-    return " ".join(f"Minister {tag}-{i} said the war will come soon." for i in range(count))
 
 
 def free_port() -> int:
@@ -38,12 +37,16 @@ def free_port() -> int:
 
 class Server:
     """``stanceclf serve`` in a subprocess on a free loopback port; its output goes to a log file (a pipe
-    nobody reads could fill and stall it)."""
+    nobody reads could fill and stall it). Its test gates (:mod:`stanceclf.serve.settings`) hold the model
+    loading until :meth:`wait_ready` has seen it loading, and the worker whenever a test :meth:`hold`s it."""
 
     def __init__(self, model_dir: Path, log_path: Path, *options: str):
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log_path = log_path
-        env = {**os.environ, "HF_HUB_OFFLINE": "1",
+        self.gates = {"load": log_path.with_suffix(".load-gate"), "worker": log_path.with_suffix(".worker-gate")}
+        self.release("worker")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", TEST_LOAD_GATE_ENV: str(self.gates["load"]),
+               TEST_WORKER_GATE_ENV: str(self.gates["worker"]),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "stanceclf.cli", "serve", "--model", str(model_dir), "--port",
                    self.url.rsplit(":", 1)[1], "--no-access-log", *options]
@@ -55,6 +58,17 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def release(self, gate: str) -> None:
+        self.gates[gate].touch()
+
+    @contextmanager
+    def held(self, gate: str):
+        self.gates[gate].unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            self.release(gate)
+
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.url, timeout=10) as client:
@@ -64,6 +78,7 @@ class Server:
                     health, ready = client.get("/healthz").status_code, client.get("/readyz").status_code
                     if ready == 503 and self.classify_while_loading is None:
                         self.classify_while_loading = client.post("/v1/classify", json={"text": "Too early."})
+                        self.release("load")  # loading was held until now: it was certainly seen
                 except httpx.TransportError:  # not listening yet
                     time.sleep(0.05)
                     continue
@@ -90,8 +105,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def servers(shared_tiny_model_dir, tmp_path_factory):
-    """Servers started together: ``main`` with small size limits, ``busy`` with a one-request queue and
-    one sentence per forward pass (so that a big request keeps its worker busy for a good while), and
+    """Servers started together: ``main`` with small size limits, ``busy`` with a one-request queue, and
     ``broken``, whose weights file is garbage (its manifest is fine, so it gets as far as loading)."""
     logs = tmp_path_factory.mktemp("serve-logs")
     broken_dir = logs / "broken-model"
@@ -102,14 +116,15 @@ def servers(shared_tiny_model_dir, tmp_path_factory):
         # One torch thread: on a shared machine two threads per process can run many times slower.
         started.append(Server(shared_tiny_model_dir, logs / "main.log", "--threads", "1", "--max-body-bytes",
                               "262144", "--max-text-chars", "20000"))
-        started.append(Server(shared_tiny_model_dir, logs / "busy.log", "--threads", "1", "--max-queue", "1",
-                              "--batch-size", "1"))
+        started.append(Server(shared_tiny_model_dir, logs / "busy.log", "--threads", "1", "--max-queue", "1"))
         started.append(Server(broken_dir, logs / "broken.log"))
+        started[-1].release("load")
         for server in started[:2]:
             server.wait_ready()
         yield dict(zip(("main", "busy", "broken"), started))
     finally:
         for server in started:
+            server.release("worker")
             server.stop()
 
 
@@ -266,64 +281,128 @@ def test_serve_body_that_is_not_json_says_which_content_type(server):
     assert "Content-Type: application/json" in response.json()["problems"][0]["message"]
 
 
-# ---- batching, overload, disconnects -----------------------------------------------------------------
-def busy_worker_payload(texts: int = 3) -> dict:
-    """One request that keeps the model busy for a while (380 sentences per text)."""
-    return {"texts": [many_sentences(380, tag) for tag in range(texts)]}
+# ---- batching, overload, disconnects, failures ----------------------------------------------------------
+def worker_holds_a_job(server: Server, before: dict) -> bool:
+    """A request arrived and the worker took it off the queue (and, held, waits before scoring it)."""
+    stats = server.stats()
+    return stats["requests"] > before["requests"] and stats["queued"] == 0
 
 
-def test_serve_concurrent_requests_are_scored_in_few_batches(server, reference):
+def test_serve_concurrent_requests_are_scored_in_one_batch(server, reference):
     texts = [f"Request {i} says NATO will grow. Moscow warned of war number {i}." for i in range(16)]
     before = server.stats()
-
-    async def run():
-        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-            big = asyncio.create_task(client.post("/v1/classify", json=busy_worker_payload(8)))
-            while (await client.get("/v1/stats")).json()["requests"] == before["requests"]:
-                await asyncio.sleep(0.01)  # the big request is in: the small ones queue behind it
-            small = await asyncio.gather(*(client.post("/v1/classify", json={"text": t}) for t in texts))
-            return await big, small
-
-    big, small = asyncio.run(run())
+    with ThreadPoolExecutor(len(texts) + 1) as pool, server.held("worker"):
+        first = pool.submit(server.post, {"text": TEXT})
+        wait_for(lambda: worker_holds_a_job(server, before))
+        small = [pool.submit(server.post, {"text": text}) for text in texts]
+        wait_for(lambda: server.stats()["queued"] == len(texts))  # all wait while the worker is held
     after = server.stats()
-    assert big.status_code == 200 and all(r.status_code == 200 for r in small)
+    assert first.result().status_code == 200 and all(r.result().status_code == 200 for r in small)
     assert after["requests"] - before["requests"] == len(texts) + 1
-    assert after["batches"] - before["batches"] <= 1 + len(texts) // 2, (before, after)
+    assert after["batches"] - before["batches"] == 1, (before, after)  # the queued requests joined the first
+    assert after["units"] - before["units"] == len(reference.units([TEXT, *texts]))
     for response, text in zip(small, texts):
-        assert_same_predictions(response.json()["results"][0], reference.classify(text))
+        assert_same_predictions(response.result().json()["results"][0], reference.classify(text))
 
 
 def test_serve_full_queue_is_503_with_retry_after(servers):
     busy = servers["busy"]
     before = busy.stats()
-    with ThreadPoolExecutor(9) as pool:
-        big = pool.submit(busy.post, busy_worker_payload())
-        wait_for(lambda: busy.stats()["requests"] > before["requests"] and busy.stats()["queued"] == 0)
-        small = list(pool.map(lambda i: busy.post({"text": f"Small request {i}."}), range(8)))
-        assert big.result().status_code == 200
-    refused = [r for r in small if r.status_code == 503]
-    assert refused, [r.status_code for r in small]
-    assert all(r.status_code == 200 for r in small if r not in refused)
+    with ThreadPoolExecutor(2) as pool, busy.held("worker"):
+        scored = pool.submit(busy.post, {"text": "Scored first."})
+        wait_for(lambda: worker_holds_a_job(busy, before))
+        queued = pool.submit(busy.post, {"text": "Queued second."})
+        wait_for(lambda: busy.stats()["queued"] == 1)  # the queue of one is full until the worker moves
+        refused = [busy.post({"text": f"Small request {i}."}) for i in range(3)]
+    assert scored.result().status_code == 200 and queued.result().status_code == 200
+    assert [r.status_code for r in refused] == [503] * 3
     assert all(r.headers["retry-after"] == "1" and r.json()["code"] == "E053" for r in refused)
     assert "queue is full" in refused[0].json()["message"]
     assert busy.stats()["rejected_busy"] - before["rejected_busy"] == len(refused)
+    assert "never awaited" not in busy.log()
 
 
 def test_serve_client_that_leaves_before_scoring_costs_nothing(servers, reference):
     server = servers["busy"]
-    payload = busy_worker_payload()
-    big_units = len(reference.units(payload["texts"]))
     before = server.stats()
-    with ThreadPoolExecutor(1) as pool:
-        big = pool.submit(server.post, payload)
-        wait_for(lambda: server.stats()["requests"] > before["requests"] and server.stats()["queued"] == 0)
+    with ThreadPoolExecutor(1) as pool, server.held("worker"):
+        scored = pool.submit(server.post, {"text": TEXT})
+        wait_for(lambda: worker_holds_a_job(server, before))
         with pytest.raises(httpx.ReadTimeout):  # the client gives up while its request waits
-            server.post({"text": "Gone before scoring."}, timeout=0.1)
-        assert big.result().status_code == 200
+            server.post({"text": "Gone before scoring."}, timeout=0.2)
+        time.sleep(0.3)  # the server's idle event loop sees the disconnect; nothing shows it in /v1/stats
+    assert scored.result().status_code == 200
     after = wait_for(lambda: (s := server.stats())["abandoned"] > before["abandoned"] and s)
     assert after["abandoned"] - before["abandoned"] == 1
     assert after["requests"] - before["requests"] == 2
-    assert after["units"] - before["units"] == big_units  # the abandoned request was never scored
+    assert after["units"] - before["units"] == len(reference.units([TEXT]))  # the abandoned one was never scored
+
+
+@contextmanager
+def server_in_process(model_dir: Path):
+    """The app on a real uvicorn server in a thread of this process, so that a test can break the model under
+    it; uvicorn's loggers are left unconfigured, so that their records reach pytest's ``caplog``."""
+    import uvicorn
+
+    from stanceclf.serve.app import create_app
+    from stanceclf.serve.settings import ServeSettings
+
+    port = free_port()
+    uvicorn_server = uvicorn.Server(uvicorn.Config(create_app(ServeSettings(model=str(model_dir))), host="127.0.0.1",
+                                                   port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: uvicorn_server.started and httpx.get(f"{url}/readyz").status_code == 200, timeout=120)
+        yield url
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(30)
+
+
+@pytest.mark.parametrize("broken, doing", [("units", "splitting the texts"), ("classify_units", "scoring")])
+def test_serve_unexpected_error_is_a_coded_500_logged_once(shared_tiny_model_dir, monkeypatch, caplog, broken,
+                                                         doing):
+    from stanceclf.infer.model import StanceModel
+
+    monkeypatch.delenv(TEST_WORKER_GATE_ENV, raising=False)
+    monkeypatch.delenv(TEST_LOAD_GATE_ENV, raising=False)
+    with server_in_process(shared_tiny_model_dir) as url:
+        working = getattr(StanceModel, broken)
+
+        def fails(*args, **kwargs):
+            raise ZeroDivisionError("a bug, not the request")
+
+        monkeypatch.setattr(StanceModel, broken, fails)
+        caplog.clear()
+        response = httpx.post(f"{url}/v1/classify", json={"text": TEXT}, timeout=60)
+        assert response.status_code == 500, response.text
+        body = response.json()
+        assert body == {"code": "E054", "problems": [], "message": f"[E054] internal error while {doing} "
+                        "(ZeroDivisionError); the server's log has the details"}
+        logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+        assert len(logged) == 1 and f"unexpected error while {doing}" in logged[0].getMessage()
+        monkeypatch.setattr(StanceModel, broken, working)
+        assert httpx.post(f"{url}/v1/classify", json={"text": TEXT}, timeout=60).status_code == 200  # lives on
+
+
+def test_serve_worker_outlives_an_event_loop_closed_at_shutdown(reference):
+    from stanceclf.serve.batching import MicroBatcher, _Job
+
+    batcher = MicroBatcher(reference, max_queue=4, batch_wait_ms=0, batch_units=256, batch_size=8).start()
+    try:
+        gone = asyncio.new_event_loop()
+        job = _Job(["Scored after its loop closed."], True, gone, gone.create_future())
+        gone.close()
+        batcher._queue.put(job)
+
+        async def ask():  # a client that stays; a dead worker would leave it waiting
+            return await asyncio.wait_for(batcher.classify([TEXT], True, lambda: asyncio.Event().wait()), 20)
+
+        assert len(asyncio.run(ask())[0]) == 3  # a later request is still answered
+    finally:
+        batcher.close()
 
 
 def test_serve_model_that_fails_to_load_ends_the_server_with_the_reason(servers):

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,17 +23,16 @@ from fastapi.responses import JSONResponse, Response
 from uvicorn.config import STARTUP_FAILURE
 
 import stanceclf
-from stanceclf.errors import BadRequestError, RequestTooLargeError, ServerBusyError, StanceclfError
+from stanceclf.errors import (BadRequestError, InternalServerError, RequestTooLargeError, ServerBusyError,
+                              StanceclfError)
 from stanceclf.serve import schemas
-from stanceclf.serve.batching import MicroBatcher
-from stanceclf.serve.settings import ServeSettings
-
-log = logging.getLogger("uvicorn.error")  # uvicorn configures this logger; ours would print nothing
+from stanceclf.serve.batching import MicroBatcher, log
+from stanceclf.serve.settings import TEST_LOAD_GATE_ENV, ServeSettings, wait_at_test_gate
 
 #: Seconds a client told "busy" (503) should wait before trying again.
 RETRY_AFTER_S = 1
-_STATUS = {BadRequestError: 422, RequestTooLargeError: 413, ServerBusyError: 503}
-_ERRORS = {status: {"model": schemas.ErrorResponse} for status in (413, 422, 503)}
+_STATUS = {BadRequestError: 422, RequestTooLargeError: 413, ServerBusyError: 503, InternalServerError: 500}
+_ERRORS = {status: {"model": schemas.ErrorResponse} for status in (413, 422, 500, 503)}
 
 
 def error_response(error: StanceclfError, problems: list[schemas.FieldProblem] = ()) -> JSONResponse:
@@ -129,6 +129,7 @@ class ServerState:
         from stanceclf.model.manifest import library_versions
 
         settings = self.settings
+        wait_at_test_gate(TEST_LOAD_GATE_ENV)
         try:
             if settings.threads:
                 import torch
@@ -195,7 +196,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         batcher = state.ready_batcher()
         texts = body.all_texts
         state.check_lengths(texts, single=body.text is not None)
-        results = await batcher.classify(texts, body.split_sentences, _until_disconnected(request))
+        results = await batcher.classify(texts, body.split_sentences, partial(_until_disconnected, request))
         if results is None:
             return Response(status_code=499)  # client closed the request; nothing reaches it anyway
         return schemas.ClassifyResponse.model_validate({"results": results}, from_attributes=True)

@@ -8,22 +8,28 @@ runs on the event loop) takes the first waiting job, then keeps taking jobs for 
 without waiting and throughput approaches one big ``classify()``.
 
 A job whose client has disconnected is dropped before it is split or scored. A full queue
-refuses new jobs (HTTP 503) instead of growing memory.
+refuses new jobs (HTTP 503) instead of growing memory. An unexpected failure while splitting or
+scoring fails only the requests concerned, with a coded 500 (:class:`InternalServerError`); its
+traceback is logged once, and the worker lives on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Awaitable
+from typing import Awaitable, Callable
 
-from stanceclf.errors import ServerBusyError
+from stanceclf.errors import InternalServerError, ServerBusyError, StanceclfError
 from stanceclf.infer.model import StanceModel
 from stanceclf.infer.results import Prediction
+from stanceclf.serve.settings import TEST_WORKER_GATE_ENV, wait_at_test_gate
+
+log = logging.getLogger("uvicorn.error")  # uvicorn configures this logger; ours would print nothing
 
 
 class BatchCounters:
@@ -53,7 +59,10 @@ class _Job:
 
     def settle(self, result=None, error: BaseException | None = None) -> None:
         """Hand the outcome back to the event loop (called from the worker thread)."""
-        self.loop.call_soon_threadsafe(self._settle, result, error)
+        try:
+            self.loop.call_soon_threadsafe(self._settle, result, error)
+        except RuntimeError:  # the loop has closed (shutdown): nobody is waiting, and the worker must not die
+            pass
 
     def _settle(self, result, error) -> None:
         if self.future.done():  # cancelled: the request is gone
@@ -69,6 +78,16 @@ class _Batch:
     jobs: list[tuple[_Job, int, int]] = field(default_factory=list)  # job, first text index, end text index
     units: list[tuple[int, int, int, str]] = field(default_factory=list)
     texts: int = 0
+
+
+def _served_error(error: Exception, doing: str) -> StanceclfError:
+    """What the request hears of ``error``: a coded error as it is, anything else as a coded 500 whose
+    traceback goes to the log (once, however many requests it fails)."""
+    if isinstance(error, StanceclfError):
+        return error
+    log.error("stanceclf serve: unexpected error while %s", doing, exc_info=error)
+    return InternalServerError(f"internal error while {doing} ({type(error).__name__}); the server's log has "
+                               "the details")
 
 
 class MicroBatcher:
@@ -112,11 +131,12 @@ class MicroBatcher:
         return job
 
     async def classify(self, texts: list[str], split_sentences: bool,
-                       disconnected: Awaitable[None]) -> list[list[Prediction]] | None:
-        """One list of predictions per text, or None when ``disconnected`` finished first (the client left;
-        the job is then dropped unless the worker has already started on it)."""
+                       disconnected: Callable[[], Awaitable[None]]) -> list[list[Prediction]] | None:
+        """One list of predictions per text, or None when ``disconnected()`` finished first (the client left;
+        the job is then dropped unless the worker has already started on it). ``disconnected`` is called only
+        once the job is queued, so that a refused request leaves no coroutine never awaited."""
         job = self.submit(texts, split_sentences)
-        gone = asyncio.ensure_future(disconnected)
+        gone = asyncio.ensure_future(disconnected())
         try:
             done, _ = await asyncio.wait({job.future, gone}, return_when=asyncio.FIRST_COMPLETED)
             return job.future.result() if job.future in done else None
@@ -139,6 +159,8 @@ class MicroBatcher:
         """Wait for a job, then gather more for up to ``batch_wait_s`` or ``batch_units`` units."""
         batch = _Batch()
         job = self._queue.get()
+        if job is not None:
+            wait_at_test_gate(TEST_WORKER_GATE_ENV)
         deadline = None
         while job is not None:
             self._take(job, batch)
@@ -160,7 +182,7 @@ class MicroBatcher:
         try:
             units = self.model.units(job.texts, split_sentences=job.split_sentences)
         except Exception as error:  # noqa: BLE001 - that request fails (500); the worker must live on
-            job.settle(error=error)
+            job.settle(error=_served_error(error, "splitting the texts"))
             return
         offset = batch.texts
         batch.units.extend((offset + index, start, end, text) for index, start, end, text in units)
@@ -171,8 +193,9 @@ class MicroBatcher:
         try:
             results = self.model.classify_units(batch.units, batch.texts, batch_size=self.batch_size)
         except Exception as error:  # noqa: BLE001 - every waiting request must hear of it
+            served = _served_error(error, "scoring")
             for job, _, _ in batch.jobs:
-                job.settle(error=error)
+                job.settle(error=served)
             return
         self.counters.add(batches=1 if batch.units else 0, texts=batch.texts, units=len(batch.units))
         for job, begin, end in batch.jobs:

@@ -131,9 +131,10 @@ class FieldProblem(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every error response (413, 422, 503) has this shape."""
+    """Every error response (413, 422, 500, 503) has this shape."""
 
-    code: str = Field(description="Stable error code, e.g. E051 (bad request), E052 (too large), E053 (busy).")
+    code: str = Field(description="Stable error code, e.g. E051 (bad request), E052 (too large), E053 (busy), "
+                                  "E054 (internal error).")
     message: str = Field(description="What went wrong, for people.")
     problems: list[FieldProblem] = Field(default_factory=list, description="One entry per field at fault (none "
                                                                            "when the whole request is).")

@@ -7,10 +7,26 @@ starts each worker from an import string, so nothing else can be handed over).
 from __future__ import annotations
 
 import os
+import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SETTINGS_ENV = "STANCECLF_SERVE_SETTINGS"
+
+# Test seams, for tests/test_serve.py only (never set them in production): each names a file, and the server
+# waits at that point until the file exists, so that a test can hold the server in a state (still loading;
+# the worker busy with a job) for exactly as long as it needs, whatever the machine's speed.
+#: ServerState.load waits before loading the model: /readyz stays 503.
+TEST_LOAD_GATE_ENV = "STANCECLF_SERVE_TEST_LOAD_GATE"
+#: The batching worker, having taken a job off the queue, waits before gathering and scoring its batch.
+TEST_WORKER_GATE_ENV = "STANCECLF_SERVE_TEST_WORKER_GATE"
+
+
+def wait_at_test_gate(variable: str) -> None:
+    """Wait until the file named by the test-seam environment ``variable`` exists; return at once when unset."""
+    gate = os.environ.get(variable)
+    while gate and not os.path.exists(gate):
+        time.sleep(0.01)
 
 
 class ServeSettings(BaseModel):
