@@ -2,9 +2,9 @@
 
 - ``bf16``: torch with bfloat16 matrix products (autocast; layer norms and softmax
   stay float32). On CPUs with native bfloat16 (AVX512-BF16 or AMX: AMD Zen 4 and
-  later, Intel Cooper Lake and Sapphire Rapids and later) it runs about 1.5x as fast
+  later, Intel Cooper Lake and Sapphire Rapids and later) it runs about 2x as fast
   as fp32 end to end on an idle machine. On 7,079 news sentences scores moved by up to
-  0.017 and 0.06% of label decisions changed (benchmarks/results/inference.md): a
+  0.018 and 0.08% of label decisions changed (benchmarks/results/inference.md): a
   measured bound, not a guarantee. On other CPUs bfloat16 is emulated and slow.
 - ``onnx``: ONNX Runtime with fused attention, in float32. The model is exported to
   ONNX in memory (nothing but safetensors and JSON is read from a model directory) and
