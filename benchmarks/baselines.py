@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import publish  # benchmarks/report.py, beside this script
+
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,10 +151,7 @@ def main() -> None:
               f"{model_f1 - best_rep['macro']['f1']:+.3f} against the best baseline ({best_name}, "
               f"{best_rep['macro']['f1']:.3f})."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text, encoding="utf-8")
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import publish  # benchmarks/report.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seeds" / "000_1231937baff740f5.txt"
 
@@ -119,9 +121,7 @@ def main() -> None:
             imported = {sample["transformers imported"] for sample in phases[tree]}
             lines.append(f"| `{tree}` | " + " | ".join(cells) + f" | {'yes' if True in imported else 'no'} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        args.write.write_text(text, encoding="utf-8")
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import publish  # benchmarks/report.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "corpus"
 
@@ -243,10 +245,7 @@ def main() -> None:
         lines.append(f"| {row['sentences']:,} | {row['seconds']:.0f} | {rate(row['seconds'], row['sentences']):.1f} | "
                      f"{row['peak_rss_mb']:.0f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text, encoding="utf-8")
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

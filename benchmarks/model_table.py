@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from report import publish  # benchmarks/report.py, beside this script
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stanceclf.model.manifest import ModelManifest  # noqa: E402
@@ -62,10 +64,7 @@ def main() -> None:
                   "|---|---|---:|---:|---:|---:|", *per_label]
     lines += [""] + [note for note in args.note]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text, encoding="utf-8")
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import platform
 import sys
 from pathlib import Path
 
+from report import publish  # benchmarks/report.py, beside this script
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -67,10 +69,7 @@ def main() -> None:
     if args.note:
         lines += ["## Notes", ""] + [f"- {note}" for note in args.note]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text, encoding="utf-8")
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

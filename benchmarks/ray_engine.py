@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import publish  # benchmarks/report.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "corpus"
 
@@ -87,9 +89,7 @@ def main() -> None:
             same = "yes" if out.read_bytes() == reference.read_bytes() else "no"
             lines.append(f"| {name} | {seconds:.1f} | {rows} | {largest:.6f} | {flips} | {same} |")
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.write:
-        args.write.write_text(report, encoding="utf-8")
+    publish(report, args.write)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import publish  # benchmarks/report.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO / "examples" / "seeds"
 
@@ -238,9 +240,7 @@ def main() -> None:
     command = "python benchmarks/serve.py " + " ".join(sys.argv[1:])
     result = measure(args)
     text = report(result, args, command.strip())
-    print(text)
-    if args.write:
-        args.write.write_text(text, encoding="utf-8")
+    publish(text, args.write)
     if result["errors"]:
         raise SystemExit(f"{len(result['errors'])} requests failed")
 
