@@ -78,16 +78,19 @@ def job_classify(model_dir: str, sentences: list[str], fast: bool | str) -> dict
 
 def run_child(kind: str, model_dir: str, sentences_file: str, fast: bool | str = False) -> dict:
     code = (
-        "import json,resource,sys,importlib.util as u;sys.path.insert(0,%r);"
+        # the benchmarks folder too: this module imports report.py, its neighbour
+        "import json,resource,sys,importlib.util as u;sys.path[:0]=[%r,%r];"
         "spec=u.spec_from_file_location('bench_inference',%r);m=u.module_from_spec(spec);spec.loader.exec_module(m);"
         "job_pipeline,job_classify=m.job_pipeline,m.job_classify;"
         "s=json.load(open(%r));"
         "r=%s;"
         "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024;print(json.dumps(r))"
-    ) % (str(REPO), str(Path(__file__).resolve()), sentences_file,
+    ) % (str(REPO), str(Path(__file__).resolve().parent), str(Path(__file__).resolve()), sentences_file,
          f"job_pipeline({model_dir!r}, s)" if kind == "pipeline" else f"job_classify({model_dir!r}, s, {fast!r})")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode != 0:
+        raise SystemExit(f"the {kind} job failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
