@@ -4,8 +4,8 @@
   stay float32). On CPUs with native bfloat16 (AVX512-BF16 or AMX: AMD Zen 4 and
   later, Intel Cooper Lake and Sapphire Rapids and later) it runs about 2x as fast
   as fp32 end to end on an idle machine. On 7,079 news sentences scores moved by up to
-  0.018 and 0.08% of label decisions changed (benchmarks/results/inference.md): a
-  measured bound, not a guarantee. On other CPUs bfloat16 is emulated and slow.
+  0.014 (0.018 for the previous default model) and up to 0.08% of label decisions changed
+  (benchmarks/results/inference.md): measured, not a guarantee. On other CPUs bfloat16 is emulated and slow.
 - ``onnx``: ONNX Runtime with fused attention, in float32. The model is exported to
   ONNX in memory (nothing but safetensors and JSON is read from a model directory) and
   optimised by ONNX Runtime's BERT fusions; scores match fp32 to about 1e-6. Needs
