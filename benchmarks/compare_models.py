@@ -18,7 +18,7 @@ thresholds tuned on its dev split (``benchmarks/baselines.py``). ``--speed`` tim
 ``load(path, fast=True)`` on the same sentences (the whole test split, after a warm-up).
 
 ``--errors NAME`` prints, for that model, its false positives and negatives on the unseen documents with
-their text, to the terminal only: corpus texts (SemEval, PTC) must not be copied into the repository.
+their text, on stderr only: corpus texts (SemEval, PTC) must not be copied into the repository.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
     positives, predicted = truth.sum(0), pred.sum(0)
     defined = positives > 0
     f1 = 2 * tp / np.maximum(positives + predicted, 1)
-    return float(f1[defined].mean())
+    return float(f1[defined].mean()) if defined.any() else float("nan")
 
 
 def bootstrap_difference(truth, pred_a, pred_b, docs, seed: int = 13) -> tuple[float, float]:
@@ -66,7 +67,7 @@ def bootstrap_difference(truth, pred_a, pred_b, docs, seed: int = 13) -> tuple[f
     for _ in range(BOOTSTRAP_SAMPLES):
         rows = np.concatenate([rows_of[names[i]] for i in rng.integers(0, len(names), len(names))])
         diffs.append(macro_f1(truth[rows], pred_b[rows]) - macro_f1(truth[rows], pred_a[rows]))
-    low, high = np.percentile(diffs, [2.5, 97.5])
+    low, high = np.nanpercentile(diffs, [2.5, 97.5])  # a resample may leave a label without positives
     return float(low), float(high)
 
 
@@ -98,15 +99,15 @@ def sentences_per_second(path: str, texts: list[str]) -> tuple[float, str]:
 
 
 def result_row(name, truth, pred, scores, sources, labels, speed=None) -> str:
-    from stanceclf.model.metrics import multilabel_report
+    from stanceclf.model.metrics import format_metric, multilabel_report
 
     report = multilabel_report(truth, pred, labels, scores)
-    cells = [f"{report['labels'][l]['precision']:.2f} / {report['labels'][l]['recall']:.2f} / "
-             f"**{report['labels'][l]['f1']:.3f}**" for l in labels]
+    cells = [" / ".join(format_metric(report["labels"][l][m]) for m in ("precision", "recall"))
+             + f" / **{format_metric(report['labels'][l]['f1'])}**" for l in labels]
     per_source = [f"{macro_f1(truth[sources == s], pred[sources == s]):.3f}" for s in sorted(set(sources))]
     pr_auc = report["macro"].get("pr_auc")
     row = f"| {name} | " + " | ".join(cells) + f" | **{report['macro']['f1']:.3f}** | " \
-          + (f"{pr_auc:.3f}" if pr_auc is not None else "-") + " | " + " | ".join(per_source)
+          + format_metric(pr_auc) + " | " + " | ".join(per_source)
     if speed is not None:
         row += " | " + (f"{speed[0]:,.0f} ({speed[1]})" if speed else "-")
     return row + " |"
@@ -138,15 +139,16 @@ def table(title, rows_mask, dataset_test, systems, labels, speeds, notes) -> lis
 
 
 def print_errors(name, model_pred, scores, dataset_test, rows_mask, labels) -> None:
+    """On stderr, so that redirecting the report cannot copy corpus text into a results file."""
     truth = np.array(dataset_test["labels"])
     for j, label in enumerate(labels):
         for kind, wrong in (("false positive", (model_pred[:, j] == 1) & (truth[:, j] == 0)),
                             ("false negative", (model_pred[:, j] == 0) & (truth[:, j] == 1))):
-            print(f"\n### {name}: {label}, {kind}s")
+            print(f"\n### {name}: {label}, {kind}s", file=sys.stderr)
             for i in np.flatnonzero(wrong & rows_mask):
                 row = dataset_test[int(i)]
                 gold = ",".join(l for l, on in zip(labels, row["labels"]) if on) or "-"
-                print(f"- {row['doc_id']} [{scores[i, j]:.2f}] gold={gold}: {row['text']}")
+                print(f"- {row['doc_id']} [{scores[i, j]:.2f}] gold={gold}: {row['text']}", file=sys.stderr)
 
 
 def main() -> None:
@@ -177,7 +179,12 @@ def main() -> None:
     seen_by, systems = {}, {}
     for name, path in named.items():
         model = StanceModel.from_pretrained(path)
-        documents = model.manifest.training.get("documents", {})
+        if model.labels != labels:
+            raise SystemExit(f"{path}: labels {model.labels}, but the recipe's schema has {labels}")
+        documents = model.manifest.training.get("documents")
+        if documents is None:
+            raise SystemExit(f"{path}: its manifest does not list the documents it trained on, so the "
+                             "articles it never saw cannot be told apart")
         seen_by[name] = set(documents.get("train", [])) | set(documents.get("dev", []))
         probs, _ = model.predict_proba(texts)
         systems[name] = (decide(probs, model.threshold_vector), probs)
@@ -192,7 +199,7 @@ def main() -> None:
 
     notes: list[str] = []
     lines = ["# Claim-type models compared on held-back articles", "",
-             "Command: `python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]) + "`",
+             "Command: `python benchmarks/" + Path(__file__).name + " " + shlex.join(sys.argv[1:]) + "`",
              f"Date {datetime.date.today()}, {platform.machine()} with {os.cpu_count()} cores, "
              f"Python {platform.python_version()}. Test split of recipe `{recipe.name}` (seed {recipe.seed}). "
              "Each model uses its own calibrated scores and thresholds; baselines use thresholds tuned on the "
