@@ -54,3 +54,17 @@ def test_benchmarks_inference_child_job_starts_and_scores(tiny_model_dir, tmp_pa
     sentences.write_text(json.dumps(["War is coming.", "The summit ended.", "Moscow wants a buffer zone."]))
     result = inference.run_child("classify", str(tiny_model_dir), str(sentences))
     assert len(result["scores"]) == 3 and result["seconds"] > 0 and result["peak_rss_mb"] > 0
+
+
+def test_benchmarks_compare_bootstrap_resamples_whole_articles():
+    """Errors packed into a few articles make the interval wider than the same errors spread over
+    one-sentence articles; a sentence-level bootstrap would give the same interval for both."""
+    compare = _script("compare_models")
+    truth = np.tile([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]], (75, 1))
+    worse = truth.copy()
+    worse[:60] = 1 - worse[:60]  # every error in the first 60 sentences
+    clustered = np.repeat([f"d{i}" for i in range(30)], 10)
+    spread = np.array([f"s{i}" for i in range(300)])
+    low_c, high_c = compare.bootstrap_difference(truth, worse, truth, clustered)
+    low_s, high_s = compare.bootstrap_difference(truth, worse, truth, spread)
+    assert high_c - low_c > 1.5 * (high_s - low_s)
