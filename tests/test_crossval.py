@@ -16,7 +16,7 @@ from stanceclf.data.schema import load_schema
 from stanceclf.errors import EvaluationError, RecipeError
 from stanceclf.infer.model import StanceModel
 from stanceclf.train.calibration import calibrate
-from stanceclf.train.crossval import FoldRunner, Pool, cross_validate, source_plan
+from stanceclf.train.crossval import FoldRunner, Pool, Setup, cross_validate, source_plan
 from stanceclf.train.learning_curve import learning_curve
 from stanceclf.train.recipe import load_recipe
 from stanceclf.train.trainer import prepare_dataset, train
@@ -217,6 +217,25 @@ def test_learning_curve_trains_on_the_given_numbers_of_articles(tmp_path, base_t
     assert "| 3 |" in (out / "report.md").read_text()
 
 
+def test_crossval_only_some_folds_gives_a_partial_report_that_later_runs_complete(tmp_path, base_tokenizer):
+    base = save_tiny_base(tmp_path / "tiny-base", base_tokenizer)
+    recipe, out = write_recipe(tmp_path, base=str(base)), tmp_path / "cv"
+    command = ["cross-validate", str(recipe), "--folds", "3", "--out", str(out), *SET_FEW_STEPS]
+    result = runner.invoke(app, [*command, "--only", "fold-2"])
+    assert result.exit_code == 0, result.output
+    assert sorted(fold_records(out)) == ["fold-2"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["folds"] == 3 and report["folds_finished"] == ["fold-2"] and len(report["per_fold"]) == 1
+    assert "Partial: 1 of 3 folds finished (fold-2)" in result.output
+    result = runner.invoke(app, [*command, "--only", "fold-1,fold-3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["folds_finished"] == ["fold-1", "fold-2", "fold-3"] and "Partial" not in result.output
+    assert report["pooled"]["examples"] == 240  # every document tested once, fold 2's from the first run
+    result = runner.invoke(app, [*command, "--only", "fold-4"])
+    assert result.exit_code == 1 and "no fold is named fold-4; the folds are fold-1, fold-2, fold-3" in result.output
+
+
 def test_crossval_cli_errors_name_what_is_missing(tmp_path):
     recipe = write_recipe(tmp_path)
     result = runner.invoke(app, ["cross-validate", str(recipe), "--by-source", "--out", str(tmp_path / "s")])
@@ -225,9 +244,101 @@ def test_crossval_cli_errors_name_what_is_missing(tmp_path):
     assert result.exit_code == 1 and "--sizes '10,many' must be whole numbers" in result.output
 
 
-def test_crossval_refuses_distillation_recipes_it_would_train_without_teachers(tmp_path):
-    distilling = ['distill.teacher="teacher-model"', "distill.soft_on_labelled=true"]
+def write_distill_recipes(tmp_path, base_tokenizer, student_extra: str = "") -> Path:
+    """A teacher recipe (a saved tiny base, as a user's own base would be) and a student recipe whose
+    finished teacher does not exist: a fold must never need it."""
+    base = save_tiny_base(tmp_path / "tiny-base", base_tokenizer)
+    teacher = tmp_path / "teacher.toml"
+    text = write_recipe(tmp_path, base=str(base)).read_text()
+    teacher.write_text(text.replace('name = "toy"', 'name = "toy-teacher"') + "max_steps = 2\neval_every = 2\n")
+    student = write_recipe(tmp_path)
+    (tmp_path / "unlabelled.jsonl").write_text(json.dumps({"id": "u1", "text": "Markets may fall further next "
+                                                           "week. The generals expect a long war."}) + "\n")
+    student.write_text(student.read_text() + f'''
+[distill]
+teacher = "no-such-finished-teacher"
+teacher_recipe = "teacher.toml"
+unlabelled = ["unlabelled.jsonl"]
+soft_on_labelled = true
+{student_extra}
+''')
+    return student
+
+
+def test_crossval_distill_recipe_trains_each_folds_teacher_on_that_folds_documents(tmp_path, base_tokenizer):
+    student = load_recipe(write_distill_recipes(tmp_path, base_tokenizer), FEW_STEPS)
+    models, messages, out = CountingModels(base_tokenizer), [], tmp_path / "cv"
+    report = cross_validate(student, out, folds=2, make_model=models, tokenizer=base_tokenizer, progress=False,
+                            echo=messages.append)
+    assert models.made == 2 and sum("training teacher 'toy-teacher'" in m for m in messages) == 2
+    students, teachers = fold_records(out), fold_records(out / "teachers" / "1-toy-teacher")
+    assert sorted(students) == sorted(teachers) == ["fold-1", "fold-2"]
+    for name, record in students.items():
+        # The fold's teacher learned from exactly the student's training documents, never from its test ones.
+        assert teachers[name]["documents"] == record["documents"]
+        assert record["teachers"][0]["signature"] == teachers[name]["signature"]
+        assert record["teachers"][0]["test_report"] == teachers[name]["test_report"]
+    assert teachers["fold-1"]["signature"] != teachers["fold-2"]["signature"]
+    # Each fold's student learned from its own teacher's scores; the large fold teachers are gone.
+    assert len(list((out / "teacher-scores").glob("fold-*-*/part-*.parquet"))) >= 2
+    assert sorted(p.name.split("-")[1] for p in (out / "teacher-scores").iterdir() if p.is_dir()) == ["1", "2"]
+    assert not any((out / "teachers" / "1-toy-teacher" / "models").glob("*"))
+    assert report["teachers"][0]["recipe"] == "toy-teacher"
+    assert report["teachers"][0]["mean_sd"]["macro"]["f1"]["folds"] == 2
+    assert report["teachers"][0]["per_fold_macro_f1"] == [teachers[n]["test_report"]["macro"]["f1"]
+                                                          for n in ("fold-1", "fold-2")]
+    assert "## Teacher `toy-teacher`" in (out / "report.md").read_text()
+
+    (out / "folds" / "fold-2.json").unlink()  # interrupted after fold 2's teacher was trained and deleted
+    messages.clear()
+    again = cross_validate(student, out, folds=2, make_model=models, tokenizer=base_tokenizer, progress=False,
+                           echo=messages.append)
+    assert models.made == 3 and sum("training teacher" in m for m in messages) == 1
+    assert again["per_fold"][0]["test_report"] == report["per_fold"][0]["test_report"]
+    # A finished student fold is reused only with the same teacher recipe.
+    setup = Setup.of(student, out, tokenizer=base_tokenizer, progress=False)
+    split = [students["fold-1"]["documents"][s] for s in ("train", "dev", "test")]
+    assert setup.runner.signature(*split) == students["fold-1"]["signature"]
+    teacher_file = tmp_path / "teacher.toml"
+    teacher_file.write_text(teacher_file.read_text().replace("learning_rate = 2e-3", "learning_rate = 1e-3"))
+    assert Setup.of(student, out, progress=False).runner.signature(*split) != students["fold-1"]["signature"]
+
+
+def test_learning_curve_of_a_distill_recipe_trains_a_teacher_per_size(tmp_path, base_tokenizer):
+    student = load_recipe(write_distill_recipes(tmp_path, base_tokenizer), FEW_STEPS)
+    out = tmp_path / "curve"
+    learning_curve(student, [3], out, folds=2, tokenizer=base_tokenizer, make_model=CountingModels(base_tokenizer),
+                   progress=False)
+    teachers = fold_records(out / "teachers" / "1-toy-teacher")
+    assert sorted(teachers) == ["fold-1-n3", "fold-2-n3"]
+    assert all(len(record["documents"]["train"]) == 3 for record in teachers.values())
+
+
+@pytest.mark.parametrize("change, message", [
+    ('teacher_recipe = "teacher.toml"', None),
+    ("", "needs distill.teacher_recipe"),
+    ('teacher_recipe = "other-data.toml"', "builds other data"),
+    ('teacher_recipe = "distilled.toml"', "must not have a \\[distill\\] section"),
+])
+def test_crossval_distill_recipe_checks_its_teacher_recipes_before_training(tmp_path, base_tokenizer, change,
+                                                                            message):
+    path = write_distill_recipes(tmp_path, base_tokenizer)
+    teacher = (tmp_path / "teacher.toml").read_text()
+    (tmp_path / "other-data.toml").write_text(teacher.replace("[data]", "[data]\nmin_overlap_chars = 3"))
+    (tmp_path / "distilled.toml").write_text(teacher + '[distill]\nteacher = "x"\nsoft_on_labelled = true\n')
+    path.write_text(path.read_text().replace('teacher_recipe = "teacher.toml"', change))
+    recipe = load_recipe(path, FEW_STEPS)
+    if message is None:
+        assert Setup.of(recipe, tmp_path / "cv", progress=False).runner.teachers[0].recipe.name == "toy-teacher"
+        return
+    with pytest.raises(RecipeError, match=message):
+        cross_validate(recipe, tmp_path / "cv", folds=2, make_model=CountingModels(base_tokenizer), progress=False)
+    assert not (tmp_path / "cv" / "folds").exists()
+
+
+def test_crossval_distill_teacher_recipes_must_match_the_teachers(tmp_path, base_tokenizer):
+    path = write_distill_recipes(tmp_path, base_tokenizer)
+    with pytest.raises(RecipeError, match=r"names 1 recipe\(s\) for 2 teacher\(s\)"):
+        load_recipe(path, ['distill.teacher=["a", "b"]'])
     with pytest.raises(RecipeError, match=r"'cross-validation' does not work with \[distill\]"):
-        load_recipe(write_recipe(tmp_path), distilling + ['calibration.thresholds="cross-validation"'])
-    with pytest.raises(RecipeError, match=r"\[distill\] recipe are not supported"):
-        cross_validate(load_recipe(write_recipe(tmp_path), distilling), tmp_path / "cv", progress=False)
+        load_recipe(path, ['calibration.thresholds="cross-validation"'])

@@ -42,14 +42,18 @@ def cross_validate(
                                        "(default: ./crossval-NAME, or ./crossval-NAME-by-source)."),
     set_: List[str] = typer.Option([], "--set", help="Override a recipe value: training.epochs=3. Repeatable."),
     resume: bool = typer.Option(True, help="Reuse the folds an earlier run of the same recipe and data finished."),
+    only: Optional[str] = typer.Option(None, help="Train only these folds now, comma-separated (fold-1,fold-2, or "
+                                       "source names): the report covers the folds finished so far and says so."),
 ):
     """Cross-validate what a recipe trains: k-fold grouped by document, or leave-one-source-out.
-    Reports each label's F1, precision, recall and PR-AUC as mean ± sd over folds, and pooled."""
+    Reports each label's F1, precision, recall and PR-AUC as mean ± sd over folds, and pooled.
+    A [distill] recipe trains its teachers (distill.teacher_recipe) again in every fold."""
     from stanceclf.train.crossval import cross_validate as run_cross_validation
 
+    names = [name.strip() for name in only.split(",") if name.strip()] if only is not None else None
     _run_recipe_report(recipe, set_, out, "crossval-{name}" + ("-by-source" if by_source else ""),
                        lambda loaded, folder: run_cross_validation(loaded, folder, folds=folds, by_source=by_source,
-                                                                   resume=resume))
+                                                                   only=names, resume=resume))
 
 
 def _run_recipe_report(recipe: Path, overrides: list[str], out: Optional[Path], default_out: str, run) -> None:

@@ -13,6 +13,11 @@
 Every fold is trained through the trainer's own phases (:func:`stanceclf.train.trainer.fit_and_calibrate`).
 Each finished fold is saved as JSON beside the report (its test logits, labels, thresholds and report)
 and reused by a rerun with the same recipe, data and split, so an interrupted run resumes.
+
+A ``[distill]`` recipe is measured as a whole path: in each fold, the teachers' recipes
+(``distill.teacher_recipe``) are trained on that fold's training documents first, they score the
+unlabelled sentences, and the student learns from them. A teacher trained on all the data would have
+seen the fold's test documents. The teachers' own fold figures are reported beside the student's.
 """
 
 from __future__ import annotations
@@ -38,15 +43,18 @@ from stanceclf.errors import EvaluationError, RecipeError
 from stanceclf.model.decision import decide, probabilities
 from stanceclf.model.metrics import expected_calibration_error, format_metric, format_report, multilabel_report
 from stanceclf.train.calibration import calibrate
-from stanceclf.train.recipe import Recipe
-from stanceclf.train.trainer import (_evaluate_logits, _run_signature, fit_and_calibrate, load_base_tokenizer,
-                                     prepare_dataset, seeded_base_model)
+from stanceclf.train.recipe import Recipe, load_recipe
+from stanceclf.train.trainer import (_evaluate_logits, _run_signature, data_splitter, distillation_phase,
+                                     fit_and_calibrate, load_base_tokenizer, prepare_dataset, seeded_base_model)
 
 log = logging.getLogger(__name__)
 
 #: The figures averaged over folds, per label and macro-averaged.
 METRICS = ("f1", "precision", "recall", "pr_auc")
 FOLDS_FOLDER = "folds"
+#: Where a fold's teachers are trained (one folder per teacher recipe) and where their scores are cached.
+TEACHERS_FOLDER = "teachers"
+TEACHER_SCORES_FOLDER = "teacher-scores"
 
 
 class Pool:
@@ -161,7 +169,9 @@ class FoldRunner:
     """Trains and scores folds, saving each finished one in ``work_dir`` and reusing it on a rerun.
 
     ``make_model`` gives a fresh, untrained model per fold; ``tokenizer`` defaults to the recipe base's,
-    loaded when a fold first needs it.
+    loaded when a fold first needs it. Distilling, ``teachers`` are the runners of the teachers'
+    recipes: each fold trains its teachers on its own documents before the student, and ``splitter``
+    splits the unlabelled text.
     """
 
     recipe: Recipe
@@ -173,6 +183,10 @@ class FoldRunner:
     resume: bool = True
     progress: bool = True
     echo: Callable[[str], None] = field(default=lambda message: None)
+    teachers: list["FoldRunner"] = field(default_factory=list)
+    splitter: object = None
+    #: Save each fold's model directory (a teacher's: it teaches the fold's student, then is deleted).
+    keep_models: bool = False
 
     def __post_init__(self):
         # Absolute: a recipe resolves a relative run_dir against its own folder, not the working directory.
@@ -184,28 +198,45 @@ class FoldRunner:
         recipe = _run_signature(self.recipe, self.pool.fingerprint)
         for section in ("evaluation", "calibration"):
             recipe["recipe"].pop(section, None)
+        if self.teachers:
+            # The fold trains its own teachers: their fold signatures replace the paths of the finished ones.
+            for key in ("teacher", "teacher_recipe", "scores_dir"):
+                recipe["recipe"]["distill"].pop(key, None)
+            recipe["teachers"] = [teacher.signature(train, dev, test) for teacher in self.teachers]
         content = json.dumps({**recipe, "train": sorted(train), "dev": sorted(dev), "test": sorted(test)},
                              sort_keys=True)
         return "sha256:" + hashlib.sha256(content.encode()).hexdigest()
 
+    def model_dir(self, name: str) -> Path:
+        return self.work_dir / "models" / name
+
     def run(self, name: str, train: list[str], dev: list[str], test: list[str]) -> dict:
-        """The fold's record: test logits and labels, the fold's temperatures, thresholds and test report."""
+        """The fold's record: test logits and labels, the fold's temperatures, thresholds and test report
+        (distilling, also each teacher's test report)."""
         key = self.signature(train, dev, test)
         path = self.work_dir / FOLDS_FOLDER / f"{name}.json"
-        saved = self._saved(path, key)
+        saved = self._saved(path, key, name)
         if saved is not None:
             self.echo(f"{name}: reusing the finished fold saved in {path}")
             return saved
         from datasets import DatasetDict
 
         started = time.time()
+        teachers = []
+        for teacher in self.teachers:
+            self.echo(f"{name}: training teacher {teacher.recipe.name!r} on the fold's {len(train)} training documents")
+            teachers.append(teacher.run(name, train, dev, test))
         self.tokenizer = self.tokenizer or load_base_tokenizer(self.recipe.base_model)
         run_dir = self.work_dir / "runs" / name
         recipe = self.recipe.model_copy(update={"run_dir": str(run_dir)})
         data = DatasetDict(train=self.pool.subset(train), dev=self.pool.subset(dev))
-        model, trainer = fit_and_calibrate(recipe, data, self.schema, model=self.make_model(), tokenizer=self.tokenizer,
-                                           fingerprint=key, resume=self.resume, progress=self.progress)
         tested = self.pool.subset(test)
+        model, train_rows = self.make_model(), None
+        if self.teachers:
+            recipe, train_rows = self._student_rows(recipe, name, DatasetDict(**data, test=tested), model)
+        model, trainer = fit_and_calibrate(recipe, data, self.schema, model=model, tokenizer=self.tokenizer,
+                                           fingerprint=key, resume=self.resume, progress=self.progress,
+                                           train_rows=train_rows)
         logits, _ = model.predict_logits(list(tested["text"]))
         y_true = np.array(tested["labels"], dtype=int).reshape(len(logits), -1)
         temperatures = [model.manifest.temperatures[l] for l in model.labels]
@@ -218,7 +249,14 @@ class FoldRunner:
             "epochs_run": float(trainer.state.epoch or 0), "wall_seconds": round(time.time() - started, 1),
             "logits": logits.tolist(), "labels": y_true.tolist(),
         }
+        if teachers:
+            record["teachers"] = [{"recipe": runner.recipe.name, "signature": done["signature"],
+                                   "test_report": done["test_report"], "wall_seconds": done["wall_seconds"]}
+                                  for runner, done in zip(self.teachers, teachers)]
         if trainer.is_world_process_zero():
+            if self.keep_models:  # before the record: a fold whose record exists has its model
+                model.save_pretrained(self.model_dir(name), storage_dtype=recipe.training.storage_dtype,
+                                      model_card=False)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".json.partial")
             partial.write_text(json.dumps(record) + "\n", encoding="utf-8")
@@ -227,13 +265,30 @@ class FoldRunner:
             shutil.rmtree(run_dir, ignore_errors=True)
             if not any(run_dir.parent.iterdir()):
                 run_dir.parent.rmdir()
+            for teacher in self.teachers:  # a fold's teachers are large and teach no other fold
+                shutil.rmtree(teacher.model_dir(name), ignore_errors=True)
         del model, trainer
         gc.collect()  # the Trainer holds reference cycles: free this fold's model before the next is made
         return record
 
-    def _saved(self, path: Path, key: str) -> dict | None:
+    def finished(self, name: str, train: list[str], dev: list[str], test: list[str]) -> dict | None:
+        """The fold's saved record if it is finished (and ``resume`` allows reusing it), without training."""
+        return self._saved(self.work_dir / FOLDS_FOLDER / f"{name}.json", self.signature(train, dev, test), name)
+
+    def _student_rows(self, recipe: Recipe, name: str, dataset, model):
+        """The student's recipe for this fold (its teachers are the fold's) and its mixed training rows.
+        ``dataset`` holds the fold's train, dev and test sentences, all left out of the unlabelled ones."""
+        distill = recipe.distill.model_copy(update={
+            "teacher": [str(teacher.model_dir(name)) for teacher in self.teachers],
+            "scores_dir": str(self.work_dir / TEACHER_SCORES_FOLDER)})
+        recipe = recipe.model_copy(update={"distill": distill})
+        return recipe, distillation_phase(recipe, self.schema, dataset, self.splitter, model, self.progress).train_rows
+
+    def _saved(self, path: Path, key: str, name: str) -> dict | None:
         if not self.resume or not path.exists():
             return None
+        if self.keep_models and not self.model_dir(name).is_dir():
+            return None  # a teacher whose student was trained (and which was deleted) is trained again
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -292,29 +347,62 @@ class Setup:
     @classmethod
     def of(cls, recipe: Recipe, work_dir: Path, *, make_model=None, tokenizer=None, resume=True, progress=True,
            echo=None) -> "Setup":
-        if recipe.distill is not None:
-            raise RecipeError("cross-validation and learning curves of a [distill] recipe are not supported yet "
-                              "(the folds would learn without the teachers)", where=recipe.source)
+        """``make_model`` and ``tokenizer`` replace the recipe's base (a student's; teachers are always
+        built from their own recipes)."""
         schema = load_schema(recipe.schema_path)
         dataset, info, read_report = prepare_dataset(recipe, schema)
         if read_report.skipped:
             log.warning("%s", read_report.summary())
         pool = Pool(dataset, info["fingerprint"])
+        echo = echo or echo_for(progress)
+        teachers = teacher_runners(recipe, schema, pool, Path(work_dir), resume=resume, progress=progress,
+                                   echo=echo) if recipe.distill is not None else []
         runner = FoldRunner(recipe, schema, pool, Path(work_dir),
                             make_model or (lambda: seeded_base_model(recipe, schema)),
-                            tokenizer, resume, progress,
-                            echo or echo_for(progress))
+                            tokenizer, resume, progress, echo, teachers=teachers, splitter=data_splitter(info))
         return cls(recipe, schema, pool, info, runner)
 
 
+def teacher_runners(recipe: Recipe, schema: LabelSchema, pool: Pool, work_dir: Path, *, resume: bool,
+                    progress: bool, echo: Callable[[str], None]) -> list[FoldRunner]:
+    """A [distill] recipe's teachers as fold runners of their recipes, on the same pooled data: each fold
+    trains them on its own documents. Checked before any fold trains."""
+    paths = recipe.distill.teacher_recipes
+    if not paths:
+        raise RecipeError("cross-validating a [distill] recipe needs distill.teacher_recipe, the recipe of each "
+                          "teacher: every fold trains its teachers again on the fold's own training documents "
+                          "(the teachers in distill.teacher have seen every fold's test documents)",
+                          where=recipe.source)
+    runners = []
+    for number, path in enumerate(paths, 1):
+        teacher = load_recipe(recipe.resolve(path))
+        where = f"{recipe.source}: distill.teacher_recipe {path!r}"
+        if teacher.distill is not None:
+            raise RecipeError("a teacher's recipe must not have a [distill] section of its own", where=where)
+        if load_schema(teacher.schema_path).label_names != schema.label_names:
+            raise RecipeError(f"the teacher's schema {teacher.schema_name!r} has other labels (or another order) "
+                              f"than the student's {recipe.schema_name!r}", where=where)
+        _, info, _ = prepare_dataset(teacher, schema)
+        if info["fingerprint"] != pool.fingerprint:
+            raise RecipeError(f"the teacher's recipe builds other data ({info['fingerprint']}) than the student's "
+                              f"({pool.fingerprint}), so its folds would not be the student's: give both the same "
+                              "[data]", where=where)
+        runners.append(FoldRunner(teacher, schema, pool, work_dir / TEACHERS_FOLDER / f"{number}-{teacher.name}",
+                                  lambda teacher=teacher: seeded_base_model(teacher, schema), None, resume, progress,
+                                  echo, keep_models=True))
+    return runners
+
+
 def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = None, by_source: bool = False,
-                   make_model: Callable | None = None, tokenizer=None, resume: bool = True, progress: bool = True,
-                   echo: Callable[[str], None] | None = None) -> dict:
+                   only: list[str] | None = None, make_model: Callable | None = None, tokenizer=None,
+                   resume: bool = True, progress: bool = True, echo: Callable[[str], None] | None = None) -> dict:
     """Cross-validate what ``recipe`` trains and write ``report.json`` and ``report.md`` to ``out_dir``.
 
     k-fold (``folds``, default ``[evaluation] folds``) or, with ``by_source``, leave-one-source-out
-    over ``[evaluation] sources``. ``make_model`` gives a fresh untrained model per fold (default: the
-    recipe's base); ``tokenizer`` replaces the base's. Returns the report.
+    over ``[evaluation] sources``. ``only`` (fold names) trains just those folds now: the report then
+    covers the folds finished so far and says it is partial, and later runs add the others (one long
+    cross-validation spread over sessions or machines). ``make_model`` gives a fresh untrained model
+    per fold (default: the recipe's base); ``tokenizer`` replaces the base's. Returns the report.
     """
     out_dir = Path(out_dir)
     setup = Setup.of(recipe, out_dir, make_model=make_model, tokenizer=tokenizer, resume=resume, progress=progress,
@@ -325,10 +413,21 @@ def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = N
         plan, training_only = source_plan(pool, recipe.evaluation.sources, where=recipe.source)
     else:
         plan = kfold_plan(pool, folds or recipe.evaluation.folds, recipe.seed)
+    if only is not None and not only:
+        raise EvaluationError("'only' names no fold; leave it out to run every fold")
+    unknown = sorted(set(only or []) - {fold.name for fold in plan})
+    if unknown:
+        raise EvaluationError(f"no fold is named {', '.join(unknown)}; the folds are "
+                              f"{', '.join(fold.name for fold in plan)}")
     dev_fraction = default_dev_fraction(recipe, setup.info)
     splits = pool.fold_splits(plan, dev_fraction, recipe.seed)
     records = []
     for number, (fold, (train, dev)) in enumerate(zip(plan, splits), 1):
+        if only and fold.name not in only:
+            record = runner.finished(fold.name, train, dev, fold.test) if resume else None
+            if record is not None:
+                records.append(record)
+            continue
         runner.echo(f"fold {number}/{len(plan)} ({fold.name}): {len(train)} training documents, "
                     f"{len(dev)} dev, {len(fold.test)} test")
         record = runner.run(fold.name, train, dev, fold.test)
@@ -338,11 +437,16 @@ def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = N
     labels = setup.schema.label_names
     report = {
         "recipe": recipe.name, "scheme": "leave-one-source-out" if by_source else "k-fold", "folds": len(plan),
+        "folds_finished": [record["name"] for record in records],
         "seed": recipe.seed, "dev_fraction": dev_fraction, "data_fingerprint": pool.fingerprint,
         "documents": len(pool.documents), "sentences": len(pool.rows), "labels": labels,
         "sources": dict(recipe.evaluation.sources) if by_source else None, "training_only_documents": training_only,
         "mean_sd": summarise(records, labels), "pooled": pooled_report(records, labels),
         "per_fold": [_fold_summary(record) for record in records],
+        "teachers": [{"recipe": teacher.recipe.name,
+                      "mean_sd": summarise([record["teachers"][i] for record in records], labels),
+                      "per_fold_macro_f1": [record["teachers"][i]["test_report"]["macro"]["f1"] for record in records]}
+                     for i, teacher in enumerate(runner.teachers)],
     }
     write_report(report, out_dir)
     return report
@@ -376,19 +480,25 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     labels = report["labels"]
     scheme = ("leave-one-source-out" if report["scheme"] == "leave-one-source-out"
               else f"{report['folds']}-fold, grouped by document")
-    lines = [f"# Cross-validation of recipe `{report['recipe']}`: {scheme}", "",
-             f"Data: {report['documents']} documents, {report['sentences']} sentences "
-             f"(`{report['data_fingerprint']}`); seed {report['seed']}. Each fold's documents are its test set; "
-             f"the other documents are split into train and dev (dev fraction {report['dev_fraction']:.2f}, grouped "
-             "by document, balanced on each label's positives); dev serves early stopping and the fold's "
-             "temperatures and thresholds."]
+    finished = report.get("folds_finished") or [fold["name"] for fold in report["per_fold"]]
+    partial = len(finished) < report["folds"]
+    lines = [f"# Cross-validation of recipe `{report['recipe']}`: {scheme}", ""]
+    if partial:
+        lines += [f"**Partial: {len(finished)} of {report['folds']} folds finished ({', '.join(finished)}).** "
+                  "The figures below cover those folds only; rerun the same command (without `--only`, or with "
+                  "the other folds) to add the rest.", ""]
+    lines += [f"Data: {report['documents']} documents, {report['sentences']} sentences "
+              f"(`{report['data_fingerprint']}`); seed {report['seed']}. Each fold's documents are its test set; "
+              f"the other documents are split into train and dev (dev fraction {report['dev_fraction']:.2f}, "
+              "grouped by document, balanced on each label's positives); dev serves early stopping and the fold's "
+              "temperatures and thresholds."]
     if report["scheme"] == "leave-one-source-out":
         sources = ", ".join(f"{name} = {patterns}" for name, patterns in report["sources"].items())
         only = report["training_only_documents"]
         lines += ["", f"Sources (document-id patterns): {sources}. {len(only)} document(s) belong to no source "
                   "and are never tested, only trained on (in every fold's train or dev)"
                   + (f": {', '.join(only)}." if only else ".")]
-    lines += ["", f"## Mean ± sd over {report['folds']} folds (sample sd)", "",
+    lines += ["", f"## Mean ± sd over {len(finished) if partial else report['folds']} folds (sample sd)", "",
               *mean_sd_table(report["mean_sd"], labels), "",
               "## Pooled out-of-fold predictions", "",
               "Every fold's test sentences together, each scored by its own fold's model and thresholds "
@@ -402,6 +512,11 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
         lines.append(f"| {fold['name']} | {docs['train']} | {docs['dev']} | {docs['test']} | "
                      f"{fold['sentences']['test']} | {format_metric(test['macro']['f1'])} | "
                      + " | ".join(format_metric(test["labels"][label]["f1"]) for label in labels) + " |")
+    for teacher in report.get("teachers", []):
+        lines += ["", f"## Teacher `{teacher['recipe']}`, trained in each fold on the student's training documents",
+                  "", "Its own test figures on the same folds (mean ± sd), for comparison with the student's.", "",
+                  *mean_sd_table(teacher["mean_sd"], labels), "",
+                  "Per-fold macro F1: " + ", ".join(format_metric(f1) for f1 in teacher["per_fold_macro_f1"]) + "."]
     paths = [out_dir / "report.json", out_dir / "report.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     paths[1].write_text("\n".join(lines) + "\n", encoding="utf-8")

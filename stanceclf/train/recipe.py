@@ -94,6 +94,10 @@ class DistillSection(BaseModel):
 
     #: A teacher's model directory, or a list of them (an ensemble: their calibrated probabilities are averaged).
     teacher: str | list[str]
+    #: The recipe that trains each teacher, in the order of ``teacher``. ``stanceclf train`` reads only
+    #: ``teacher``; cross-validation and learning curves train these recipes again on each fold's own
+    #: training documents, since a teacher trained on all the data has seen every fold's test documents.
+    teacher_recipe: str | list[str] | None = None
     #: Unlabelled inputs (folders of .txt files, JSONL, CSV, Parquet), split with the student's splitter.
     unlabelled: list[str] = []
     input_format: Literal["auto", "txt", "jsonl", "csv", "parquet"] = "auto"
@@ -119,12 +123,20 @@ class DistillSection(BaseModel):
     def teachers(self) -> list[str]:
         return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
 
+    @property
+    def teacher_recipes(self) -> list[str]:
+        recipes = self.teacher_recipe
+        return [] if recipes is None else [recipes] if isinstance(recipes, str) else list(recipes)
+
     @model_validator(mode="after")
     def _consistent(self) -> "DistillSection":
         from stanceclf.infer.backends import AUTO, BACKENDS
 
         if not self.teachers:
             raise ValueError("distill.teacher names no model directory")
+        if self.teacher_recipe is not None and len(self.teacher_recipes) != len(self.teachers):
+            raise ValueError(f"distill.teacher_recipe names {len(self.teacher_recipes)} recipe(s) for "
+                             f"{len(self.teachers)} teacher(s): give one recipe per teacher, in the same order")
         if not self.unlabelled and not self.soft_on_labelled:
             raise ValueError("distill needs unlabelled inputs (distill.unlabelled) or distill.soft_on_labelled = "
                              "true: otherwise the teachers have nothing to teach")

@@ -142,7 +142,8 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
     dataset, info = _prepared_data(recipe, schema)
     tokenizer = tokenizer or load_base_tokenizer(recipe.base_model)
     model = model or seeded_base_model(recipe, schema)
-    distillation = _distillation(recipe, schema, dataset, info, model, progress) if recipe.distill else None
+    distillation = (distillation_phase(recipe, schema, dataset, data_splitter(info), model, progress)
+                    if recipe.distill else None)
     from stanceclf.train.crossval import recipe_calibration
 
     out_of_fold = recipe_calibration(recipe, dataset, schema, model=model, tokenizer=tokenizer,
@@ -183,13 +184,19 @@ def _prepared_data(recipe: Recipe, schema: LabelSchema):
     return dataset, info
 
 
-def _distillation(recipe: Recipe, schema: LabelSchema, dataset, info: dict, model, progress: bool):
-    """Phase 1b (recipes with ``[distill]``): the student's layers, and its training rows with the
-    teachers' cached scores (:mod:`stanceclf.train.distill`)."""
+def data_splitter(info: dict) -> SentenceSplitter:
+    """The splitter the dataset was built with (from its build info)."""
+    return SentenceSplitter.model_validate(info["build_config"]["splitter"])
+
+
+def distillation_phase(recipe: Recipe, schema: LabelSchema, dataset, splitter: SentenceSplitter, model,
+                       progress: bool):
+    """Phase 1b (recipes with ``[distill]``): the student's layers (``model`` is cut in place), and its
+    training rows with the teachers' cached scores (:mod:`stanceclf.train.distill`). The sentences of
+    every split of ``dataset`` are left out of the unlabelled ones."""
     from stanceclf.train.distill import prepare_distillation, student_model
 
     _, kept = student_model(model, recipe.distill.student_layers)
-    splitter = SentenceSplitter.model_validate(info["build_config"]["splitter"])
     distillation = prepare_distillation(recipe, schema, dataset, splitter, progress=progress)
     distillation.record["student_layers"] = kept
     return distillation
@@ -300,7 +307,7 @@ def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, tr
     extra = {"distillation": distillation} if distillation else {}
     return result.manifest.model_copy(update={
         # The splitter the data was built with (a prebuilt dataset records its own).
-        "splitter": SentenceSplitter.model_validate(info["build_config"]["splitter"]),
+        "splitter": data_splitter(info),
         "base_model": recipe.base_model,
         "data_fingerprint": info["fingerprint"],
         "training": {"recipe": recipe.model_dump(mode="json", by_alias=True), "wall_seconds": round(elapsed, 1),
