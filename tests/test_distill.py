@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -62,12 +63,15 @@ def count_teacher_sentences(monkeypatch):
 
 def test_distill_end_to_end_caches_teacher_scores_and_records_teachers(tmp_path, base_tokenizer, tiny_arch_model_dir,
                                                                        count_teacher_sentences):
-    recipe = distill_recipe(tmp_path, tiny_arch_model_dir, "student_layers = 3")
+    # The teacher named relative to the recipe's folder, as the project's recipes name theirs.
+    relative = os.path.relpath(tiny_arch_model_dir, tmp_path)
+    recipe = distill_recipe(tmp_path, relative, 'student_layers = 3\nteacher_recipe = "teacher.toml"')
     trained = train(recipe, model=student(base_tokenizer), tokenizer=base_tokenizer, progress=False)
     assert len(count_teacher_sentences) == UNLABELLED_SENTENCES
     assert "She plays the piano." not in count_teacher_sentences
     record = StanceModel.from_pretrained(tmp_path / "model").manifest.training["distillation"]
-    assert record["teachers"][0]["path"] == str(tiny_arch_model_dir)
+    # As the recipe writes it, not this machine's absolute path.
+    assert record["teachers"][0]["path"] == relative and record["teachers"][0]["recipe"] == "teacher.toml"
     assert record["teachers"][0]["base_model"].startswith("tiny-random-")
     assert record["alpha"] == 0.3 and record["student_layers"] == [0, 2, 4]
     assert record["soft_rows"] == UNLABELLED_SENTENCES and record["unlabelled_left_out_as_labelled"] == 1
@@ -79,9 +83,9 @@ def test_distill_end_to_end_caches_teacher_scores_and_records_teachers(tmp_path,
     from stanceclf.cli import app
 
     shown = CliRunner().invoke(app, ["info", str(tmp_path / "model")]).output
-    assert f"distilled from {tiny_arch_model_dir} (alpha 0.3, layers [0, 2, 4] of its base)" in shown
+    assert f"distilled from {relative} (recipe teacher.toml) (alpha 0.3, layers [0, 2, 4] of its base)" in shown
     card = (tmp_path / "model" / "README.md").read_text()
-    assert f"Distilled from `{tiny_arch_model_dir}`" in card and "alpha 0.3" in card
+    assert f"Distilled from `{relative}` (base" in card and "recipe `teacher.toml`" in card and "alpha 0.3" in card
     cached = list((tmp_path / "run" / "teacher-scores").glob("*/part-*.parquet"))
     assert cached, "the teacher's scores are cached in the run folder"
 

@@ -151,7 +151,8 @@ def info(model: Optional[Path] = typer.Argument(None, help="A model directory (d
                f"base {manifest.base_model}, max_length {manifest.max_length}")
     distilled = manifest.training.get("distillation")
     if distilled:
-        teachers = ", ".join(t["path"] for t in distilled["teachers"])
+        teachers = ", ".join(t["path"] + (f" (recipe {t['recipe']})" if t.get("recipe") else "")
+                             for t in distilled["teachers"])
         layers = f", layers {distilled['student_layers']} of its base" if distilled.get("student_layers") else ""
         typer.echo(f"  distilled from {teachers} (alpha {distilled['alpha']}{layers})")
     for label in manifest.labels:

@@ -47,7 +47,9 @@ def render_model_card(manifest, notes: str = "") -> str:
                      f"epochs up to {settings.get('epochs')} (ran {training.get('epochs_run')}), seed {recipe.get('seed')}")
     distilled = training.get("distillation")
     if distilled:
-        teachers = ", ".join(f"`{t['path']}` (base `{t['base_model']}`)" for t in distilled["teachers"])
+        teachers = ", ".join(f"`{t['path']}` (base `{t['base_model']}`"
+                             + (f", recipe `{t['recipe']}`" if t.get("recipe") else "") + ")"
+                             for t in distilled["teachers"])
         kept = f"; layers {distilled['student_layers']} of the base kept" if distilled.get("student_layers") else ""
         lines.append(f"- Distilled from {teachers}: alpha {distilled['alpha']} (weight of the gold loss), "
                      f"{distilled['soft_rows']} sentences with the teachers' probabilities{kept}")

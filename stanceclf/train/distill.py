@@ -81,9 +81,11 @@ def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = 
         "labels": np.vstack([gold, soft]).astype(np.float32).tolist(),
         "weight": [weights[0]] * len(train_texts) + [weights[1]] * len(soft_texts),
     })
+    recipes = settings.teacher_recipes or [None] * len(caches)
     record = {
-        "teachers": [{"path": str(c.teacher.path), "base_model": c.teacher.manifest.base_model,
-                      "signature": c.signature} for c in caches],
+        # Paths as the recipe writes them (relative to its folder), not this machine's absolute ones.
+        "teachers": [{"path": path, "recipe": teacher_recipe, "base_model": c.teacher.manifest.base_model,
+                      "signature": c.signature} for path, teacher_recipe, c in zip(settings.teachers, recipes, caches)],
         "alpha": settings.alpha, "soft_on_labelled": settings.soft_on_labelled,
         "teacher_backend": caches[0].teacher.backend,
         "unlabelled": [str(recipe.resolve(p)) for p in settings.unlabelled], **read,
