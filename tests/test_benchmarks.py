@@ -68,3 +68,37 @@ def test_benchmarks_compare_bootstrap_resamples_whole_articles():
     low_c, high_c = compare.bootstrap_difference(truth, worse, truth, clustered)
     low_s, high_s = compare.bootstrap_difference(truth, worse, truth, spread)
     assert high_c - low_c > 1.5 * (high_s - low_s)
+
+
+def _fold(folder: Path, name: str, test: list[str], macro: float, threat: float, teacher_macro=None) -> None:
+    def report(macro_f1, threat_f1):
+        return {"macro": {"f1": macro_f1}, "labels": {"prediction": {"f1": 0.5}, "threat_framing": {"f1": threat_f1}}}
+
+    record = {"name": name, "documents": {"train": [], "dev": [], "test": test}, "test_report": report(macro, threat)}
+    if teacher_macro is not None:
+        record["teachers"] = [{"recipe": "big", "test_report": report(teacher_macro, None)}]
+    (folder / "folds").mkdir(parents=True, exist_ok=True)
+    (folder / "folds" / f"{name}.json").write_text(json.dumps(record))
+
+
+def test_benchmarks_crossval_compare_pairs_folds_and_refuses_other_folds(tmp_path):
+    import pytest
+
+    compare = _script("crossval_compare")
+    reference, student = tmp_path / "reference", tmp_path / "student"
+    _fold(reference, "fold-1", ["a", "b"], 0.60, 0.50)
+    _fold(reference, "fold-2", ["c"], 0.70, 0.55)
+    _fold(reference, "fold-3", ["d"], 0.65, 0.52)
+    _fold(student, "fold-1", ["a", "b"], 0.66, 0.58, teacher_macro=0.75)
+    _fold(student, "fold-2", ["c"], 0.73, 0.60, teacher_macro=0.80)  # fold-3 not finished yet
+    result = compare.compare(compare.fold_records(reference), compare.fold_records(student), ("ref", "student"))
+    assert [fold["fold"] for fold in result["folds"]] == ["fold-1", "fold-2"]
+    mean, sd = result["differences"]["student"][0]
+    assert mean == pytest.approx(0.045) and sd == pytest.approx(np.std([0.06, 0.03], ddof=1))
+    assert result["differences"]["teacher big"][0][0] == pytest.approx(0.125)
+    assert result["differences"]["teacher big"][2] == (None, None)  # the teacher's threat F1 is undefined
+    text = compare.markdown(result, "cmd")
+    assert "| fold-2 | 1 | teacher big | 0.800 |" in text and "| student | +0.045 ± 0.021 |" in text
+    _fold(student, "fold-2", ["c", "e"], 0.73, 0.60)
+    with pytest.raises(SystemExit, match="fold-2 tests other documents"):
+        compare.compare(compare.fold_records(reference), compare.fold_records(student), ("ref", "student"))
