@@ -28,11 +28,19 @@ from report import publish
 
 
 def fold_records(folder: Path) -> dict[str, dict]:
-    """The finished folds of a cross-validation folder, by name."""
-    folds = folder / "folds"
-    if not folds.is_dir():
-        raise SystemExit(f"{folder}: no folds/ folder; is it the --out of a stanceclf cross-validate run?")
-    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(folds.glob("*.json"))}
+    """The folds the folder's last report covers, by name (a fold file of an older recipe that the
+    report left out is not read)."""
+    report = folder / "report.json"
+    if not report.exists():
+        raise SystemExit(f"{folder}: no report.json; is it the --out of a finished stanceclf cross-validate run?")
+    per_fold = json.loads(report.read_text(encoding="utf-8"))["per_fold"]
+    records = {}
+    for name in (fold["name"] for fold in per_fold):
+        path = folder / "folds" / f"{name}.json"
+        if not path.exists():
+            raise SystemExit(f"{path}: missing, though report.json lists the fold; run the cross-validation again")
+        records[name] = json.loads(path.read_text(encoding="utf-8"))
+    return records
 
 
 def scores(report: dict, labels: list[str]) -> list[float | None]:

@@ -79,6 +79,10 @@ def _fold(folder: Path, name: str, test: list[str], macro: float, threat: float,
         record["teachers"] = [{"recipe": "big", "test_report": report(teacher_macro, None)}]
     (folder / "folds").mkdir(parents=True, exist_ok=True)
     (folder / "folds" / f"{name}.json").write_text(json.dumps(record))
+    report = folder / "report.json"
+    per_fold = json.loads(report.read_text())["per_fold"] if report.exists() else []
+    names = sorted({fold["name"] for fold in per_fold} | {name})
+    report.write_text(json.dumps({"per_fold": [{"name": n} for n in names]}))
 
 
 def test_benchmarks_crossval_compare_pairs_folds_and_refuses_other_folds(tmp_path):
@@ -91,6 +95,7 @@ def test_benchmarks_crossval_compare_pairs_folds_and_refuses_other_folds(tmp_pat
     _fold(reference, "fold-3", ["d"], 0.65, 0.52)
     _fold(student, "fold-1", ["a", "b"], 0.66, 0.58, teacher_macro=0.75)
     _fold(student, "fold-2", ["c"], 0.73, 0.60, teacher_macro=0.80)  # fold-3 not finished yet
+    (student / "folds" / "fold-4.json").write_text("{}")  # a stale file the report does not list: not read
     result = compare.compare(compare.fold_records(reference), compare.fold_records(student), ("ref", "student"))
     assert [fold["fold"] for fold in result["folds"]] == ["fold-1", "fold-2"]
     mean, sd = result["differences"]["student"][0]

@@ -16,7 +16,8 @@ from stanceclf.data.schema import load_schema
 from stanceclf.errors import EvaluationError, RecipeError
 from stanceclf.infer.model import StanceModel
 from stanceclf.train.calibration import calibrate
-from stanceclf.train.crossval import FoldRunner, Pool, Setup, cross_validate, source_plan
+from stanceclf.train.crossval import (FoldRunner, Pool, Setup, cross_validate, default_dev_fraction, kfold_plan,
+                                      source_plan)
 from stanceclf.train.learning_curve import learning_curve
 from stanceclf.train.recipe import load_recipe
 from stanceclf.train.trainer import prepare_dataset, train
@@ -244,6 +245,9 @@ def test_crossval_cli_errors_name_what_is_missing(tmp_path):
     assert result.exit_code == 1 and "--sizes '10,many' must be whole numbers" in result.output
 
 
+OWN_SENTENCE = "A bridge of glass opened in Oslo."  # in one labelled document only, and in the unlabelled text
+
+
 def write_distill_recipes(tmp_path, base_tokenizer, student_extra: str = "") -> Path:
     """A teacher recipe (a saved tiny base, as a user's own base would be) and a student recipe whose
     finished teacher does not exist: a fold must never need it."""
@@ -252,8 +256,10 @@ def write_distill_recipes(tmp_path, base_tokenizer, student_extra: str = "") -> 
     text = write_recipe(tmp_path, base=str(base)).read_text()
     teacher.write_text(text.replace('name = "toy"', 'name = "toy-teacher"') + "max_steps = 2\neval_every = 2\n")
     student = write_recipe(tmp_path)
+    own = AnnotatedDocument("toy-own", f"{OWN_SENTENCE} The museum opened a new wing. ", [], ("toy",))
+    write_native([*toy_corpus(), own], tmp_path / "toy.jsonl")
     (tmp_path / "unlabelled.jsonl").write_text(json.dumps({"id": "u1", "text": "Markets may fall further next "
-                                                           "week. The generals expect a long war."}) + "\n")
+                                                           f"week. {OWN_SENTENCE}"}) + "\n")
     student.write_text(student.read_text() + f'''
 [distill]
 teacher = "no-such-finished-teacher"
@@ -280,8 +286,11 @@ def test_crossval_distill_recipe_trains_each_folds_teacher_on_that_folds_documen
         assert record["teachers"][0]["test_report"] == teachers[name]["test_report"]
     assert teachers["fold-1"]["signature"] != teachers["fold-2"]["signature"]
     # Each fold's student learned from its own teacher's scores; the large fold teachers are gone.
-    assert len(list((out / "teacher-scores").glob("fold-*-*/part-*.parquet"))) >= 2
-    assert sorted(p.name.split("-")[1] for p in (out / "teacher-scores").iterdir() if p.is_dir()) == ["1", "2"]
+    scored = {name: scored_texts(out / "teacher-scores", name) for name in students}
+    assert all(scored.values())
+    # A test document's sentence is never a teaching example in its fold, though the unlabelled text has it.
+    tested_in = next(name for name, record in students.items() if "toy-own" in record["documents"]["test"])
+    assert OWN_SENTENCE not in scored[tested_in] and "Markets may fall further next week." in scored[tested_in]
     assert not any((out / "teachers" / "1-toy-teacher" / "models").glob("*"))
     assert report["teachers"][0]["recipe"] == "toy-teacher"
     assert report["teachers"][0]["mean_sd"]["macro"]["f1"]["folds"] == 2
@@ -299,9 +308,38 @@ def test_crossval_distill_recipe_trains_each_folds_teacher_on_that_folds_documen
     setup = Setup.of(student, out, tokenizer=base_tokenizer, progress=False)
     split = [students["fold-1"]["documents"][s] for s in ("train", "dev", "test")]
     assert setup.runner.signature(*split) == students["fold-1"]["signature"]
+    changed = ["training.learning_rate=1e-3"]
+    assert Setup.of(student, out, progress=False, teacher_overrides=changed).runner.signature(*split) != \
+        students["fold-1"]["signature"]
     teacher_file = tmp_path / "teacher.toml"
     teacher_file.write_text(teacher_file.read_text().replace("learning_rate = 2e-3", "learning_rate = 1e-3"))
     assert Setup.of(student, out, progress=False).runner.signature(*split) != students["fold-1"]["signature"]
+
+
+def scored_texts(folder, fold: str) -> set[str]:
+    """The sentences a fold's teacher scored for its student (its score cache)."""
+    import pyarrow.parquet as pq
+
+    (cache,) = [path for path in folder.iterdir() if path.is_dir() and path.name.startswith(f"{fold}-")]
+    return {text for part in cache.glob("part-*.parquet") for text in pq.read_table(part)["text"].to_pylist()}
+
+
+def test_crossval_distill_reuses_a_trained_teacher_when_its_student_was_interrupted(tmp_path, base_tokenizer):
+    student = load_recipe(write_distill_recipes(tmp_path, base_tokenizer), FEW_STEPS)
+    out, messages = tmp_path / "cv", []
+    setup = Setup.of(student, out, tokenizer=base_tokenizer, progress=False)
+    plan = kfold_plan(setup.pool, 2, student.seed)
+    (train, dev), = setup.pool.fold_splits(plan[:1], default_dev_fraction(student, setup.info), student.seed)
+    teacher = setup.runner.teachers[0].run("fold-1", train, dev, plan[0].test)  # then the student was stopped
+    assert (out / "teachers" / "1-toy-teacher" / "models" / "fold-1" / "model.safetensors").exists()
+    cross_validate(student, out, folds=2, make_model=CountingModels(base_tokenizer), tokenizer=base_tokenizer,
+                   progress=False, echo=messages.append)
+    assert sum("reusing the trained teacher 'toy-teacher'" in m for m in messages) == 1
+    assert sum("training teacher 'toy-teacher'" in m for m in messages) == 1  # fold 2's only
+    record = json.loads((out / "folds" / "fold-1.json").read_text())
+    assert record["teachers"][0]["signature"] == teacher["signature"]
+    assert record["teachers"][0]["wall_seconds"] == teacher["wall_seconds"]  # the same training, not a new one
+    assert not (out / "teachers" / "1-toy-teacher" / "models" / "fold-1").exists()
 
 
 def test_learning_curve_of_a_distill_recipe_trains_a_teacher_per_size(tmp_path, base_tokenizer):
@@ -319,6 +357,8 @@ def test_learning_curve_of_a_distill_recipe_trains_a_teacher_per_size(tmp_path, 
     ("", "needs distill.teacher_recipe"),
     ('teacher_recipe = "other-data.toml"', "builds other data"),
     ('teacher_recipe = "distilled.toml"', "must not have a \\[distill\\] section"),
+    ('teacher_recipe = "other-labels.toml"', "other labels"),
+    ('teacher_recipe = "missing.toml"', "distill.teacher_recipe 'missing.toml': the teacher's recipe cannot be used"),
 ])
 def test_crossval_distill_recipe_checks_its_teacher_recipes_before_training(tmp_path, base_tokenizer, change,
                                                                             message):
@@ -326,6 +366,7 @@ def test_crossval_distill_recipe_checks_its_teacher_recipes_before_training(tmp_
     teacher = (tmp_path / "teacher.toml").read_text()
     (tmp_path / "other-data.toml").write_text(teacher.replace("[data]", "[data]\nmin_overlap_chars = 3"))
     (tmp_path / "distilled.toml").write_text(teacher + '[distill]\nteacher = "x"\nsoft_on_labelled = true\n')
+    (tmp_path / "other-labels.toml").write_text(teacher.replace('schema = "claim-types"', 'schema = "ptc-propaganda"'))
     path.write_text(path.read_text().replace('teacher_recipe = "teacher.toml"', change))
     recipe = load_recipe(path, FEW_STEPS)
     if message is None:
@@ -334,6 +375,14 @@ def test_crossval_distill_recipe_checks_its_teacher_recipes_before_training(tmp_
     with pytest.raises(RecipeError, match=message):
         cross_validate(recipe, tmp_path / "cv", folds=2, make_model=CountingModels(base_tokenizer), progress=False)
     assert not (tmp_path / "cv" / "folds").exists()
+
+
+def test_crossval_distill_ensemble_trains_each_teacher_recipe_in_its_own_folder(tmp_path, base_tokenizer):
+    path = write_distill_recipes(tmp_path, base_tokenizer)
+    (tmp_path / "second.toml").write_text((tmp_path / "teacher.toml").read_text().replace("toy-teacher", "second"))
+    recipe = load_recipe(path, ['distill.teacher=["a", "b"]', 'distill.teacher_recipe=["teacher.toml", "second.toml"]'])
+    runners = Setup.of(recipe, tmp_path / "cv", progress=False).runner.teachers
+    assert [(r.recipe.name, r.work_dir.name) for r in runners] == [("toy-teacher", "1-toy-teacher"), ("second", "2-second")]
 
 
 def test_crossval_distill_teacher_recipes_must_match_the_teachers(tmp_path, base_tokenizer):

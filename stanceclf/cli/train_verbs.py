@@ -44,6 +44,8 @@ def cross_validate(
     resume: bool = typer.Option(True, help="Reuse the folds an earlier run of the same recipe and data finished."),
     only: Optional[str] = typer.Option(None, help="Train only these folds now, comma-separated (fold-1,fold-2, or "
                                        "source names): the report covers the folds finished so far and says so."),
+    teacher_set: List[str] = typer.Option([], "--teacher-set", help="Override a value of a [distill] recipe's "
+                                          "teacher recipes (--set changes only the student's). Repeatable."),
 ):
     """Cross-validate what a recipe trains: k-fold grouped by document, or leave-one-source-out.
     Reports each label's F1, precision, recall and PR-AUC as mean ± sd over folds, and pooled.
@@ -51,9 +53,12 @@ def cross_validate(
     from stanceclf.train.crossval import cross_validate as run_cross_validation
 
     names = [name.strip() for name in only.split(",") if name.strip()] if only is not None else None
+    if names == []:
+        fail(StanceclfError(f"--only {only!r} names no fold; leave it out to run every fold"))
     _run_recipe_report(recipe, set_, out, "crossval-{name}" + ("-by-source" if by_source else ""),
                        lambda loaded, folder: run_cross_validation(loaded, folder, folds=folds, by_source=by_source,
-                                                                   only=names, resume=resume))
+                                                                   only=names, resume=resume,
+                                                                   teacher_overrides=teacher_set))
 
 
 def _run_recipe_report(recipe: Path, overrides: list[str], out: Optional[Path], default_out: str, run) -> None:
@@ -80,6 +85,8 @@ def learning_curve(
                                        "finished trainings (default: ./learning-curve-NAME)."),
     set_: List[str] = typer.Option([], "--set", help="Override a recipe value: training.epochs=3. Repeatable."),
     resume: bool = typer.Option(True, help="Reuse the trainings an earlier run of the same recipe and data finished."),
+    teacher_set: List[str] = typer.Option([], "--teacher-set", help="Override a value of a [distill] recipe's "
+                                          "teacher recipes (--set changes only the student's). Repeatable."),
 ):
     """Test F1 against the number of training articles (seeded subsets, repeated over folds)."""
     from stanceclf.train.learning_curve import learning_curve as run_learning_curve
@@ -89,7 +96,8 @@ def learning_curve(
     except ValueError:
         fail(StanceclfError(f"--sizes {sizes!r} must be whole numbers separated by commas, e.g. 10,25,50"))
     _run_recipe_report(recipe, set_, out, "learning-curve-{name}",
-                       lambda loaded, folder: run_learning_curve(loaded, counts, folder, folds=folds, resume=resume))
+                       lambda loaded, folder: run_learning_curve(loaded, counts, folder, folds=folds, resume=resume,
+                                                                 teacher_overrides=teacher_set))
 
 
 def evaluate(

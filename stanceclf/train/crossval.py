@@ -199,9 +199,7 @@ class FoldRunner:
         for section in ("evaluation", "calibration"):
             recipe["recipe"].pop(section, None)
         if self.teachers:
-            # The fold trains its own teachers: their fold signatures replace the paths of the finished ones.
-            for key in ("teacher", "teacher_recipe", "scores_dir"):
-                recipe["recipe"]["distill"].pop(key, None)
+            # The fold trains its own teachers (the recipe's finished ones are left out of the signature).
             recipe["teachers"] = [teacher.signature(train, dev, test) for teacher in self.teachers]
         content = json.dumps({**recipe, "train": sorted(train), "dev": sorted(dev), "test": sorted(test)},
                              sort_keys=True)
@@ -218,24 +216,29 @@ class FoldRunner:
         saved = self._saved(path, key, name)
         if saved is not None:
             self.echo(f"{name}: reusing the finished fold saved in {path}")
+            self._drop_teacher_models(name)  # left by a run stopped between the record and the clean-up
             return saved
         from datasets import DatasetDict
 
         started = time.time()
         teachers = []
         for teacher in self.teachers:
-            self.echo(f"{name}: training teacher {teacher.recipe.name!r} on the fold's {len(train)} training documents")
-            teachers.append(teacher.run(name, train, dev, test))
+            done = teacher.finished(name, train, dev, test)
+            self.echo(f"{name}: {'reusing the trained' if done else 'training'} teacher {teacher.recipe.name!r} "
+                      f"(the fold's {len(train)} training documents)")
+            teachers.append(done or teacher.run(name, train, dev, test))
         self.tokenizer = self.tokenizer or load_base_tokenizer(self.recipe.base_model)
         run_dir = self.work_dir / "runs" / name
         recipe = self.recipe.model_copy(update={"run_dir": str(run_dir)})
         data = DatasetDict(train=self.pool.subset(train), dev=self.pool.subset(dev))
         tested = self.pool.subset(test)
-        model, train_rows = self.make_model(), None
+        model, train_rows, fingerprint = self.make_model(), None, key
         if self.teachers:
-            recipe, train_rows = self._student_rows(recipe, name, DatasetDict(**data, test=tested), model)
+            recipe, distillation = self._distillation(recipe, name, DatasetDict(**data, test=tested), model)
+            # As in train(): a checkpoint resumes only with the very teachers it learned from.
+            train_rows, fingerprint = distillation.train_rows, f"{key}+distill:{distillation.signature}"
         model, trainer = fit_and_calibrate(recipe, data, self.schema, model=model, tokenizer=self.tokenizer,
-                                           fingerprint=key, resume=self.resume, progress=self.progress,
+                                           fingerprint=fingerprint, resume=self.resume, progress=self.progress,
                                            train_rows=train_rows)
         logits, _ = model.predict_logits(list(tested["text"]))
         y_true = np.array(tested["labels"], dtype=int).reshape(len(logits), -1)
@@ -254,9 +257,8 @@ class FoldRunner:
                                    "test_report": done["test_report"], "wall_seconds": done["wall_seconds"]}
                                   for runner, done in zip(self.teachers, teachers)]
         if trainer.is_world_process_zero():
-            if self.keep_models:  # before the record: a fold whose record exists has its model
-                model.save_pretrained(self.model_dir(name), storage_dtype=recipe.training.storage_dtype,
-                                      model_card=False)
+            if self.keep_models:  # before the record, so a finished fold has its model
+                self._save_model(model, name, recipe.training.storage_dtype)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".json.partial")
             partial.write_text(json.dumps(record) + "\n", encoding="utf-8")
@@ -265,8 +267,9 @@ class FoldRunner:
             shutil.rmtree(run_dir, ignore_errors=True)
             if not any(run_dir.parent.iterdir()):
                 run_dir.parent.rmdir()
-            for teacher in self.teachers:  # a fold's teachers are large and teach no other fold
-                shutil.rmtree(teacher.model_dir(name), ignore_errors=True)
+            self._drop_teacher_models(name)
+        # Other processes (accelerate launch) go on once the fold's model and record are in place.
+        trainer.accelerator.wait_for_everyone()
         del model, trainer
         gc.collect()  # the Trainer holds reference cycles: free this fold's model before the next is made
         return record
@@ -275,14 +278,29 @@ class FoldRunner:
         """The fold's saved record if it is finished (and ``resume`` allows reusing it), without training."""
         return self._saved(self.work_dir / FOLDS_FOLDER / f"{name}.json", self.signature(train, dev, test), name)
 
-    def _student_rows(self, recipe: Recipe, name: str, dataset, model):
-        """The student's recipe for this fold (its teachers are the fold's) and its mixed training rows.
+    def _distillation(self, recipe: Recipe, name: str, dataset, model):
+        """The student's recipe for this fold (its teachers are the fold's) and its distillation phase.
         ``dataset`` holds the fold's train, dev and test sentences, all left out of the unlabelled ones."""
         distill = recipe.distill.model_copy(update={
             "teacher": [str(teacher.model_dir(name)) for teacher in self.teachers],
             "scores_dir": str(self.work_dir / TEACHER_SCORES_FOLDER)})
         recipe = recipe.model_copy(update={"distill": distill})
-        return recipe, distillation_phase(recipe, self.schema, dataset, self.splitter, model, self.progress).train_rows
+        return recipe, distillation_phase(recipe, self.schema, dataset, self.splitter, model, self.progress)
+
+    def _save_model(self, model, name: str, storage_dtype: str) -> None:
+        """Written beside, then renamed into place: a model folder that exists is complete."""
+        final = self.model_dir(name)
+        partial = final.with_name(final.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial, storage_dtype=storage_dtype, model_card=False)
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+
+    def _drop_teacher_models(self, name: str) -> None:
+        """A fold's teachers are large and teach no other fold: deleted once its student is trained
+        (their records stay, with their test figures)."""
+        for teacher in self.teachers:
+            shutil.rmtree(teacher.model_dir(name), ignore_errors=True)
 
     def _saved(self, path: Path, key: str, name: str) -> dict | None:
         if not self.resume or not path.exists():
@@ -292,10 +310,10 @@ class FoldRunner:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            log.warning("%s is not a readable fold record; training the fold again", path)
+            log.warning("%s is not a readable fold record; it is not used", path)
             return None
         if record.get("signature") != key:
-            log.warning("%s holds a fold of another recipe, data or split; training the fold again", path)
+            log.warning("%s holds a fold of another recipe, data or split; it is not used", path)
             return None
         return record
 
@@ -346,9 +364,9 @@ class Setup:
 
     @classmethod
     def of(cls, recipe: Recipe, work_dir: Path, *, make_model=None, tokenizer=None, resume=True, progress=True,
-           echo=None) -> "Setup":
+           echo=None, teacher_overrides: list[str] | None = None) -> "Setup":
         """``make_model`` and ``tokenizer`` replace the recipe's base (a student's; teachers are always
-        built from their own recipes)."""
+        built from their own recipes, with ``teacher_overrides``)."""
         schema = load_schema(recipe.schema_path)
         dataset, info, read_report = prepare_dataset(recipe, schema)
         if read_report.skipped:
@@ -356,7 +374,7 @@ class Setup:
         pool = Pool(dataset, info["fingerprint"])
         echo = echo or echo_for(progress)
         teachers = teacher_runners(recipe, schema, pool, Path(work_dir), resume=resume, progress=progress,
-                                   echo=echo) if recipe.distill is not None else []
+                                   echo=echo, overrides=teacher_overrides) if recipe.distill is not None else []
         runner = FoldRunner(recipe, schema, pool, Path(work_dir),
                             make_model or (lambda: seeded_base_model(recipe, schema)),
                             tokenizer, resume, progress, echo, teachers=teachers, splitter=data_splitter(info))
@@ -364,9 +382,11 @@ class Setup:
 
 
 def teacher_runners(recipe: Recipe, schema: LabelSchema, pool: Pool, work_dir: Path, *, resume: bool,
-                    progress: bool, echo: Callable[[str], None]) -> list[FoldRunner]:
-    """A [distill] recipe's teachers as fold runners of their recipes, on the same pooled data: each fold
-    trains them on its own documents. Checked before any fold trains."""
+                    progress: bool, echo: Callable[[str], None], overrides: list[str] | None = None
+                    ) -> list[FoldRunner]:
+    """A [distill] recipe's teachers as fold runners of their recipes (with ``overrides``, like
+    ``--set``), on the same pooled data: each fold trains them on its own documents. Checked before
+    any fold trains."""
     paths = recipe.distill.teacher_recipes
     if not paths:
         raise RecipeError("cross-validating a [distill] recipe needs distill.teacher_recipe, the recipe of each "
@@ -375,8 +395,12 @@ def teacher_runners(recipe: Recipe, schema: LabelSchema, pool: Pool, work_dir: P
                           where=recipe.source)
     runners = []
     for number, path in enumerate(paths, 1):
-        teacher = load_recipe(recipe.resolve(path))
         where = f"{recipe.source}: distill.teacher_recipe {path!r}"
+        try:
+            teacher = load_recipe(recipe.resolve(path), overrides)
+        except RecipeError as error:
+            raise RecipeError(f"the teacher's recipe cannot be used: "
+                              + (f"{error.where}: " if error.where else "") + error.detail, where=where) from None
         if teacher.distill is not None:
             raise RecipeError("a teacher's recipe must not have a [distill] section of its own", where=where)
         if load_schema(teacher.schema_path).label_names != schema.label_names:
@@ -395,18 +419,20 @@ def teacher_runners(recipe: Recipe, schema: LabelSchema, pool: Pool, work_dir: P
 
 def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = None, by_source: bool = False,
                    only: list[str] | None = None, make_model: Callable | None = None, tokenizer=None,
-                   resume: bool = True, progress: bool = True, echo: Callable[[str], None] | None = None) -> dict:
+                   resume: bool = True, progress: bool = True, echo: Callable[[str], None] | None = None,
+                   teacher_overrides: list[str] | None = None) -> dict:
     """Cross-validate what ``recipe`` trains and write ``report.json`` and ``report.md`` to ``out_dir``.
 
     k-fold (``folds``, default ``[evaluation] folds``) or, with ``by_source``, leave-one-source-out
     over ``[evaluation] sources``. ``only`` (fold names) trains just those folds now: the report then
     covers the folds finished so far and says it is partial, and later runs add the others (one long
     cross-validation spread over sessions or machines). ``make_model`` gives a fresh untrained model
-    per fold (default: the recipe's base); ``tokenizer`` replaces the base's. Returns the report.
+    per fold (default: the recipe's base); ``tokenizer`` replaces the base's; ``teacher_overrides``
+    (``section.key=value``) apply to a [distill] recipe's teacher recipes. Returns the report.
     """
     out_dir = Path(out_dir)
     setup = Setup.of(recipe, out_dir, make_model=make_model, tokenizer=tokenizer, resume=resume, progress=progress,
-                     echo=echo)
+                     echo=echo, teacher_overrides=teacher_overrides)
     pool, runner = setup.pool, setup.runner
     training_only: list[str] = []
     if by_source:

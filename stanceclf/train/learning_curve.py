@@ -21,15 +21,16 @@ from stanceclf.train.recipe import Recipe
 
 def learning_curve(recipe: Recipe, sizes: list[int], out_dir: str | Path, *, folds: int | None = None,
                    make_model: Callable | None = None, tokenizer=None, resume: bool = True, progress: bool = True,
-                   echo: Callable[[str], None] | None = None) -> dict:
+                   echo: Callable[[str], None] | None = None, teacher_overrides: list[str] | None = None) -> dict:
     """Train on growing numbers of training articles and write ``report.json``, ``report.md`` and
-    ``learning-curve.png`` to ``out_dir``. Returns the report."""
+    ``learning-curve.png`` to ``out_dir``. Returns the report. A [distill] recipe's teachers are trained
+    on each subset too (their recipes with ``teacher_overrides``); the report gives the student's figures."""
     sizes = sorted(set(sizes))
     if not sizes or sizes[0] < 1:
         raise EvaluationError(f"sizes must be positive numbers of training articles, got {sizes}")
     out_dir = Path(out_dir)
     setup = Setup.of(recipe, out_dir, make_model=make_model, tokenizer=tokenizer, resume=resume, progress=progress,
-                     echo=echo)
+                     echo=echo, teacher_overrides=teacher_overrides)
     pool, runner = setup.pool, setup.runner
     plan = kfold_plan(pool, folds or recipe.evaluation.folds, recipe.seed)
     dev_fraction = default_dev_fraction(recipe, setup.info)

@@ -215,8 +215,9 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _out_of_fold_without_distillation(self) -> "Recipe":
         if self.distill is not None and self.calibration.thresholds == "cross-validation":
-            raise ValueError("calibration.thresholds = 'cross-validation' does not work with [distill] yet (the "
-                             "out-of-fold models would learn without the teachers); use 'dev'")
+            raise ValueError("calibration.thresholds = 'cross-validation' does not work with [distill]: each "
+                             "out-of-fold student would need teachers of its own; use 'dev' (stanceclf "
+                             "cross-validate measures a [distill] recipe with teachers trained per fold)")
         return self
 
     @property

@@ -320,11 +320,19 @@ def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, tr
 RUN_SIGNATURE = "run-signature.json"
 
 
+#: Where a teacher is found, what trained it and where its scores are cached: a distilling run's
+#: fingerprint names the teachers by their weights instead (``+distill:<signature>``).
+TEACHER_LOCATIONS = ("teacher", "teacher_recipe", "scores_dir")
+
+
 def _run_signature(recipe: Recipe, fingerprint: str) -> dict:
     """What a checkpoint must share with the run that resumes it (output paths may differ)."""
     dumped = recipe.model_dump(mode="json", by_alias=True)
     dumped.pop("output_dir", None)
     dumped.pop("run_dir", None)
+    if dumped.get("distill"):
+        for key in TEACHER_LOCATIONS:
+            dumped["distill"].pop(key, None)
     return {"recipe": dumped, "data_fingerprint": fingerprint}
 
 
