@@ -524,7 +524,8 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
         lines += ["", f"Sources (document-id patterns): {sources}. {len(only)} document(s) belong to no source "
                   "and are never tested, only trained on (in every fold's train or dev)"
                   + (f": {', '.join(only)}." if only else ".")]
-    lines += ["", f"## Mean ± sd over {len(finished) if partial else report['folds']} folds (sample sd)", "",
+    counted = len(finished) if partial else report["folds"]
+    lines += ["", f"## Mean ± sd over {counted} fold{'' if counted == 1 else 's'} (sample sd)", "",
               *mean_sd_table(report["mean_sd"], labels), "",
               "## Pooled out-of-fold predictions", "",
               "Every fold's test sentences together, each scored by its own fold's model and thresholds "
