@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +82,11 @@ def _mean_sd(values) -> tuple[float | None, float | None]:
     return float(np.mean(present)), float(np.std(present, ddof=1)) if len(present) > 1 else None
 
 
-def markdown(result: dict, command: str) -> str:
+def markdown(result: dict, command: str, title: str = "", notes: tuple[str, ...] = ()) -> str:
     labels, reference = result["labels"], result["reference"]
     header = "| macro F1 | " + " | ".join(f"{label} F1" for label in labels) + " |"
-    lines = [f"Command: `{command}`", "",
+    lines = [*([f"# {title}", ""] if title else []), *[line for note in notes for line in (note, "")],
+             f"Command: `{command}`", "",
              f"{len(result['folds'])} fold(s) finished in both runs, with the same test documents.", "",
              "| fold | test docs | model " + header, "|---|---:|---|" + "---:|" * (len(labels) + 1)]
     for fold in result["folds"]:
@@ -116,13 +116,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("second", type=Path, help="the run to compare with it, on the same folds")
     parser.add_argument("--names", nargs=2, default=None, metavar=("FIRST", "SECOND"),
                         help="names for the two runs in the tables (default: their recipes' names)")
+    parser.add_argument("--title", default="", help="a heading for the Markdown")
+    parser.add_argument("--note", action="append", default=[], help="a paragraph above the tables (repeatable): "
+                        "how the runs were made, what they show")
     parser.add_argument("--write", type=Path, help="also write the Markdown here")
     args = parser.parse_args(argv)
     first, second = fold_records(args.first), fold_records(args.second)
     names = tuple(args.names) if args.names else tuple(
         _recipe_name(folder) for folder in (args.first, args.second))
-    command = "python benchmarks/crossval_compare.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    publish(markdown(compare(first, second, names), command), args.write)
+    # The tables' command: the heading and notes are prose, left out so that it stays readable.
+    shown = [str(args.first), str(args.second), *(["--names", *names] if args.names else [])]
+    command = "python benchmarks/crossval_compare.py " + shlex.join(shown)
+    publish(markdown(compare(first, second, names), command, args.title, tuple(args.note)), args.write)
 
 
 def _recipe_name(folder: Path) -> str:

@@ -103,7 +103,7 @@ def test_benchmarks_crossval_compare_pairs_folds_and_refuses_other_folds(tmp_pat
     assert result["differences"]["teacher big"][0][0] == pytest.approx(0.125)
     assert result["differences"]["teacher big"][2] == (None, None)  # the teacher's threat F1 is undefined
     text = compare.markdown(result, "cmd")
-    assert "| fold-2 | 1 | teacher big | 0.800 |" in text and "| student | +0.045 ± 0.021 |" in text
+    assert "| fold-2 | 1 | teacher big | 0.800 |" in text and text.startswith("Command: `cmd`") and "| student | +0.045 ± 0.021 |" in text
     _fold(student, "fold-2", ["c", "e"], 0.73, 0.60)
     with pytest.raises(SystemExit, match="fold-2 tests other documents"):
         compare.compare(compare.fold_records(reference), compare.fold_records(student), ("ref", "student"))
