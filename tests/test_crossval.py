@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from stanceclf.cli import app
 from stanceclf.data.dataset import BuildConfig, assign_folds, sentence_examples
-from stanceclf.data.documents import AnnotatedDocument
+from stanceclf.data.documents import AnnotatedDocument, Span
 from stanceclf.data.readers import write_native
 from stanceclf.data.schema import load_schema
 from stanceclf.errors import EvaluationError, RecipeError
@@ -245,7 +245,8 @@ def test_crossval_cli_errors_name_what_is_missing(tmp_path):
     assert result.exit_code == 1 and "--sizes '10,many' must be whole numbers" in result.output
 
 
-OWN_SENTENCE = "A bridge of glass opened in Oslo."  # in one labelled document only, and in the unlabelled text
+#: Each in one labelled document only ("own-N"), and all in the unlabelled text.
+OWN_SENTENCES = {f"own-{n}": f"A bridge of glass number {n} opened in Oslo." for n in range(8)}
 
 
 def write_distill_recipes(tmp_path, base_tokenizer, student_extra: str = "") -> Path:
@@ -256,10 +257,15 @@ def write_distill_recipes(tmp_path, base_tokenizer, student_extra: str = "") -> 
     text = write_recipe(tmp_path, base=str(base)).read_text()
     teacher.write_text(text.replace('name = "toy"', 'name = "toy-teacher"') + "max_steps = 2\neval_every = 2\n")
     student = write_recipe(tmp_path)
-    own = AnnotatedDocument("toy-own", f"{OWN_SENTENCE} The museum opened a new wing. ", [], ("toy",))
-    write_native([*toy_corpus(), own], tmp_path / "toy.jsonl")
-    (tmp_path / "unlabelled.jsonl").write_text(json.dumps({"id": "u1", "text": "Markets may fall further next "
-                                                           f"week. {OWN_SENTENCE}"}) + "\n")
+    # With a positive each, so that the balanced split puts them in every split like the others.
+    forecast = "Experts expect the talks to fail."
+    own = [AnnotatedDocument(doc_id, f"{sentence} {forecast} ",
+                             [Span(len(sentence) + 1, len(sentence) + 1 + len(forecast), "prediction", "toy")],
+                             ("toy",))
+           for doc_id, sentence in OWN_SENTENCES.items()]
+    write_native([*toy_corpus(), *own], tmp_path / "toy.jsonl")
+    (tmp_path / "unlabelled.jsonl").write_text(json.dumps({"id": "u1", "text": " ".join(
+        ["Markets may fall further next week.", *OWN_SENTENCES.values()])}) + "\n")
     student.write_text(student.read_text() + f'''
 [distill]
 teacher = "no-such-finished-teacher"
@@ -289,8 +295,10 @@ def test_crossval_distill_recipe_trains_each_folds_teacher_on_that_folds_documen
     scored = {name: scored_texts(out / "teacher-scores", name) for name in students}
     assert all(scored.values())
     # A test document's sentence is never a teaching example in its fold, though the unlabelled text has it.
-    tested_in = next(name for name, record in students.items() if "toy-own" in record["documents"]["test"])
-    assert OWN_SENTENCE not in scored[tested_in] and "Markets may fall further next week." in scored[tested_in]
+    for name, record in students.items():
+        tested = {OWN_SENTENCES[doc] for doc in record["documents"]["test"] if doc in OWN_SENTENCES}
+        assert tested and not tested & scored[name]
+        assert "Markets may fall further next week." in scored[name]
     assert not any((out / "teachers" / "1-toy-teacher" / "models").glob("*"))
     assert report["teachers"][0]["recipe"] == "toy-teacher"
     assert report["teachers"][0]["mean_sd"]["macro"]["f1"]["folds"] == 2
@@ -389,5 +397,33 @@ def test_crossval_distill_teacher_recipes_must_match_the_teachers(tmp_path, base
     path = write_distill_recipes(tmp_path, base_tokenizer)
     with pytest.raises(RecipeError, match=r"names 1 recipe\(s\) for 2 teacher\(s\)"):
         load_recipe(path, ['distill.teacher=["a", "b"]'])
-    with pytest.raises(RecipeError, match=r"'cross-validation' does not work with \[distill\]"):
+    path.write_text(path.read_text().replace('teacher_recipe = "teacher.toml"', ""))
+    with pytest.raises(RecipeError, match=r"'cross-validation' with \[distill\] needs distill.teacher_recipe"):
         load_recipe(path, ['calibration.thresholds="cross-validation"'])
+
+
+def test_crossval_oof_thresholds_of_a_distill_recipe_train_a_teacher_per_fold(tmp_path, base_tokenizer,
+                                                                               tiny_model_dir):
+    from test_distill import student as student_model
+
+    path = write_distill_recipes(tmp_path, base_tokenizer, student_extra="student_layers = [0, 2]")
+    recipe = load_recipe(path, FEW_STEPS + ['calibration.thresholds="cross-validation"', "calibration.folds=2",
+                                            f'distill.teacher="{tiny_model_dir}"'])  # the final student's
+    trained = train(recipe, model=student_model(base_tokenizer, layers=4), tokenizer=base_tokenizer, progress=False)
+    oof = tmp_path / "run" / "oof-calibration"
+    students, teachers = fold_records(oof), fold_records(oof / "teachers" / "1-toy-teacher")
+    assert sorted(students) == sorted(teachers) == ["fold-1", "fold-2"]
+    dataset, _, _ = prepare_dataset(recipe, load_schema("claim-types"))
+    test_sentences = set(dataset["test"]["text"]) & set(OWN_SENTENCES.values())
+    assert test_sentences  # the recipe's test split holds some of them (fixed by the seed)
+    for name, record in students.items():
+        assert teachers[name]["documents"] == record["documents"]  # each fold's teacher, on that fold's documents
+        # The recipe's test sentences teach no out-of-fold student either.
+        assert not scored_texts(oof / "teacher-scores", name) & test_sentences
+    logits = np.concatenate([np.array(r["logits"]) for r in students.values()])
+    y_true = np.concatenate([np.array(r["labels"]) for r in students.values()])
+    _, thresholds = calibrate(logits, y_true)
+    assert [trained.manifest.thresholds[l] for l in trained.labels] == pytest.approx(list(thresholds))
+    assert trained.manifest.training["calibration"]["method"] == "cross-validation"
+    # The out-of-fold students were cut from the 4-layer base like the final one, not from a cut copy.
+    assert trained.model.config.num_hidden_layers == 2

@@ -185,6 +185,9 @@ class FoldRunner:
     echo: Callable[[str], None] = field(default=lambda message: None)
     teachers: list["FoldRunner"] = field(default_factory=list)
     splitter: object = None
+    #: Sentences of the data that no fold trains or tests on (out-of-fold calibration: the recipe's test
+    #: split); distilling, they are left out of the unlabelled ones like every labelled sentence.
+    held_back: object = None
     #: Save each fold's model directory (a teacher's: it teaches the fold's student, then is deleted).
     keep_models: bool = False
 
@@ -234,7 +237,9 @@ class FoldRunner:
         tested = self.pool.subset(test)
         model, train_rows, fingerprint = self.make_model(), None, key
         if self.teachers:
-            recipe, distillation = self._distillation(recipe, name, DatasetDict(**data, test=tested), model)
+            labelled = DatasetDict(**data, test=tested, **({} if self.held_back is None else
+                                                            {"held_back": self.held_back}))
+            recipe, distillation = self._distillation(recipe, name, labelled, model)
             # As in train(): a checkpoint resumes only with the very teachers it learned from.
             train_rows, fingerprint = distillation.train_rows, f"{key}+distill:{distillation.signature}"
         model, trainer = fit_and_calibrate(recipe, data, self.schema, model=model, tokenizer=self.tokenizer,
@@ -559,15 +564,17 @@ class OutOfFoldCalibration:
 
 
 def recipe_calibration(recipe: Recipe, dataset, schema: LabelSchema, *, model, tokenizer, fingerprint: str,
-                       resume: bool = True, progress: bool = True, make_model: Callable | None = None
-                       ) -> OutOfFoldCalibration | None:
+                       resume: bool = True, progress: bool = True, make_model: Callable | None = None,
+                       splitter=None) -> OutOfFoldCalibration | None:
     """With ``[calibration] thresholds = "cross-validation"``: ``folds`` trainings on the train split's
     documents, each tested on the fold it left out (dev stays the early-stopping split), and
     :func:`~stanceclf.train.calibration.calibrate` applied to the pooled out-of-fold logits.
     ``None`` for ``"dev"`` (the trainer fits on dev as before).
 
     Each fold starts from a copy of ``model`` (still untrained: the final model starts there too)
-    unless ``make_model`` is given. Folds are saved in ``run_dir/oof-calibration`` and reused.
+    unless ``make_model`` is given. Folds are saved in ``run_dir/oof-calibration`` and reused. A
+    [distill] recipe's folds train their own teachers (``distill.teacher_recipe``) first, and split
+    the unlabelled text with ``splitter``.
     """
     settings = recipe.calibration
     if settings.thresholds != "cross-validation":
@@ -576,8 +583,12 @@ def recipe_calibration(recipe: Recipe, dataset, schema: LabelSchema, *, model, t
 
     pool = Pool(DatasetDict(train=dataset["train"], dev=dataset["dev"]), fingerprint)
     train_docs, dev_docs = sorted(set(dataset["train"]["doc_id"])), sorted(set(dataset["dev"]["doc_id"]))
-    runner = FoldRunner(recipe, schema, pool, recipe.run_path / "oof-calibration",
-                        make_model or (lambda: copy.deepcopy(model)), tokenizer, resume, progress, echo_for(progress))
+    work_dir, echo = recipe.run_path / "oof-calibration", echo_for(progress)
+    teachers = teacher_runners(recipe, schema, pool, work_dir, resume=resume, progress=progress,
+                               echo=echo) if recipe.distill is not None else []
+    runner = FoldRunner(recipe, schema, pool, work_dir, make_model or (lambda: copy.deepcopy(model)), tokenizer,
+                        resume, progress, echo, teachers=teachers, splitter=splitter,
+                        held_back=dataset["test"] if "test" in dataset else None)
     plan = kfold_plan(pool, settings.folds, recipe.seed, documents=train_docs)
     records = []
     for number, fold in enumerate(plan, 1):

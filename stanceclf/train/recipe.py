@@ -213,11 +213,11 @@ class Recipe(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _out_of_fold_without_distillation(self) -> "Recipe":
-        if self.distill is not None and self.calibration.thresholds == "cross-validation":
-            raise ValueError("calibration.thresholds = 'cross-validation' does not work with [distill]: each "
-                             "out-of-fold student would need teachers of its own; use 'dev' (stanceclf "
-                             "cross-validate measures a [distill] recipe with teachers trained per fold)")
+    def _out_of_fold_students_have_teacher_recipes(self) -> "Recipe":
+        if (self.distill is not None and self.calibration.thresholds == "cross-validation"
+                and not self.distill.teacher_recipes):
+            raise ValueError("calibration.thresholds = 'cross-validation' with [distill] needs distill.teacher_recipe: "
+                             "each out-of-fold student learns from teachers trained on its own documents")
         return self
 
     @property
