@@ -142,13 +142,14 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
     dataset, info = _prepared_data(recipe, schema)
     tokenizer = tokenizer or load_base_tokenizer(recipe.base_model)
     model = model or seeded_base_model(recipe, schema)
+    splitter = data_splitter(info)
     from stanceclf.train.crossval import recipe_calibration
 
     # Before the distillation phase cuts the student's layers: each out-of-fold model starts from the base.
     out_of_fold = recipe_calibration(recipe, dataset, schema, model=model, tokenizer=tokenizer,
                                      fingerprint=info["fingerprint"], resume=resume, progress=progress,
-                                     splitter=data_splitter(info))
-    distillation = (distillation_phase(recipe, schema, dataset, data_splitter(info), model, progress)
+                                     splitter=splitter)
+    distillation = (distillation_phase(recipe, schema, dataset, splitter, model, progress)
                     if recipe.distill else None)
     fingerprint = info["fingerprint"] + (f"+distill:{distillation.signature}" if distillation else "")
     result, trainer = fit_and_calibrate(recipe, dataset, schema, model=model, tokenizer=tokenizer,
