@@ -275,3 +275,34 @@ def test_distill_missing_unlabelled_input_is_a_recipe_error(tmp_path, base_token
         train(recipe, model=student(base_tokenizer, layers=2), tokenizer=base_tokenizer, progress=False)
 
 
+
+
+def test_distill_augment_labelled_scores_noisy_copies_of_train_sentences_only(tmp_path, tiny_model_dir,
+                                                                            count_teacher_sentences):
+    train_texts = ["Moscow will answer any new deployment in Poland with force, the minister said.",
+                   "Officials say the sanctions aim to halve the oil revenue of the Kremlin."]
+    held_out = ["Analysts expect the ceasefire talks in Geneva to collapse before the winter.",
+                "The drone attacks pose a grave danger to the power grid across the region."]
+    (tmp_path / "other.jsonl").write_text(json.dumps({"text": "A new bridge opened downtown."}) + "\n")
+    recipe = distill_recipe(tmp_path, tiny_model_dir, "augment_labelled = 3",
+                            ['distill.unlabelled=["other.jsonl"]'])
+    dataset = {"train": _split(train_texts, [[1, 0, 0], [0, 0, 1]]), "dev": _split(held_out[:1], [[1, 0, 0]]),
+               "test": _split(held_out[1:], [[0, 1, 0]])}
+    result = distill.prepare_distillation(recipe, load_schema("claim-types"), _Splits(dataset), _Lines(),
+                                          progress=False)
+    copies = count_teacher_sentences[1:]
+    assert count_teacher_sentences[0] == "A new bridge opened downtown."
+    assert len(copies) == 6 == result.record["augmented_rows"] and result.record["augment_labelled"] == 3
+    assert result.record["soft_rows"] == 7 and len(result.train_rows) == 2 + 7
+    for copy in copies:
+        # Made from a training sentence's words, in order: a dev or test sentence never feeds the student.
+        assert any(_subsequence(copy.split(), source.split()) for source in train_texts), copy
+        assert copy not in train_texts
+    # Copies are taught by the teacher only: their rows carry the soft weight.
+    weights = {row["text"]: row["weight"] for row in result.train_rows}
+    assert {weights[c] for c in copies} == {result.record["row_weights"]["soft"]}
+
+
+def _subsequence(words: list[str], of: list[str]) -> bool:
+    remaining = iter(of)
+    return all(word in remaining for word in words)

@@ -9,6 +9,8 @@ model as a student. This phase runs between data preparation and fine-tuning (se
 2. **Unlabelled sentences**: the inputs are read with the corpus readers of ``stanceclf score``
    and split with the student's splitter. Repeated sentences count once, and a sentence that is
    also in a labelled split is left out (the student's dev and test sentences stay unseen).
+   With ``augment_labelled``, noisy copies of the labelled *training* sentences join them
+   (:mod:`stanceclf.train.augment`).
 3. **Teacher scores** are computed once per teacher and cached in the run folder, or in the
    recipe's ``scores_dir`` that several students of one teacher can share
    (``<teacher>-<signature>/``, Parquet parts keyed by sentence text; the signature covers the
@@ -35,6 +37,7 @@ import numpy as np
 
 from stanceclf.errors import RecipeError
 from stanceclf.model.architectures import architecture_of
+from stanceclf.train.augment import noisy_copies
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,9 @@ def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = 
     labelled = {text for split in dataset.values() for text in split["text"]}
     unlabelled, read = unlabelled_sentences(recipe, splitter, exclude=labelled)
     train_texts = list(dataset["train"]["text"])
-    soft_texts = unlabelled + (train_texts if settings.soft_on_labelled else [])
+    augmented = noisy_copies(train_texts, settings.augment_labelled, seed=recipe.seed,
+                             exclude=labelled | set(unlabelled))
+    soft_texts = unlabelled + augmented + (train_texts if settings.soft_on_labelled else [])
     if not soft_texts:
         raise RecipeError("distill: no unlabelled sentence is left (each one is also in the labelled data)",
                           where=recipe.source)
@@ -87,6 +92,7 @@ def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = 
         "teachers": [{"path": path, "recipe": teacher_recipe, "base_model": c.teacher.manifest.base_model,
                       "signature": c.signature} for path, teacher_recipe, c in zip(settings.teachers, recipes, caches)],
         "alpha": settings.alpha, "soft_on_labelled": settings.soft_on_labelled,
+        "augment_labelled": settings.augment_labelled, "augmented_rows": len(augmented),
         "teacher_backend": caches[0].teacher.backend,
         "unlabelled": [str(recipe.resolve(p)) for p in settings.unlabelled], **read,
         "gold_rows": len(train_texts), "soft_rows": len(soft_texts),

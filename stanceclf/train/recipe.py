@@ -109,6 +109,9 @@ class DistillSection(BaseModel):
     alpha: float = Field(default=0.5, ge=0, lt=1)
     #: Also learn the teachers' probabilities on the labelled training sentences (besides their gold labels).
     soft_on_labelled: bool = False
+    #: Noisy copies of each labelled training sentence for the teachers to score (words dropped, a window
+    #: kept; :mod:`stanceclf.train.augment`): transfer text in the labelled data's genre. 0: none.
+    augment_labelled: int = Field(default=0, ge=0)
     #: A student with fewer layers than its base: how many (spread evenly from the first: 3 of 6 keeps
     #: layers 0, 2, 4) or which ones (``[1, 3, 5]``). BERT and MPNet bases.
     student_layers: int | list[int] | None = None
@@ -137,9 +140,9 @@ class DistillSection(BaseModel):
         if self.teacher_recipe is not None and len(self.teacher_recipes) != len(self.teachers):
             raise ValueError(f"distill.teacher_recipe names {len(self.teacher_recipes)} recipe(s) for "
                              f"{len(self.teachers)} teacher(s): give one recipe per teacher, in the same order")
-        if not self.unlabelled and not self.soft_on_labelled:
-            raise ValueError("distill needs unlabelled inputs (distill.unlabelled) or distill.soft_on_labelled = "
-                             "true: otherwise the teachers have nothing to teach")
+        if not self.unlabelled and not self.soft_on_labelled and not self.augment_labelled:
+            raise ValueError("distill needs unlabelled inputs (distill.unlabelled), distill.soft_on_labelled = "
+                             "true or distill.augment_labelled: otherwise the teachers have nothing to teach")
         layers = self.student_layers
         if isinstance(layers, int) and layers < 1 or isinstance(layers, list) and (
                 not layers or min(layers) < 0 or layers != sorted(set(layers))):
