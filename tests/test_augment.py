@@ -42,3 +42,29 @@ def test_augment_never_yields_an_excluded_sentence():
     excluded = sorted(everything)[:10]
     again = noisy_copies(SENTENCES[:1], 30, seed=2, exclude=set(excluded))
     assert not set(again) & set(excluded)
+
+
+def test_augment_copies_of_a_sentence_do_not_depend_on_the_other_sentences():
+    alone = noisy_copies(SENTENCES[1:2], 4, seed=3)
+    assert noisy_copies(SENTENCES, 4, seed=3)[4:] == alone, "the first sentence's copies come first"
+    assert noisy_copies([SENTENCES[1], SENTENCES[0]], 4, seed=3)[:4] == alone
+
+
+def test_augment_whitespace_never_makes_a_copy_of_the_sentence_itself():
+    spaced = "The  minister\twarned  that Moscow will answer with force."
+    copies = noisy_copies([spaced], 30, seed=4, exclude={"The minister warned that Moscow will answer."})
+    assert copies
+    assert " ".join(spaced.split()) not in copies
+    assert "The minister warned that Moscow will answer." not in copies
+
+
+def test_augment_skips_sentences_that_hold_a_held_out_sentence():
+    held = "The new sanctions are meant to cut the Kremlin's oil revenue by half."
+    assert noisy_copies([SENTENCES[1]], 5, seed=5, held_out={held}) == []
+    assert noisy_copies([held], 5, seed=5, held_out={"  " + held}) == []
+    assert len(noisy_copies([SENTENCES[0]], 5, seed=5, held_out={held})) == 5
+
+
+def test_augment_sentences_of_min_words_or_fewer_are_not_copied():
+    assert noisy_copies(["one two three four"], 3, seed=0) == []
+    assert noisy_copies(["one two three four five"], 3, seed=0)

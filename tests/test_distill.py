@@ -275,8 +275,6 @@ def test_distill_missing_unlabelled_input_is_a_recipe_error(tmp_path, base_token
         train(recipe, model=student(base_tokenizer, layers=2), tokenizer=base_tokenizer, progress=False)
 
 
-
-
 def test_distill_augment_labelled_scores_noisy_copies_of_train_sentences_only(tmp_path, tiny_model_dir,
                                                                             count_teacher_sentences):
     train_texts = ["Moscow will answer any new deployment in Poland with force, the minister said.",
@@ -301,6 +299,27 @@ def test_distill_augment_labelled_scores_noisy_copies_of_train_sentences_only(tm
     # Copies are taught by the teacher only: their rows carry the soft weight.
     weights = {row["text"]: row["weight"] for row in result.train_rows}
     assert {weights[c] for c in copies} == {result.record["row_weights"]["soft"]}
+
+
+def test_distill_augment_labelled_never_copies_held_out_or_already_scored_sentences(
+        tmp_path, tiny_model_dir, count_teacher_sentences):
+    # Wire copy: a test sentence repeated inside a training sentence. Copies of that training sentence
+    # would be near copies of the test sentence, scored by the teacher and learned by the student.
+    test_sentence = "Analysts expect the ceasefire talks in Geneva to collapse."
+    short = "Kyiv expects more aid soon."  # 5 words: its copies are its 5 four-word subsequences
+    dev_sentence, unlabelled = "Kyiv expects more soon.", "Kyiv expects more aid"
+    (tmp_path / "other.jsonl").write_text(json.dumps({"text": unlabelled}) + "\n")
+    recipe = distill_recipe(tmp_path, tiny_model_dir, "augment_labelled = 40",
+                            ['distill.unlabelled=["other.jsonl"]'])
+    dataset = {"train": _split([f"{test_sentence}  Reuters reported on Monday.", short], [[1, 0, 0], [1, 0, 0]]),
+               "dev": _split([dev_sentence], [[1, 0, 0]]), "test": _split([test_sentence], [[1, 0, 0]])}
+    result = distill.prepare_distillation(recipe, load_schema("claim-types"), _Splits(dataset), _Lines(),
+                                          progress=False)
+    assert count_teacher_sentences[0] == unlabelled
+    # Neither the dev sentence nor the unlabelled one (already scored) is drawn again as a copy.
+    assert sorted(count_teacher_sentences[1:]) == sorted(["Kyiv expects aid soon.", "Kyiv more aid soon.",
+                                                          "expects more aid soon."])
+    assert result.record["augmented_rows"] == 3
 
 
 def _subsequence(words: list[str], of: list[str]) -> bool:

@@ -16,28 +16,42 @@ contiguous window of the words is kept.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 #: Chance that a word is dropped.
 WORD_DROP = 0.1
 #: Chance that only a window of the words is kept, and the shortest such window (share of the words).
 WINDOW_CHANCE = 0.4
 WINDOW_MIN_SHARE = 0.5
-#: A copy keeps at least this many words; shorter sentences are not copied.
+#: A copy keeps at least this many words, and is shorter than its sentence: a sentence of this many
+#: words or fewer is not copied.
 MIN_WORDS = 4
 #: Draws per wanted copy before giving up on a sentence (a short one may yield few distinct copies).
 DRAWS_PER_COPY = 4
 
 
-def noisy_copies(texts: list[str], copies: int, *, seed: int, exclude: set[str] = frozenset()) -> list[str]:
-    """Up to ``copies`` distinct noisy copies of each text, in the order of ``texts``; none equals a
-    text of ``texts`` or of ``exclude``. The same arguments give the same copies."""
-    rng = random.Random(seed)
-    taken = set(texts) | set(exclude)
+def noisy_copies(texts: list[str], copies: int, *, seed: int, exclude: Iterable[str] = (),
+                 held_out: Iterable[str] = ()) -> list[str]:
+    """Up to ``copies`` distinct noisy copies of each distinct text, in the order of ``texts``.
+
+    No copy equals a text of ``texts`` or ``exclude``, whitespace aside. A text that is, or contains,
+    a ``held_out`` sentence, case aside (a dev or test sentence repeated in a training article: wire
+    copy, boilerplate), is not copied, so no near copy of a held-out sentence is made. Each text's copies
+    depend only on the seed and that text: adding or reordering other texts leaves them as they were.
+    """
+    if copies < 1:
+        return []
+    taken = {_normal(text) for text in texts} | {_normal(text) for text in exclude}
+    held = {normal.lower() for normal in map(_normal, held_out) if len(normal.split()) >= MIN_WORDS}
+    lengths = {len(normal.split()) for normal in held}
     out = []
-    for text in texts:
+    for text in dict.fromkeys(texts):
         words = text.split()
-        if copies < 1 or len(words) < MIN_WORDS:
+        if len(words) <= MIN_WORDS or _holds_any(text.lower().split(), held, lengths):
             continue
+        # A string seed is hashed the same way in every process (unlike hash()), so the processes of a
+        # distributed run make the same copies.
+        rng = random.Random(f"{seed}\x00{text}")
         made = 0
         for _ in range(copies * DRAWS_PER_COPY):
             copy = " ".join(_noisy(words, rng))
@@ -48,6 +62,18 @@ def noisy_copies(texts: list[str], copies: int, *, seed: int, exclude: set[str] 
                 if made == copies:
                     break
     return out
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _holds_any(words: list[str], held: set[str], lengths: set[int]) -> bool:
+    """Whether a contiguous run of ``words`` (the whole text included) is one of ``held`` (both
+    lower-cased: a quoted sentence loses its capital inside another)."""
+    return any(" ".join(words[start: start + size]) in held
+               for size in lengths if size <= len(words)
+               for start in range(len(words) - size + 1))
 
 
 def _noisy(words: list[str], rng: random.Random) -> list[str]:

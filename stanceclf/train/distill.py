@@ -37,7 +37,7 @@ import numpy as np
 
 from stanceclf.errors import RecipeError
 from stanceclf.model.architectures import architecture_of
-from stanceclf.train.augment import noisy_copies
+from stanceclf.train.augment import MIN_WORDS, noisy_copies
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class Distillation:
 
     #: The mixed training split: ``text``, ``labels`` (float targets in [0, 1]) and ``weight`` per row.
     train_rows: object
-    #: Identifies the teachers and their scores: a checkpoint of another distillation is not resumed.
+    #: Identifies the teachers and the sentences they scored: a checkpoint of another distillation is
+    #: not resumed.
     signature: str
     #: Provenance for the manifest (``training.distillation``).
     record: dict
@@ -69,11 +70,15 @@ def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = 
     labelled = {text for split in dataset.values() for text in split["text"]}
     unlabelled, read = unlabelled_sentences(recipe, splitter, exclude=labelled)
     train_texts = list(dataset["train"]["text"])
+    held_out = {text for name, split in dataset.items() if name != "train" for text in split["text"]}
     augmented = noisy_copies(train_texts, settings.augment_labelled, seed=recipe.seed,
-                             exclude=labelled | set(unlabelled))
+                             exclude=labelled | set(unlabelled), held_out=held_out)
     soft_texts = unlabelled + augmented + (train_texts if settings.soft_on_labelled else [])
     if not soft_texts:
-        raise RecipeError("distill: no unlabelled sentence is left (each one is also in the labelled data)",
+        raise RecipeError("distill: the teachers have no sentence to score: every unlabelled sentence is also "
+                          "in the labelled data, and no training sentence is long enough for a noisy copy "
+                          f"(more than {MIN_WORDS} words)" if settings.augment_labelled else
+                          "distill: no unlabelled sentence is left (each one is also in the labelled data)",
                           where=recipe.source)
     folder = recipe.resolve(settings.scores_dir) if settings.scores_dir else recipe.run_path / TEACHER_SCORES
     caches = [TeacherScoreCache(folder, teacher) for teacher in teachers]
@@ -98,7 +103,10 @@ def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = 
         "gold_rows": len(train_texts), "soft_rows": len(soft_texts),
         "row_weights": {"gold": weights[0], "soft": weights[1]},
     }
-    signature = hashlib.sha256("+".join(c.signature for c in caches).encode()).hexdigest()
+    # The teachers and what they scored: other sentences (another corpus, other noisy copies) make
+    # other training rows, and a checkpoint of those is not resumed.
+    scored = hashlib.sha256("\n".join(soft_texts).encode()).hexdigest()
+    signature = hashlib.sha256("+".join([c.signature for c in caches] + [scored]).encode()).hexdigest()
     return Distillation(rows, signature, record)
 
 
