@@ -322,6 +322,30 @@ def test_distill_augment_labelled_never_copies_held_out_or_already_scored_senten
     assert result.record["augmented_rows"] == 3
 
 
+def test_distill_signature_changes_with_the_sentences_the_teachers_score(tmp_path, tiny_model_dir):
+    # Same teachers, other unlabelled text: other training rows, so a checkpoint must not be resumed.
+    dataset = _Splits({"train": _split(["Officials say the sanctions aim to halve the oil revenue."], [[0, 0, 1]]),
+                       "dev": _split(["Analysts expect the talks to collapse."], [[1, 0, 0]])})
+
+    def signature(unlabelled_text):
+        (tmp_path / "other.jsonl").write_text(json.dumps({"text": unlabelled_text}) + "\n")
+        recipe = distill_recipe(tmp_path, tiny_model_dir, overrides=['distill.unlabelled=["other.jsonl"]'])
+        return distill.prepare_distillation(recipe, load_schema("claim-types"), dataset, _Lines(),
+                                            progress=False).signature
+
+    first = signature("A new bridge opened downtown.")
+    assert signature("A new bridge opened downtown.") == first
+    assert signature("The old bridge closed for repairs.") != first
+
+
+def test_distill_augment_labelled_with_nothing_to_score_says_why(tmp_path, tiny_model_dir):
+    recipe = distill_recipe(tmp_path, tiny_model_dir, "augment_labelled = 3",
+                            ["distill.unlabelled=[]", "distill.soft_on_labelled=false"])
+    dataset = _Splits({"train": _split(["Kyiv expects aid."], [[1, 0, 0]]), "dev": _split(["No."], [[0, 0, 0]])})
+    with pytest.raises(RecipeError, match=r"no training sentence is long enough for a noisy copy \(more than 4"):
+        distill.prepare_distillation(recipe, load_schema("claim-types"), dataset, _Lines(), progress=False)
+
+
 def _subsequence(words: list[str], of: list[str]) -> bool:
     remaining = iter(of)
     return all(word in remaining for word in words)
