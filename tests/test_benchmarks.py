@@ -107,3 +107,58 @@ def test_benchmarks_crossval_compare_pairs_folds_and_refuses_other_folds(tmp_pat
     _fold(student, "fold-2", ["c", "e"], 0.73, 0.60)
     with pytest.raises(SystemExit, match="fold-2 tests other documents"):
         compare.compare(compare.fold_records(reference), compare.fold_records(student), ("ref", "student"))
+
+
+def _fold_record(name: str, logits: np.ndarray, labels: np.ndarray, thresholds: list[float]) -> dict:
+    from stanceclf.model.decision import decide, probabilities
+    from stanceclf.model.metrics import multilabel_report
+
+    temperatures = [1.0] * logits.shape[1]
+    names = [f"l{j}" for j in range(logits.shape[1])]
+    report = multilabel_report(labels, decide(probabilities(logits, np.asarray(temperatures)), np.asarray(thresholds)),
+                               names)
+    return {"name": name, "logits": logits.tolist(), "labels": labels.tolist(), "temperatures": temperatures,
+            "thresholds": thresholds, "test_report": report}
+
+
+def test_benchmarks_threshold_transfer_rescores_with_each_threshold_rule(tmp_path):
+    from stanceclf.model.decision import probabilities
+    from stanceclf.train.calibration import fit_thresholds
+
+    transfer = _script("threshold_transfer")
+    rng = np.random.default_rng(3)
+    records = {}
+    for name in ("fold-1", "fold-2", "fold-3"):
+        labels = rng.integers(0, 2, (120, 2))
+        logits = np.where(labels == 1, 1.0, -1.0) * 1.5 + rng.normal(0, 1.5, labels.shape)
+        records[name] = _fold_record(name, logits, labels, [0.9, 0.1])  # poor "dev" thresholds
+    for name, record in records.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+
+    labels, rows = transfer.transfer_rows(transfer.read_folds(tmp_path))
+    assert labels == ["l0", "l1"]
+    for name, record in records.items():
+        assert rows[name]["dev"]["macro"]["f1"] == record["test_report"]["macro"]["f1"]
+        # the oracle fits this fold's own test: no other rule scores higher on it
+        assert all(rows[name]["test (oracle)"]["macro"]["f1"] >= rows[name][rule]["macro"]["f1"]
+                   for rule in ("dev", "other folds", "0.5"))
+    # "other folds" pools the two other folds' test predictions, and nothing of its own
+    others = [records["fold-2"], records["fold-3"]]
+    pooled = fit_thresholds(np.concatenate([probabilities(np.asarray(r["logits"]), np.ones(2)) for r in others]),
+                            np.concatenate([np.asarray(r["labels"]) for r in others]))
+    expected = transfer.score(probabilities(np.asarray(records["fold-1"]["logits"]), np.ones(2)),
+                              np.asarray(records["fold-1"]["labels"]), pooled, labels)
+    assert rows["fold-1"]["other folds"]["macro"]["f1"] == expected["macro"]["f1"]
+    assert rows["fold-1"]["other folds"]["macro"]["f1"] > rows["fold-1"]["dev"]["macro"]["f1"]
+
+
+def test_benchmarks_threshold_transfer_refuses_a_record_its_thresholds_do_not_reproduce(tmp_path):
+    import pytest
+
+    transfer = _script("threshold_transfer")
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    record = _fold_record("fold-1", np.array([[2.0, -2.0], [-2.0, 2.0], [2.0, 2.0], [-2.0, -2.0]]), labels, [0.5, 0.5])
+    record["test_report"]["macro"]["f1"] = 0.25
+    (tmp_path / "fold-1.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="fold-1: its dev thresholds give macro F1"):
+        transfer.transfer_rows(transfer.read_folds(tmp_path))
