@@ -270,3 +270,63 @@ def test_training_calibrates_on_the_logits_the_served_model_computes(tmp_path, b
     temperatures, thresholds = calibrate(logits, np.array(dataset["dev"]["labels"]))
     assert list(temperatures) == pytest.approx([trained.manifest.temperatures[l] for l in served.labels], abs=1e-4)
     assert list(thresholds) == pytest.approx([trained.manifest.thresholds[l] for l in served.labels], abs=1e-4)
+
+
+def test_training_group_by_length_batches_sentences_of_like_length(tmp_path, base_tokenizer):
+    """With ``training.group_by_length`` the training batches carry far less padding (and training runs to the end)."""
+    rng = random.Random(5)
+    long_tail = " and the committee met again to discuss the matter at great length" * 3
+    documents = []
+    for d in range(30):
+        text, spans = "", []
+        for _ in range(8):
+            sentence = rng.choice(FORECAST + NEUTRAL)
+            if rng.random() < 0.4:
+                sentence = sentence[:-1] + long_tail + "."
+            start = len(text)
+            text += sentence + " "
+            if any(sentence.startswith(forecast[:-1]) for forecast in FORECAST):
+                spans.append(Span(start, start + len(sentence), "prediction", "toy"))
+        documents.append(AnnotatedDocument(f"mix{d:02d}", text, spans, ("toy",)))
+
+    padding = {}
+    for grouped in (False, True):
+        folder = tmp_path / f"grouped-{grouped}"
+        folder.mkdir()
+        write_recipe(folder)
+        write_native(documents, folder / "toy.jsonl")
+        recipe = load_recipe(folder / "recipe.toml", [f"training.group_by_length={str(grouped).lower()}",
+                                                      "training.max_length=64", "training.max_steps=12",
+                                                      "training.eval_every=12"])
+        model = tiny(base_tokenizer)
+        widths = []
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: widths.append(kwargs["attention_mask"].shape[1]
+                                                       - kwargs["attention_mask"].sum(1).float().mean().item())
+            if module.training else None, with_kwargs=True)
+        trained = train(recipe, model=model, tokenizer=base_tokenizer, progress=False)
+        assert len(widths) == 12 and trained.manifest.training["recipe"]["training"]["group_by_length"] is grouped
+        timing = trained.manifest.training
+        assert timing["steps"] == 12 and timing["fit_seconds"] > 0
+        assert 0 <= timing["dev_evaluation_seconds"] <= timing["fit_seconds"]
+        padding[grouped] = float(np.mean(widths))
+    assert padding[True] < 0.5 * padding[False]
+
+
+def test_training_group_by_length_keyword_follows_the_installed_transformers():
+    """Later transformers 5 releases replaced the ``group_by_length`` flag by ``train_sampling_strategy``."""
+    import dataclasses
+
+    from stanceclf.train.trainer import _sampling_argument
+
+    @dataclasses.dataclass
+    class Older:
+        group_by_length: bool = False
+
+    @dataclasses.dataclass
+    class Newer:
+        train_sampling_strategy: str = "random"
+
+    assert _sampling_argument(Older, True) == {"group_by_length": True}
+    assert _sampling_argument(Newer, True) == {"train_sampling_strategy": "group_by_length"}
+    assert _sampling_argument(Newer, False) == {"train_sampling_strategy": "random"}

@@ -234,9 +234,20 @@ def _training_arguments(recipe: Recipe, progress: bool):
         save_total_limit=2, seed=recipe.seed, data_seed=recipe.seed,
         report_to=[], disable_tqdm=not progress, use_cpu=_use_cpu(), bf16=_use_bf16(settings.precision),
         dataloader_num_workers=0,
+        **_sampling_argument(TrainingArguments, settings.group_by_length),
         # The encoded splits hold only what the loss reads; a distillation row's "weight" is not a model input.
         remove_unused_columns=False,
     )
+
+
+def _sampling_argument(arguments_class, group_by_length: bool) -> dict:
+    """The ``TrainingArguments`` keyword for length-grouped batches: later transformers 5 releases replaced
+    the ``group_by_length`` flag with ``train_sampling_strategy``."""
+    import dataclasses
+
+    if "train_sampling_strategy" in {field.name for field in dataclasses.fields(arguments_class)}:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length}
 
 
 def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, train_rows=None):
@@ -314,10 +325,19 @@ def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, tr
         "base_model": recipe.base_model,
         "data_fingerprint": info["fingerprint"],
         "training": {"recipe": recipe.model_dump(mode="json", by_alias=True), "wall_seconds": round(elapsed, 1),
-                     "epochs_run": float(trainer.state.epoch or 0),
+                     # The fine-tuning loop alone, and the dev evaluations inside it (Trainer's own clocks).
+                     "fit_seconds": round(_logged_seconds(trainer, "train_runtime"), 2),
+                     "dev_evaluation_seconds": round(_logged_seconds(trainer, "eval_runtime"), 2),
+                     "steps": int(trainer.state.global_step), "epochs_run": float(trainer.state.epoch or 0),
                      "best_checkpoint": trainer.state.best_model_checkpoint, "peak_rss_mb": _peak_rss_mb(),
                      "statistics": statistics(dataset, LabelSchema.from_labels(labels)),
                      "documents": info["documents"], **extra}})
+
+
+def _logged_seconds(trainer, key: str) -> float:
+    """The sum of a timing the Trainer logged (``train_runtime`` once per ``train()``, ``eval_runtime`` per
+    evaluation) over this run's log history."""
+    return float(sum(entry[key] for entry in trainer.state.log_history if key in entry))
 
 
 RUN_SIGNATURE = "run-signature.json"
