@@ -348,11 +348,20 @@ RUN_SIGNATURE = "run-signature.json"
 TEACHER_LOCATIONS = ("teacher", "teacher_recipe", "scores_dir")
 
 
+#: Options added after checkpoints and fold records were first signed, with the value that behaves as
+#: before they existed. At that value a signature leaves them out, so that earlier records stay valid
+#: (``benchmarks/results/crossval/`` keeps fold records that took hours); any other value is signed.
+UNSIGNED_AT_DEFAULT = {("training", "group_by_length"): False}
+
+
 def _run_signature(recipe: Recipe, fingerprint: str) -> dict:
     """What a checkpoint must share with the run that resumes it (output paths may differ)."""
     dumped = recipe.model_dump(mode="json", by_alias=True)
     dumped.pop("output_dir", None)
     dumped.pop("run_dir", None)
+    for (section, key), default in UNSIGNED_AT_DEFAULT.items():
+        if dumped.get(section, {}).get(key, default) == default:
+            dumped.get(section, {}).pop(key, None)
     if dumped.get("distill"):
         for key in TEACHER_LOCATIONS:
             dumped["distill"].pop(key, None)
