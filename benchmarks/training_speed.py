@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--work", type=Path, default=Path("runs/training-speed"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="a recipe override for both runs")
+    parser.add_argument("--note", action="append", default=[], help="a paragraph below the table (repeatable)")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     shares = padding_share(args.recipe, args.overrides, args.steps)
@@ -102,6 +103,7 @@ def main() -> None:
         lines.append(f"| {'length-grouped' if row['grouped'] else 'random'} | {shares[row['grouped']]:.0%} | "
                      f"{row['steps_per_second']:.2f} | {row['seconds']:.0f} | "
                      f"{row['steps_per_second'] / rows[0]['steps_per_second']:.2f}x |")
+    lines += [line for note in args.note for line in ("", note)]
     publish("\n".join(lines) + "\n", args.write)
 
 
