@@ -1,13 +1,14 @@
 """How much do a fold's dev-tuned thresholds cost on its test documents? Read from kept fold records.
 
     python benchmarks/threshold_transfer.py \
-        "previous default's recipe=benchmarks/results/crossval/claim-types/folds" \
+        "previous default recipe=benchmarks/results/crossval/claim-types/folds" \
         "shipped student=benchmarks/results/crossval/claim-types-student/folds" \
         "fold teacher=benchmarks/results/crossval/claim-types-student/teachers/1-claim-types-teacher/folds" \
         --write benchmarks/results/claim-types-thresholds.md
 
-Each argument is ``NAME=FOLDER`` where FOLDER holds ``fold-N.json`` records of ``stanceclf
-cross-validate`` (test logits, labels, the fold model's temperatures and dev-tuned thresholds). Nothing
+Each argument is ``NAME=FOLDER`` where FOLDER is the ``folds/`` folder of a ``stanceclf cross-validate``
+run (``fold-N.json``, or one file per source with ``--by-source``): every JSON file in it is read as a
+fold record (test logits, labels, the fold model's temperatures and dev-tuned thresholds). Nothing
 is trained: every row rescores the same test logits with other thresholds, all through the library's
 own rule (:func:`stanceclf.train.calibration.fit_thresholds`, :func:`stanceclf.model.decision.decide`):
 
@@ -20,6 +21,8 @@ own rule (:func:`stanceclf.train.calibration.fit_thresholds`, :func:`stanceclf.m
   reach; its distance from the others is what threshold choice alone could still win.
 
 A row's first check: the dev row must reproduce the F1 the fold record reports, or the script stops.
+``--note`` paragraphs are prose: like ``crossval_compare.py``, the command written above the tables
+leaves them out, so give them again when rerunning with ``--write``.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ from stanceclf.train.calibration import fit_thresholds  # noqa: E402
 
 
 def read_folds(folder: Path) -> dict[str, dict]:
-    paths = sorted(folder.glob("fold-*.json"))
+    paths = sorted(folder.glob("*.json"))
     if not paths:
-        raise SystemExit(f"{folder}: no fold-N.json records; give the folds/ folder of a cross-validate --out")
+        raise SystemExit(f"{folder}: no fold records (*.json); give the folds/ folder of a cross-validate --out")
     records = {}
     for path in paths:
         record = json.loads(path.read_text(encoding="utf-8"))

@@ -148,10 +148,16 @@ def test_training_resumes_from_last_checkpoint(tmp_path, base_tokenizer, caplog)
     shutil.rmtree(run / "checkpoint-8")
     shutil.rmtree(tmp_path / "model")
     with caplog.at_level(logging.WARNING, logger="stanceclf.train.trainer"):
-        train(recipe, model=tiny(base_tokenizer, seed=1), tokenizer=base_tokenizer, progress=False)
+        resumed = train(recipe, model=tiny(base_tokenizer, seed=1), tokenizer=base_tokenizer, progress=False)
     assert any("resuming from" in r.message and "checkpoint-4" in r.message for r in caplog.records)
     state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
+    # The manifest times this session's steps only: the evaluation at step 4 came back with the checkpoint.
+    timing = resumed.manifest.training
+    assert timing["steps"] == 8 and timing["resumed_from_step"] == 4
+    evaluations = [entry for entry in state["log_history"] if "eval_runtime" in entry]
+    assert [entry["step"] for entry in evaluations] == [4, 8]
+    assert timing["dev_evaluation_seconds"] == pytest.approx(evaluations[-1]["eval_runtime"], abs=0.01)
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
@@ -313,8 +319,9 @@ def test_training_group_by_length_batches_sentences_of_like_length(tmp_path, bas
     assert padding[True] < 0.5 * padding[False]
 
 
-def test_training_group_by_length_keyword_follows_the_installed_transformers():
-    """Later transformers 5 releases replaced the ``group_by_length`` flag by ``train_sampling_strategy``."""
+def test_training_group_by_length_keyword_follows_the_transformers_arguments():
+    """Later transformers 5 releases replaced the ``group_by_length`` flag by ``train_sampling_strategy``
+    (stand-in argument classes of both kinds; the installed one is used by the padding test above)."""
     import dataclasses
 
     from stanceclf.train.trainer import _sampling_argument

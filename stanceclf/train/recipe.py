@@ -78,7 +78,9 @@ class TrainingSection(BaseModel):
     precision: Literal["float32", "bf16", "auto"] = "float32"
     #: Batches of sentences of about the same length (transformers' length-grouped sampler) instead of
     #: random ones: far less padding, so fewer operations a step. Off by default, so that a recipe
-    #: written before it still trains the same model.
+    #: written before it still trains the same model. A run resumed in the middle of an epoch sees that
+    #: epoch in another order (transformers draws it before restoring the random state), so some of its
+    #: sentences come twice and others not at all; random batches resume exactly.
     group_by_length: bool = False
 
     @field_validator("eval_every")

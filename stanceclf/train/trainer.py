@@ -287,6 +287,8 @@ def _fit(trainer, recipe: Recipe, fingerprint: str, resume: bool):
     checkpoint = _checkpoint_to_resume(recipe, fingerprint, recipe.run_path, resume, trainer.args.process_index == 0)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
+    # The log history comes back with a resumed checkpoint: the manifest times only this session's steps.
+    trainer.resumed_from_step = _checkpoint_step(checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     # Under mixed precision accelerate wraps forward in autocast; the saved model runs without it.
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
@@ -325,19 +327,27 @@ def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, tr
         "base_model": recipe.base_model,
         "data_fingerprint": info["fingerprint"],
         "training": {"recipe": recipe.model_dump(mode="json", by_alias=True), "wall_seconds": round(elapsed, 1),
-                     # The fine-tuning loop alone, and the dev evaluations inside it (Trainer's own clocks).
-                     "fit_seconds": round(_logged_seconds(trainer, "train_runtime"), 2),
-                     "dev_evaluation_seconds": round(_logged_seconds(trainer, "eval_runtime"), 2),
-                     "steps": int(trainer.state.global_step), "epochs_run": float(trainer.state.epoch or 0),
+                     **_fit_timing(trainer), "epochs_run": float(trainer.state.epoch or 0),
                      "best_checkpoint": trainer.state.best_model_checkpoint, "peak_rss_mb": _peak_rss_mb(),
                      "statistics": statistics(dataset, LabelSchema.from_labels(labels)),
                      "documents": info["documents"], **extra}})
 
 
-def _logged_seconds(trainer, key: str) -> float:
-    """The sum of a timing the Trainer logged (``train_runtime`` once per ``train()``, ``eval_runtime`` per
-    evaluation) over this run's log history."""
-    return float(sum(entry[key] for entry in trainer.state.log_history if key in entry))
+def _checkpoint_step(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def _fit_timing(trainer) -> dict:
+    """The Trainer's own clocks for this session's steps (after ``resumed_from_step`` if it resumed): the
+    fine-tuning loop (its last ``train_runtime``) and the dev evaluations inside it."""
+    start = getattr(trainer, "resumed_from_step", 0)
+    history = trainer.state.log_history
+    fit = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
+    evaluations = [entry["eval_runtime"] for entry in history
+                   if "eval_runtime" in entry and entry.get("step", 0) > start]
+    return {"fit_seconds": round(float(fit[-1]) if fit else 0.0, 2),
+            "dev_evaluation_seconds": round(float(sum(evaluations)), 2),
+            "steps": int(trainer.state.global_step), "resumed_from_step": start}
 
 
 RUN_SIGNATURE = "run-signature.json"
@@ -360,8 +370,9 @@ def _run_signature(recipe: Recipe, fingerprint: str) -> dict:
     dumped.pop("output_dir", None)
     dumped.pop("run_dir", None)
     for (section, key), default in UNSIGNED_AT_DEFAULT.items():
-        if dumped.get(section, {}).get(key, default) == default:
-            dumped.get(section, {}).pop(key, None)
+        values = dumped.get(section) or {}
+        if values.get(key, default) == default:
+            values.pop(key, None)
     if dumped.get("distill"):
         for key in TEACHER_LOCATIONS:
             dumped["distill"].pop(key, None)
