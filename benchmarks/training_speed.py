@@ -5,11 +5,13 @@
 
 Runs ``stanceclf train RECIPE`` for ``--steps`` optimiser steps twice, once with
 ``training.group_by_length=false`` and once with ``true`` (same seed, same data), each in a fresh run
-folder under ``--work``, and reads the Trainer's own timing from the saved model's manifest. Only the training steps are timed: the dev evaluation that ends each run is
-timed apart (``fit_seconds`` and ``dev_evaluation_seconds`` of the saved manifest), and loading the base
-model and building the dataset are left out. Each batch's padding
-is counted from the recipe's tokenizer and the sampler's own order, so the table shows why the speed
-changes. Run it on a quiet machine: anything else on the cores changes the figures.
+folder under ``--work``, and reads the Trainer's own timing from the saved model's manifest. Only the
+training steps are timed: the dev evaluation that ends each run is timed apart (``fit_seconds`` and
+``dev_evaluation_seconds`` of the saved manifest), and loading the base model and building the dataset
+are left out. Each batch's padding is counted from the recipe's tokenizer and an order drawn by the same
+samplers with the recipe's seed (not the very order the Trainer drew), over the labelled training
+sentences only, so the table shows why the speed changes. Run it on a quiet machine: anything else on
+the cores changes the figures.
 """
 
 from __future__ import annotations
@@ -67,14 +69,16 @@ def padding_share(recipe_path: Path, overrides: list[str], steps: int) -> dict[b
     tokenizer = load_base_tokenizer(recipe.base_model)
     lengths = np.array([len(ids) for ids in tokenizer(list(dataset["train"]["text"]), truncation=True,
                                                       max_length=recipe.training.max_length)["input_ids"]])
-    batch = recipe.training.batch_size * recipe.training.gradient_accumulation_steps
+    # The sampler groups by the accumulated batch, as the Trainer's does; padding happens per device batch.
+    batch = recipe.training.batch_size
+    group = batch * recipe.training.gradient_accumulation_steps
     shares = {}
     for grouped in (False, True):
         generator = torch.Generator().manual_seed(recipe.seed)
-        order = (list(LengthGroupedSampler(batch, lengths=lengths.tolist(), generator=generator)) if grouped
+        order = (list(LengthGroupedSampler(group, lengths=lengths.tolist(), generator=generator)) if grouped
                  else torch.randperm(len(lengths), generator=generator).tolist())
         real = padded = 0
-        for start in range(0, min(len(order), steps * batch), batch):
+        for start in range(0, min(len(order), steps * group), batch):
             chunk = lengths[order[start:start + batch]]
             real, padded = real + int(chunk.sum()), padded + int(chunk.max()) * len(chunk)
         shares[grouped] = 1 - real / padded

@@ -115,8 +115,8 @@ def _fold_record(name: str, logits: np.ndarray, labels: np.ndarray, thresholds: 
 
     temperatures = [1.0] * logits.shape[1]
     names = [f"l{j}" for j in range(logits.shape[1])]
-    report = multilabel_report(labels, decide(probabilities(logits, np.asarray(temperatures)), np.asarray(thresholds)),
-                               names)
+    decided = decide(probabilities(logits, np.asarray(temperatures)), np.asarray(thresholds))
+    report = multilabel_report(labels, decided, names)
     return {"name": name, "logits": logits.tolist(), "labels": labels.tolist(), "temperatures": temperatures,
             "thresholds": thresholds, "test_report": report}
 
@@ -157,7 +157,8 @@ def test_benchmarks_threshold_transfer_refuses_a_record_its_thresholds_do_not_re
 
     transfer = _script("threshold_transfer")
     labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
-    record = _fold_record("fold-1", np.array([[2.0, -2.0], [-2.0, 2.0], [2.0, 2.0], [-2.0, -2.0]]), labels, [0.5, 0.5])
+    logits = np.array([[2.0, -2.0], [-2.0, 2.0], [2.0, 2.0], [-2.0, -2.0]])
+    record = _fold_record("fold-1", logits, labels, [0.5, 0.5])
     record["test_report"]["macro"]["f1"] = 0.25
     (tmp_path / "fold-1.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="fold-1: its dev thresholds give macro F1"):

@@ -279,7 +279,8 @@ def test_training_calibrates_on_the_logits_the_served_model_computes(tmp_path, b
 
 
 def test_training_group_by_length_batches_sentences_of_like_length(tmp_path, base_tokenizer):
-    """With ``training.group_by_length`` the training batches carry far less padding (and training runs to the end)."""
+    """With ``training.group_by_length`` the training batches carry far less padding (and training runs to
+    the end)."""
     rng = random.Random(5)
     long_tail = " and the committee met again to discuss the matter at great length" * 3
     documents = []
