@@ -47,7 +47,7 @@ def embed(texts: list[str], base: str, batch_size: int = 64) -> np.ndarray:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from stanceclf.train.base_models import resolve_base
+    from stanceclf.model.base_models import resolve_base
 
     path = resolve_base(base)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -55,6 +55,12 @@ def corpus_sentences(minimum: int = 5000) -> list[str]:
 def job_pipeline(model_dir: str, sentences: list[str]) -> dict:
     from transformers import pipeline
 
+    from stanceclf.model.directory import export_model_directory
+    from stanceclf.model.manifest import ModelManifest
+
+    if ModelManifest.read(Path(model_dir)).stored_weights is not None:
+        # An adapter directory: pipeline runs the same model merged, as `stanceclf export` writes it.
+        model_dir = str(export_model_directory(model_dir, Path(tempfile.mkdtemp()) / "plain"))
     classifier = pipeline("text-classification", model=model_dir, top_k=None)
     classifier(sentences[:8])  # warm-up, as for every job
     start = time.perf_counter()

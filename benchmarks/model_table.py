@@ -5,7 +5,7 @@
 
 Everything comes from each model's ``stanceclf.json`` (written by ``stanceclf train``): the
 metrics of the chosen split, the recipe, training wall time and the training process's
-peak RSS; the weight size is the size of ``model.safetensors`` on disk.
+peak RSS; the weight size is the size of ``model.safetensors`` (or of an adapter directory's adapter) on disk.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from report import publish  # benchmarks/report.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stanceclf.model.directory import weights_file  # noqa: E402
 from stanceclf.model.manifest import ModelManifest  # noqa: E402
 from stanceclf.model.metrics import format_metric  # noqa: E402
 
@@ -45,7 +46,7 @@ def main() -> None:
             raise SystemExit(f"{directory}: no {args.split!r} metrics in the manifest ({list(manifest.metrics)})")
         training = manifest.training
         settings = training.get("recipe", {}).get("training", {})
-        size = (directory / "model.safetensors").stat().st_size / 1e6
+        size = weights_file(directory).stat().st_size / 1e6
         fmt = format_metric  # "-" for a metric left undefined (a label without positives in the split)
         precision = settings.get("precision", "float32")
         method = f"{settings.get('method')}{'' if precision == 'float32' else ', ' + precision} " \

@@ -29,7 +29,7 @@ def base_tokenizer():
     """The packaged base's tokenizer (local files, no weights loaded)."""
     from transformers import AutoTokenizer
 
-    from stanceclf.train.base_models import resolve_base
+    from stanceclf.model.base_models import resolve_base
 
     return AutoTokenizer.from_pretrained(resolve_base("packaged:all-minilm-l6-v2"))
 

@@ -100,3 +100,61 @@ def test_architectures_position_limit_counts_mpnet_padding_offset(make_tiny_mode
     ids = torch.full((1, usable), 1000, dtype=torch.long)
     with torch.inference_mode():
         assert model.model(input_ids=ids).logits.shape == (1, 3)
+
+
+def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_base(tmp_path, base_tokenizer,
+                                                                                  architecture):
+    pytest.importorskip("peft")
+    from transformers import pipeline
+
+    from stanceclf.errors import ModelDirectoryError
+    from stanceclf.model.directory import file_sha256
+
+    base = tmp_path / "base"
+    tiny_of(architecture, base_tokenizer).save_pretrained(base)
+    base_tokenizer.save_pretrained(base)
+    recipe = load_recipe(write_recipe(tmp_path), [f"base_model={base}", "training.method=lora",
+                                                  "training.lora_storage=adapter", "training.max_steps=4",
+                                                  "training.eval_every=4", "training.learning_rate=1e-2"])
+    trained = train(recipe, progress=False)
+    folder = tmp_path / "model"
+    assert not (folder / "model.safetensors").exists()
+    adapter_bytes = (folder / "adapter_model.safetensors").stat().st_size
+    assert adapter_bytes < (base / "model.safetensors").stat().st_size
+    manifest = json.loads((folder / "stanceclf.json").read_text())
+    assert manifest["format_version"] == 2
+    assert manifest["stored_weights"] == {"kind": "lora-adapter", "base": str(base.resolve()),
+                                          "base_sha256": file_sha256(base / "model.safetensors")}
+
+    reloaded = StanceModel.from_pretrained(folder)
+    reference, _ = reloaded.predict_proba(TEXTS)
+    original, _ = trained.predict_proba(TEXTS)
+    np.testing.assert_allclose(reference, original, atol=1e-5)
+    for backend in BACKENDS:
+        scores, _ = reloaded.accelerated(backend).predict_proba(TEXTS)
+        assert np.abs(scores - reference).max() <= 0.02, backend
+    # Saved again, it stays an adapter; exported, it is a plain folder that pipeline reads.
+    reloaded.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "again" / "model.safetensors").exists()
+    plain = export_model_directory(folder, tmp_path / "plain")
+    assert not (plain / "adapter_model.safetensors").exists()
+    assert "stored_weights" not in json.loads((plain / "stanceclf.json").read_text())
+    np.testing.assert_allclose(StanceModel.from_pretrained(plain).predict_proba(TEXTS)[0], reference, atol=1e-5)
+    assert {item["label"] for item in pipeline("text-classification", model=str(plain), top_k=None)(TEXTS[:1])[0]} \
+        == set(reloaded.labels)
+
+    # Other weights at the base's path: refused, never merged into wrong scores.
+    tiny_of(architecture, base_tokenizer, seed=1).save_pretrained(base)
+    with pytest.raises(ModelDirectoryError, match="trained on base weights with sha256"):
+        StanceModel.from_pretrained(folder)
+
+
+def test_architectures_lora_storage_adapter_needs_lora_and_is_not_signed(tmp_path):
+    from stanceclf.train.trainer import _run_signature
+
+    with pytest.raises(Exception, match="needs method = 'lora'"):
+        load_recipe(write_recipe(tmp_path), ["training.lora_storage=adapter"])
+    merged = load_recipe(write_recipe(tmp_path), ["training.method=lora"])
+    stored = load_recipe(write_recipe(tmp_path), ["training.method=lora", "training.lora_storage=adapter"])
+    assert _run_signature(merged, "data") == _run_signature(stored, "data")

@@ -11,8 +11,8 @@ import zipfile
 import pytest
 
 from stanceclf.errors import BaseModelError
-from stanceclf.train import base_models
-from stanceclf.train.base_models import PACKAGED_BASES, PackagedBase, SplitZip, resolve_base
+from stanceclf.model import base_models
+from stanceclf.model.base_models import PACKAGED_BASES, PackagedBase, SplitZip, resolve_base
 
 WEIGHTS = bytes(range(256)) * 4000  # ~1 MB standing in for model.safetensors
 FAKE_SHA = hashlib.sha256(WEIGHTS).hexdigest()

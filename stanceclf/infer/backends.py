@@ -47,7 +47,7 @@ import numpy as np
 from stanceclf.cache import cache_dir
 from stanceclf.errors import BackendError
 from stanceclf.model.architectures import architecture_of
-from stanceclf.model.directory import manifest_digest
+from stanceclf.model.directory import manifest_digest, weights_file
 
 
 @dataclass(frozen=True)
@@ -242,8 +242,8 @@ def _cache_key(model, threads: int | None) -> str | None:
 
     import torch
 
-    weights = model.path / "model.safetensors" if model.path is not None else None
-    if weights is None or not weights.exists():
+    weights = weights_file(model.path)
+    if weights is None:
         return None
     try:
         onnxruntime = md.version("onnxruntime")

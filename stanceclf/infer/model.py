@@ -17,7 +17,7 @@ from stanceclf.data.documents import unicode_problem
 from stanceclf.data.language import warn_if_not_english
 from stanceclf.infer.results import Prediction
 from stanceclf.model.decision import decide, probabilities, reported_scores
-from stanceclf.model.directory import check_head, load_model_directory, save_model_directory
+from stanceclf.model.directory import check_head, load_model_directory, read_adapter, save_model_directory
 from stanceclf.model.manifest import ModelManifest
 
 
@@ -61,8 +61,11 @@ class StanceModel:
     """A loaded model: ``classify`` texts, read its ``labels`` and ``thresholds``."""
 
     def __init__(self, model, tokenizer, manifest: ModelManifest, path: str | Path | None = None, *,
-                 encoder=None, backend: str = "torch"):
+                 encoder=None, backend: str = "torch", adapter=None):
         self.model = model.eval()
+        #: The LoRA adapter ``model`` was merged from (:mod:`stanceclf.model.adapter`), if it is to be saved
+        #: as one: a model read from an adapter directory, or trained with ``training.lora_storage = "adapter"``.
+        self.adapter = adapter
         #: Runs the forward pass instead of ``model`` when set (a fast path, see :mod:`stanceclf.infer.backends`).
         self.encoder = encoder
         #: Which forward pass runs: "torch" (fp32), "bf16" or "onnx".
@@ -101,12 +104,12 @@ class StanceModel:
         """Load a model directory. ``fast`` picks a faster CPU path: ``True`` (the fastest on this
         machine, measured once and cached) or a backend's name; see :mod:`stanceclf.infer.backends`."""
         model, tokenizer, manifest = load_model_directory(path)
-        loaded = cls(model, tokenizer, manifest, path)
+        loaded = cls(model, tokenizer, manifest, path, adapter=read_adapter(path, manifest))
         return loaded.accelerated(fast) if fast else loaded
 
     def save_pretrained(self, path: str | Path, *, storage_dtype: str = "float32", model_card: bool = True) -> Path:
         self.path = save_model_directory(self.model, self.tokenizer, self.manifest, path,
-                                         storage_dtype=storage_dtype, model_card=model_card)
+                                         storage_dtype=storage_dtype, model_card=model_card, adapter=self.adapter)
         return self.path
 
     def accelerated(self, backend: bool | str = "auto", *, threads: int | None = None) -> "StanceModel":
@@ -116,11 +119,13 @@ class StanceModel:
         from stanceclf.infer.backends import AUTO, build_encoder, choose_backend, resolve_backend
 
         backend = resolve_backend(backend)
-        fp32 = self if self.encoder is None else StanceModel(self.model, self.tokenizer, self.manifest, self.path)
+        fp32 = self if self.encoder is None else StanceModel(self.model, self.tokenizer, self.manifest, self.path,
+                                                             adapter=self.adapter)
         if backend == AUTO:
             return choose_backend(fp32, threads=threads)[1]
         encoder = build_encoder(backend, self.model, threads=threads)
-        return StanceModel(self.model, self.tokenizer, self.manifest, self.path, encoder=encoder, backend=backend)
+        return StanceModel(self.model, self.tokenizer, self.manifest, self.path, encoder=encoder, backend=backend,
+                           adapter=self.adapter)
 
     # ---- inference --------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:

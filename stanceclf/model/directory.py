@@ -46,6 +46,8 @@ def load_model_directory(path: str | Path, *, runtime: str = "auto"):
     manifest = check_model_directory(path)
     config = load_json_object(path / CONFIG_NAME, ModelDirectoryError, "model config")
     tokenizer = _read_tokenizer(path)
+    if manifest.stored_weights is not None:
+        return _load_adapter_directory(path, manifest, config, tokenizer, runtime)
     shapes = _weight_shapes(path / WEIGHTS_NAME)
     check_consistency(config, shapes, tokenizer.vocab_size, manifest, path)
     from stanceclf.model.native import BertClassifier, read_float32_tensors, runs_natively
@@ -55,6 +57,36 @@ def load_model_directory(path: str | Path, *, runtime: str = "auto"):
     else:
         model, tokenizer = _load_with_transformers(path)
     _check_finite(model, path / WEIGHTS_NAME)
+    return model, tokenizer, manifest
+
+
+def read_adapter(path: str | Path, manifest: ModelManifest | None = None):
+    """The :class:`~stanceclf.model.adapter.LoraAdapter` of an adapter directory, None for a plain one."""
+    from stanceclf.model.adapter import LoraAdapter
+
+    manifest = manifest or check_model_directory(path)
+    stored = manifest.stored_weights
+    return None if stored is None else LoraAdapter.read(path, stored.base, stored.base_sha256)
+
+
+def _load_adapter_directory(path: Path, manifest: ModelManifest, config: dict, tokenizer, runtime: str):
+    """The base with the directory's adapter merged (see :mod:`stanceclf.model.adapter`)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from stanceclf.model.adapter import ADAPTER_WEIGHTS_NAME
+    from stanceclf.model.native import BertClassifier, runs_natively
+
+    merged = read_adapter(path, manifest).merged_model(
+        AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True), path)
+    tensors = {name: tensor.detach().float() for name, tensor in merged.state_dict().items()}
+    check_consistency(config, {name: list(t.shape) for name, t in tensors.items()}, tokenizer.vocab_size,
+                      manifest, path)
+    if runtime == "auto" and runs_natively(config):
+        model = BertClassifier.from_tensors(config, tensors, str(path / ADAPTER_WEIGHTS_NAME))
+    else:
+        model = merged.eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    _check_finite(model, path / ADAPTER_WEIGHTS_NAME)
     return model, tokenizer, manifest
 
 
@@ -147,10 +179,18 @@ def check_model_directory(path: str | Path) -> ModelManifest:
     if not path.is_dir():
         raise ModelDirectoryError("model directory not found", where=str(path))
     manifest = ModelManifest.read(path)
-    missing = [f"{name} ({why})" for name, why in REQUIRED_FILES.items() if not (path / name).is_file()]
+    missing = [f"{name} ({why})" for name, why in _required_files(manifest).items() if not (path / name).is_file()]
     if missing:
         raise ModelDirectoryError("incomplete model directory, missing " + "; ".join(missing), where=str(path))
     return manifest
+
+
+def _required_files(manifest: ModelManifest) -> dict[str, str]:
+    if manifest.stored_weights is None:
+        return REQUIRED_FILES
+    from stanceclf.model.adapter import ADAPTER_FILES
+
+    return {**{name: why for name, why in REQUIRED_FILES.items() if name != WEIGHTS_NAME}, **ADAPTER_FILES}
 
 
 def check_head(config, manifest: ModelManifest, path: str | Path | None = None) -> None:
@@ -172,45 +212,76 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def weights_file(directory: str | Path | None) -> Path | None:
+    """The file that holds a model directory's own weights (``model.safetensors``, or an adapter
+    directory's adapter), if there is one; None for a model never saved."""
+    from stanceclf.model.adapter import ADAPTER_WEIGHTS_NAME
+
+    if directory is None:
+        return None
+    for name in (WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    return None
+
+
 def weights_digest(directory: str | Path | None) -> str | None:
     """The sha256 (hex) of a model directory's weights file; None for a model never saved."""
-    weights = Path(directory) / WEIGHTS_NAME if directory is not None else None
-    return file_sha256(weights) if weights is not None and weights.exists() else None
+    weights = weights_file(directory)
+    return file_sha256(weights) if weights is not None else None
 
 
 def manifest_digest(manifest: ModelManifest) -> str:
     """The sha256 (hex) of a manifest's JSON: what tells apart two models that share weights
     (other thresholds or labels), and identifies a model that was never saved."""
-    return hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
+    return hashlib.sha256(manifest.to_json().encode()).hexdigest()
 
 
 def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | Path, *,
-                         storage_dtype: str = "float32", model_card: bool = True) -> Path:
+                         storage_dtype: str = "float32", model_card: bool = True, adapter=None) -> Path:
     """Write a model directory. ``storage_dtype="float16"`` halves the stored weights while the
     config keeps float32 as the run dtype, so every loader (ours and ``pipeline``) computes in float32.
-    The caller's model is left in the dtype it had."""
+    The caller's model is left in the dtype it had. With ``adapter`` (a
+    :class:`~stanceclf.model.adapter.LoraAdapter` of this model) only the adapter is stored, and the
+    manifest pins its base."""
     import torch
+
+    from stanceclf.model.adapter import ADAPTER_FILES
+    from stanceclf.model.manifest import StoredWeights
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    # A directory saved over holds no weights of the other form, which would contradict the new ones.
+    for stale in ([WEIGHTS_NAME] if adapter is not None else list(ADAPTER_FILES)):
+        (path / stale).unlink(missing_ok=True)
     model.config.problem_type = "multi_label_classification"
-    original = next(model.parameters()).dtype
-    model.to(torch.float16 if storage_dtype == "float16" else torch.float32)
     before = set(path.iterdir())
-    try:
-        # One shard of a small model: no "Writing model shards" bar.
+    if adapter is not None:
+        # to_dict, not save_pretrained: a natively loaded BERT carries a plain config.
+        (path / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         with library_output("transformers", "huggingface_hub"):
-            model.save_pretrained(path, safe_serialization=True)
             tokenizer.save_pretrained(path)
-    finally:
-        model.to(original)
+        adapter.save(path, storage_dtype=storage_dtype)
+        manifest = manifest.model_copy(update={"stored_weights": StoredWeights(
+            base=adapter.base, base_sha256=adapter.base_sha256)})
+    else:
+        original = next(model.parameters()).dtype
+        model.to(torch.float16 if storage_dtype == "float16" else torch.float32)
+        try:
+            # One shard of a small model: no "Writing model shards" bar.
+            with library_output("transformers", "huggingface_hub"):
+                model.save_pretrained(path, safe_serialization=True)
+                tokenizer.save_pretrained(path)
+        finally:
+            model.to(original)
+        manifest = manifest.model_copy(update={"stored_weights": None})
     _run_dtype_float32(path / CONFIG_NAME)
     manifest.write(path)
     if model_card:
         from stanceclf.model.card import write_model_card
 
         write_model_card(path, manifest)
-    _default_permissions(sorted(set(path.iterdir()) - before | {path / name for name in REQUIRED_FILES}))
+    _default_permissions(sorted(set(path.iterdir()) - before | {path / name for name in _required_files(manifest)}))
     return path
 
 

@@ -21,7 +21,9 @@ from stanceclf.errors import ModelDirectoryError, describe_validation_error, loa
 
 MANIFEST_NAME = "stanceclf.json"
 FORMAT_NAME = "stanceclf-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The format of a manifest that names no ``stored_weights``: what stanceclf before adapters wrote and reads.
+PLAIN_FORMAT_VERSION = 1
 
 
 def library_versions() -> dict[str, str]:
@@ -38,13 +40,26 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+class StoredWeights(BaseModel):
+    """How a model directory stores weights that are not all in its ``model.safetensors``:
+    a LoRA adapter over a base (:mod:`stanceclf.model.adapter`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["lora-adapter"] = "lora-adapter"
+    #: The base as the recipe named it: ``packaged:<name>``, a folder, or a hub id.
+    base: str
+    #: sha256 of the base's ``model.safetensors``: loading refuses any other weights.
+    base_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class ModelManifest(BaseModel):
     """Everything beyond the weights that prediction needs, and where the model came from."""
 
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["stanceclf-model"] = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
+    format_version: int = PLAIN_FORMAT_VERSION
     label_schema: LabelSchema
     thresholds: dict[str, float]
     temperatures: dict[str, float]
@@ -55,6 +70,8 @@ class ModelManifest(BaseModel):
     metrics: dict = {}
     training: dict = {}
     library_versions: dict[str, str] = Field(default_factory=library_versions)
+    #: None: every weight is in model.safetensors.
+    stored_weights: StoredWeights | None = None
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     @model_validator(mode="after")
@@ -76,7 +93,15 @@ class ModelManifest(BaseModel):
         return self.label_schema.label_names
 
     def write(self, directory: Path) -> None:
-        (directory / MANIFEST_NAME).write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        # A manifest that stanceclf before adapters can read says version 1; one it would misread, the newer.
+        version = FORMAT_VERSION if self.stored_weights else PLAIN_FORMAT_VERSION
+        data = self.model_copy(update={"format_version": version})
+        (directory / MANIFEST_NAME).write_text(data.to_json(indent=2) + "\n", encoding="utf-8")
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """The manifest's JSON; a plain model's leaves out ``stored_weights``, so that it reads (and hashes)
+        exactly as before adapters existed."""
+        return self.model_dump_json(indent=indent, exclude={"stored_weights"} if self.stored_weights is None else None)
 
     @classmethod
     def read(cls, directory: Path) -> "ModelManifest":

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stanceclf.train.base_models import DEFAULT_BASE
+from stanceclf.model.base_models import DEFAULT_BASE
 from stanceclf.data.dataset import AnnotationSource, BuildConfig
 from stanceclf.errors import RecipeError, describe_validation_error, load_toml
 
@@ -71,6 +71,9 @@ class TrainingSection(BaseModel):
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    #: How a LoRA model is saved: merged into full weights (any tool loads it), or as the adapter alone
+    #: plus the pinned base (a few MB; stanceclf, or peft with the base, loads it). See stanceclf.model.adapter.
+    lora_storage: Literal["merged", "adapter"] = "merged"
     #: float16 halves the stored weights (the model still runs in float32).
     storage_dtype: Literal["float32", "float16"] = "float32"
     #: Arithmetic of the forward and backward passes: float32, or bfloat16 mixed precision
@@ -89,6 +92,12 @@ class TrainingSection(BaseModel):
         if isinstance(value, int) and value < 1:
             raise ValueError(f"must be 'epoch' or a positive number of steps, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self) -> "TrainingSection":
+        if self.lora_storage == "adapter" and self.method != "lora":
+            raise ValueError("lora_storage = 'adapter' stores a LoRA adapter: it needs method = 'lora'")
+        return self
 
 
 class DistillSection(BaseModel):
@@ -227,6 +236,14 @@ class Recipe(BaseModel):
                 and not self.distill.teacher_recipes):
             raise ValueError("calibration.thresholds = 'cross-validation' with [distill] needs distill.teacher_recipe: "
                              "each out-of-fold student learns from teachers trained on its own documents")
+        return self
+
+    @model_validator(mode="after")
+    def _adapter_fits_its_base(self) -> "Recipe":
+        if (self.training.lora_storage == "adapter" and self.distill is not None
+                and self.distill.student_layers is not None):
+            raise ValueError("training.lora_storage = 'adapter' stores weights relative to the base, but "
+                             "distill.student_layers drops some of the base's layers: use lora_storage = 'merged'")
         return self
 
     @property

@@ -29,7 +29,8 @@ from stanceclf.model.architectures import architecture_of
 from stanceclf.model.decision import decide, probabilities
 from stanceclf.progress import library_output, wants_progress
 from stanceclf.model.manifest import ModelManifest
-from stanceclf.train.base_models import resolve_base
+from stanceclf.model.adapter import LoraAdapter
+from stanceclf.model.base_models import resolve_base
 from stanceclf.train.calibration import calibrate
 from stanceclf.model.metrics import expected_calibration_error, multilabel_report
 from stanceclf.train.recipe import Recipe
@@ -172,8 +173,10 @@ def fit_and_calibrate(recipe: Recipe, dataset, schema: LabelSchema, *, model, to
     ``calibration`` (temperatures, thresholds) replaces fitting them on dev; ``train_rows`` (distillation)
     replaces the train split's rows."""
     trainer = _make_trainer(recipe, model, tokenizer, dataset, progress, train_rows=train_rows)
-    fitted = _fit(trainer, recipe, fingerprint, resume)
-    return _calibrate_and_evaluate(fitted, tokenizer, dataset, schema, recipe.training.max_length, calibration), trainer
+    fitted, adapter = _fit(trainer, recipe, fingerprint, resume)
+    result = _calibrate_and_evaluate(fitted, tokenizer, dataset, schema, recipe.training.max_length, calibration)
+    result.adapter = adapter
+    return result, trainer
 
 
 def _prepared_data(recipe: Recipe, schema: LabelSchema):
@@ -283,7 +286,8 @@ def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, 
 
 
 def _fit(trainer, recipe: Recipe, fingerprint: str, resume: bool):
-    """Phase 3: fine-tune (resuming a checkpoint of this very run), and return the plain float32-ready model."""
+    """Phase 3: fine-tune (resuming a checkpoint of this very run); ``(model, adapter)``: the plain float32-ready
+    model, and its LoRA adapter when the recipe stores one."""
     checkpoint = _checkpoint_to_resume(recipe, fingerprint, recipe.run_path, resume, trainer.args.process_index == 0)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
@@ -292,7 +296,10 @@ def _fit(trainer, recipe: Recipe, fingerprint: str, resume: bool):
     trainer.train(resume_from_checkpoint=checkpoint)
     # Under mixed precision accelerate wraps forward in autocast; the saved model runs without it.
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    return model.merge_and_unload() if recipe.training.method == "lora" else model
+    if recipe.training.method != "lora":
+        return model, None
+    adapter = LoraAdapter.from_peft(model, recipe.base_model) if recipe.training.lora_storage == "adapter" else None
+    return model.merge_and_unload(), adapter
 
 
 def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_length: int,
@@ -362,6 +369,9 @@ TEACHER_LOCATIONS = ("teacher", "teacher_recipe", "scores_dir")
 #: before they existed. At that value a signature leaves them out, so that earlier records stay valid
 #: (``benchmarks/results/crossval/`` keeps fold records that took hours); any other value is signed.
 UNSIGNED_AT_DEFAULT = {("training", "group_by_length"): False}
+#: Recipe options that never change the trained model (only how it is stored): a run or fold record
+#: made with one value is valid for any other.
+UNSIGNED = {("training", "lora_storage")}
 
 
 def _run_signature(recipe: Recipe, fingerprint: str) -> dict:
@@ -373,6 +383,8 @@ def _run_signature(recipe: Recipe, fingerprint: str) -> dict:
         values = dumped.get(section) or {}
         if values.get(key, default) == default:
             values.pop(key, None)
+    for section, key in UNSIGNED:
+        (dumped.get(section) or {}).pop(key, None)
     if dumped.get("distill"):
         for key in TEACHER_LOCATIONS:
             dumped["distill"].pop(key, None)

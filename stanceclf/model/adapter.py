@@ -1,0 +1,182 @@
+"""Model directories stored as a base model plus a LoRA adapter.
+
+A model trained with ``training.method = "lora"`` can be saved as its adapter alone
+(``training.lora_storage = "adapter"``): a few MB in place of every weight, which is what lets
+a 110M-parameter MPNet model be committed to git or mailed. The directory then holds peft's
+own ``adapter_config.json`` and ``adapter_model.safetensors`` in place of ``model.safetensors``,
+and its manifest names the base and pins the sha256 of the base's weights.
+
+Loading builds the base (a packaged base is assembled and verified as for training), adds the
+adapter and merges it, so that everything after loading (the fast backends, export, serving)
+sees an ordinary model. A base whose weights are not the pinned ones is refused: the adapter
+was trained on other numbers and its scores would be wrong without any sign of it.
+``stanceclf export`` writes the merged model as a plain folder, for tools that expect one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from stanceclf.errors import ModelDirectoryError, RecipeError
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_FILES = {
+    ADAPTER_CONFIG_NAME: "the LoRA adapter's settings",
+    ADAPTER_WEIGHTS_NAME: "the LoRA adapter's weights and the trained head (only safetensors are loaded)",
+}
+BASE_WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class LoraAdapter:
+    """A trained LoRA adapter and the base it belongs to: what an adapter directory stores."""
+
+    #: peft's ``LoraConfig``.
+    config: object
+    #: peft's adapter state dict (LoRA factors and the fully trained head), float32 on the CPU.
+    tensors: dict
+    #: The base as the recipe named it: ``packaged:<name>``, a folder or a hub id.
+    base: str
+    #: sha256 of the base's ``model.safetensors``: the only weights this adapter is valid on.
+    base_sha256: str
+
+    @classmethod
+    def from_peft(cls, peft_model, base: str) -> "LoraAdapter":
+        """The adapter of a trained (not yet merged) peft model whose base is ``base``."""
+        import torch
+        from peft import get_peft_model_state_dict
+
+        from stanceclf.model.base_models import PACKAGED_PREFIX
+
+        if not base.startswith(PACKAGED_PREFIX) and Path(base).expanduser().is_dir():
+            base = str(Path(base).expanduser().resolve())  # a local base: the folder, wherever it was run from
+        tensors = {name: tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+                   for name, tensor in get_peft_model_state_dict(peft_model).items()}
+        return cls(config=peft_model.peft_config["default"], tensors=tensors, base=base,
+                   base_sha256=base_weights_sha256(base))
+
+    @classmethod
+    def read(cls, path: str | Path, base: str, base_sha256: str) -> "LoraAdapter":
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise ModelDirectoryError("this model directory stores a LoRA adapter, which needs peft: "
+                                      "pip install 'stanceclf[lora]'", where=str(path)) from None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            config = LoraConfig.from_pretrained(str(path))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelDirectoryError(f"not a LoRA adapter config peft can read: {exc}",
+                                      where=str(path / ADAPTER_CONFIG_NAME)) from None
+        try:
+            tensors = {name: tensor.float() for name, tensor in load_file(path / ADAPTER_WEIGHTS_NAME).items()}
+        except (SafetensorError, OSError) as exc:
+            raise ModelDirectoryError(f"not a readable safetensors file (truncated or corrupt?): {exc}",
+                                      where=str(path / ADAPTER_WEIGHTS_NAME)) from None
+        return cls(config=config, tensors=tensors, base=base, base_sha256=base_sha256)
+
+    def save(self, path: Path, *, storage_dtype: str = "float32") -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        dtype = torch.float16 if storage_dtype == "float16" else torch.float32
+        # peft's format, with the hub id of a packaged base: peft alone can load it for users online.
+        self.config.base_model_name_or_path = _hub_id(self.base)
+        self.config.save_pretrained(str(path))
+        save_file({name: tensor.to(dtype).contiguous() for name, tensor in self.tensors.items()},
+                  str(path / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+
+    def merged_model(self, config, where: Path):
+        """The base, verified, with this adapter added and merged: a plain transformers model."""
+        from peft import get_peft_model, set_peft_model_state_dict
+        from transformers import AutoModelForSequenceClassification
+
+        from stanceclf.progress import library_output
+
+        folder = verified_base_folder(self.base, self.base_sha256, where)
+        with library_output("transformers", "huggingface_hub"):
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    folder, config=config, use_safetensors=True, trust_remote_code=False, local_files_only=True)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ModelDirectoryError(f"the base {self.base!r} does not fit this model's config.json: {exc}",
+                                          where=str(where)) from None
+        wrapped = get_peft_model(model, self.config)
+        result = set_peft_model_state_dict(wrapped, self.tensors)
+        # The base's own tensors are "missing" from an adapter; an adapter tensor not loaded is not.
+        missing = [name for name in result.missing_keys if "lora_" in name or "modules_to_save" in name]
+        if result.unexpected_keys or missing:
+            raise ModelDirectoryError(
+                f"{ADAPTER_WEIGHTS_NAME} does not fit {ADAPTER_CONFIG_NAME} on this base: "
+                f"unexpected {sorted(result.unexpected_keys)[:5]}, missing {sorted(missing)[:5]}",
+                where=str(where / ADAPTER_WEIGHTS_NAME))
+        return wrapped.merge_and_unload()
+
+
+def base_weights_sha256(base: str) -> str:
+    """sha256 of a base's ``model.safetensors`` (the base as a recipe names it)."""
+    from stanceclf.model.base_models import PACKAGED_BASES, PACKAGED_PREFIX
+
+    if base.startswith(PACKAGED_PREFIX) and base[len(PACKAGED_PREFIX):] in PACKAGED_BASES:
+        return PACKAGED_BASES[base[len(PACKAGED_PREFIX):]].sha256  # verified when the base was resolved
+    weights = _base_folder(base) / BASE_WEIGHTS_NAME
+    if not weights.is_file():
+        raise RecipeError(f"the base {base!r} has no {BASE_WEIGHTS_NAME}: an adapter can only be stored "
+                          "against safetensors weights (set training.lora_storage = 'merged')")
+    return _file_sha256(weights)
+
+
+def verified_base_folder(base: str, expected: str, where: Path) -> Path:
+    """The folder of ``base``, once its weights are known to be the ones the adapter was trained on."""
+    folder = _base_folder(base)
+    weights = folder / BASE_WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelDirectoryError(f"the base {base!r} named in the manifest has no {BASE_WEIGHTS_NAME} in {folder}",
+                                  where=str(where))
+    digest = _file_sha256(weights)
+    if digest != expected:
+        raise ModelDirectoryError(
+            f"the adapter was trained on base weights with sha256 {expected}, but {weights} has {digest}: "
+            "another model's weights, which would give wrong scores", where=str(where))
+    return folder
+
+
+def _base_folder(base: str) -> Path:
+    from stanceclf.model.base_models import resolve_base
+
+    resolved = resolve_base(base)
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    # A hub id: its files, from the local hub cache or (online) downloaded like transformers would.
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(resolved, allow_patterns=["*.json", "*.txt", BASE_WEIGHTS_NAME]))
+    except Exception as exc:  # offline, unknown id, no access: huggingface_hub raises many kinds
+        raise ModelDirectoryError(f"the base {base!r} is neither a packaged base, a folder, nor a hub model "
+                                  f"that can be fetched: {exc}") from None
+
+
+def _hub_id(base: str) -> str:
+    from stanceclf.model.base_models import PACKAGED_BASES, PACKAGED_PREFIX
+
+    name = base[len(PACKAGED_PREFIX):] if base.startswith(PACKAGED_PREFIX) else None
+    return PACKAGED_BASES[name].hub_id if name in PACKAGED_BASES else base
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    from stanceclf.model.directory import file_sha256
+
+    return file_sha256(path)
