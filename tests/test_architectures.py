@@ -32,6 +32,16 @@ def tiny_of(architecture: str, tokenizer, seed: int = 0):
     return build_base_model("unused", load_schema("claim-types"), config=config)
 
 
+def reloaded_scores_match(reloaded: StanceModel, trained: StanceModel, *, atol: float):
+    """The reloaded model scores as the trained one did, and every backend within 0.02 of it: its scores."""
+    reference, _ = reloaded.predict_proba(TEXTS)
+    np.testing.assert_allclose(reference, trained.predict_proba(TEXTS)[0], atol=atol)
+    for backend in BACKENDS:
+        scores, _ = reloaded.accelerated(backend).predict_proba(TEXTS)
+        assert np.abs(scores - reference).max() <= 0.02, backend
+    return reference
+
+
 def test_architectures_train_save_load_every_backend_and_export(tmp_path, base_tokenizer, architecture):
     recipe = load_recipe(write_recipe(tmp_path), ["training.max_steps=6", "training.eval_every=6"])
     trained = train(recipe, model=tiny_of(architecture, base_tokenizer), tokenizer=base_tokenizer, progress=False)
@@ -39,12 +49,7 @@ def test_architectures_train_save_load_every_backend_and_export(tmp_path, base_t
     assert set(trained.manifest.temperatures) == set(trained.labels)
     reloaded = StanceModel.from_pretrained(tmp_path / "model")
     assert reloaded.model.config.model_type == architecture
-    reference, _ = reloaded.predict_proba(TEXTS)
-    original, _ = trained.predict_proba(TEXTS)
-    np.testing.assert_allclose(reference, original, atol=1e-6)
-    for backend in BACKENDS:
-        scores, _ = reloaded.accelerated(backend).predict_proba(TEXTS)
-        assert np.abs(scores - reference).max() <= 0.02, backend
+    reference = reloaded_scores_match(reloaded, trained, atol=1e-6)
     predictions = reloaded.classify("The army will attack the city soon. The museum opened a new wing.")
     assert len(predictions) == 2
 
@@ -127,12 +132,7 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
                                           "base_sha256": file_sha256(base / "model.safetensors")}
 
     reloaded = StanceModel.from_pretrained(folder)
-    reference, _ = reloaded.predict_proba(TEXTS)
-    original, _ = trained.predict_proba(TEXTS)
-    np.testing.assert_allclose(reference, original, atol=1e-5)
-    for backend in BACKENDS:
-        scores, _ = reloaded.accelerated(backend).predict_proba(TEXTS)
-        assert np.abs(scores - reference).max() <= 0.02, backend
+    reference = reloaded_scores_match(reloaded, trained, atol=1e-5)
     # Saved again, it stays an adapter; exported, it is a plain folder that pipeline reads.
     reloaded.save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / "adapter_model.safetensors").exists()
