@@ -130,6 +130,7 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
     assert manifest["format_version"] == 2
     assert manifest["stored_weights"] == {"kind": "lora-adapter", "base": str(base.resolve()),
                                           "base_sha256": file_sha256(base / "model.safetensors")}
+    assert manifest["stored_weights"]["base_sha256"] in (folder / "README.md").read_text()  # the card says so
 
     reloaded = StanceModel.from_pretrained(folder)
     reference = reloaded_scores_match(reloaded, trained, atol=1e-5)

@@ -24,7 +24,8 @@ def render_model_card(manifest, notes: str = "") -> str:
         "",
         "Sentence-level multi-label classifier made with [stanceclf](https://pypi.org/project/stanceclf/). "
         "Load it with `stanceclf.load(DIR)` (calibrated scores, tuned thresholds, sentence splitting) or with "
-        "`transformers.pipeline('text-classification', model=DIR, top_k=None)` (raw sigmoid scores, no thresholds).",
+        + ("`transformers.pipeline('text-classification', model=DIR, top_k=None)` (raw sigmoid scores, no thresholds)."
+           if manifest.stored_weights is None else _adapter_note(manifest.stored_weights)),
         "",
         "## Labels",
         "",
@@ -77,6 +78,12 @@ def render_model_card(manifest, notes: str = "") -> str:
     if notes.strip():
         lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
+
+
+def _adapter_note(stored) -> str:
+    return ("`transformers.pipeline` on the plain folder that `stanceclf export DIR OUT` writes. This directory "
+            f"holds a LoRA adapter, not every weight: loading (which needs peft, `pip install 'stanceclf[lora]'`) "
+            f"adds it to the base `{stored.base}`, whose `model.safetensors` must have sha256 `{stored.base_sha256}`.")
 
 
 def _calibrated_on(training: dict) -> str:
