@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -214,15 +215,14 @@ def main() -> None:
     scaling_backend = auto if resolve_backend(args.scaling_backend) == AUTO else args.scaling_backend
     described = {"bf16": "bfloat16 matrix products", "onnx": "ONNX Runtime, fused attention"}
     lines = ["# Inference throughput and memory", "",
-             f"Command: `python benchmarks/inference.py --model {args.model}"
-             + (f" --scaling-backend {args.scaling_backend}" if args.scaling_backend != "auto" else "")
-             + (f" --write {args.write}`" if args.write else "`"),
+             "Command: `python benchmarks/inference.py " + shlex.join(sys.argv[1:]) + "`",
              f"Date {datetime.date.today()}, {platform.machine()} ({cpu_model()}), "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {__import__('torch').__version__}, "
              f"transformers {__import__('transformers').__version__}. "
              f"`fast=True` on this machine chose `{auto}` by measuring. "
              "One run each; this machine varies by up to 40% from run to run.",
-             f"Input: {n} sentences from the 200 SemEval-2025 articles and the 57 PTC dev articles "
+             f"Input: {'the first ' if args.limit else ''}{n} sentences of the 200 SemEval-2025 articles and the "
+             "57 PTC dev articles "
              f"(mean {fp32['tokens'] / n:.1f} tokens; padding overhead with length-sorted batches "
              f"{fp32['padded_tokens'] / fp32['tokens'] - 1:.1%}).", "",
              "| system | sentences/s | vs pipeline | peak RSS MB |", "|---|---:|---:|---:|",
@@ -235,7 +235,7 @@ def main() -> None:
                      f"{rate(result['seconds']):.1f} | {rate(result['seconds']) / base:.1f}x | "
                      f"{result['peak_rss_mb']:.0f} |")
     for label, row in (("fp32", score), (f"`--fast` ({auto})", score_fast)):
-        lines.append(f"| `stanceclf score` on the articles (splitting, I/O, process start included), {label} | "
+        lines.append(f"| `stanceclf score` on {len(documents)} articles (splitting, I/O, process start included), {label} | "
                      f"{rate(row['seconds'], row['sentences']):.1f} | "
                      f"{rate(row['seconds'], row['sentences']) / base:.1f}x | {row['peak_rss_mb']:.0f} |")
     lines += ["",
