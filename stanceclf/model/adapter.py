@@ -15,6 +15,8 @@ was trained on other numbers and its scores would be wrong without any sign of i
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -94,7 +96,7 @@ class LoraAdapter:
 
     def merged_model(self, config, where: Path):
         """The base, verified, with this adapter added and merged: a plain transformers model."""
-        from peft import get_peft_model, set_peft_model_state_dict
+        from peft import set_peft_model_state_dict
         from transformers import AutoModelForSequenceClassification
 
         from stanceclf.progress import library_output
@@ -107,7 +109,11 @@ class LoraAdapter:
             except (OSError, ValueError, RuntimeError) as exc:
                 raise ModelDirectoryError(f"the base {self.base!r} does not fit this model's config.json: {exc}",
                                           where=str(where)) from None
-        wrapped = get_peft_model(model, self.config)
+        # The saved config names the base by its hub id (for peft users); here the base is the verified
+        # folder, so name that, or peft warns on every load that the name changed.
+        config = copy.copy(self.config)
+        config.base_model_name_or_path = str(folder)
+        wrapped = with_lora(model, config)
         result = set_peft_model_state_dict(wrapped, self.tensors)
         # The base's own tensors are "missing" from an adapter; an adapter tensor not loaded is not.
         missing = [name for name in result.missing_keys if "lora_" in name or "modules_to_save" in name]
@@ -117,6 +123,16 @@ class LoraAdapter:
                 f"unexpected {sorted(result.unexpected_keys)[:5]}, missing {sorted(missing)[:5]}",
                 where=str(where / ADAPTER_WEIGHTS_NAME))
         return wrapped.merge_and_unload()
+
+
+def with_lora(model, config):
+    """``model`` wrapped by peft with the LoRA ``config`` (training and loading both come here)."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        # peft asks transformers a deprecated question; nothing a user of stanceclf can act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def base_weights_sha256(base: str) -> str:

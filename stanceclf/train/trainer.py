@@ -29,7 +29,7 @@ from stanceclf.model.architectures import architecture_of
 from stanceclf.model.decision import decide, probabilities
 from stanceclf.progress import library_output, wants_progress
 from stanceclf.model.manifest import ModelManifest
-from stanceclf.model.adapter import LoraAdapter
+from stanceclf.model.adapter import LoraAdapter, with_lora
 from stanceclf.model.base_models import resolve_base
 from stanceclf.train.calibration import calibrate
 from stanceclf.model.metrics import expected_calibration_error, multilabel_report
@@ -435,14 +435,14 @@ def _evaluate_logits(logits, y_true, labels, temperatures, thresholds) -> dict:
 
 def _wrap_lora(model, settings):
     try:
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, TaskType
     except ImportError:
         raise RecipeError("training.method = 'lora' needs peft: pip install 'stanceclf[lora]'") from None
     targets = architecture_of(model.config).lora_targets
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=settings.lora_r, lora_alpha=settings.lora_alpha,
                         lora_dropout=settings.lora_dropout,
                         target_modules=targets if isinstance(targets, str) else list(targets))
-    return get_peft_model(model, config)
+    return with_lora(model, config)
 
 
 def _use_bf16(precision: str) -> bool:
