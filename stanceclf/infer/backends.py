@@ -8,7 +8,10 @@
   (benchmarks/results/inference.md): measured, not a guarantee. On other CPUs bfloat16 is emulated and slow.
 - ``onnx``: ONNX Runtime with fused attention, in float32. The model is exported to
   ONNX in memory (nothing but safetensors and JSON is read from a model directory) and
-  optimised by ONNX Runtime's BERT fusions; scores match fp32 to about 1e-6. Needs
+  optimised by ONNX Runtime's BERT fusions; scores match fp32 to about 1e-6. The optimised
+  graph is kept in the cache folder (``onnx/<key>.onnx``, keyed by the model directory's weights
+  and manifest and the torch, onnx and ONNX Runtime versions), so a later fast load skips the
+  export (11 s for MiniLM, about 40 s for MPNet on a slow 2-core CPU). Needs
   ``pip install 'stanceclf[fast]'``.
 - ``auto`` (``fast=True``): measured, not guessed from CPU flags. On the first fast load of
   a model on a machine, :func:`choose_backend` scores a fixed batch of news-like sentences
@@ -65,14 +68,16 @@ def _torch(model, threads):
 
 
 def _bf16(model, threads):
-    return Bfloat16Encoder(model)
+    return Bfloat16Encoder(model.model)
 
 
 def _onnx(model, threads):
     from stanceclf.model.native import transformers_model
 
+    key = _graph_key(model)
     # ONNX Runtime's BERT fusion recognises the graph of transformers' eager attention.
-    return OnnxEncoder(transformers_model(model), threads=threads)
+    return OnnxEncoder(transformers_model(model.model), threads=threads,
+                       graph_file=cache_dir() / GRAPH_FOLDER / f"{key}.onnx" if key else None)
 
 
 #: Every backend, in one place: the CLI help, ``load(fast=...)`` and scoring read this table.
@@ -122,7 +127,7 @@ def resolve_backend(fast: bool | str | None) -> str:
 
 
 def build_encoder(backend: str, model, *, threads: int | None = None):
-    """The encoder of a named backend for ``model`` (None for plain torch)."""
+    """The encoder of a named backend for the StanceModel ``model`` (None for plain torch)."""
     return BACKENDS[backend].build(model, threads)
 
 
@@ -155,6 +160,9 @@ CALIBRATION_SENTENCES = (
 #: The largest score change from fp32, on the calibration batch, that a fast path may show.
 CALIBRATION_TOLERANCE = 0.02
 CACHE_FILE = "backends.json"
+#: Optimised ONNX graphs, one per model directory and library versions (``<key>.onnx``): exporting
+#: took 11 s for MiniLM and about 40 s for MPNet on a slow 2-core CPU, on every fast load.
+GRAPH_FOLDER = "onnx"
 #: Seconds to wait for another process writing the cache before giving up on caching this choice.
 LOCK_TIMEOUT = 30
 log = logging.getLogger(__name__)
@@ -238,23 +246,47 @@ def _cpu_name() -> str:
 
 def _cache_key(model, threads: int | None) -> str | None:
     """Machine and model, or None for a model not read from a directory (nothing to key it by)."""
-    import importlib.metadata as md
-
     import torch
 
+    identity = _model_identity(model)
+    if identity is None:
+        return None
+    parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
+             "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "bf16": native_bf16_supported(),
+             **identity}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _graph_key(model) -> str | None:
+    """The model and the libraries that export and optimise its ONNX graph (not the machine: a graph
+    runs on any CPU), or None for a model not read from a directory."""
+    import torch
+
+    identity = _model_identity(model)
+    if identity is None:
+        return None
+    parts = {"torch": torch.__version__, "onnx": _version("onnx"), "onnxruntime": _version("onnxruntime"),
+             **identity}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _model_identity(model) -> dict | None:
     weights = weights_file(model.path)
     if weights is None:
         return None
-    try:
-        onnxruntime = md.version("onnxruntime")
-    except md.PackageNotFoundError:
-        onnxruntime = None
     stat = weights.stat()
-    parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
-             "torch": torch.__version__, "onnxruntime": onnxruntime, "bf16": native_bf16_supported(),
-             "weights": [str(weights.resolve()), stat.st_size, stat.st_mtime_ns],
-             "manifest": manifest_digest(model.manifest)}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync, unzip) still changes them.
+    return {"weights": [str(weights.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino],
+            "manifest": manifest_digest(model.manifest)}
+
+
+def _version(distribution: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(distribution)
+    except md.PackageNotFoundError:
+        return None
 
 
 class BackendCache:
@@ -294,15 +326,21 @@ class BackendCache:
             log.info("could not cache the backend choice in %s: %s", self.path, exc)
 
     def _write(self, data: dict) -> None:
-        handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(json.dumps(data, indent=1) + "\n")
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache holds nothing private
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_atomically(self.path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename: a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache holds nothing private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class Bfloat16Encoder:
@@ -322,13 +360,40 @@ class Bfloat16Encoder:
 class OnnxEncoder:
     """Callable ``(input_ids, attention_mask) -> logits`` backed by an ONNX Runtime session."""
 
-    def __init__(self, model, *, threads: int | None = None):
+    def __init__(self, model, *, threads: int | None = None, graph_file: Path | None = None):
         try:
             import onnxruntime as ort
-            from onnxruntime.transformers import optimizer
         except ImportError:
             raise BackendError("the onnx backend needs ONNX Runtime: pip install 'stanceclf[fast]'") from None
         import torch
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Follow torch's thread setting (--threads, torch.set_num_threads), so one knob governs both backends.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.graph_was_cached = False
+        if graph_file is not None and graph_file.is_file():
+            try:
+                self.session = ort.InferenceSession(graph_file.read_bytes(), options,
+                                                    providers=["CPUExecutionProvider"])
+                self.graph_was_cached = True
+                return
+            except Exception as exc:  # a truncated or foreign file: export again and replace it
+                log.info("the cached ONNX graph %s cannot be used (%s): exporting again", graph_file, exc)
+        graph = self._export(model)
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        if graph_file is not None:
+            try:
+                _write_atomically(graph_file, graph)
+            except OSError as exc:  # a cache that cannot be written only means exporting again next time
+                log.info("could not cache the ONNX graph in %s: %s", graph_file, exc)
+
+    @staticmethod
+    def _export(model) -> bytes:
+        """The model's optimised ONNX graph, exported in memory."""
+        import onnx
+        import torch
+        from onnxruntime.transformers import optimizer
 
         eager = copy.deepcopy(model).float().eval()
         # The ONNX Runtime attention fusion recognises the eager attention graph, not SDPA's.
@@ -345,8 +410,6 @@ class OnnxEncoder:
                               dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
                                             "attention_mask": {0: "batch", 1: "sequence"},
                                             "logits": {0: "batch"}})
-        import onnx
-
         config = model.config
         fusion = architecture_of(config).onnx_fusion
         graph = buffer.getvalue()
@@ -354,12 +417,7 @@ class OnnxEncoder:
             graph = optimizer.optimize_model(onnx.load_from_string(graph), model_type=fusion,
                                              num_heads=config.num_attention_heads,
                                              hidden_size=config.hidden_size).model.SerializeToString()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Follow torch's thread setting (--threads, torch.set_num_threads), so one knob governs both backends.
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(graph, options,
-                                            providers=["CPUExecutionProvider"])
+        return graph
 
     def __call__(self, input_ids, attention_mask) -> np.ndarray:
         return self.session.run(None, {"input_ids": np.asarray(input_ids, dtype=np.int64),
