@@ -4,6 +4,7 @@ train, calibrate, save, load, each backend, export to a plain pipeline folder, L
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -151,10 +152,41 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
     assert {item["label"] for item in pipeline("text-classification", model=str(plain), top_k=None)(TEXTS[:1])[0]} \
         == set(reloaded.labels)
 
-    # Other weights at the base's path: refused, never merged into wrong scores.
+    # Saved into its own base's folder, it would delete the weights it needs: refused, base kept.
+    with pytest.raises(ModelDirectoryError, match="holds the adapter's own base weights"):
+        reloaded.save_pretrained(base)
+    assert file_sha256(base / "model.safetensors") == manifest["stored_weights"]["base_sha256"]
+
+    # Other weights at the base's path: refused, never merged into wrong scores; even when the copy
+    # keeps the file's size and modification time (cp -p, rsync), which a digest cache must not trust.
+    stat = (base / "model.safetensors").stat()
     tiny_of(architecture, base_tokenizer, seed=1).save_pretrained(base)
+    assert (base / "model.safetensors").stat().st_size == stat.st_size
+    os.utime(base / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(ModelDirectoryError, match="trained on base weights with sha256"):
         StanceModel.from_pretrained(folder)
+
+
+def test_architectures_lora_adapter_refuses_a_base_that_lacks_tensors_it_cannot_restore(tmp_path, base_tokenizer):
+    """A base file without some tensors (here BERT's pooler) is filled with random values by transformers:
+    the trained model used one draw, a reload would use another. Loading says so instead."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file, save_file
+
+    from stanceclf.errors import ModelDirectoryError
+
+    base = tmp_path / "base"
+    tiny_of("bert", base_tokenizer).save_pretrained(base)
+    base_tokenizer.save_pretrained(base)
+    tensors = load_file(base / "model.safetensors")
+    save_file({name: value for name, value in tensors.items() if "pooler" not in name}, base / "model.safetensors",
+              metadata={"format": "pt"})
+    recipe = load_recipe(write_recipe(tmp_path), [f"base_model={base}", "training.method=lora",
+                                                  "training.lora_storage=adapter", "training.max_steps=2",
+                                                  "training.eval_every=2"])
+    train(recipe, progress=False)
+    with pytest.raises(ModelDirectoryError, match="lacks.*pooler"):
+        StanceModel.from_pretrained(tmp_path / "model")
 
 
 def test_architectures_lora_storage_adapter_needs_lora_and_is_not_signed(tmp_path):

@@ -104,8 +104,9 @@ class LoraAdapter:
         folder = verified_base_folder(self.base, self.base_sha256, where)
         with library_output("transformers", "huggingface_hub"):
             try:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    folder, config=config, use_safetensors=True, trust_remote_code=False, local_files_only=True)
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    folder, config=config, use_safetensors=True, trust_remote_code=False, local_files_only=True,
+                    output_loading_info=True)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise ModelDirectoryError(f"the base {self.base!r} does not fit this model's config.json: {exc}",
                                           where=str(where)) from None
@@ -115,6 +116,16 @@ class LoraAdapter:
         config.base_model_name_or_path = str(folder)
         wrapped = with_lora(model, config)
         result = set_peft_model_state_dict(wrapped, self.tensors)
+        # transformers fills what the base file lacks with random values; only the adapter's own
+        # trained tensors (the new head, saved in full) may stand in for them.
+        covered = {name.removeprefix("base_model.model.") for name in self.tensors}
+        uncovered = [name for name in [*(info.get("missing_keys") or []),
+                                       *(name for name, *_ in info.get("mismatched_keys") or [])]
+                     if name not in covered]
+        if uncovered:
+            raise ModelDirectoryError(
+                f"the base {self.base!r} lacks, or has other shapes for, {len(uncovered)} tensor(s) that the "
+                f"adapter does not hold either: {', '.join(sorted(uncovered)[:5])}", where=str(where))
         # The base's own tensors are "missing" from an adapter; an adapter tensor not loaded is not.
         missing = [name for name in result.missing_keys if "lora_" in name or "modules_to_save" in name]
         if result.unexpected_keys or missing:
@@ -150,7 +161,7 @@ def base_weights_sha256(base: str) -> str:
 
 def verified_base_folder(base: str, expected: str, where: Path) -> Path:
     """The folder of ``base``, once its weights are known to be the ones the adapter was trained on."""
-    folder = _base_folder(base)
+    folder = _base_folder(base, where)
     weights = folder / BASE_WEIGHTS_NAME
     if not weights.is_file():
         raise ModelDirectoryError(f"the base {base!r} named in the manifest has no {BASE_WEIGHTS_NAME} in {folder}",
@@ -163,7 +174,7 @@ def verified_base_folder(base: str, expected: str, where: Path) -> Path:
     return folder
 
 
-def _base_folder(base: str) -> Path:
+def _base_folder(base: str, where: Path | None = None) -> Path:
     from stanceclf.model.base_models import resolve_base
 
     resolved = resolve_base(base)
@@ -172,11 +183,16 @@ def _base_folder(base: str) -> Path:
     # A hub id: its files, from the local hub cache or (online) downloaded like transformers would.
     from huggingface_hub import snapshot_download
 
+    patterns = ["*.json", "*.txt", BASE_WEIGHTS_NAME]
     try:
-        return Path(snapshot_download(resolved, allow_patterns=["*.json", "*.txt", BASE_WEIGHTS_NAME]))
+        return Path(snapshot_download(resolved, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not in the local hub cache yet: fetch it once (online users)
+        pass
+    try:
+        return Path(snapshot_download(resolved, allow_patterns=patterns))
     except Exception as exc:  # offline, unknown id, no access: huggingface_hub raises many kinds
         raise ModelDirectoryError(f"the base {base!r} is neither a packaged base, a folder, nor a hub model "
-                                  f"that can be fetched: {exc}") from None
+                                  f"that can be fetched: {exc}", where=str(where) if where else None) from None
 
 
 def _hub_id(base: str) -> str:
@@ -188,11 +204,12 @@ def _hub_id(base: str) -> str:
 
 def _file_sha256(path: Path) -> str:
     stat = path.stat()
-    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    # ctime and inode too: cp -p, rsync or unzip can keep size and mtime, but not these.
+    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 @lru_cache(maxsize=16)
-def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _cached_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     from stanceclf.model.directory import file_sha256
 
     return file_sha256(path)
