@@ -197,3 +197,21 @@ def test_architectures_lora_storage_adapter_needs_lora_and_is_not_signed(tmp_pat
     merged = load_recipe(write_recipe(tmp_path), ["training.method=lora"])
     stored = load_recipe(write_recipe(tmp_path), ["training.method=lora", "training.lora_storage=adapter"])
     assert _run_signature(merged, "data") == _run_signature(stored, "data")
+
+
+def test_architectures_lora_storage_adapter_refuses_what_it_cannot_pin_before_training(tmp_path, base_tokenizer):
+    from stanceclf.errors import RecipeError
+
+    # A model passed in is not the recipe's base, which the adapter would name.
+    stored = load_recipe(write_recipe(tmp_path), ["training.method=lora", "training.lora_storage=adapter"])
+    with pytest.raises(RecipeError, match="another model was passed to train"):
+        train(stored, model=tiny_of("bert", base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    # A base without a single model.safetensors: refused at once, not after the training it would waste.
+    base = tmp_path / "sharded-base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    unpinnable = load_recipe(write_recipe(tmp_path), [f"base_model={base}", "training.method=lora",
+                                                      "training.lora_storage=adapter"])
+    with pytest.raises(RecipeError, match="has no model.safetensors"):
+        train(unpinnable, progress=False)
+    assert not (tmp_path / "model").exists() and not list(tmp_path.glob("run*/checkpoint-*"))

@@ -29,7 +29,7 @@ from stanceclf.model.architectures import architecture_of
 from stanceclf.model.decision import decide, probabilities
 from stanceclf.progress import library_output, wants_progress
 from stanceclf.model.manifest import ModelManifest
-from stanceclf.model.adapter import LoraAdapter, with_lora
+from stanceclf.model.adapter import LoraAdapter, base_weights_sha256, with_lora
 from stanceclf.model.base_models import resolve_base
 from stanceclf.train.calibration import calibrate
 from stanceclf.model.metrics import expected_calibration_error, multilabel_report
@@ -139,6 +139,7 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
     With ``resume``, a run folder holding checkpoints continues from the last.
     """
     started = time.time()
+    pinned_base = _adapter_base_sha256(recipe, model)
     schema = load_schema(recipe.schema_path)
     dataset, info = _prepared_data(recipe, schema)
     tokenizer = tokenizer or load_base_tokenizer(recipe.base_model)
@@ -157,6 +158,10 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
                                         fingerprint=fingerprint, resume=resume, progress=progress,
                                         calibration=out_of_fold.fitted if out_of_fold else None,
                                         train_rows=distillation.train_rows if distillation else None)
+    if result.adapter is not None and result.adapter.base_sha256 != pinned_base:
+        raise RecipeError(f"the weights of the base {recipe.base_model!r} changed while the model trained "
+                          f"(sha256 {pinned_base} before, {result.adapter.base_sha256} after): an adapter of "
+                          "this run would pin weights it was not trained on; nothing was saved")
     result.manifest = _final_manifest(result, recipe, info, dataset, trainer, time.time() - started,
                                       distillation=distillation.record if distillation else None)
     result.manifest.training["calibration"] = out_of_fold.record if out_of_fold else {"method": "dev"}
@@ -164,6 +169,18 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
         result.save_pretrained(recipe.resolve(recipe.output_dir), storage_dtype=recipe.training.storage_dtype)
         (recipe.run_path / "dataset-info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return result
+
+
+def _adapter_base_sha256(recipe: Recipe, model) -> str | None:
+    """The digest an adapter of this run will pin, taken before training: a base it cannot pin (no single
+    model.safetensors) fails now, not after hours, and weights swapped during training are caught."""
+    if recipe.training.lora_storage != "adapter":
+        return None
+    if model is not None:
+        raise RecipeError("training.lora_storage = 'adapter' stores the model relative to the recipe's "
+                          f"base_model ({recipe.base_model!r}), but another model was passed to train(): "
+                          "use lora_storage = 'merged'")
+    return base_weights_sha256(recipe.base_model)
 
 
 def fit_and_calibrate(recipe: Recipe, dataset, schema: LabelSchema, *, model, tokenizer, fingerprint: str,
