@@ -18,6 +18,7 @@ Measured (one run each, same machine, same sentences):
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
@@ -60,8 +61,11 @@ def job_pipeline(model_dir: str, sentences: list[str]) -> dict:
     from stanceclf.model.manifest import ModelManifest
 
     if ModelManifest.read(Path(model_dir)).stored_weights is not None:
-        # An adapter directory: pipeline runs the same model merged, as `stanceclf export` writes it.
-        model_dir = str(export_model_directory(model_dir, Path(tempfile.mkdtemp()) / "plain"))
+        # An adapter directory: pipeline runs the same model merged, as `stanceclf export` writes it
+        # (into a folder removed when this job's process ends: a merged MPNet is 438 MB).
+        exported = tempfile.TemporaryDirectory(prefix="stanceclf-bench-plain-")
+        atexit.register(exported.cleanup)
+        model_dir = str(export_model_directory(model_dir, Path(exported.name) / "plain"))
     classifier = pipeline("text-classification", model=model_dir, top_k=None)
     classifier(sentences[:8])  # warm-up, as for every job
     start = time.perf_counter()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from stanceclf.infer.backends import BACKENDS, CACHE_FILE, Backend, choose_backend
 from stanceclf.infer.model import StanceModel
+
+
+TEXTS = ["The army will attack the city soon.", "She plays the piano.", "Officials warned of a grave threat."]
 
 
 @pytest.fixture
@@ -154,3 +158,34 @@ def test_backends_concurrent_cache_writers_keep_every_entry(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda key: cache.put(key, BackendChoice("torch", {"torch": 1.0})), keys))
     assert sorted(json.loads(cache.path.read_text())["choices"]) == sorted(keys)
+
+
+def test_backends_onnx_graph_is_cached_and_follows_the_weights(tmp_path, make_tiny_model, monkeypatch):
+    """A fast load reuses the exported graph; a broken cached graph is replaced, and new weights in the
+    same directory never run on the old graph."""
+    pytest.importorskip("onnxruntime")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("STANCECLF_CACHE", str(cache))
+    folder = make_tiny_model(seed=0).save_pretrained(tmp_path / "model")
+
+    model = StanceModel.from_pretrained(folder)
+    first = model.accelerated("onnx")
+    graphs = list((cache / "onnx").glob("*.onnx"))
+    assert not first.encoder.graph_was_cached and len(graphs) == 1
+    again = model.accelerated("onnx")
+    assert again.encoder.graph_was_cached
+    np.testing.assert_allclose(again.predict_proba(TEXTS)[0], model.predict_proba(TEXTS)[0], atol=1e-5)
+
+    graphs[0].write_bytes(b"not a graph")
+    repaired = model.accelerated("onnx")
+    assert not repaired.encoder.graph_was_cached and graphs[0].read_bytes() != b"not a graph"
+    np.testing.assert_allclose(repaired.predict_proba(TEXTS)[0], model.predict_proba(TEXTS)[0], atol=1e-5)
+
+    manifest = (folder / "stanceclf.json").read_text()
+    make_tiny_model(seed=1).save_pretrained(folder)  # other weights, same path and same manifest
+    (folder / "stanceclf.json").write_text(manifest)
+    retrained = StanceModel.from_pretrained(folder)
+    fast = retrained.accelerated("onnx")
+    assert not fast.encoder.graph_was_cached
+    np.testing.assert_allclose(fast.predict_proba(TEXTS)[0], retrained.predict_proba(TEXTS)[0], atol=1e-5)
+    assert np.abs(retrained.predict_proba(TEXTS)[0] - model.predict_proba(TEXTS)[0]).max() > 1e-3

@@ -186,37 +186,6 @@ def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles(back
     assert np.abs(fp32 - scores).max() <= 0.02
 
 
-def test_model_onnx_graph_is_cached_and_follows_the_weights(tmp_path, make_tiny_model, monkeypatch):
-    """A fast load reuses the exported graph; a broken cached graph is replaced, and new weights in the
-    same directory never run on the old graph."""
-    pytest.importorskip("onnxruntime")
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("STANCECLF_CACHE", str(cache))
-    folder = make_tiny_model(seed=0).save_pretrained(tmp_path / "model")
-
-    model = StanceModel.from_pretrained(folder)
-    first = model.accelerated("onnx")
-    graphs = list((cache / "onnx").glob("*.onnx"))
-    assert not first.encoder.graph_was_cached and len(graphs) == 1
-    again = model.accelerated("onnx")
-    assert again.encoder.graph_was_cached
-    np.testing.assert_allclose(again.predict_proba(TRICKY)[0], model.predict_proba(TRICKY)[0], atol=1e-5)
-
-    graphs[0].write_bytes(b"not a graph")
-    repaired = model.accelerated("onnx")
-    assert not repaired.encoder.graph_was_cached and graphs[0].read_bytes() != b"not a graph"
-    np.testing.assert_allclose(repaired.predict_proba(TRICKY)[0], model.predict_proba(TRICKY)[0], atol=1e-5)
-
-    manifest = (folder / "stanceclf.json").read_text()
-    make_tiny_model(seed=1).save_pretrained(folder)  # other weights, same path and same manifest
-    (folder / "stanceclf.json").write_text(manifest)
-    retrained = StanceModel.from_pretrained(folder)
-    fast = retrained.accelerated("onnx")
-    assert not fast.encoder.graph_was_cached
-    np.testing.assert_allclose(fast.predict_proba(TRICKY)[0], retrained.predict_proba(TRICKY)[0], atol=1e-5)
-    assert np.abs(retrained.predict_proba(TRICKY)[0] - model.predict_proba(TRICKY)[0]).max() > 1e-3
-
-
 def test_model_fast_backend_resolution():
     from stanceclf.errors import BackendError
     from stanceclf.infer import backends as fast_path

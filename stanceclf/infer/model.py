@@ -123,7 +123,7 @@ class StanceModel:
                                                              adapter=self.adapter)
         if backend == AUTO:
             return choose_backend(fp32, threads=threads)[1]
-        encoder = build_encoder(backend, fp32, threads=threads)
+        encoder = build_encoder(backend, self.model, threads=threads)
         return StanceModel(self.model, self.tokenizer, self.manifest, self.path, encoder=encoder, backend=backend,
                            adapter=self.adapter)
 

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from stanceclf.errors import ModelDirectoryError, RecipeError
+from stanceclf.model.directory import WEIGHTS_NAME as BASE_WEIGHTS_NAME
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -29,7 +30,6 @@ ADAPTER_FILES = {
     ADAPTER_CONFIG_NAME: "the LoRA adapter's settings",
     ADAPTER_WEIGHTS_NAME: "the LoRA adapter's weights and the trained head (only safetensors are loaded)",
 }
-BASE_WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass

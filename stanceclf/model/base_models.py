@@ -31,12 +31,11 @@ from pathlib import Path
 
 from stanceclf.cache import CACHE_ENV, cache_dir
 from stanceclf.errors import BaseModelError
-from stanceclf.model.directory import file_sha256
+from stanceclf.model.directory import WEIGHTS_NAME as WEIGHTS, file_sha256
 
 log = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
-WEIGHTS = "model.safetensors"
 
 
 @dataclass(frozen=True)
