@@ -239,7 +239,8 @@ def main() -> None:
                      f"{rate(result['seconds']):.1f} | {rate(result['seconds']) / base:.1f}x | "
                      f"{result['peak_rss_mb']:.0f} |")
     for label, row in (("fp32", score), (f"`--fast` ({auto})", score_fast)):
-        lines.append(f"| `stanceclf score` on {len(documents)} articles (splitting, I/O, process start included), {label} | "
+        lines.append(f"| `stanceclf score` on {len(documents)} articles (splitting, I/O, process start included), "
+                     f"{label} | "
                      f"{rate(row['seconds'], row['sentences']):.1f} | "
                      f"{rate(row['seconds'], row['sentences']) / base:.1f}x | {row['peak_rss_mb']:.0f} |")
     lines += ["",

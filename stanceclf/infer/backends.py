@@ -258,8 +258,9 @@ def _cache_key(model, threads: int | None) -> str | None:
 
 def _graph_key(model) -> str:
     """What an exported graph depends on: the torch model's config and every tensor's bytes, and the
-    libraries that export and optimise it. Hashing the tensors (part of the 3.1 s an MPNet load takes from the cache)
-    costs far less than an export, and no file's name, size or time can pass other weights for these."""
+    libraries that export and optimise it. Hashing the tensors (part of the 3.1 s an MPNet load takes
+    from the cache) costs far less than an export, and no file's name, size or time can pass other
+    weights for these."""
     import torch
 
     digest = hashlib.sha256(json.dumps(

@@ -251,7 +251,8 @@ def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | 
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if adapter is not None and (path / WEIGHTS_NAME).is_file() and file_sha256(path / WEIGHTS_NAME) == adapter.base_sha256:
+    existing = path / WEIGHTS_NAME
+    if adapter is not None and existing.is_file() and file_sha256(existing) == adapter.base_sha256:
         raise ModelDirectoryError("this folder holds the adapter's own base weights; saving the adapter here "
                                   "would delete them: choose another folder", where=str(path))
     # A directory saved over holds no weights of the other form, which would contradict the new ones.
