@@ -14,7 +14,7 @@ from stanceclf.data.schema import load_schema
 from stanceclf.infer.backends import BACKENDS
 from stanceclf.infer.model import StanceModel
 from stanceclf.model.architectures import architecture_of
-from stanceclf.model.directory import export_model_directory
+from stanceclf.model.directory import export_model_directory, manifest_digest
 from stanceclf.train.recipe import load_recipe
 from stanceclf.train.trainer import build_base_model, train
 
@@ -141,6 +141,8 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
         warnings.simplefilter("error")  # a load that warns on every call would reach every user
         reloaded = StanceModel.from_pretrained(folder)
     reference = reloaded_scores_match(reloaded, trained, atol=1e-5)
+    # The trained model carries the manifest it saved, so caches keyed on it treat both as one model.
+    assert manifest_digest(trained.manifest) == manifest_digest(reloaded.manifest)
     # Saved again, it stays an adapter; exported, it is a plain folder that pipeline reads.
     reloaded.save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / "adapter_model.safetensors").exists()

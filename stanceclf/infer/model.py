@@ -110,6 +110,9 @@ class StanceModel:
     def save_pretrained(self, path: str | Path, *, storage_dtype: str = "float32", model_card: bool = True) -> Path:
         self.path = save_model_directory(self.model, self.tokenizer, self.manifest, path,
                                          storage_dtype=storage_dtype, model_card=model_card, adapter=self.adapter)
+        # What was written (an adapter's pinned base among it): caches keyed on the manifest then see
+        # this model as they will see it reloaded.
+        self.manifest = ModelManifest.read(self.path)
         return self.path
 
     def accelerated(self, backend: bool | str = "auto", *, threads: int | None = None) -> "StanceModel":

@@ -89,8 +89,9 @@ class LoraAdapter:
 
         dtype = torch.float16 if storage_dtype == "float16" else torch.float32
         # peft's format, with the hub id of a packaged base: peft alone can load it for users online.
-        self.config.base_model_name_or_path = _hub_id(self.base)
-        self.config.save_pretrained(str(path))
+        config = copy.copy(self.config)  # the caller's peft model keeps its own config
+        config.base_model_name_or_path = _hub_id(self.base)
+        config.save_pretrained(str(path))
         save_file({name: tensor.to(dtype).contiguous() for name, tensor in self.tensors.items()},
                   str(path / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
 
