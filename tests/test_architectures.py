@@ -14,7 +14,7 @@ from stanceclf.data.schema import load_schema
 from stanceclf.infer.backends import BACKENDS
 from stanceclf.infer.model import StanceModel
 from stanceclf.model.architectures import architecture_of
-from stanceclf.model.directory import export_model_directory, manifest_digest
+from stanceclf.model.directory import export_model_directory, file_sha256, manifest_digest
 from stanceclf.train.recipe import load_recipe
 from stanceclf.train.trainer import build_base_model, train
 
@@ -115,7 +115,6 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
     from transformers import pipeline
 
     from stanceclf.errors import ModelDirectoryError
-    from stanceclf.model.directory import file_sha256
 
     base = tmp_path / "base"
     tiny_of(architecture, base_tokenizer).save_pretrained(base)
@@ -167,6 +166,38 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
     os.utime(base / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(ModelDirectoryError, match="trained on base weights with sha256"):
         StanceModel.from_pretrained(folder)
+
+
+def test_architectures_lora_adapter_on_a_hub_base_trains_and_loads_offline_from_the_hub_cache(tmp_path,
+                                                                                             base_tokenizer):
+    """A base named by a hub id: found in the local hub cache with no network, pinned, and loaded back.
+    In a child process, since huggingface_hub reads HF_HUB_CACHE when it is imported."""
+    pytest.importorskip("peft")
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-base"
+    tiny_of("bert", base_tokenizer).save_pretrained(repo / "snapshots" / commit)
+    base_tokenizer.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    recipe = write_recipe(tmp_path)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    trained = subprocess.run(
+        [sys.executable, "-m", "stanceclf.cli", "train", str(recipe), "--set", "base_model=someone/tiny-base",
+         "--set", "training.method=lora", "--set", "training.lora_storage=adapter", "--set", "training.max_steps=2",
+         "--set", "training.eval_every=2"], capture_output=True, text=True, env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    manifest = json.loads((tmp_path / "model" / "stanceclf.json").read_text())
+    weights = repo / "snapshots" / commit / "model.safetensors"
+    assert manifest["stored_weights"]["base"] == "someone/tiny-base"
+    assert manifest["stored_weights"]["base_sha256"] == file_sha256(weights)
+    loaded = subprocess.run(
+        [sys.executable, "-c", "from stanceclf import load; "
+         f"print(len(load({str(tmp_path / 'model')!r}).classify('The army will attack the city soon.')))"],
+        capture_output=True, text=True, env=env)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "1", loaded.stderr[-2000:]
 
 
 def test_architectures_lora_adapter_refuses_a_base_that_lacks_tensors_it_cannot_restore(tmp_path, base_tokenizer):
