@@ -248,3 +248,21 @@ def test_architectures_lora_storage_adapter_refuses_what_it_cannot_pin_before_tr
     with pytest.raises(RecipeError, match="has no model.safetensors"):
         train(unpinnable, progress=False)
     assert not (tmp_path / "model").exists() and not list(tmp_path.glob("run*/checkpoint-*"))
+
+
+def test_architectures_lora_storage_adapter_refuses_a_base_that_changed_during_training(tmp_path, base_tokenizer,
+                                                                                        monkeypatch):
+    from stanceclf.errors import RecipeError
+    from stanceclf.train import trainer
+
+    base = tmp_path / "base"
+    tiny_of("bert", base_tokenizer).save_pretrained(base)
+    base_tokenizer.save_pretrained(base)
+    recipe = load_recipe(write_recipe(tmp_path), [f"base_model={base}", "training.method=lora",
+                                                  "training.lora_storage=adapter", "training.max_steps=2",
+                                                  "training.eval_every=2"])
+    # The digest taken before training differs from the one the adapter pins after it.
+    monkeypatch.setattr(trainer, "base_weights_sha256", lambda base: "0" * 64)
+    with pytest.raises(RecipeError, match="changed while the model trained.*nothing was saved"):
+        train(recipe, progress=False)
+    assert not (tmp_path / "model").exists()

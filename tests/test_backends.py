@@ -189,3 +189,20 @@ def test_backends_onnx_graph_is_cached_and_follows_the_weights(tmp_path, make_ti
     assert not fast.encoder.graph_was_cached
     np.testing.assert_allclose(fast.predict_proba(TEXTS)[0], retrained.predict_proba(TEXTS)[0], atol=1e-5)
     assert np.abs(retrained.predict_proba(TEXTS)[0] - model.predict_proba(TEXTS)[0]).max() > 1e-3
+
+
+def test_backends_onnx_graph_cache_keeps_only_the_most_recently_used(tmp_path, make_tiny_model, monkeypatch):
+    """Each retrained or fold model leaves a graph (438 MB for MPNet): the cache keeps the newest few."""
+    pytest.importorskip("onnxruntime")
+    from stanceclf.infer.backends import GRAPHS_KEPT
+
+    monkeypatch.setenv("STANCECLF_CACHE", str(tmp_path / "cache"))
+    models = [StanceModel.from_pretrained(make_tiny_model(seed=seed).save_pretrained(tmp_path / f"m{seed}"))
+              for seed in range(GRAPHS_KEPT + 1)]
+    for model in models[:GRAPHS_KEPT]:
+        model.accelerated("onnx")
+    assert models[0].accelerated("onnx").encoder.graph_was_cached  # used again: now the most recent
+    models[GRAPHS_KEPT].accelerated("onnx")
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == GRAPHS_KEPT
+    assert models[0].accelerated("onnx").encoder.graph_was_cached
+    assert not models[1].accelerated("onnx").encoder.graph_was_cached  # the least recently used went

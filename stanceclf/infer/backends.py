@@ -11,7 +11,8 @@
   optimised by ONNX Runtime's BERT fusions; scores match fp32 to about 1e-6. The optimised
   graph is kept in the cache folder (``onnx/<key>.onnx``, keyed by a hash of the model's config and
   tensors and the torch, onnx and ONNX Runtime versions), so a later fast load skips the export
-  (on a 2-core AMD EPYC: 5.6 s to 0.7 s for MiniLM, 11.1 s to 3.1 s for MPNet). Needs
+  (on a 2-core AMD EPYC: 5.6 s to 0.7 s for MiniLM, 11.1 s to 3.1 s for MPNet); the four most
+  recently used graphs are kept. Needs
   ``pip install 'stanceclf[fast]'``.
 - ``auto`` (``fast=True``): measured, not guessed from CPU flags. On the first fast load of
   a model on a machine, :func:`choose_backend` scores a fixed batch of news-like sentences
@@ -162,6 +163,9 @@ CACHE_FILE = "backends.json"
 #: Optimised ONNX graphs, one per model and library versions (``<key>.onnx``). On a 2-core AMD EPYC an
 #: onnx load took 5.6 s for MiniLM and 11.1 s for MPNet with the export, 0.7 s and 3.1 s from the cache.
 GRAPH_FOLDER = "onnx"
+#: Graphs kept, the most recently used: an MPNet graph is 438 MB, and cross-validation or distillation
+#: would otherwise leave one per fold model in the cache.
+GRAPHS_KEPT = 4
 #: Seconds to wait for another process writing the cache before giving up on caching this choice.
 LOCK_TIMEOUT = 30
 log = logging.getLogger(__name__)
@@ -346,6 +350,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def _evict_old_graphs(folder: Path, keep: int = GRAPHS_KEPT) -> None:
+    """Delete all but the ``keep`` most recently used graphs (another process may delete one first)."""
+    graphs = sorted(folder.glob("*.onnx"), key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    for stale in graphs[keep:]:
+        stale.unlink(missing_ok=True)
+
+
 class Bfloat16Encoder:
     """Callable ``(input_ids, attention_mask) -> logits`` running the torch model under bfloat16 autocast."""
 
@@ -380,6 +391,7 @@ class OnnxEncoder:
                 self.session = ort.InferenceSession(graph_file.read_bytes(), options,
                                                     providers=["CPUExecutionProvider"])
                 self.graph_was_cached = True
+                os.utime(graph_file)  # recently used: the last to be evicted
                 return
             except Exception as exc:  # a truncated or foreign file: export again and replace it
                 log.info("the cached ONNX graph %s cannot be used (%s): exporting again", graph_file, exc)
@@ -388,6 +400,7 @@ class OnnxEncoder:
         if graph_file is not None:
             try:
                 _write_atomically(graph_file, graph)
+                _evict_old_graphs(graph_file.parent)
             except OSError as exc:  # a cache that cannot be written only means exporting again next time
                 log.info("could not cache the ONNX graph in %s: %s", graph_file, exc)
 
