@@ -141,3 +141,32 @@ def test_predict_to_dataframe_and_dicts(make_tiny_model):
 def test_predict_public_api_is_small_and_importable():
     assert callable(stanceclf.classify) and callable(stanceclf.load)
     assert "classify" in stanceclf.__all__ and "load" in stanceclf.__all__
+
+
+def test_predict_load_takes_a_shipped_model_by_name(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from stanceclf.errors import ModelDirectoryError
+    from stanceclf.infer import predict
+
+    root = tmp_path / "shipped"
+    shutil.copytree(tiny_model_dir, root / "claim-types")
+    shutil.copytree(tiny_model_dir, root / "claim-types-student")
+    monkeypatch.setattr(predict, "_SHIPPED_MODEL_ROOTS", (tmp_path / "absent", root))
+    monkeypatch.chdir(tmp_path)
+    assert load("claim-types-student").path == root / "claim-types-student"
+    assert load().path == root / "claim-types" == predict.default_model_path()
+    # A folder of that name where the user stands is theirs, and wins.
+    shutil.copytree(tiny_model_dir, tmp_path / "claim-types-student")
+    assert predict.model_path("claim-types-student").resolve() == tmp_path / "claim-types-student"
+    with pytest.raises(ModelDirectoryError, match=r"'claim-types-large' is neither a model directory nor a "
+                                                  r"shipped model \(shipped: claim-types, claim-types-student\)"):
+        load("claim-types-large")
+
+
+def test_predict_shipped_models_are_the_mpnet_default_and_the_minilm_student():
+    from stanceclf.infer.predict import shipped_model_path
+    from stanceclf.model.manifest import ModelManifest
+
+    assert ModelManifest.read(shipped_model_path()).base_model == "packaged:all-mpnet-base-v2"
+    assert ModelManifest.read(shipped_model_path("claim-types-student")).base_model == "packaged:all-minilm-l6-v2"

@@ -21,7 +21,8 @@ def suggest(
                                  "dropout passes that decide labels differently from the model; random: a seeded "
                                  "sample. Each document's priority is the mean over its sentences."),
     n: int = typer.Option(50, "--n", help="Documents to pick."),
-    model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model)."),
+    model: Optional[Path] = typer.Option(None, help="Model directory, or a shipped model's name such as "
+                                            "claim-types-student (default: claim-types)."),
     seed: int = typer.Option(13, help="Seed of the random sample and of the dropout passes."),
     passes: int = typer.Option(8, help="disagreement: forward passes with dropout on."),
     exclude: List[Path] = typer.Option([], help="Label Studio task files or exports whose documents (data.doc_id) "

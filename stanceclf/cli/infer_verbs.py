@@ -16,7 +16,8 @@ from stanceclf.infer.scoring.job import SCORE_DEFAULTS
 
 def classify(
     files: List[Path] = typer.Argument(None, help="Text files to classify (default: read standard input)."),
-    model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model)."),
+    model: Optional[Path] = typer.Option(None, help="Model directory, or a shipped model's name such as "
+                                            "claim-types-student (default: claim-types)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per sentence (the rows of 'stanceclf "
                                  "score', with the file as doc_id) instead of a table."),
     all_sentences: bool = typer.Option(False, "--all", help="Show sentences without labels too (--json always "
@@ -77,7 +78,8 @@ def _classify_with_progress(loaded, texts: list[str], console=None):
 def score(
     inputs: List[Path] = typer.Argument(..., help="Folders of .txt files, or JSONL, CSV or Parquet files."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .jsonl, .csv or .parquet."),
-    model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model)."),
+    model: Optional[Path] = typer.Option(None, help="Model directory, or a shipped model's name such as "
+                                            "claim-types-student (default: claim-types)."),
     input_format: str = typer.Option("auto", help="auto, txt, jsonl, csv or parquet."),
     id_field: Optional[str] = typer.Option(None, help="Field holding the document id (JSONL, CSV, Parquet). "
                                            "Default: 'id' where present, else FILE:LINE. When given, a record "

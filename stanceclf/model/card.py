@@ -82,7 +82,7 @@ def render_model_card(manifest, notes: str = "") -> str:
 
 def _adapter_note(stored) -> str:
     return ("`transformers.pipeline` on the plain folder that `stanceclf export DIR OUT` writes. This directory "
-            f"holds a LoRA adapter, not every weight: loading (which needs peft, `pip install 'stanceclf[lora]'`) "
+            f"holds a LoRA adapter, not every weight: loading (with peft, a dependency of stanceclf) "
             f"adds it to the base `{stored.base}`, whose `model.safetensors` must have sha256 `{stored.base_sha256}`.")
 
 
