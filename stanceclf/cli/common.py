@@ -24,7 +24,8 @@ FAST_OPTION = typer.Option(False, help="Shorthand for --backend auto.")
 
 
 def load_model(model: Path | None, backend: str, fast: bool):
-    """The model a verb runs: a directory (default: the shipped model) on the chosen backend."""
+    """The model a verb runs: a directory or a shipped model's name (default: the shipped default), on the
+    chosen backend."""
     from stanceclf.infer.predict import load
 
     return load(model, fast="auto" if fast else backend)

@@ -101,7 +101,7 @@ def learning_curve(
 
 
 def evaluate(
-    model: Path = typer.Argument(..., help="A model directory."),
+    model: Path = typer.Argument(..., help="A model directory, or a shipped model's name."),
     dataset: Path = typer.Argument(..., help="A folder written by build-dataset."),
     split: str = typer.Option("test", help="Which split to evaluate."),
     out: Optional[Path] = typer.Option(None, help="Folder for report.json, report.md and PNG plots "
@@ -129,16 +129,17 @@ def evaluate(
 
 
 def export(
-    model: Path = typer.Argument(..., help="A model directory."),
+    model: Path = typer.Argument(..., help="A model directory, or a shipped model's name."),
     out: Path = typer.Argument(..., help="Where to write a plain transformers directory."),
 ):
     """Write a plain transformers directory (float32 safetensors, tokenizer, config) that
     ``transformers.pipeline('text-classification', model=OUT, top_k=None)`` loads. Its scores are
     raw sigmoids, without stanceclf's calibration and thresholds (kept in OUT/stanceclf.json)."""
+    from stanceclf.infer.predict import model_path
     from stanceclf.model.directory import export_model_directory
 
     try:
-        export_model_directory(model, out)
+        export_model_directory(model_path(model), out)
     except StanceclfError as error:
         fail(error)
     typer.echo(f"wrote {out}")

@@ -26,7 +26,7 @@ _cache_lock = threading.Lock()
 
 def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
     """The directory of a model shipped with stanceclf: ``"claim-types"`` (the default) or
-    ``"claim-types-student"`` (the fast distilled MiniLM model; see ``models/README.md``)."""
+    ``"claim-types-student"`` (the fast distilled MiniLM model)."""
     for root in _SHIPPED_MODEL_ROOTS:
         if (root / name / "stanceclf.json").exists():
             return root / name
@@ -44,13 +44,18 @@ def default_model_path() -> Path:
 
 def model_path(model: str | Path | None) -> Path:
     """The directory ``model`` names: a folder, the name of a shipped model, or None for the default.
-    A folder wins over a shipped model of the same name."""
+    A model folder (one with ``stanceclf.json``) wins over a shipped model of the same name."""
     if model is None:
         return default_model_path()
     path = Path(model).expanduser()
-    if path.exists() or len(path.parts) != 1:
+    if len(path.parts) != 1 or (path / "stanceclf.json").exists():
         return path
-    return shipped_model_path(str(model))
+    try:
+        return shipped_model_path(str(model))
+    except ModelDirectoryError:
+        if path.exists():
+            return path  # not a model: the directory's own checks say what is missing
+        raise
 
 
 def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceModel:

