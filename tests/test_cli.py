@@ -355,3 +355,22 @@ def test_cli_score_draws_no_progress_bar_into_a_log(tmp_path, tiny_model_dir):
                                  "--model", str(tiny_model_dir)])
     assert result.exit_code == 0, result.output
     assert "sent/s" not in result.output and "\r" not in result.output, result.output
+
+
+def test_cli_verbs_take_a_shipped_model_by_name(tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+
+    from stanceclf.infer import predict
+
+    root = tmp_path / "shipped"
+    shutil.copytree(tiny_model_dir, root / "claim-types-student")
+    monkeypatch.setattr(predict, "_SHIPPED_MODEL_ROOTS", (root,))
+    monkeypatch.chdir(tmp_path)
+    info = runner.invoke(app, ["info", "claim-types-student"])
+    assert info.exit_code == 0, info.output
+    assert str(root / "claim-types-student") in info.output
+    exported = runner.invoke(app, ["export", "claim-types-student", str(tmp_path / "plain")])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "plain" / "model.safetensors").is_file()
+    unknown = runner.invoke(app, ["info", "claim-types-large"])
+    assert unknown.exit_code == 1 and "neither a model directory nor a shipped model" in unknown.output

@@ -66,7 +66,8 @@ class LoraAdapter:
             from peft import LoraConfig
         except ImportError:
             raise ModelDirectoryError("this model directory stores a LoRA adapter, which needs peft: "
-                                      "pip install 'peft>=0.12' (a dependency of stanceclf)", where=str(path)) from None
+                                      "pip install 'peft>=0.12' (a dependency of stanceclf)",
+                                      where=str(path)) from None
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

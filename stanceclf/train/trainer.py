@@ -454,7 +454,8 @@ def _wrap_lora(model, settings):
     try:
         from peft import LoraConfig, TaskType
     except ImportError:
-        raise RecipeError("training.method = 'lora' needs peft (a dependency of stanceclf): pip install 'peft>=0.12'") from None
+        raise RecipeError("training.method = 'lora' needs peft (a dependency of stanceclf): "
+                          "pip install 'peft>=0.12'") from None
     targets = architecture_of(model.config).lora_targets
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=settings.lora_r, lora_alpha=settings.lora_alpha,
                         lora_dropout=settings.lora_dropout,
