@@ -3,6 +3,10 @@
     python benchmarks/cold_start.py --runs 9 --tree /tmp/stanceclf-before --tree . \
         --write benchmarks/results/cold_start.md
 
+``--merge-each-run`` gives every run a cache folder of its own that holds only the assembled bases, so
+that a LoRA adapter model (the MPNet default) is merged in every run, as on its first load on a machine;
+without it, runs after the first read the merged weights from the cache (see stanceclf/model/adapter.py).
+
 Each ``--tree`` is a checkout of stanceclf, put first on PYTHONPATH of its runs (make one of an older
 commit with ``git archive COMMIT | tar -x -C DIR``). The trees' runs alternate, so that the load of a
 shared machine falls on all of them alike. Besides the wall time to the first line on stdout and to the
@@ -17,7 +21,9 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import subprocess
 import sys
 import time
@@ -50,19 +56,31 @@ print(json.dumps(out))
 """
 
 
-def environment(tree: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def environment(tree: Path, cache: Path | None = None) -> dict:
+    extra = {} if cache is None else {"STANCECLF_CACHE": str(cache)}
+    return {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
-def time_cli(tree: Path, model: Path) -> tuple[float, float, float]:
+def fresh_cache(folder: Path) -> Path:
+    """An empty cache folder but for the assembled bases (a link to the user's): nothing merged, nothing measured."""
+    from stanceclf.cache import cache_dir
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "bases").symlink_to(cache_dir() / "bases", target_is_directory=True)
+    return folder
+
+
+def time_cli(tree: Path, model: str, cache: Path | None) -> tuple[float, float, float]:
     """(seconds to the first stdout line, seconds to exit, CPU seconds) of one `stanceclf classify` process.
     CPU time (user + system) suffers less than wall time from other jobs on a shared machine."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "stanceclf.cli", "classify", str(SEED), "--model", str(model)],
-                               cwd=tree, env=environment(tree), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "stanceclf.cli", "classify", str(SEED), "--model", model],
+                               cwd=tree, env=environment(tree, cache), stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
     process.stdout.readline()
     first = time.perf_counter() - started
     process.stdout.read()
@@ -73,8 +91,8 @@ def time_cli(tree: Path, model: Path) -> tuple[float, float, float]:
     return first, time.perf_counter() - started, cpu
 
 
-def time_phases(tree: Path, model: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", PHASES, str(model), str(SEED)], cwd=tree, env=environment(tree),
+def time_phases(tree: Path, model: str, cache: Path | None) -> dict:
+    result = subprocess.run([sys.executable, "-c", PHASES, model, str(SEED)], cwd=tree, env=environment(tree, cache),
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -85,23 +103,32 @@ def main() -> None:
                         help="a stanceclf checkout (repeatable; default: this one)")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--phases", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--model", default="claim-types", help="a shipped model's name or a model directory")
+    parser.add_argument("--merge-each-run", action="store_true",
+                        help="a fresh cache folder per run: an adapter model is merged every time (its first load)")
     parser.add_argument("--write", type=Path, help="write the Markdown table here")
     args = parser.parse_args()
     trees = [tree.resolve() for tree in (args.tree or [ROOT])]
-    model = ROOT / "models" / "claim-types"
+    model = args.model
+    scratch = Path(tempfile.mkdtemp(prefix="cold-start-cache-"))
+
+    def cache() -> Path | None:
+        return fresh_cache(scratch / "cache") if args.merge_each_run else None
     load_before = os.getloadavg()[0]
     runs: dict[Path, list] = {tree: [] for tree in trees}
     phases: dict[Path, list] = {tree: [] for tree in trees}
     for _ in range(args.runs):
         for tree in trees:
-            runs[tree].append(time_cli(tree, model))
+            runs[tree].append(time_cli(tree, model, cache()))
             if args.phases:
-                phases[tree].append(time_phases(tree, model))
+                phases[tree].append(time_phases(tree, model, cache()))
+    shutil.rmtree(scratch, ignore_errors=True)
     lines = ["# Cold start of `stanceclf classify`", "",
              "Command: `python benchmarks/cold_start.py --runs "
-             f"{args.runs} " + " ".join(f"--tree {tree}" for tree in (args.tree or [])) + "`",
+             f"{args.runs} --model {model}" + " --merge-each-run" * args.merge_each_run
+             + "".join(f" --tree {tree}" for tree in (args.tree or [])) + "`",
              f"Date {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}. `stanceclf classify {SEED.relative_to(ROOT)}` with the shipped model, "
+             f"{platform.python_version()}. `stanceclf classify {SEED.relative_to(ROOT)} --model {model}`, "
              f"{args.runs} runs per tree, trees alternating; medians (min-max). Load average "
              f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other jobs shared the machine).", "",
              "| tree | to first output, s | to exit, s | CPU time, s |", "|---|---:|---:|---:|"]

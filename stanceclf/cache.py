@@ -1,4 +1,5 @@
-"""stanceclf's one cache folder (assembled base weights, measured backend choices).
+"""stanceclf's one cache folder (assembled base weights, merged adapter models, exported ONNX graphs,
+measured backend choices) and how files in it are written and evicted.
 
 ``$STANCECLF_CACHE``, else ``$XDG_CACHE_HOME/stanceclf``, else ``~/.cache/stanceclf``.
 """
@@ -6,7 +7,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 CACHE_ENV = "STANCECLF_CACHE"
 
@@ -15,3 +19,38 @@ def cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "stanceclf"
+
+
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; renamed over ``path`` when the block ends without an
+    error, deleted when it raises. A reader (another process too) sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache holds nothing private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`replaced_atomically`."""
+    with replaced_atomically(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def evict_least_recent(folder: Path, pattern: str, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used files matching ``pattern`` (by modification time,
+    which readers refresh; another process may delete one first)."""
+    def used(path: Path) -> int:
+        try:
+            return path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    for stale in sorted(folder.glob(pattern), key=used, reverse=True)[keep:]:
+        stale.unlink(missing_ok=True)

@@ -10,9 +10,11 @@ import warnings
 import numpy as np
 import pytest
 
+from stanceclf.cache import cache_dir
 from stanceclf.data.schema import load_schema
 from stanceclf.infer.backends import BACKENDS
 from stanceclf.infer.model import StanceModel
+from stanceclf.model.adapter import MERGED_FOLDER
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.directory import export_model_directory, file_sha256, manifest_digest
 from stanceclf.train.recipe import load_recipe
@@ -164,8 +166,57 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
     tiny_of(architecture, base_tokenizer, seed=1).save_pretrained(base)
     assert (base / "model.safetensors").stat().st_size == stat.st_size
     os.utime(base / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # The merged model cached by the loads above was made from the verified base: it still scores right.
+    np.testing.assert_allclose(StanceModel.from_pretrained(folder).predict_proba(TEXTS)[0], reference, atol=1e-5)
+    for cached in (cache_dir() / MERGED_FOLDER).glob("*.safetensors"):
+        cached.unlink()
     with pytest.raises(ModelDirectoryError, match="trained on base weights with sha256"):
         StanceModel.from_pretrained(folder)
+
+
+def test_architectures_lora_adapter_merged_once_then_loaded_without_transformers_or_peft(tmp_path, base_tokenizer):
+    """The cold start of an adapter model: the first load merges and caches, later ones read the merged
+    file (in a fresh process, so that nothing is imported yet); a damaged cached file is merged again."""
+    import subprocess
+    import sys
+
+    from stanceclf.errors import ModelDirectoryError
+    from stanceclf.model.adapter import merged_key
+
+    base = tmp_path / "base"
+    tiny_of("mpnet", base_tokenizer).save_pretrained(base)
+    base_tokenizer.save_pretrained(base)
+    recipe = load_recipe(write_recipe(tmp_path), [f"base_model={base}", "training.method=lora",
+                                                  "training.lora_storage=adapter", "training.max_steps=2",
+                                                  "training.eval_every=2", "training.learning_rate=1e-2"])
+    trained = train(recipe, progress=False)
+    folder, cache = tmp_path / "model", tmp_path / "cache"
+    code = ("import sys, json, stanceclf; m = stanceclf.load(sys.argv[1]); "
+            "print(json.dumps([type(m.model).__name__, 'transformers' in sys.modules, 'peft' in sys.modules, "
+            "m.predict_proba(json.loads(sys.argv[2]))[0].tolist()]))")
+
+    def load_in_a_fresh_process():
+        result = subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(TEXTS)], capture_output=True,
+                                text=True, env={**os.environ, "STANCECLF_CACHE": str(cache)}, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        name, transformers, peft, scores = json.loads(result.stdout.splitlines()[-1])
+        np.testing.assert_allclose(scores, trained.predict_proba(TEXTS)[0], atol=1e-5)
+        return name, transformers, peft
+
+    assert load_in_a_fresh_process() == ("MPNetClassifier", True, True)  # merged now
+    cached = cache / MERGED_FOLDER / f"{merged_key(folder, file_sha256(base / 'model.safetensors'))}.safetensors"
+    assert cached.is_file()
+    assert load_in_a_fresh_process() == ("MPNetClassifier", False, False)
+    cached.write_bytes(cached.read_bytes()[:1000])  # truncated, as by a full disk before the rename
+    assert load_in_a_fresh_process() == ("MPNetClassifier", True, True)
+    assert load_in_a_fresh_process() == ("MPNetClassifier", False, False)  # replaced by a whole one
+
+    # Saved again, the adapter is read then; if its files changed since loading, they are not this model's.
+    loaded = StanceModel.from_pretrained(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": config["lora_alpha"] * 2}))
+    with pytest.raises(ModelDirectoryError, match="changed since this model was loaded"):
+        loaded.save_pretrained(tmp_path / "again")
 
 
 def test_architectures_lora_adapter_on_a_hub_base_trains_and_loads_offline_from_the_hub_cache(tmp_path,

@@ -308,28 +308,40 @@ TRICKY = ["NATO will expand again.", "Café naïve — “quotes” 中文 😀 
           "Hello\tworld\u00a0nbsp\u200bzero-width", "UPPER case AND ünïcödé"]
 
 
-def test_model_native_runtime_matches_transformers(tiny_model_dir):
-    native = StanceModel(*_parts(load_model_directory(tiny_model_dir)), tiny_model_dir)
-    reference = StanceModel(*_parts(load_model_directory(tiny_model_dir, runtime="transformers")), tiny_model_dir)
-    assert type(native.model).__name__ == "BertClassifier" and type(native.tokenizer).__name__ == "JsonTokenizer"
-    assert type(reference.model).__name__ == "BertForSequenceClassification"
+NATIVE_CLASSES = {"bert": ("BertClassifier", "BertForSequenceClassification"),
+                  "mpnet": ("MPNetClassifier", "MPNetForSequenceClassification")}
+
+
+def test_model_native_runtime_matches_transformers(tiny_arch_model_dir, architecture):
+    """TRICKY's lengths differ, so its batches are padded: the masks and MPNet's positions are exercised."""
+    path = tiny_arch_model_dir
+    native = StanceModel(*_parts(load_model_directory(path)), path)
+    reference = StanceModel(*_parts(load_model_directory(path, runtime="transformers")), path)
+    assert type(native.model).__name__ == NATIVE_CLASSES[architecture][0]
+    assert type(native.tokenizer).__name__ == "JsonTokenizer"
+    assert type(reference.model).__name__ == NATIVE_CLASSES[architecture][1]
     assert native.tokenize(TRICKY) == reference.tokenize(TRICKY)
     np.testing.assert_allclose(native.predict_logits(TRICKY)[0], reference.predict_logits(TRICKY)[0], atol=1e-5)
+    one_by_one = np.concatenate([native.predict_logits([text])[0] for text in TRICKY])
+    np.testing.assert_allclose(native.predict_logits(TRICKY)[0], one_by_one, atol=1e-5)
 
 
-def test_model_native_runtime_of_shipped_student_matches_transformers_on_seed_articles():
-    """The shipped BERT-family model (the MiniLM student; the MPNet default runs through transformers)."""
+@pytest.mark.parametrize("name, seeds", [("claim-types-student", None),
+                                         pytest.param("claim-types", 1, marks=pytest.mark.slow)])
+def test_model_native_runtime_of_shipped_models_matches_transformers_on_seed_articles(name, seeds):
+    """The MiniLM student (BERT) on every seed article; the MPNet default (its adapter merged) on one."""
     from pathlib import Path
 
     from stanceclf.infer.predict import shipped_model_path
 
-    path = shipped_model_path("claim-types-student")
+    path = shipped_model_path(name)
     native = StanceModel(*_parts(load_model_directory(path)), path)
     reference = StanceModel(*_parts(load_model_directory(path, runtime="transformers")), path)
-    assert type(native.model).__name__ == "BertClassifier"
-    assert type(reference.model).__name__ == "BertForSequenceClassification"
-    seeds = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))
-    texts = [s.text for seed in seeds for s in native.split(seed.read_text(encoding="utf-8"))] + TRICKY
+    assert type(native.model).__name__ == {"claim-types-student": "BertClassifier",
+                                           "claim-types": "MPNetClassifier"}[name]
+    assert type(reference.model).__name__ in ("BertForSequenceClassification", "MPNetForSequenceClassification")
+    articles = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))[:seeds]
+    texts = [s.text for seed in articles for s in native.split(seed.read_text(encoding="utf-8"))] + TRICKY
     assert native.tokenize(texts) == reference.tokenize(texts)
     np.testing.assert_allclose(native.predict_logits(texts)[0], reference.predict_logits(texts)[0], atol=1e-4)
 

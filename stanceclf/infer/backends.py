@@ -39,7 +39,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -48,7 +47,7 @@ from typing import Callable
 
 import numpy as np
 
-from stanceclf.cache import cache_dir
+from stanceclf.cache import cache_dir, evict_least_recent, write_atomically
 from stanceclf.errors import BackendError
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.directory import manifest_digest, weights_file
@@ -333,28 +332,7 @@ class BackendCache:
             log.info("could not cache the backend choice in %s: %s", self.path, exc)
 
     def _write(self, data: dict) -> None:
-        _write_atomically(self.path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write through a temporary file and a rename: a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache holds nothing private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _evict_old_graphs(folder: Path, keep: int = GRAPHS_KEPT) -> None:
-    """Delete all but the ``keep`` most recently used graphs (another process may delete one first)."""
-    graphs = sorted(folder.glob("*.onnx"), key=lambda path: path.stat().st_mtime_ns, reverse=True)
-    for stale in graphs[keep:]:
-        stale.unlink(missing_ok=True)
+        write_atomically(self.path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
 
 
 class Bfloat16Encoder:
@@ -399,8 +377,8 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         if graph_file is not None:
             try:
-                _write_atomically(graph_file, graph)
-                _evict_old_graphs(graph_file.parent)
+                write_atomically(graph_file, graph)
+                evict_least_recent(graph_file.parent, "*.onnx", GRAPHS_KEPT)
             except OSError as exc:  # a cache that cannot be written only means exporting again next time
                 log.info("could not cache the ONNX graph in %s: %s", graph_file, exc)
 

@@ -17,7 +17,7 @@ from stanceclf.data.documents import unicode_problem
 from stanceclf.data.language import warn_if_not_english
 from stanceclf.infer.results import Prediction
 from stanceclf.model.decision import decide, probabilities, reported_scores
-from stanceclf.model.directory import check_head, load_model_directory, read_adapter, save_model_directory
+from stanceclf.model.directory import check_head, deferred_adapter, load_model_directory, save_model_directory
 from stanceclf.model.manifest import ModelManifest
 
 
@@ -63,9 +63,8 @@ class StanceModel:
     def __init__(self, model, tokenizer, manifest: ModelManifest, path: str | Path | None = None, *,
                  encoder=None, backend: str = "torch", adapter=None):
         self.model = model.eval()
-        #: The LoRA adapter ``model`` was merged from (:mod:`stanceclf.model.adapter`), if it is to be saved
-        #: as one: a model read from an adapter directory, or trained with ``training.lora_storage = "adapter"``.
-        self.adapter = adapter
+        # The LoRA adapter ``model`` was merged from, or a callable that reads it (see :attr:`adapter`).
+        self._adapter = adapter
         #: Runs the forward pass instead of ``model`` when set (a fast path, see :mod:`stanceclf.infer.backends`).
         self.encoder = encoder
         #: Which forward pass runs: "torch" (fp32), "bf16" or "onnx".
@@ -91,6 +90,19 @@ class StanceModel:
     def max_length(self) -> int:
         return self.manifest.max_length
 
+    @property
+    def adapter(self):
+        """The LoRA adapter ``model`` was merged from (:mod:`stanceclf.model.adapter`), if it is to be saved
+        as one: a model read from an adapter directory, or trained with ``training.lora_storage = "adapter"``.
+        Read on first use: reading it imports peft, which prediction never needs."""
+        if callable(self._adapter):
+            self._adapter = self._adapter()
+        return self._adapter
+
+    @adapter.setter
+    def adapter(self, adapter) -> None:
+        self._adapter = adapter
+
     def __repr__(self) -> str:
         backend = "" if self.backend == "torch" else f", backend={self.backend!r}"
         return f"StanceModel(path={str(self.path)!r}, labels={self.labels}{backend})"
@@ -104,7 +116,7 @@ class StanceModel:
         """Load a model directory. ``fast`` picks a faster CPU path: ``True`` (the fastest on this
         machine, measured once and cached) or a backend's name; see :mod:`stanceclf.infer.backends`."""
         model, tokenizer, manifest = load_model_directory(path)
-        loaded = cls(model, tokenizer, manifest, path, adapter=read_adapter(path, manifest))
+        loaded = cls(model, tokenizer, manifest, path, adapter=deferred_adapter(path, manifest))
         return loaded.accelerated(fast) if fast else loaded
 
     def save_pretrained(self, path: str | Path, *, storage_dtype: str = "float32", model_card: bool = True) -> Path:
@@ -123,12 +135,12 @@ class StanceModel:
 
         backend = resolve_backend(backend)
         fp32 = self if self.encoder is None else StanceModel(self.model, self.tokenizer, self.manifest, self.path,
-                                                             adapter=self.adapter)
+                                                             adapter=self._adapter)
         if backend == AUTO:
             return choose_backend(fp32, threads=threads)[1]
         encoder = build_encoder(backend, self.model, threads=threads)
         return StanceModel(self.model, self.tokenizer, self.manifest, self.path, encoder=encoder, backend=backend,
-                           adapter=self.adapter)
+                           adapter=self._adapter)
 
     # ---- inference --------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:

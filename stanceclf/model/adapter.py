@@ -11,18 +11,32 @@ adapter and merges it, so that everything after loading (the fast backends, expo
 sees an ordinary model. A base whose weights are not the pinned ones is refused: the adapter
 was trained on other numbers and its scores would be wrong without any sign of it.
 ``stanceclf export`` writes the merged model as a plain folder, for tools that expect one.
+
+Building and merging costs seconds (importing transformers and peft, hashing the base, the merge
+itself), so the merged weights of a model that runs natively (:mod:`stanceclf.model.native`) are kept
+in the cache folder, under ``merged/``, named by a digest of the adapter's files, config.json and the
+base's sha256: a later load reads that one safetensors file and imports neither library. A merged file
+is written only from a verified base; one that cannot be read is merged again and replaced. An MPNet
+model's merged file is 438 MB, so only the :data:`MERGED_KEPT` most recently used are kept.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
+import os
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from stanceclf.cache import cache_dir, evict_least_recent, replaced_atomically
 from stanceclf.errors import ModelDirectoryError, RecipeError
+from stanceclf.model.directory import CONFIG_NAME
 from stanceclf.model.directory import WEIGHTS_NAME as BASE_WEIGHTS_NAME
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -30,6 +44,9 @@ ADAPTER_FILES = {
     ADAPTER_CONFIG_NAME: "the LoRA adapter's settings",
     ADAPTER_WEIGHTS_NAME: "the LoRA adapter's weights and the trained head (only safetensors are loaded)",
 }
+#: Cache subfolder of merged models (``<digest>.safetensors``) and how many are kept, the most recently used.
+MERGED_FOLDER = "merged"
+MERGED_KEPT = 4
 
 
 @dataclass
@@ -136,6 +153,62 @@ class LoraAdapter:
                 f"unexpected {sorted(result.unexpected_keys)[:5]}, missing {sorted(missing)[:5]}",
                 where=str(where / ADAPTER_WEIGHTS_NAME))
         return wrapped.merge_and_unload()
+
+
+def merged_tensors(path: Path, base: str, base_sha256: str) -> dict:
+    """Every weight of an adapter directory's model with the adapter merged, float32, named as in
+    transformers' ``AutoModelForSequenceClassification``: from the cache when this model was merged before."""
+    key = merged_key(path, base_sha256)
+    cached = cache_dir() / MERGED_FOLDER / f"{key}.safetensors"
+    if cached.is_file():
+        tensors = _read_merged(cached, key)
+        if tensors is not None:
+            return tensors
+    from transformers import AutoConfig
+
+    adapter = LoraAdapter.read(path, base, base_sha256)
+    merged = adapter.merged_model(AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True),
+                                  path)
+    tensors = {name: tensor.detach().float().contiguous() for name, tensor in merged.state_dict().items()}
+    _write_merged(cached, key, tensors)
+    return tensors
+
+
+def merged_key(path: Path, base_sha256: str) -> str:
+    """What a merged model depends on: the adapter's two files, config.json and the base's weights."""
+    digest = hashlib.sha256(base_sha256.encode())
+    for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME):
+        with open(path / name, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _read_merged(cached: Path, key: str) -> dict | None:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(cached), framework="pt") as handle:
+            if (handle.metadata() or {}).get("merged_key") != key:
+                raise ValueError("written for another model")
+        tensors = load_file(str(cached))
+        os.utime(cached)  # recently used: the last to be evicted
+        return tensors
+    except (SafetensorError, OSError, ValueError) as exc:  # truncated, foreign or deleted meanwhile
+        log.info("the cached merged model %s cannot be used (%s): merging again", cached, exc)
+        return None
+
+
+def _write_merged(cached: Path, key: str, tensors: dict) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        with replaced_atomically(cached) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "merged_key": key})
+        evict_least_recent(cached.parent, "*.safetensors", MERGED_KEPT)
+    except (OSError, SafetensorError) as exc:  # a full disk, a read-only cache: merging again next time
+        log.info("could not cache the merged model in %s: %s", cached, exc)
 
 
 def with_lora(model, config):

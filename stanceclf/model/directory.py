@@ -40,8 +40,8 @@ def load_model_directory(path: str | Path, *, runtime: str = "auto"):
     """``(model, tokenizer, manifest)`` from a model directory that is complete and self-consistent,
     else a :class:`~stanceclf.errors.ModelDirectoryError` naming the missing or inconsistent part.
 
-    ``runtime="auto"`` runs a BERT-family model in plain torch (:mod:`stanceclf.model.native`, without
-    importing transformers); ``"transformers"``, and any other architecture, load through transformers."""
+    ``runtime="auto"`` runs a BERT- or MPNet-family model in plain torch (:mod:`stanceclf.model.native`,
+    without importing transformers); ``"transformers"``, and any other architecture, load through transformers."""
     path = Path(path)
     manifest = check_model_directory(path)
     config = load_json_object(path / CONFIG_NAME, ModelDirectoryError, "model config")
@@ -50,10 +50,11 @@ def load_model_directory(path: str | Path, *, runtime: str = "auto"):
         return _load_adapter_directory(path, manifest, config, tokenizer, runtime)
     shapes = _weight_shapes(path / WEIGHTS_NAME)
     check_consistency(config, shapes, tokenizer.vocab_size, manifest, path)
-    from stanceclf.model.native import BertClassifier, read_float32_tensors, runs_natively
+    from stanceclf.model.native import native_classifier, read_float32_tensors
 
-    if runtime == "auto" and runs_natively(config):
-        model = BertClassifier.from_tensors(config, read_float32_tensors(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
+    native = native_classifier(config) if runtime == "auto" else None
+    if native is not None:
+        model = native.from_tensors(config, read_float32_tensors(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
     else:
         model, tokenizer = _load_with_transformers(path)
     _check_finite(model, path / WEIGHTS_NAME)
@@ -69,24 +70,49 @@ def read_adapter(path: str | Path, manifest: ModelManifest | None = None):
     return None if stored is None else LoraAdapter.read(path, stored.base, stored.base_sha256)
 
 
+def deferred_adapter(path: str | Path, manifest: ModelManifest):
+    """For an adapter directory, a callable that reads its :class:`~stanceclf.model.adapter.LoraAdapter`
+    when first asked (to save the model again as an adapter), refusing if the files changed since now;
+    None for a plain directory. Reading it imports peft, which loading for prediction does not need."""
+    stored = manifest.stored_weights
+    if stored is None:
+        return None
+    from stanceclf.model.adapter import merged_key
+
+    path = Path(path)
+    loaded = merged_key(path, stored.base_sha256)
+
+    def read():
+        if merged_key(path, stored.base_sha256) != loaded:
+            raise ModelDirectoryError("the adapter's files changed since this model was loaded: load it again "
+                                      "before saving it", where=str(path))
+        return read_adapter(path, manifest)
+
+    return read
+
+
 def _load_adapter_directory(path: Path, manifest: ModelManifest, config: dict, tokenizer, runtime: str):
     """The base with the directory's adapter merged (see :mod:`stanceclf.model.adapter`)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from stanceclf.model.adapter import ADAPTER_WEIGHTS_NAME, merged_tensors
+    from stanceclf.model.native import native_classifier
 
-    from stanceclf.model.adapter import ADAPTER_WEIGHTS_NAME
-    from stanceclf.model.native import BertClassifier, runs_natively
-
-    merged = read_adapter(path, manifest).merged_model(
-        AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True), path)
-    tensors = {name: tensor.detach().float() for name, tensor in merged.state_dict().items()}
-    check_consistency(config, {name: list(t.shape) for name, t in tensors.items()}, tokenizer.vocab_size,
-                      manifest, path)
-    if runtime == "auto" and runs_natively(config):
-        model = BertClassifier.from_tensors(config, tensors, str(path / ADAPTER_WEIGHTS_NAME))
+    where = path / ADAPTER_WEIGHTS_NAME
+    native = native_classifier(config) if runtime == "auto" else None
+    if native is not None:
+        stored = manifest.stored_weights
+        tensors = merged_tensors(path, stored.base, stored.base_sha256)
+        check_consistency(config, {name: list(t.shape) for name, t in tensors.items()}, tokenizer.vocab_size,
+                          manifest, path)
+        model = native.from_tensors(config, tensors, str(where))
     else:
-        model = merged.eval()
+        from transformers import AutoConfig, AutoTokenizer
+
+        model = read_adapter(path, manifest).merged_model(
+            AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True), path).eval()
+        check_consistency(config, {name: list(t.shape) for name, t in model.state_dict().items()},
+                          tokenizer.vocab_size, manifest, path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-    _check_finite(model, path / ADAPTER_WEIGHTS_NAME)
+    _check_finite(model, where)
     return model, tokenizer, manifest
 
 

@@ -1,18 +1,22 @@
-"""BERT classifiers in plain torch and tokenizer.json through ``tokenizers``: prediction without transformers.
+"""BERT and MPNet classifiers in plain torch and tokenizer.json through ``tokenizers``: prediction
+without transformers.
 
 Importing transformers' model code costs about 1.7 s on this project's machines (it pulls in
 ``torch._dynamo`` and ``torch.distributed``), more than loading and running the model. Prediction
-needs only the forward pass, so a model directory of the BERT family is run by
-:class:`BertClassifier`, the computation of transformers' ``BertForSequenceClassification`` (post-norm
-encoder, pooler, linear head) written out in torch and filled from the same safetensors tensors,
-and its ``tokenizer.json`` by the ``tokenizers`` library that transformers' fast tokenizers wrap.
-Logits match transformers to about 1e-5 and token ids exactly (tested). Training, ``export``, the
-ONNX backend and other architectures use transformers itself (:meth:`BertClassifier.to_transformers`).
+needs only the forward pass, so a model directory of the BERT or MPNet family is run by
+:class:`BertClassifier` or :class:`MPNetClassifier`: the computation of transformers'
+``BertForSequenceClassification`` (post-norm encoder, pooler, linear head) and
+``MPNetForSequenceClassification`` (post-norm encoder with a relative position bias, a dense-tanh-linear
+head on the first token) written out in torch and filled from the same safetensors tensors, and its
+``tokenizer.json`` by the ``tokenizers`` library that transformers' fast tokenizers wrap. Logits match
+transformers to about 1e-5 and token ids exactly (tested). Training, ``export``, the ONNX backend and
+other architectures use transformers itself (:meth:`NativeClassifier.to_transformers`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,16 +37,25 @@ _ACTIVATIONS = {
 
 #: What :class:`BertClassifier` reads from config.json (transformers would fill a missing one with its default).
 _SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-          "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+          "max_position_embeddings", "layer_norm_eps")
 
 
-def runs_natively(config: dict) -> bool:
-    """Whether :class:`BertClassifier` computes exactly what transformers would for this ``config.json``."""
-    return (config.get("model_type") == "bert" and all(key in config for key in _SIZES)
-            and config.get("architectures", ["BertForSequenceClassification"]) == ["BertForSequenceClassification"]
-            and config.get("hidden_act", "gelu") in _ACTIVATIONS
-            and config.get("position_embedding_type", "absolute") == "absolute"
-            and not config.get("is_decoder") and not config.get("add_cross_attention"))
+def native_classifier(config: dict) -> "type[NativeClassifier] | None":
+    """The class that computes exactly what transformers would for this ``config.json``, or None."""
+    if config.get("is_decoder") or config.get("add_cross_attention") or not all(key in config for key in _SIZES):
+        return None
+    if config.get("hidden_act", "gelu") not in _ACTIVATIONS:
+        return None
+    model_type = config.get("model_type")
+    if model_type == "bert":
+        fits = (config.get("architectures", ["BertForSequenceClassification"]) == ["BertForSequenceClassification"]
+                and "type_vocab_size" in config and config.get("position_embedding_type", "absolute") == "absolute")
+        return BertClassifier if fits else None
+    if model_type == "mpnet":
+        # transformers builds MPNetForSequenceClassification for any MPNet config (a packaged base's
+        # config.json names MPNetForMaskedLM); the bucket count is the one thing the encoder reads besides sizes.
+        return MPNetClassifier if "relative_attention_num_buckets" in config else None
+    return None
 
 
 class ModelConfig:
@@ -142,33 +155,17 @@ class _Layer(nn.Module):
         return self.output["LayerNorm"](self.output["dense"](inner) + x)
 
 
-class BertClassifier(nn.Module):
-    """transformers' ``BertForSequenceClassification`` at inference, with the same parameter names."""
+class NativeClassifier(nn.Module):
+    """What the native classifiers share: building from tensors, saving, converting to transformers."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.bert = nn.Module()
-        self.bert.embeddings = _Embeddings(config)
-        self.bert.encoder = nn.Module()
-        self.bert.encoder.layer = nn.ModuleList(_Layer(config) for _ in range(config.num_hidden_layers))
-        self.bert.pooler = nn.ModuleDict({"dense": _Linear(config.hidden_size, config.hidden_size)})
-        self.classifier = _Linear(config.hidden_size, len(config.id2label))
+    config: ModelConfig
 
     @property
     def device(self) -> torch.device:
-        return self.classifier.weight.device
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ClassifierOutput:
-        mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
-        x = self.bert.embeddings(input_ids)
-        for layer in self.bert.encoder.layer:
-            x = layer(x, mask)
-        pooled = torch.tanh(self.bert.pooler["dense"](x[:, 0]))
-        return ClassifierOutput(self.classifier(pooled))
+        return next(self.parameters()).device
 
     @classmethod
-    def from_tensors(cls, config: dict, tensors: dict[str, torch.Tensor], where: str) -> "BertClassifier":
+    def from_tensors(cls, config: dict, tensors: dict[str, torch.Tensor], where: str) -> "NativeClassifier":
         """Build without initialising and take every parameter from ``tensors``, in float32. A missing
         tensor or one of another shape is refused, never left uninitialised."""
         model = cls(ModelConfig(config))
@@ -194,7 +191,7 @@ class BertClassifier(nn.Module):
         (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     def to_transformers(self):
-        """The same model as a transformers ``BertForSequenceClassification`` (for ONNX export)."""
+        """The same model as a transformers ``AutoModelForSequenceClassification`` (for ONNX export)."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         values = self.config.to_dict()
@@ -202,6 +199,117 @@ class BertClassifier(nn.Module):
         model = AutoModelForSequenceClassification.from_config(config)
         model.load_state_dict({name: tensor.float() for name, tensor in self.state_dict().items()})
         return model.eval()
+
+
+class BertClassifier(NativeClassifier):
+    """transformers' ``BertForSequenceClassification`` at inference, with the same parameter names."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.bert = nn.Module()
+        self.bert.embeddings = _Embeddings(config)
+        self.bert.encoder = nn.Module()
+        self.bert.encoder.layer = nn.ModuleList(_Layer(config) for _ in range(config.num_hidden_layers))
+        self.bert.pooler = nn.ModuleDict({"dense": _Linear(config.hidden_size, config.hidden_size)})
+        self.classifier = _Linear(config.hidden_size, len(config.id2label))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ClassifierOutput:
+        mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
+        x = self.bert.embeddings(input_ids)
+        for layer in self.bert.encoder.layer:
+            x = layer(x, mask)
+        pooled = torch.tanh(self.bert.pooler["dense"](x[:, 0]))
+        return ClassifierOutput(self.classifier(pooled))
+
+
+#: MPNet numbers positions from its padding id on (fixed in transformers, whatever config.json says).
+_MPNET_PADDING_ID = 1
+#: Relative distances beyond this share the last bucket (fixed in transformers).
+_MPNET_MAX_DISTANCE = 128
+
+
+class _MPNetEmbeddings(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.word_embeddings = _table(config.vocab_size, config)
+        self.position_embeddings = _table(config.max_position_embeddings, config)
+        self.LayerNorm = _LayerNorm(config)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # transformers' create_position_ids_from_input_ids: real tokens count on from the padding id + 1.
+        real = input_ids.ne(_MPNET_PADDING_ID).long()
+        positions = torch.cumsum(real, dim=1) * real + _MPNET_PADDING_ID
+        words = F.embedding(input_ids, self.word_embeddings.weight)
+        return self.LayerNorm(words + F.embedding(positions, self.position_embeddings.weight))
+
+
+class _MPNetLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        self.attention = nn.ModuleDict({
+            "attn": nn.ModuleDict({name: _Linear(hidden, hidden) for name in ("q", "k", "v", "o")}),
+            "LayerNorm": _LayerNorm(config)})
+        self.intermediate = nn.ModuleDict({"dense": _Linear(hidden, config.intermediate_size)})
+        self.output = _dense_and_norm(config, config.intermediate_size)
+        self.heads = config.num_attention_heads
+        self.activation = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        attn = self.attention["attn"]
+        q, k, v = (attn[name](x).view(batch, length, self.heads, -1).transpose(1, 2) for name in ("q", "k", "v"))
+        # Under bf16 autocast q is bfloat16, and an additive mask must have q's dtype.
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        x = self.attention["LayerNorm"](attn["o"](context.transpose(1, 2).reshape(batch, length, hidden)) + x)
+        inner = self.activation(self.intermediate["dense"](x))
+        return self.output["LayerNorm"](self.output["dense"](inner) + x)
+
+
+def _relative_position_buckets(length: int, buckets: int, device: torch.device) -> torch.Tensor:
+    """transformers' MPNetEncoder.relative_position_bucket for every (query, key) pair of one length."""
+    positions = torch.arange(length, device=device)
+    distance = positions[:, None] - positions[None, :]  # query minus key: what transformers calls n
+    half = buckets // 2
+    result = (distance < 0).long() * half
+    distance = distance.abs()
+    exact = half // 2
+    # max(distance, 1) keeps log() finite where the exact branch is taken anyway.
+    far = exact + (torch.log(distance.clamp(min=1).float() / exact) / math.log(_MPNET_MAX_DISTANCE / exact)
+                   * (half - exact)).long()
+    far = far.clamp(max=half - 1)
+    return result + torch.where(distance < exact, distance, far)
+
+
+class MPNetClassifier(NativeClassifier):
+    """transformers' ``MPNetForSequenceClassification`` at inference, with the same parameter names."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.mpnet = nn.Module()
+        self.mpnet.embeddings = _MPNetEmbeddings(config)
+        self.mpnet.encoder = nn.Module()
+        self.mpnet.encoder.layer = nn.ModuleList(_MPNetLayer(config) for _ in range(config.num_hidden_layers))
+        self.mpnet.encoder.relative_attention_bias = nn.Module()
+        self.mpnet.encoder.relative_attention_bias.weight = nn.Parameter(
+            torch.empty(config.relative_attention_num_buckets, config.num_attention_heads), requires_grad=False)
+        self.classifier = nn.ModuleDict({"dense": _Linear(config.hidden_size, config.hidden_size),
+                                         "out_proj": _Linear(config.hidden_size, len(config.id2label))})
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ClassifierOutput:
+        length = input_ids.shape[1]
+        table = self.mpnet.encoder.relative_attention_bias.weight
+        buckets = _relative_position_buckets(length, table.shape[0], input_ids.device)
+        bias = F.embedding(buckets, table).permute(2, 0, 1)[None]  # (1, heads, query, key)
+        if attention_mask is not None:
+            bias = bias.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
+        x = self.mpnet.embeddings(input_ids)
+        for layer in self.mpnet.encoder.layer:
+            x = layer(x, bias)
+        first = torch.tanh(self.classifier["dense"](x[:, 0]))
+        return ClassifierOutput(self.classifier["out_proj"](first))
 
 
 def read_float32_tensors(weights: Path) -> dict[str, torch.Tensor]:
@@ -224,8 +332,8 @@ def read_float32_tensors(weights: Path) -> dict[str, torch.Tensor]:
 
 
 def transformers_model(model):
-    """``model`` as a transformers model: a :class:`BertClassifier` converted, anything else as it is."""
-    return model.to_transformers() if isinstance(model, BertClassifier) else model
+    """``model`` as a transformers model: a :class:`NativeClassifier` converted, anything else as it is."""
+    return model.to_transformers() if isinstance(model, NativeClassifier) else model
 
 
 class JsonTokenizer:
