@@ -211,11 +211,25 @@ def test_architectures_lora_adapter_merged_once_then_loaded_without_transformers
     assert load_in_a_fresh_process() == ("MPNetClassifier", True, True)
     assert load_in_a_fresh_process() == ("MPNetClassifier", False, False)  # replaced by a whole one
 
-    # Saved again, the adapter is read then; if its files changed since loading, they are not this model's.
+    # Saved again, the adapter is read then, once for the model and its accelerated copies: saving the
+    # model over its own folder first does not make the copy's save fail or differ.
+    loaded = StanceModel.from_pretrained(folder)
+    copy = loaded.accelerated("bf16")
+    loaded.save_pretrained(folder, storage_dtype="float16")
+    copy.save_pretrained(tmp_path / "copy")
+    assert (tmp_path / "copy" / "adapter_model.safetensors").read_bytes() \
+        != (folder / "adapter_model.safetensors").read_bytes()  # float32 as loaded, not the float16 rewrite
+    np.testing.assert_allclose(StanceModel.from_pretrained(tmp_path / "copy").predict_proba(TEXTS)[0],
+                               trained.predict_proba(TEXTS)[0], atol=1e-5)
+    # If its files changed since loading, they are not this model's; if they are gone, it says so.
     loaded = StanceModel.from_pretrained(folder)
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": config["lora_alpha"] * 2}))
     with pytest.raises(ModelDirectoryError, match="changed since this model was loaded"):
+        loaded.save_pretrained(tmp_path / "again")
+    loaded = StanceModel.from_pretrained(tmp_path / "copy")
+    (tmp_path / "copy").rename(tmp_path / "moved")
+    with pytest.raises(ModelDirectoryError, match="cannot be read again"):
         loaded.save_pretrained(tmp_path / "again")
 
 

@@ -326,6 +326,42 @@ def test_model_native_runtime_matches_transformers(tiny_arch_model_dir, architec
     np.testing.assert_allclose(native.predict_logits(TRICKY)[0], one_by_one, atol=1e-5)
 
 
+def test_model_native_mpnet_relative_position_buckets_match_transformers():
+    """Past 128 tokens every distance shares the last bucket: 600 tokens cover both branches and the cap."""
+    import torch
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    from stanceclf.model.native import _relative_position_buckets
+
+    positions = torch.arange(600)
+    expected = MPNetEncoder.relative_position_bucket(positions[None, :] - positions[:, None])
+    assert torch.equal(_relative_position_buckets(600, torch.device("cpu")), expected)
+
+
+def test_model_native_mpnet_matches_transformers_with_a_larger_bias_table_and_long_padded_inputs():
+    """transformers computes 32 buckets whatever relative_attention_num_buckets says (it sizes the table)."""
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from stanceclf.model.native import MPNetClassifier, native_classifier
+
+    config = MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=402, relative_attention_num_buckets=64,
+                         num_labels=3)
+    torch.manual_seed(0)
+    reference = MPNetForSequenceClassification(config).eval()
+    values = config.to_dict()
+    assert native_classifier(values) is MPNetClassifier
+    assert native_classifier({**values, "relative_attention_num_buckets": 16}) is None  # transformers fails there
+    native = MPNetClassifier.from_tensors(values, reference.state_dict(), "test")
+    ids = torch.randint(3, 100, (2, 300))
+    mask = torch.ones_like(ids)
+    ids[1, 200:], mask[1, 200:] = 1, 0  # MPNet's padding id
+    with torch.inference_mode():
+        expected = reference(input_ids=ids, attention_mask=mask).logits
+        np.testing.assert_allclose(native(ids, mask).logits.numpy(), expected.numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("name, seeds", [("claim-types-student", None),
                                          pytest.param("claim-types", 1, marks=pytest.mark.slow)])
 def test_model_native_runtime_of_shipped_models_matches_transformers_on_seed_articles(name, seeds):

@@ -47,6 +47,8 @@ ADAPTER_FILES = {
 #: Cache subfolder of merged models (``<digest>.safetensors``) and how many are kept, the most recently used.
 MERGED_FOLDER = "merged"
 MERGED_KEPT = 4
+#: Part of every merged file's key: raise it when merged files change names or contents for the same inputs.
+MERGED_FORMAT = 1
 
 
 @dataclass
@@ -160,10 +162,9 @@ def merged_tensors(path: Path, base: str, base_sha256: str) -> dict:
     transformers' ``AutoModelForSequenceClassification``: from the cache when this model was merged before."""
     key = merged_key(path, base_sha256)
     cached = cache_dir() / MERGED_FOLDER / f"{key}.safetensors"
-    if cached.is_file():
-        tensors = _read_merged(cached, key)
-        if tensors is not None:
-            return tensors
+    tensors = _read_merged(cached, key)
+    if tensors is not None:
+        return tensors
     from transformers import AutoConfig
 
     adapter = LoraAdapter.read(path, base, base_sha256)
@@ -175,8 +176,9 @@ def merged_tensors(path: Path, base: str, base_sha256: str) -> dict:
 
 
 def merged_key(path: Path, base_sha256: str) -> str:
-    """What a merged model depends on: the adapter's two files, config.json and the base's weights."""
-    digest = hashlib.sha256(base_sha256.encode())
+    """What a merged model depends on: the adapter's two files, config.json and the base's weights (and
+    how merged files are written: a new :data:`MERGED_FORMAT` leaves the old ones unread, to be evicted)."""
+    digest = hashlib.sha256(f"{MERGED_FORMAT} {base_sha256}".encode())
     for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME):
         with open(path / name, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
@@ -188,6 +190,8 @@ def _read_merged(cached: Path, key: str) -> dict | None:
     from safetensors.torch import load_file
 
     try:
+        if not cached.is_file():  # inside the try: an unreadable cache folder raises PermissionError
+            return None
         with safe_open(str(cached), framework="pt") as handle:
             if (handle.metadata() or {}).get("merged_key") != key:
                 raise ValueError("written for another model")

@@ -72,18 +72,28 @@ def read_adapter(path: str | Path, manifest: ModelManifest | None = None):
 
 def deferred_adapter(path: str | Path, manifest: ModelManifest):
     """For an adapter directory, a callable that reads its :class:`~stanceclf.model.adapter.LoraAdapter`
-    when first asked (to save the model again as an adapter), refusing if the files changed since now;
-    None for a plain directory. Reading it imports peft, which loading for prediction does not need."""
+    when first asked (to save the model again as an adapter) and returns that same reading to every later
+    call; it refuses if the files changed since now. None for a plain directory. Reading the adapter
+    imports peft, which loading for prediction does not need."""
     stored = manifest.stored_weights
     if stored is None:
         return None
+    from functools import cache
+
     from stanceclf.model.adapter import merged_key
 
     path = Path(path)
     loaded = merged_key(path, stored.base_sha256)
 
+    @cache  # one reading for the model and its accelerated copies, whatever is saved where meanwhile
     def read():
-        if merged_key(path, stored.base_sha256) != loaded:
+        try:
+            unchanged = merged_key(path, stored.base_sha256) == loaded
+        except OSError as exc:
+            raise ModelDirectoryError(f"the adapter's files cannot be read again to save this model ({exc}): "
+                                      "it is saved as its adapter, read from where it was loaded",
+                                      where=str(path)) from None
+        if not unchanged:
             raise ModelDirectoryError("the adapter's files changed since this model was loaded: load it again "
                                       "before saving it", where=str(path))
         return read_adapter(path, manifest)

@@ -46,15 +46,16 @@ def native_classifier(config: dict) -> "type[NativeClassifier] | None":
         return None
     if config.get("hidden_act", "gelu") not in _ACTIVATIONS:
         return None
+    # Loading builds AutoModelForSequenceClassification whatever config.json's ``architectures`` says (a
+    # packaged base's config, kept by an adapter directory, names BertModel or MPNetForMaskedLM).
     model_type = config.get("model_type")
     if model_type == "bert":
-        fits = (config.get("architectures", ["BertForSequenceClassification"]) == ["BertForSequenceClassification"]
-                and "type_vocab_size" in config and config.get("position_embedding_type", "absolute") == "absolute")
+        fits = "type_vocab_size" in config and config.get("position_embedding_type", "absolute") == "absolute"
         return BertClassifier if fits else None
     if model_type == "mpnet":
-        # transformers builds MPNetForSequenceClassification for any MPNet config (a packaged base's
-        # config.json names MPNetForMaskedLM); the bucket count is the one thing the encoder reads besides sizes.
-        return MPNetClassifier if "relative_attention_num_buckets" in config else None
+        # The bias table needs at least the buckets transformers computes (32, fixed), or it fails to index.
+        fits = config.get("relative_attention_num_buckets", 0) >= _MPNET_BUCKETS
+        return MPNetClassifier if fits else None
     return None
 
 
@@ -227,6 +228,9 @@ class BertClassifier(NativeClassifier):
 _MPNET_PADDING_ID = 1
 #: Relative distances beyond this share the last bucket (fixed in transformers).
 _MPNET_MAX_DISTANCE = 128
+#: Buckets of relative distance: transformers computes 32 whatever config.json's relative_attention_num_buckets
+#: says (that only sizes the bias table, whose rows past 32 are never read).
+_MPNET_BUCKETS = 32
 
 
 class _MPNetEmbeddings(nn.Module):
@@ -267,7 +271,7 @@ class _MPNetLayer(nn.Module):
         return self.output["LayerNorm"](self.output["dense"](inner) + x)
 
 
-def _relative_position_buckets(length: int, buckets: int, device: torch.device) -> torch.Tensor:
+def _relative_position_buckets(length: int, device: torch.device, buckets: int = _MPNET_BUCKETS) -> torch.Tensor:
     """transformers' MPNetEncoder.relative_position_bucket for every (query, key) pair of one length."""
     positions = torch.arange(length, device=device)
     distance = positions[:, None] - positions[None, :]  # query minus key: what transformers calls n
@@ -301,7 +305,7 @@ class MPNetClassifier(NativeClassifier):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ClassifierOutput:
         length = input_ids.shape[1]
         table = self.mpnet.encoder.relative_attention_bias.weight
-        buckets = _relative_position_buckets(length, table.shape[0], input_ids.device)
+        buckets = _relative_position_buckets(length, input_ids.device)
         bias = F.embedding(buckets, table).permute(2, 0, 1)[None]  # (1, heads, query, key)
         if attention_mask is not None:
             bias = bias.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
