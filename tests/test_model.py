@@ -326,6 +326,20 @@ def test_model_native_runtime_matches_transformers(tiny_arch_model_dir, architec
     np.testing.assert_allclose(native.predict_logits(TRICKY)[0], one_by_one, atol=1e-5)
 
 
+def test_model_native_runtime_runs_a_family_whatever_its_architectures_name():
+    """An adapter directory keeps its packaged base's config.json, which names BertModel or
+    MPNetForMaskedLM; loading builds the classification model regardless, and so does the native runtime."""
+    from stanceclf.infer.predict import shipped_model_path
+    from stanceclf.model.native import BertClassifier, MPNetClassifier, native_classifier
+
+    student = json.loads((shipped_model_path("claim-types-student") / "config.json").read_text())
+    default = json.loads((shipped_model_path("claim-types") / "config.json").read_text())
+    assert default["architectures"] == ["MPNetForMaskedLM"] and native_classifier(default) is MPNetClassifier
+    assert native_classifier({**student, "architectures": ["BertModel"]}) is BertClassifier
+    assert native_classifier({**student, "position_embedding_type": "relative_key"}) is None
+    assert native_classifier({**student, "model_type": "roberta"}) is None
+
+
 def test_model_native_mpnet_relative_position_buckets_match_transformers():
     """Past 128 tokens every distance shares the last bucket: 600 tokens cover both branches and the cap."""
     import torch

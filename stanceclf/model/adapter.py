@@ -115,14 +115,16 @@ class LoraAdapter:
         save_file({name: tensor.to(dtype).contiguous() for name, tensor in self.tensors.items()},
                   str(path / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
 
-    def merged_model(self, config, where: Path):
-        """The base, verified, with this adapter added and merged: a plain transformers model."""
+    def merged_model(self, where: Path):
+        """The base, verified, with this adapter added and merged: a plain transformers model with the
+        architecture and head of the config.json in ``where`` (the adapter directory)."""
         from peft import set_peft_model_state_dict
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoConfig, AutoModelForSequenceClassification
 
         from stanceclf.progress import library_output
 
         folder = verified_base_folder(self.base, self.base_sha256, where)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=False, local_files_only=True)
         with library_output("transformers", "huggingface_hub"):
             try:
                 model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -165,11 +167,7 @@ def merged_tensors(path: Path, base: str, base_sha256: str) -> dict:
     tensors = _read_merged(cached, key)
     if tensors is not None:
         return tensors
-    from transformers import AutoConfig
-
-    adapter = LoraAdapter.read(path, base, base_sha256)
-    merged = adapter.merged_model(AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True),
-                                  path)
+    merged = LoraAdapter.read(path, base, base_sha256).merged_model(path)
     tensors = {name: tensor.detach().float().contiguous() for name, tensor in merged.state_dict().items()}
     _write_merged(cached, key, tensors)
     return tensors

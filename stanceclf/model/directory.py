@@ -115,10 +115,9 @@ def _load_adapter_directory(path: Path, manifest: ModelManifest, config: dict, t
                           manifest, path)
         model = native.from_tensors(config, tensors, str(where))
     else:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        model = read_adapter(path, manifest).merged_model(
-            AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True), path).eval()
+        model = read_adapter(path, manifest).merged_model(path).eval()
         check_consistency(config, {name: list(t.shape) for name, t in model.state_dict().items()},
                           tokenizer.vocab_size, manifest, path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
