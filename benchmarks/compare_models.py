@@ -187,7 +187,7 @@ def main() -> None:
             raise SystemExit(f"{path}: its manifest does not list the documents it trained on, so the "
                              "articles it never saw cannot be told apart")
         seen_by[name] = set(documents.get("train", [])) | set(documents.get("dev", []))
-        probs, _ = model.predict_proba(texts)
+        probs = model.predict_proba(texts)
         systems[name] = (decide(probs, model.threshold_vector), probs)
     speeds = {name: sentences_per_second(path, texts) for name, path in named.items()} if args.speed else None
     models_only = dict(systems)

@@ -38,10 +38,10 @@ def tiny_of(architecture: str, tokenizer, seed: int = 0):
 
 def reloaded_scores_match(reloaded: StanceModel, trained: StanceModel, *, atol: float):
     """The reloaded model scores as the trained one did, and every backend within 0.02 of it: its scores."""
-    reference, _ = reloaded.predict_proba(TEXTS)
-    np.testing.assert_allclose(reference, trained.predict_proba(TEXTS)[0], atol=atol)
+    reference = reloaded.predict_proba(TEXTS)
+    np.testing.assert_allclose(reference, trained.predict_proba(TEXTS), atol=atol)
     for backend in BACKENDS:
-        scores, _ = reloaded.accelerated(backend).predict_proba(TEXTS)
+        scores = reloaded.accelerated(backend).predict_proba(TEXTS)
         assert np.abs(scores - reference).max() <= 0.02, backend
     return reference
 
@@ -64,7 +64,7 @@ def test_architectures_train_save_load_every_backend_and_export(tmp_path, base_t
     raw = classifier(TEXTS[:2])
     assert {item["label"] for item in raw[0]} == set(reloaded.labels)
     # The pipeline's raw sigmoid is the model's uncalibrated score.
-    logits, _ = reloaded.predict_logits(TEXTS[:2])
+    logits = reloaded.predict_logits(TEXTS[:2])
     sigmoid = {item["label"]: item["score"] for item in raw[1]}
     for j, label in enumerate(reloaded.labels):
         assert sigmoid[label] == pytest.approx(1 / (1 + np.exp(-logits[1, j])), abs=1e-5)
@@ -88,8 +88,8 @@ def test_architectures_lora_trains_adapters_and_saves_a_merged_model(tmp_path, b
     assert any("embeddings" in name for name in before) and not any("embeddings" in name for name in changed)
     reloaded = StanceModel.from_pretrained(tmp_path / "model")
     assert json.loads((tmp_path / "model" / "config.json").read_text())["model_type"] == architecture
-    scores, _ = reloaded.predict_proba(TEXTS)
-    merged, _ = trained.predict_proba(TEXTS)
+    scores = reloaded.predict_proba(TEXTS)
+    merged = trained.predict_proba(TEXTS)
     np.testing.assert_allclose(scores, merged, atol=1e-6)
 
 
@@ -151,7 +151,7 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
     plain = export_model_directory(folder, tmp_path / "plain")
     assert not (plain / "adapter_model.safetensors").exists()
     assert "stored_weights" not in json.loads((plain / "stanceclf.json").read_text())
-    np.testing.assert_allclose(StanceModel.from_pretrained(plain).predict_proba(TEXTS)[0], reference, atol=1e-5)
+    np.testing.assert_allclose(StanceModel.from_pretrained(plain).predict_proba(TEXTS), reference, atol=1e-5)
     assert {item["label"] for item in pipeline("text-classification", model=str(plain), top_k=None)(TEXTS[:1])[0]} \
         == set(reloaded.labels)
 
@@ -167,7 +167,7 @@ def test_architectures_lora_adapter_directory_holds_the_adapter_and_pins_its_bas
     assert (base / "model.safetensors").stat().st_size == stat.st_size
     os.utime(base / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
     # The merged model cached by the loads above was made from the verified base: it still scores right.
-    np.testing.assert_allclose(StanceModel.from_pretrained(folder).predict_proba(TEXTS)[0], reference, atol=1e-5)
+    np.testing.assert_allclose(StanceModel.from_pretrained(folder).predict_proba(TEXTS), reference, atol=1e-5)
     for cached in (cache_dir() / MERGED_FOLDER).glob("*.safetensors"):
         cached.unlink()
     with pytest.raises(ModelDirectoryError, match="trained on base weights with sha256"):
@@ -193,14 +193,14 @@ def test_architectures_lora_adapter_merged_once_then_loaded_without_transformers
     folder, cache = tmp_path / "model", tmp_path / "cache"
     code = ("import sys, json, stanceclf; m = stanceclf.load(sys.argv[1]); "
             "print(json.dumps([type(m.model).__name__, 'transformers' in sys.modules, 'peft' in sys.modules, "
-            "m.predict_proba(json.loads(sys.argv[2]))[0].tolist()]))")
+            "m.predict_proba(json.loads(sys.argv[2])).tolist()]))")
 
     def load_in_a_fresh_process():
         result = subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(TEXTS)], capture_output=True,
                                 text=True, env={**os.environ, "STANCECLF_CACHE": str(cache)}, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         name, transformers, peft, scores = json.loads(result.stdout.splitlines()[-1])
-        np.testing.assert_allclose(scores, trained.predict_proba(TEXTS)[0], atol=1e-5)
+        np.testing.assert_allclose(scores, trained.predict_proba(TEXTS), atol=1e-5)
         return name, transformers, peft
 
     assert load_in_a_fresh_process() == ("MPNetClassifier", True, True)  # merged now
@@ -219,8 +219,8 @@ def test_architectures_lora_adapter_merged_once_then_loaded_without_transformers
     copy.save_pretrained(tmp_path / "copy")
     assert (tmp_path / "copy" / "adapter_model.safetensors").read_bytes() \
         != (folder / "adapter_model.safetensors").read_bytes()  # float32 as loaded, not the float16 rewrite
-    np.testing.assert_allclose(StanceModel.from_pretrained(tmp_path / "copy").predict_proba(TEXTS)[0],
-                               trained.predict_proba(TEXTS)[0], atol=1e-5)
+    np.testing.assert_allclose(StanceModel.from_pretrained(tmp_path / "copy").predict_proba(TEXTS),
+                               trained.predict_proba(TEXTS), atol=1e-5)
     # If its files changed since loading, they are not this model's; if they are gone, it says so.
     loaded = StanceModel.from_pretrained(folder)
     config = json.loads((folder / "adapter_config.json").read_text())

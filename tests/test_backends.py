@@ -41,7 +41,7 @@ def test_backends_auto_picks_the_measured_fastest(tiny, tmp_path, seconds, faste
     assert choice.seconds == seconds and not choice.cached
     assert max(choice.deviation.values()) <= 0.02
     texts = ["NATO will expand again.", "Moscow warned of a dangerous escalation."]
-    assert abs(fast.predict_proba(texts)[0] - tiny.predict_proba(texts)[0]).max() <= 0.02
+    assert abs(fast.predict_proba(texts) - tiny.predict_proba(texts)).max() <= 0.02
 
 
 def test_backends_auto_never_picks_a_backend_that_moves_scores(tiny, tmp_path, monkeypatch):
@@ -174,12 +174,12 @@ def test_backends_onnx_graph_is_cached_and_follows_the_weights(tmp_path, make_ti
     assert not first.encoder.graph_was_cached and len(graphs) == 1
     again = model.accelerated("onnx")
     assert again.encoder.graph_was_cached
-    np.testing.assert_allclose(again.predict_proba(TEXTS)[0], model.predict_proba(TEXTS)[0], atol=1e-5)
+    np.testing.assert_allclose(again.predict_proba(TEXTS), model.predict_proba(TEXTS), atol=1e-5)
 
     graphs[0].write_bytes(b"not a graph")
     repaired = model.accelerated("onnx")
     assert not repaired.encoder.graph_was_cached and graphs[0].read_bytes() != b"not a graph"
-    np.testing.assert_allclose(repaired.predict_proba(TEXTS)[0], model.predict_proba(TEXTS)[0], atol=1e-5)
+    np.testing.assert_allclose(repaired.predict_proba(TEXTS), model.predict_proba(TEXTS), atol=1e-5)
 
     manifest = (folder / "stanceclf.json").read_text()
     make_tiny_model(seed=1).save_pretrained(folder)  # other weights, same path and same manifest
@@ -187,8 +187,8 @@ def test_backends_onnx_graph_is_cached_and_follows_the_weights(tmp_path, make_ti
     retrained = StanceModel.from_pretrained(folder)
     fast = retrained.accelerated("onnx")
     assert not fast.encoder.graph_was_cached
-    np.testing.assert_allclose(fast.predict_proba(TEXTS)[0], retrained.predict_proba(TEXTS)[0], atol=1e-5)
-    assert np.abs(retrained.predict_proba(TEXTS)[0] - model.predict_proba(TEXTS)[0]).max() > 1e-3
+    np.testing.assert_allclose(fast.predict_proba(TEXTS), retrained.predict_proba(TEXTS), atol=1e-5)
+    assert np.abs(retrained.predict_proba(TEXTS) - model.predict_proba(TEXTS)).max() > 1e-3
 
 
 def test_backends_onnx_graph_cache_keeps_only_the_most_recently_used(tmp_path, make_tiny_model, monkeypatch):

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from stanceclf.cache import STALE_TEMPORARY_SECONDS, evict_least_recent, replaced_atomically, write_atomically
+from stanceclf.cache import STALE_TEMPORARY_SECONDS, evict_least_recent
+from stanceclf.files import replaced_atomically, write_atomically
 
 
 def test_cache_replaced_atomically_keeps_the_old_file_when_writing_fails(tmp_path):

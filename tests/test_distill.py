@@ -125,7 +125,7 @@ def test_distill_interrupted_teacher_scoring_goes_on_from_its_last_part(tmp_path
     # The cached probabilities are the teacher's calibrated ones.
     texts = [s for s in cache._load()]
     np.testing.assert_allclose(cache.probabilities(texts, teacher.labels, 8, False),
-                               teacher.predict_proba(texts)[0], atol=1e-6)
+                               teacher.predict_proba(texts), atol=1e-6)
 
 
 def test_distill_ensemble_averages_teachers_in_the_students_label_order(tmp_path, make_tiny_model):
@@ -143,8 +143,8 @@ def test_distill_ensemble_averages_teachers_in_the_students_label_order(tmp_path
         "prediction": 2.0, "threat_framing": 0.5, "policy_attribution": 1.0}).save_pretrained(tmp_path / "t2")
     assert StanceModel.from_pretrained(second).labels == schema.label_names[::-1]
     texts = ["Prices will rise.", "The army warned of a threat."]
-    probs = [StanceModel.from_pretrained(first).predict_proba(texts)[0],
-             StanceModel.from_pretrained(second).predict_proba(texts)[0][:, ::-1]]
+    probs = [StanceModel.from_pretrained(first).predict_proba(texts),
+             StanceModel.from_pretrained(second).predict_proba(texts)[:, ::-1]]
     (tmp_path / "ensemble.jsonl").write_text(json.dumps({"text": texts[1]}) + "\n")
     recipe = distill_recipe(tmp_path, first, overrides=[f'distill.teacher=["{first}", "{second}"]',
                                                         'distill.unlabelled=["ensemble.jsonl"]',

@@ -23,8 +23,8 @@ def test_model_save_load_round_trip_keeps_thresholds_and_temperatures(tmp_path, 
     assert loaded.manifest.temperatures == model.manifest.temperatures
     assert loaded.labels == ["prediction", "threat_framing", "policy_attribution"]
     texts = ["Russia will respond.", "The weather was mild today, people said."]
-    original, _ = model.predict_proba(texts)
-    again, _ = loaded.predict_proba(texts)
+    original = model.predict_proba(texts)
+    again = loaded.predict_proba(texts)
     np.testing.assert_allclose(original, again, atol=1e-6)
 
 
@@ -133,18 +133,18 @@ def test_model_truncation_is_counted_and_respects_max_length(make_tiny_model):
 def test_model_length_sorted_batches_match_one_at_a_time(make_tiny_model):
     model = make_tiny_model()
     texts = ["a", "a much longer sentence about the arms race in Asia and beyond", "medium length text here"] * 5
-    batched, _ = model.predict_logits(texts, batch_size=4)
-    single = np.vstack([model.predict_logits([t], batch_size=1)[0] for t in texts])
+    batched = model.predict_logits(texts, batch_size=4)
+    single = np.vstack([model.predict_logits([t], batch_size=1) for t in texts])
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
 def test_model_one_long_sentence_does_not_pad_a_whole_batch(make_tiny_model):
     model = make_tiny_model(max_length=64)
     texts = ["Short one."] * 40 + ["word " * 200]
-    logits, _ = model.predict_logits(texts, batch_size=64)
+    logits = model.predict_logits(texts, batch_size=64)
     short_width = len(model.tokenize(["Short one."])[0][0])
     assert model.stats.padded_tokens == 40 * short_width + 64, "the long sentence is a batch of its own"
-    single = np.vstack([model.predict_logits([t], batch_size=1)[0] for t in texts[-2:]])
+    single = np.vstack([model.predict_logits([t], batch_size=1) for t in texts[-2:]])
     np.testing.assert_allclose(logits[-2:], single, atol=1e-5)
 
 
@@ -162,10 +162,10 @@ def test_model_fast_path_within_tolerance_of_fp32(make_tiny_model, backend, arch
     model = make_tiny_model(seed=3, architecture=architecture)
     texts = ["The US will deploy missiles in Asia.", "China warned of an arms race.",
              "Putin met Xi in Moscow on Monday.", "Prices rose again.", "a " * 60] * 4
-    fp32, _ = model.predict_proba(texts)
+    fp32 = model.predict_proba(texts)
     fast = model.accelerated(backend)
     assert fast.backend == backend and fast.encoder is not None
-    scores, _ = fast.predict_proba(texts)
+    scores = fast.predict_proba(texts)
     assert np.abs(fp32 - scores).max() <= 0.02
 
 
@@ -183,8 +183,8 @@ def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles(back
     seeds = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))
     texts = [s.text for path in seeds for s in model.split(path.read_text(encoding="utf-8"))]
     assert len(texts) > 200
-    fp32, _ = model.predict_proba(texts)
-    scores, _ = fast.predict_proba(texts)
+    fp32 = model.predict_proba(texts)
+    scores = fast.predict_proba(texts)
     assert np.abs(fp32 - scores).max() <= 0.02
 
 
@@ -321,9 +321,9 @@ def test_model_native_runtime_matches_transformers(tiny_arch_model_dir, architec
     assert type(native.tokenizer).__name__ == "JsonTokenizer"
     assert type(reference.model).__name__ == NATIVE_CLASSES[architecture][1]
     assert native.tokenize(TRICKY) == reference.tokenize(TRICKY)
-    np.testing.assert_allclose(native.predict_logits(TRICKY)[0], reference.predict_logits(TRICKY)[0], atol=1e-5)
-    one_by_one = np.concatenate([native.predict_logits([text])[0] for text in TRICKY])
-    np.testing.assert_allclose(native.predict_logits(TRICKY)[0], one_by_one, atol=1e-5)
+    np.testing.assert_allclose(native.predict_logits(TRICKY), reference.predict_logits(TRICKY), atol=1e-5)
+    one_by_one = np.concatenate([native.predict_logits([text]) for text in TRICKY])
+    np.testing.assert_allclose(native.predict_logits(TRICKY), one_by_one, atol=1e-5)
 
 
 def test_model_native_runtime_runs_a_family_whatever_its_architectures_name():
@@ -393,7 +393,7 @@ def test_model_native_runtime_of_shipped_models_matches_transformers_on_seed_art
     articles = sorted((Path(__file__).resolve().parents[1] / "examples" / "seeds").glob("*.txt"))[:seeds]
     texts = [s.text for seed in articles for s in native.split(seed.read_text(encoding="utf-8"))] + TRICKY
     assert native.tokenize(texts) == reference.tokenize(texts)
-    np.testing.assert_allclose(native.predict_logits(texts)[0], reference.predict_logits(texts)[0], atol=1e-4)
+    np.testing.assert_allclose(native.predict_logits(texts), reference.predict_logits(texts), atol=1e-4)
 
 
 def test_model_native_runtime_saves_a_directory_that_loads_back_and_in_transformers(tiny_model_dir, tmp_path):
@@ -401,7 +401,7 @@ def test_model_native_runtime_saves_a_directory_that_loads_back_and_in_transform
 
     loaded = StanceModel.from_pretrained(tiny_model_dir)
     again = StanceModel.from_pretrained(loaded.save_pretrained(tmp_path / "again", storage_dtype="float16"))
-    np.testing.assert_allclose(loaded.predict_proba(TRICKY)[0], again.predict_proba(TRICKY)[0], atol=2e-3)
+    np.testing.assert_allclose(loaded.predict_proba(TRICKY), again.predict_proba(TRICKY), atol=2e-3)
     assert type(loaded.model).__name__ == "BertClassifier"
     out = pipeline("text-classification", model=str(tmp_path / "again"), top_k=None)(["War is coming."])
     assert {item["label"] for item in out[0]} == set(loaded.labels)

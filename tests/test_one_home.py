@@ -81,7 +81,7 @@ def test_decision_score_exactly_at_threshold_gets_the_same_decision_everywhere(t
 
     model = make_tiny_model(seed=3)
     sentence = _sentence_rounding_up(model)
-    probs, _ = model.predict_proba([sentence])
+    probs = model.predict_proba([sentence])
     at = round(float(probs[0, 0]), SCORE_DECIMALS)
     assert float(probs[0, 0]) < at  # the raw probability is just below the threshold
     thresholds = {label: (at if i == 0 else 1.0) for i, label in enumerate(model.labels)}
@@ -97,7 +97,7 @@ def test_decision_score_exactly_at_threshold_gets_the_same_decision_everywhere(t
     dataset, _ = build_dataset([], load_schema("claim-types"), BuildConfig(), fixed_splits={"test": [document]})
     report, _, _ = evaluate_model(model, dataset["test"])
     assert report["labels"][label]["predicted"] == 1
-    logits, _ = model.predict_logits([sentence])
+    logits = model.predict_logits([sentence])
     trained = _evaluate_logits(logits, np.zeros((1, 3)), model.labels, model.temperature_vector,
                                model.threshold_vector)
     assert trained["labels"][label]["predicted"] == 1
@@ -109,7 +109,7 @@ def _sentence_rounding_up(model) -> str:
 
     for n in range(200):
         sentence = f"Sentence number {n} about the summit."
-        p = float(model.predict_proba([sentence])[0][0, 0])
+        p = float(model.predict_proba([sentence])[0, 0])
         if p < round(p, SCORE_DECIMALS):
             return sentence
     pytest.fail("no sentence with a score that rounds up")

@@ -49,6 +49,32 @@ def test_predict_labels_follow_scores_and_thresholds(make_tiny_model):
         assert ("prediction" in p.labels) == (p.scores["prediction"] >= cut)
 
 
+def test_predict_sklearn_style_methods_return_plain_arrays(make_tiny_model):
+    """predict_proba, predict_logits and predict return arrays (not tuples), one row per text and one
+    column per label; predict gives what classify decides; calling the model classifies."""
+    model = make_tiny_model(seed=5)
+    units = ["NATO will expand again.", "Moscow warned of a dangerous escalation.", "The summit opened."]
+    proba, logits, decided = model.predict_proba(units), model.predict_logits(units), model.predict(units)
+    for array in (proba, logits, decided):
+        assert isinstance(array, np.ndarray) and array.shape == (3, len(model.labels))
+    assert decided.dtype == np.int8 and set(np.unique(decided)) <= {0, 1}
+    cut = float(np.median(proba[:, 0]))
+    model = make_tiny_model(seed=5, thresholds={"prediction": cut, "threat_framing": 0.5, "policy_attribution": 0.5})
+    classified = model.classify(units, split_sentences=False)
+    expected = [[int(label in result[0].labels) for label in model.labels] for result in classified]
+    assert model.predict(units).tolist() == expected
+    assert model(units, split_sentences=False) == classified
+
+
+def test_predict_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "stanceclf", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "classify" in done.stdout and "score" in done.stdout
+
+
 def test_predict_classify_list_batches_across_documents(make_tiny_model):
     model = make_tiny_model()
     texts = [TEXT, "One sentence only.", ""]

@@ -176,7 +176,7 @@ def test_cli_score_engine_ray_on_a_running_cluster_skips_like_the_local_engine(t
 
 def test_ray_engine_refuses_an_interrupted_local_run(tmp_path, corpus, tiny_model, monkeypatch):
     """Its progress file is the local engine's to resume: Ray (which does not resume) leaves it alone."""
-    interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
+    interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)
     with pytest.raises(KeyboardInterrupt):
         score_corpus(corpus, tmp_path / "o.jsonl", tiny_model, chunk_sentences=8, progress=False)
     progress = (tmp_path / "o.jsonl.progress.json").read_bytes()

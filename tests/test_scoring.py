@@ -151,10 +151,10 @@ def test_scoring_is_deterministic(tmp_path, tiny_model):
 def test_scoring_refuses_to_resume_with_another_backend(tmp_path, tiny_model, monkeypatch):
     """bf16 scores differ slightly from fp32: one output must not mix the two."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(40)])
-    real_predict = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
+    real_predict = interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
-    monkeypatch.setattr(StanceModel, "predict_proba", real_predict)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", real_predict)
     with pytest.raises(StanceclfError, match="other inputs, model or output options"):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model.accelerated("bf16"), progress=False,
                      chunk_sentences=30)
@@ -210,13 +210,13 @@ def test_scoring_parquet_output_when_some_chunks_have_no_labels(tmp_path, tiny_m
     import numpy as np
     import pandas as pd
 
-    real = StanceModel.predict_proba
+    real = StanceModel.proba_and_truncation
 
     def labels_only_for_nato(self, texts, **kwargs):
         probs, truncated = real(self, texts, **kwargs)
         return np.array([[0.99 if "NATO" in t else 0.01] * probs.shape[1] for t in texts]), truncated
 
-    monkeypatch.setattr(StanceModel, "predict_proba", labels_only_for_nato)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", labels_only_for_nato)
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "NATO will grow."}, {"id": "b", "text": "Calm."}])
     score_corpus([source], tmp_path / "o.parquet", tiny_model, progress=False, chunk_sentences=1)
     frame = pd.read_parquet(tmp_path / "o.parquet")
@@ -270,10 +270,10 @@ def test_scoring_resumes_when_output_lies_inside_the_input_folder(tmp_path, tiny
     for i in range(6):
         (folder / f"d{i}.txt").write_text(ARTICLE, encoding="utf-8")
     out = folder / "scores.jsonl"
-    real = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
+    real = interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=3)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([folder], out, tiny_model, progress=False, chunk_sentences=3)
-    monkeypatch.setattr(StanceModel, "predict_proba", real)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", real)
     summary = score_corpus([folder], out, tiny_model, progress=False, chunk_sentences=3)
     assert summary.resumed_from == 2
     assert [r["doc_id"] for r in read_jsonl(out)] == [f"d{i}" for i in range(6) for _ in range(3)]
@@ -285,11 +285,11 @@ def test_scoring_refuses_to_resume_after_the_model_changed_in_place(tmp_path, ti
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(4)])
-    real = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=2)
+    real = interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", StanceModel.from_pretrained(model_dir), progress=False,
                      chunk_sentences=3)
-    monkeypatch.setattr(StanceModel, "predict_proba", real)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", real)
     manifest = json.loads((model_dir / "stanceclf.json").read_text())
     manifest["thresholds"] = {label: 0.3 for label in manifest["thresholds"]}
     (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
@@ -383,10 +383,10 @@ def test_scoring_duplicate_id_of_a_record_done_before_an_interruption_is_still_c
                                                                                       monkeypatch):
     records = [{"id": f"d{i}", "text": ARTICLE} for i in range(6)] + [{"id": "d0", "text": ARTICLE}]
     source = write_jsonl(tmp_path / "in.jsonl", records)
-    real = interrupt_on_call(monkeypatch, StanceModel, "predict_proba", after=3)
+    real = interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=3)
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=3)
-    monkeypatch.setattr(StanceModel, "predict_proba", real)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", real)
     with pytest.raises(InputRecordError, match="duplicate document id 'd0'"):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=3)
 

@@ -85,7 +85,7 @@ def mean_bce(model: StanceModel, documents) -> float:
             texts.append(sentence.text)
             labels.append([int(any(s.label == l and s.overlap(sentence.start, sentence.end) for s in doc.spans))
                            for l in model.labels])
-    logits, _ = model.predict_logits(texts)
+    logits = model.predict_logits(texts)
     y = np.array(labels, dtype=float)
     return float(np.mean(np.logaddexp(0, logits) - y * logits))
 
@@ -272,7 +272,7 @@ def test_training_calibrates_on_the_logits_the_served_model_computes(tmp_path, b
     trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
     served = StanceModel.from_pretrained(tmp_path / "model")
     dataset, _, _ = prepare_dataset(recipe, load_schema("claim-types"))
-    logits, _ = served.predict_logits(list(dataset["dev"]["text"]), batch_size=5)
+    logits = served.predict_logits(list(dataset["dev"]["text"]), batch_size=5)
     temperatures, thresholds = calibrate(logits, np.array(dataset["dev"]["labels"]))
     assert list(temperatures) == pytest.approx([trained.manifest.temperatures[l] for l in served.labels], abs=1e-4)
     assert list(thresholds) == pytest.approx([trained.manifest.thresholds[l] for l in served.labels], abs=1e-4)

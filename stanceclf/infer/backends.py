@@ -47,7 +47,8 @@ from typing import Callable
 
 import numpy as np
 
-from stanceclf.cache import cache_dir, evict_least_recent, write_atomically
+from stanceclf.cache import cache_dir, evict_least_recent
+from stanceclf.files import write_atomically
 from stanceclf.errors import BackendError
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.directory import manifest_digest, weights_file
@@ -208,12 +209,12 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
         except Exception as exc:  # e.g. ONNX Runtime broken or removed since: the cached choice is stale
             log.warning("the cached backend %s cannot run here any more (%s): measuring again", known.backend, exc)
     batch = list(CALIBRATION_SENTENCES)
-    reference, _ = model.predict_proba(batch)
+    reference = model.predict_proba(batch)
     choice, built = BackendChoice("torch"), {}
     for name in candidates or candidate_backends():
         try:
             built[name] = model if name == "torch" else model.accelerated(name, threads=threads)
-            scores, _ = built[name].predict_proba(batch)
+            scores = built[name].predict_proba(batch)
         except Exception as exc:  # a fast path that cannot run here (export, runtime) is only not a candidate
             if name == "torch":
                 raise

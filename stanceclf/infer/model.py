@@ -160,9 +160,10 @@ class StanceModel:
             ids.append(row)
         return ids, truncated
 
-    def predict_logits(self, texts: list[str], *, batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
-        """Raw logits ``(len(texts), n_labels)``, computed in length-sorted, dynamically padded batches of at
-        most ``batch_size`` texts and ``batch_size`` x :data:`TOKENS_PER_ROW` tokens, padding included."""
+    def logits_and_truncation(self, texts: list[str], *, batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
+        """Raw logits ``(len(texts), n_labels)`` and which texts were cut at ``max_length``, computed in
+        length-sorted, dynamically padded batches of at most ``batch_size`` texts and ``batch_size`` x
+        :data:`TOKENS_PER_ROW` tokens, padding included."""
         import torch
 
         if len(texts) == 0:
@@ -190,10 +191,28 @@ class StanceModel:
         self.stats.record(ids, truncated, padded_tokens)
         return logits, truncated
 
-    def predict_proba(self, texts: list[str], *, batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
-        """Calibrated probabilities per label (sigmoid of temperature-scaled logits)."""
-        logits, truncated = self.predict_logits(texts, batch_size=batch_size)
+    def proba_and_truncation(self, texts: list[str], *, batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
+        """:meth:`predict_proba` and which texts were cut at ``max_length``."""
+        logits, truncated = self.logits_and_truncation(texts, batch_size=batch_size)
         return probabilities(logits, self.temperature_vector), truncated
+
+    def predict_logits(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        """Raw logits, ``(len(texts), len(labels))`` float32; each text is one unit (no sentence splitting)."""
+        return self.logits_and_truncation(texts, batch_size=batch_size)[0]
+
+    def predict_proba(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        """Calibrated probabilities, ``(len(texts), len(labels))`` float32 (sigmoid of temperature-scaled
+        logits); each text is one unit (no sentence splitting)."""
+        return self.proba_and_truncation(texts, batch_size=batch_size)[0]
+
+    def predict(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        """Label decisions, ``(len(texts), len(labels))`` of 0 and 1 (int8), column ``j`` for ``labels[j]``:
+        what :meth:`classify` reports, through the same decision rule; each text is one unit."""
+        return decide(self.predict_proba(texts, batch_size=batch_size), self.threshold_vector).astype(np.int8)
+
+    def __call__(self, texts, **options):
+        """:meth:`classify`."""
+        return self.classify(texts, **options)
 
     @property
     def temperature_vector(self) -> np.ndarray:
@@ -241,7 +260,7 @@ class StanceModel:
                        batch_size: int = 64) -> list[list[Prediction]]:
         """Score :meth:`units` of ``n_texts`` texts in one length-sorted pass: one list of predictions per text.
         Units of several callers can be scored together by numbering their texts consecutively."""
-        probs, truncated = self.predict_proba([u[3] for u in units], batch_size=batch_size)
+        probs, truncated = self.proba_and_truncation([u[3] for u in units], batch_size=batch_size)
         results: list[list[Prediction]] = [[] for _ in range(n_texts)]
         spans = [(start, end, text) for _, start, end, text in units]
         for (doc_index, *_), prediction in zip(units, self.predictions(spans, probs, truncated)):

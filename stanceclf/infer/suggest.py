@@ -126,7 +126,7 @@ class _Committee:
         with torch.random.fork_rng(devices=[]):  # dropout masks from our seed, the caller's RNG untouched
             torch.manual_seed(self.generator_seed)
             self.generator_seed += 1
-            return [decide(self.model.predict_proba(texts, batch_size=batch_size)[0], thresholds)
+            return [decide(self.model.predict_proba(texts, batch_size=batch_size), thresholds)
                     for _ in range(self.passes)]
 
 
@@ -220,7 +220,7 @@ class _Picker:
         if not chunk:
             return
         texts = [s.text for _, sentences in chunk for s in sentences]
-        probs, truncated = self.model.predict_proba(texts, batch_size=self.batch_size)
+        probs, truncated = self.model.proba_and_truncation(texts, batch_size=self.batch_size)
         predictions = self.model.predictions([(s.start, s.end, s.text) for _, ss in chunk for s in ss],
                                              probs, truncated)
         if self.committee is not None:

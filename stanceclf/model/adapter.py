@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from stanceclf.cache import cache_dir, evict_least_recent, replaced_atomically
+from stanceclf.cache import cache_dir, evict_least_recent
+from stanceclf.files import replaced_atomically
 from stanceclf.errors import ModelDirectoryError, RecipeError
 from stanceclf.model.directory import CONFIG_NAME
 from stanceclf.model.directory import WEIGHTS_NAME as BASE_WEIGHTS_NAME

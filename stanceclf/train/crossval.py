@@ -245,7 +245,7 @@ class FoldRunner:
         model, trainer = fit_and_calibrate(recipe, data, self.schema, model=model, tokenizer=self.tokenizer,
                                            fingerprint=fingerprint, resume=self.resume, progress=self.progress,
                                            train_rows=train_rows)
-        logits, _ = model.predict_logits(list(tested["text"]))
+        logits = model.predict_logits(list(tested["text"]))
         y_true = np.array(tested["labels"], dtype=int).reshape(len(logits), -1)
         temperatures = [model.manifest.temperatures[l] for l in model.labels]
         record = {

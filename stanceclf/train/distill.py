@@ -171,7 +171,7 @@ def unlabelled_sentences(recipe, splitter, *, exclude: set[str]) -> tuple[list[s
 
 def teacher_probabilities(teacher, texts: list[str], batch_size: int) -> np.ndarray:
     """Calibrated probabilities of one teacher (its label order): the one place teachers are run."""
-    return teacher.predict_proba(texts, batch_size=batch_size)[0]
+    return teacher.predict_proba(texts, batch_size=batch_size)
 
 
 class TeacherScoreCache:

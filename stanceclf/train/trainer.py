@@ -328,7 +328,7 @@ def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_
     provisional = ModelManifest(label_schema=schema, thresholds={l: 0.5 for l in labels},
                                 temperatures={l: 1.0 for l in labels}, max_length=max_length, base_model="")
     served = StanceModel(model, tokenizer, provisional)
-    logits = {name: served.predict_logits(list(dataset[name]["text"]))[0]
+    logits = {name: served.predict_logits(list(dataset[name]["text"]))
               for name in ("dev", "test") if name in dataset and len(dataset[name])}
     truth = {name: np.array(dataset[name]["labels"]) for name in logits}
     temperatures, thresholds = calibration if calibration is not None else calibrate(logits["dev"], truth["dev"])

@@ -273,7 +273,7 @@ class _LocalRun(ScoringRun):
     def _flush(self, chunk: list[tuple[InputRecord, list]], records_done: int) -> None:
         """Score a chunk, append its rows, and record the new state durably (output first, then state)."""
         texts = [s.text for _, sentences in chunk for s in sentences]
-        probs, truncated = self.model.predict_proba(texts, batch_size=self.options.batch_size)
+        probs, truncated = self.model.proba_and_truncation(texts, batch_size=self.options.batch_size)
         predictions = self.model.predictions([(s.start, s.end, s.text) for _, ss in chunk for s in ss],
                                              probs, truncated)
         rows, cursor = [], 0
