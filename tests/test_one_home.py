@@ -77,7 +77,7 @@ def test_decision_score_exactly_at_threshold_gets_the_same_decision_everywhere(t
     from stanceclf.data.schema import load_schema
     from stanceclf.model.decision import SCORE_DECIMALS
     from stanceclf.train.evaluation import evaluate_model
-    from stanceclf.train.trainer import _evaluate_logits
+    from stanceclf.train.phases import evaluate_logits
 
     model = make_tiny_model(seed=3)
     sentence = _sentence_rounding_up(model)
@@ -98,7 +98,7 @@ def test_decision_score_exactly_at_threshold_gets_the_same_decision_everywhere(t
     report, _, _ = evaluate_model(model, dataset["test"])
     assert report["labels"][label]["predicted"] == 1
     logits = model.predict_logits([sentence])
-    trained = _evaluate_logits(logits, np.zeros((1, 3)), model.labels, model.temperature_vector,
+    trained = evaluate_logits(logits, np.zeros((1, 3)), model.labels, model.temperature_vector,
                                model.threshold_vector)
     assert trained["labels"][label]["predicted"] == 1
 
@@ -182,6 +182,66 @@ def test_layout_imports_flow_one_way(stage):
     for path in sorted((PACKAGE / stage).rglob("*.py")):
         wrong = _imported_stages(path) - ALLOWED[stage]
         assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+def _module_graph(package: Path) -> dict[str, set[str]]:
+    """Which modules of ``package`` each of its modules imports: every ``import`` statement, at module level or
+    inside a function body, absolute or relative. A name imported from a package that is itself a module of it
+    (``from stanceclf.model import adapter``) counts as that module. Importing a module runs its packages'
+    ``__init__`` too; those implicit edges are not counted (every module would then import the top package)."""
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = (package.name, *path.relative_to(package).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(known(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                for alias in node.names:
+                    imported.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else known(base))
+        graph[name] = imported - {None, name}
+    return graph
+
+
+def _import_cycle(package: Path) -> list[str] | None:
+    import graphlib
+
+    try:
+        graphlib.TopologicalSorter(_module_graph(package)).prepare()
+    except graphlib.CycleError as cycle:
+        return cycle.args[1]
+    return None
+
+
+def test_layout_no_import_cycle_even_inside_function_bodies():
+    cycle = _import_cycle(PACKAGE)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_layout_cycle_check_sees_an_import_hidden_in_a_function_body(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "stage").mkdir(parents=True)
+    for init in (package / "__init__.py", package / "stage" / "__init__.py"):
+        init.write_text("")
+    (package / "stage" / "floor.py").write_text("def load():\n    from pkg.stage.roof import build\n")
+    (package / "stage" / "roof.py").write_text("from .floor import load\n")
+    assert set(_import_cycle(package)) == {"pkg.stage.floor", "pkg.stage.roof"}
+    (package / "stage" / "floor.py").write_text("def load():\n    import json\n")
+    assert _import_cycle(package) is None
 
 
 def test_layout_pure_maths_loads_no_model():

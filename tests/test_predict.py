@@ -169,6 +169,18 @@ def test_predict_public_api_is_small_and_importable():
     assert "classify" in stanceclf.__all__ and "load" in stanceclf.__all__
 
 
+def test_predict_version_has_one_home_and_the_package_is_typed():
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    root = Path(stanceclf.__file__).parent
+    project = tomllib.loads((root.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert importlib.metadata.version("stanceclf") == stanceclf.__version__
+    assert (root / "py.typed").is_file()
+
+
 def test_predict_load_takes_a_shipped_model_by_name(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
@@ -199,3 +211,30 @@ def test_predict_shipped_models_are_the_mpnet_default_and_the_minilm_student():
 
     assert ModelManifest.read(shipped_model_path()).base_model == "packaged:all-mpnet-base-v2"
     assert ModelManifest.read(shipped_model_path("claim-types-student")).base_model == "packaged:all-minilm-l6-v2"
+
+
+@pytest.mark.parametrize("name", ["claim-types", "claim-types-student"])
+def test_predict_shipped_manifests_hold_no_machine_paths_or_float_noise(name):
+    """What `stanceclf info` and `/v1/model` show of a shipped model: no developer's absolute path, and
+    thresholds as short as the decisions need (a midpoint of two 6-decimal scores has 7 decimals)."""
+    import json
+
+    from stanceclf.infer.predict import default_model_path
+
+    manifest_path = default_model_path().parent / name / "stanceclf.json"
+    text = manifest_path.read_text(encoding="utf-8")
+
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    manifest = json.loads(text)
+    assert not [s for s in strings(manifest) if s.startswith(("/", "~")) or ":\\" in s]
+    for label, threshold in manifest["thresholds"].items():
+        assert len(repr(threshold).split(".")[1]) <= 7, (label, threshold)

