@@ -94,7 +94,7 @@ def main() -> None:
     from stanceclf.infer.predict import load
     from stanceclf.train.recipe import load_recipe
     from stanceclf.data.schema import load_schema
-    from stanceclf.train.trainer import prepare_dataset
+    from stanceclf.train.phases import prepare_dataset
 
     recipe = load_recipe(args.recipe)
     schema = load_schema(recipe.schema_path)

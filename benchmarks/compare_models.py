@@ -50,22 +50,22 @@ def source_of(doc_id: str) -> str:
 
 
 def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Macro F1 over the labels with positives in ``truth`` (the project's rule: others are undefined)."""
-    from sklearn.metrics import f1_score
+    """The library's macro F1 (:func:`stanceclf.model.metrics.multilabel_report`: labels without positives
+    in ``truth`` are left out), NaN where no label has one."""
+    from stanceclf.model.metrics import multilabel_report
 
-    defined = truth.sum(0) > 0
-    if not defined.any():
-        return float("nan")
-    return float(f1_score(truth[:, defined], pred[:, defined], average="macro", zero_division=0))
+    f1 = multilabel_report(truth, pred, [str(j) for j in range(truth.shape[1])])["macro"]["f1"]
+    return float("nan") if f1 is None else f1
 
 
-def bootstrap_difference(truth, pred_a, pred_b, docs, seed: int = 13) -> tuple[float, float]:
-    """95% interval of macro F1 (b) - macro F1 (a), resampling whole documents."""
+def bootstrap_difference(truth, pred_a, pred_b, docs, seed: int = 13,
+                         samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float]:
+    """95% interval of macro F1 (b) - macro F1 (a), resampling whole documents ``samples`` times."""
     rng = np.random.default_rng(seed)
     names = sorted(set(docs))
     rows_of = {name: np.flatnonzero(docs == name) for name in names}
     diffs = []
-    for _ in range(BOOTSTRAP_SAMPLES):
+    for _ in range(samples):
         rows = np.concatenate([rows_of[names[i]] for i in rng.integers(0, len(names), len(names))])
         diffs.append(macro_f1(truth[rows], pred_b[rows]) - macro_f1(truth[rows], pred_a[rows]))
     low, high = np.nanpercentile(diffs, [2.5, 97.5])  # a resample may leave a label without positives
@@ -157,7 +157,7 @@ def main() -> None:
     from stanceclf.infer.model import StanceModel
     from stanceclf.model.decision import decide
     from stanceclf.train.recipe import load_recipe
-    from stanceclf.train.trainer import prepare_dataset
+    from stanceclf.train.phases import prepare_dataset
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="NAME=PATH or PATH; the first is the reference")

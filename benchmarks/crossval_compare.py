@@ -21,9 +21,9 @@ import json
 import shlex
 from pathlib import Path
 
-import numpy as np
-
 from report import publish
+
+from stanceclf.train.fold_reports import mean_sd
 
 
 def fold_records(folder: Path) -> dict[str, dict]:
@@ -76,10 +76,9 @@ def compare(first: dict[str, dict], second: dict[str, dict], names: tuple[str, s
 
 
 def _mean_sd(values) -> tuple[float | None, float | None]:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None, None
-    return float(np.mean(present)), float(np.std(present, ddof=1)) if len(present) > 1 else None
+    """The library's mean and sample sd over folds (undefined figures left out), as a pair."""
+    stats = mean_sd(values)
+    return stats["mean"], stats["sd"]
 
 
 def markdown(result: dict, command: str, title: str = "", notes: tuple[str, ...] = ()) -> str:

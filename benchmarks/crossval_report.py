@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stanceclf.model.metrics import format_metric  # noqa: E402
-from stanceclf.train.crossval import format_mean_sd, mean_sd_table  # noqa: E402
+from stanceclf.train.fold_reports import format_mean_sd, mean_sd_table  # noqa: E402
 
 STEPS = ("kfold", "by-source", "learning-curve", "thresholds")
 

@@ -18,7 +18,7 @@ from report import publish  # benchmarks/report.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stanceclf.model.directory import weights_file  # noqa: E402
+from stanceclf.model.layout import weights_file  # noqa: E402
 from stanceclf.model.manifest import ModelManifest  # noqa: E402
 from stanceclf.model.metrics import format_metric  # noqa: E402
 

@@ -29,7 +29,7 @@ from stanceclf.model.metrics import format_report  # noqa: E402
 from stanceclf.infer.model import StanceModel  # noqa: E402
 from stanceclf.train.recipe import load_recipe  # noqa: E402
 from stanceclf.data.schema import load_schema  # noqa: E402
-from stanceclf.train.trainer import prepare_dataset  # noqa: E402
+from stanceclf.train.phases import prepare_dataset  # noqa: E402
 
 REFERENCE = ("Published reference (Da San Martino et al., EMNLP 2019, Table 7, sentence-level task, on the "
              "held-out **test** partition of 101 articles, which is not in ../shared): BERT-base P 63.20 / R 53.16 / "

@@ -62,7 +62,7 @@ def padding_share(recipe_path: Path, overrides: list[str], steps: int) -> dict[b
 
     from stanceclf.data.schema import load_schema
     from stanceclf.train.recipe import load_recipe
-    from stanceclf.train.trainer import load_base_tokenizer, prepare_dataset
+    from stanceclf.train.phases import load_base_tokenizer, prepare_dataset
 
     recipe = load_recipe(recipe_path, overrides)
     dataset, _, _ = prepare_dataset(recipe, load_schema(recipe.schema_path))

@@ -189,3 +189,79 @@ def load_toml(path: str | Path, error: type[StanceclfError], what: str) -> dict:
         raise error(f"{what} file not found", where=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"not valid TOML: {exc}", where=str(path)) from None
+
+
+class BuildOptionError(StanceclfError):
+    """An option of a dataset build is unusable: an unknown annotation format or export, split ratios that do
+    not add up, an unknown split name (``build-dataset``'s options; a recipe's ``[data]`` gives E010)."""
+
+    code = "E007"
+
+
+class TextInputError(StanceclfError, ValueError):
+    """A text given to ``classify`` cannot be scored (an unpaired surrogate: not valid Unicode). Also a
+    ``ValueError``, which the Python API raised before it had a code."""
+
+    code = "E033"
+
+
+def parse_json_text(text: str, error: type[StanceclfError], where: str) -> object:
+    """``json.loads`` with every way it can fail as ``error`` naming ``where``: bad syntax (with its line and
+    column), an integer longer than Python converts (4,300 digits), nesting deeper than the parser recurses."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"not valid JSON: {describe_json_error(exc)}", where=where) from None
+    except RecursionError:
+        raise error("not usable JSON: nested too deeply", where=where) from None
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise error("not usable JSON: an integer has more digits than Python reads (4,300)", where=where) from None
+
+
+class ResumeError(StanceclfError):
+    """An interrupted run cannot be resumed: its progress file is unreadable, or it was left by a run with
+    other inputs, another model or backend, or other options (the message says which)."""
+
+    code = "E034"
+
+
+class ApiKeyError(StanceclfError):
+    """An HTTP request to a server started with an API key lacks that key or gives a wrong one (HTTP 401)."""
+
+    code = "E055"
+
+
+class NotFoundError(StanceclfError):
+    """An HTTP request names a path the API does not have (HTTP 404)."""
+
+    code = "E056"
+
+
+class MethodNotAllowedError(StanceclfError):
+    """An HTTP request uses a method its path does not take, e.g. GET /v1/classify (HTTP 405)."""
+
+    code = "E057"
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value read from an input as an error message shows it: its repr (unpaired surrogates escaped, so the
+    message can be printed), cut to ``limit`` characters (a whole nested list would drown the message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ExplainError(StanceclfError):
+    """An explanation cannot be made as asked: an unknown method or label, or a model whose embeddings or
+    tokenizer offsets integrated gradients cannot reach (occlusion works on every model)."""
+
+    code = "E035"
+
+
+class ReportInputError(StanceclfError):
+    """``stanceclf report`` cannot use its input: a scores file that is not the output of ``stanceclf score``
+    (a missing column, a bad row, a document's rows not together), metadata that does not fit, or a model
+    whose labels differ from the scores' (the message names the file and line or row)."""
+
+    code = "E036"

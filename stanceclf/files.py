@@ -132,12 +132,27 @@ def _sha256_of(stamp: FileStamp) -> str:
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, *, timeout: float = -1) -> Iterator[None]:
+def exclusive_lock(path: str | Path, *, timeout: float = -1, refusal: Exception | None = None,
+                   remove: bool = False) -> Iterator[None]:
     """Hold the lock file ``path`` (``filelock``: an OS lock, released when its process dies).
     ``timeout`` -1 waits for it; 0 fails at once with ``filelock.Timeout`` (an ``OSError``) when
-    another process holds it."""
-    from filelock import FileLock
+    another process holds it, or with ``refusal`` when given (a coded error saying who holds it and
+    what to do). ``remove`` deletes the lock file when the block ends, while still holding it, so that
+    none is left beside what it guards (filelock >= 3.20.4 never lets a waiter keep a lock on a
+    removed file: it locks the new one)."""
+    from filelock import FileLock, Timeout
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path), timeout=timeout):
+    lock = FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        if refusal is None:
+            raise
+        raise refusal from None
+    try:
         yield
+    finally:
+        if remove:
+            Path(path).unlink(missing_ok=True)
+        lock.release()

@@ -65,7 +65,7 @@ def build_tiny_model(base_tokenizer, schema_name: str = "claim-types", *, thresh
     from stanceclf.data.schema import load_schema
     from stanceclf.infer.model import StanceModel
     from stanceclf.model.manifest import ModelManifest
-    from stanceclf.train.trainer import build_base_model
+    from stanceclf.train.phases import build_base_model
 
     schema = load_schema(schema_name)
     torch.manual_seed(seed)

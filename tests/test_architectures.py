@@ -12,13 +12,16 @@ import pytest
 
 from stanceclf.cache import cache_dir
 from stanceclf.data.schema import load_schema
+from stanceclf.files import file_sha256
 from stanceclf.infer.backends import BACKENDS
 from stanceclf.infer.model import StanceModel
 from stanceclf.model.adapter import MERGED_FOLDER
 from stanceclf.model.architectures import architecture_of
-from stanceclf.model.directory import export_model_directory, file_sha256, manifest_digest
+from stanceclf.model.directory import export_model_directory
+from stanceclf.model.manifest import manifest_digest
 from stanceclf.train.recipe import load_recipe
-from stanceclf.train.trainer import build_base_model, train
+from stanceclf.train.phases import build_base_model
+from stanceclf.train.trainer import train
 
 from conftest import tiny_config
 from test_training import write_recipe
@@ -254,6 +257,7 @@ def test_architectures_lora_adapter_on_a_hub_base_trains_and_loads_offline_from_
          "--set", "training.method=lora", "--set", "training.lora_storage=adapter", "--set", "training.max_steps=2",
          "--set", "training.eval_every=2"], capture_output=True, text=True, env=env)
     assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "it/s]" not in trained.stderr and "s/it]" not in trained.stderr  # no progress bar in a log
     manifest = json.loads((tmp_path / "model" / "stanceclf.json").read_text())
     weights = repo / "snapshots" / commit / "model.safetensors"
     assert manifest["stored_weights"]["base"] == "someone/tiny-base"
@@ -287,14 +291,14 @@ def test_architectures_lora_adapter_refuses_a_base_that_lacks_tensors_it_cannot_
         StanceModel.from_pretrained(tmp_path / "model")
 
 
-def test_architectures_lora_storage_adapter_needs_lora_and_is_not_signed(tmp_path):
-    from stanceclf.train.trainer import _run_signature
+def test_architectures_lora_storage_adapter_needs_lora_and_is_signed(tmp_path):
+    from stanceclf.train.signature import run_signature
 
     with pytest.raises(Exception, match="needs method = 'lora'"):
         load_recipe(write_recipe(tmp_path), ["training.lora_storage=adapter"])
     merged = load_recipe(write_recipe(tmp_path), ["training.method=lora"])
     stored = load_recipe(write_recipe(tmp_path), ["training.method=lora", "training.lora_storage=adapter"])
-    assert _run_signature(merged, "data") == _run_signature(stored, "data")
+    assert run_signature(merged, "data") != run_signature(stored, "data")
 
 
 def test_architectures_lora_storage_adapter_refuses_what_it_cannot_pin_before_training(tmp_path, base_tokenizer):
@@ -331,3 +335,19 @@ def test_architectures_lora_storage_adapter_refuses_a_base_that_changed_during_t
     with pytest.raises(RecipeError, match="changed while the model trained.*nothing was saved"):
         train(recipe, progress=False)
     assert not (tmp_path / "model").exists()
+
+
+def test_architectures_base_weights_are_hashed_once_through_the_files_stamp_cache(tmp_path):
+    from stanceclf import files
+    from stanceclf.model.adapter import base_weights_sha256
+
+    weights = tmp_path / "base" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"the base's weights")
+    assert base_weights_sha256(str(weights.parent)) == files.file_sha256(weights)
+    # The adapter's reading is the one files.stamped_sha256 remembers: asking again reads nothing.
+    hits = files._sha256_of.cache_info().hits
+    assert files.stamped_sha256(weights) == files.file_sha256(weights)
+    assert files._sha256_of.cache_info().hits == hits + 1
+    weights.write_bytes(b"other weights")
+    assert base_weights_sha256(str(weights.parent)) == files.file_sha256(weights)

@@ -149,7 +149,7 @@ def test_base_models_real_mpnet_assembles_and_runs(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     from stanceclf.data.schema import load_schema
-    from stanceclf.train.trainer import build_base_model
+    from stanceclf.train.phases import build_base_model
 
     monkeypatch.setenv("STANCECLF_CACHE", str(tmp_path))
     folder = resolve_base("packaged:all-mpnet-base-v2")

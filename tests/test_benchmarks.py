@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+#: Fewer article resamples than a report's 2000: each one scores two systems through the library's report.
+TEST_SAMPLES = 300
 
 
 def _script(name: str):
@@ -41,10 +43,10 @@ def test_benchmarks_compare_bootstrap_interval_brackets_the_observed_difference(
     docs = np.repeat([f"d{i}" for i in range(30)], 10)
     better = truth.copy()
     worse = np.where(rng.random(truth.shape) < 0.3, 1 - truth, truth)
-    low, high = compare.bootstrap_difference(truth, worse, better, docs)
+    low, high = compare.bootstrap_difference(truth, worse, better, docs, samples=TEST_SAMPLES)
     observed = compare.macro_f1(truth, better) - compare.macro_f1(truth, worse)
     assert 0 < low <= observed <= high
-    assert compare.bootstrap_difference(truth, better, better, docs) == (0.0, 0.0)
+    assert compare.bootstrap_difference(truth, better, better, docs, samples=TEST_SAMPLES) == (0.0, 0.0)
 
 
 def test_benchmarks_inference_child_job_starts_and_scores(tiny_model_dir, tmp_path):
@@ -65,8 +67,8 @@ def test_benchmarks_compare_bootstrap_resamples_whole_articles():
     worse[:60] = 1 - worse[:60]  # every error in the first 60 sentences
     clustered = np.repeat([f"d{i}" for i in range(30)], 10)
     spread = np.array([f"s{i}" for i in range(300)])
-    low_c, high_c = compare.bootstrap_difference(truth, worse, truth, clustered)
-    low_s, high_s = compare.bootstrap_difference(truth, worse, truth, spread)
+    low_c, high_c = compare.bootstrap_difference(truth, worse, truth, clustered, samples=TEST_SAMPLES)
+    low_s, high_s = compare.bootstrap_difference(truth, worse, truth, spread, samples=TEST_SAMPLES)
     assert high_c - low_c > 1.5 * (high_s - low_s)
 
 

@@ -1,14 +1,17 @@
-"""The cache folder's file handling: atomic replacement and eviction."""
+"""The cache folder's file handling: atomic replacement, eviction and locks."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from stanceclf.cache import STALE_TEMPORARY_SECONDS, evict_least_recent
-from stanceclf.files import replaced_atomically, write_atomically
+from stanceclf.files import exclusive_lock, replaced_atomically, write_atomically
 
 
 def test_cache_replaced_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -38,3 +41,26 @@ def test_cache_evicts_the_least_recently_used_and_abandoned_temporaries(tmp_path
     evict_least_recent(tmp_path, "*.safetensors", keep=4)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "a.safetensors", "b.safetensors", "c.safetensors", "d.safetensors", "h.safetensorsdef.tmp", "other.onnx"]
+
+
+def test_cache_exclusive_lock_refuses_at_once_with_the_given_error_and_is_free_once_its_holder_is_killed(tmp_path):
+    lock = tmp_path / "out.jsonl.lock"
+    script = (f"import time\nfrom stanceclf.files import exclusive_lock\nwith exclusive_lock({str(lock)!r}):\n"
+              "    print('held', flush=True)\n    time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        started = time.monotonic()
+        with pytest.raises(LookupError, match="someone else's"):
+            with exclusive_lock(lock, timeout=0, refusal=LookupError("someone else's")):
+                pass
+        assert time.monotonic() - started < 1  # refused at once, not after waiting
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert lock.exists()  # a killed holder leaves its file, but not the lock on it
+    with exclusive_lock(lock, timeout=0, refusal=LookupError("still held"), remove=True):
+        with pytest.raises(KeyError):  # an error inside the block is not taken for a refusal
+            with exclusive_lock(tmp_path / "other.lock", timeout=0, refusal=LookupError("other")):
+                raise KeyError("inside")
+    assert not lock.exists()

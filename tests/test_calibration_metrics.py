@@ -194,3 +194,10 @@ def test_calibration_thresholds_cut_between_reported_scores():
     decided = decide(probs, np.array([threshold]))[:, 0]
     f1 = 2 * (decided & (y[:, 0] == 1)).sum() / (decided.sum() + y.sum())
     assert decided[0] and f1 == pytest.approx(2 / 3)  # both 0.5 scores are labelled: the best the rule allows
+
+
+def test_calibration_thresholds_are_written_without_float_noise():
+    """Halfway between two 6-decimal scores has 7 decimals: 0.5750015, never 0.5750014999999999."""
+    probs = np.array([[0.575002], [0.575001], [0.2]])
+    [threshold] = fit_thresholds(probs, np.array([[1], [0], [0]]))
+    assert repr(float(threshold)) == "0.5750015"

@@ -221,7 +221,7 @@ def test_cli_build_dataset_from_a_recipe_reproduces_the_training_split(tmp_path)
     from stanceclf.data.dataset import load_built_dataset
     from stanceclf.data.readers import write_native
     from stanceclf.train.recipe import load_recipe
-    from stanceclf.train.trainer import prepare_dataset
+    from stanceclf.train.phases import prepare_dataset
 
     docs = [AnnotatedDocument(f"d{i}", TEXT, [Span(0, 23, "prediction", "t")] if i % 2 else [], ("t",))
             for i in range(12)]

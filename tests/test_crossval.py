@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +19,16 @@ from stanceclf.data.schema import load_schema
 from stanceclf.errors import EvaluationError, RecipeError
 from stanceclf.infer.model import StanceModel
 from stanceclf.train.calibration import calibrate
-from stanceclf.train.crossval import (FoldRunner, Pool, Setup, cross_validate, default_dev_fraction, kfold_plan,
-                                      source_plan)
+from stanceclf.train.crossval import cross_validate
+from stanceclf.train.fold_runner import FoldRunner, Setup, read_fold_record
+from stanceclf.train.folds import Pool, default_dev_fraction, kfold_plan, source_plan
 from stanceclf.train.learning_curve import learning_curve
+from stanceclf.train.phases import prepare_dataset
 from stanceclf.train.recipe import load_recipe
-from stanceclf.train.trainer import prepare_dataset, train
+from stanceclf.train.signature import SIGNATURE_FORMAT, signature_format
+from stanceclf.train.trainer import train
 
+from conftest import REPO, needs_shared
 from test_training import save_tiny_base, tiny, toy_corpus, write_recipe
 
 FEW_STEPS = ["training.max_steps=2", "training.eval_every=2"]
@@ -60,7 +67,7 @@ def test_crossval_folds_are_disjoint_cover_every_document_balanced_and_determini
         assert max(abs(n - sum(per_doc.values()) / 5) for n in per_fold) <= max(per_doc.values()), (label, per_fold)
 
 
-def test_crossval_report_has_mean_sd_per_label_and_resume_reuses_finished_folds(tmp_path, base_tokenizer):
+def test_crossval_report_has_mean_sd_per_label_and_resume_reuses_finished_folds(tmp_path, base_tokenizer, caplog):
     recipe = load_recipe(write_recipe(tmp_path), FEW_STEPS)
     models, messages, out = CountingModels(base_tokenizer), [], tmp_path / "cv"
     report = cross_validate(recipe, out, folds=5, make_model=models, tokenizer=base_tokenizer, progress=False,
@@ -109,6 +116,17 @@ def test_crossval_report_has_mean_sd_per_label_and_resume_reuses_finished_folds(
     assert signature(moved, *split) == records["fold-1"]["signature"] == signature(recipe, *split)
     assert signature(changed, *split) != signature(recipe, *split)
     assert signature(recipe, fold["train"][1:], fold["dev"], fold["test"]) != signature(recipe, *split)
+
+    # A record of an earlier format (format 1 had no number) is read as such, and its fold trained again.
+    assert {record["format"] for record in records.values()} == {SIGNATURE_FORMAT}
+    earlier = records["fold-2"]
+    del earlier["format"]
+    (out / "folds" / "fold-2.json").write_text(json.dumps(earlier))
+    with caplog.at_level(logging.WARNING, logger="stanceclf.train.fold_runner"):
+        cross_validate(recipe, out, folds=5, make_model=models, tokenizer=base_tokenizer, progress=False)
+    assert models.made == 7
+    assert "fold-2.json is a fold record of format 1, signed otherwise than this stanceclf signs" in caplog.text
+    assert signature_format(read_fold_record(out / "folds" / "fold-2.json")) == SIGNATURE_FORMAT
 
 
 def signature(recipe, *split) -> str:
@@ -429,18 +447,40 @@ def test_crossval_oof_thresholds_of_a_distill_recipe_train_a_teacher_per_fold(tm
     assert trained.model.config.num_hidden_layers == 2
 
 
-def test_crossval_kept_fold_records_still_match_their_recipe(tmp_path):
-    """A fold record kept in benchmarks/results/crossval/ took up to an hour to make: an option added to
-    the recipes later (at the value that behaves as before) must not orphan it."""
-    from pathlib import Path
+#: Fold records kept in benchmarks/results/crossval/ (see its README): up to an hour of training each.
+KEPT_RECORDS = REPO / "benchmarks" / "results" / "crossval"
 
-    root = Path(__file__).resolve().parents[1]
-    record = json.loads((root / "benchmarks/results/crossval/claim-types/folds/fold-4.json").read_text())
+
+def test_crossval_kept_fold_records_are_read_as_format_1():
+    """The kept records were signed before fold records had a format number: each one still reads as a
+    fold record, and as one of format 1, never as one of the current format."""
+    paths = sorted(KEPT_RECORDS.glob("**/folds/*.json"))
+    assert len(paths) >= 20
+    for path in paths:
+        record = read_fold_record(path)
+        assert signature_format(record) == 1 and record["name"] == path.stem, path
+
+
+@needs_shared
+def test_crossval_kept_fold_records_still_match_their_recipe(tmp_path, caplog):
+    """A kept record is a fold of its recipe as the current code plans it: the same data and the same
+    documents in train, dev and test, so that new folds can be set beside it. Being of format 1, it is
+    not reused by a rerun of its command: the fold is trained again, and the run says why."""
+    folder = KEPT_RECORDS / "claim-types"
+    record = read_fold_record(folder / "folds" / "fold-4.json")
+    report = json.loads((folder / "report.json").read_text())
     # the command the README of that folder gives for this run
-    recipe = load_recipe(root / "training/claim-types.toml", ["training.precision=auto"])
-    fold = record["documents"]
-    split = (fold["train"], fold["dev"], fold["test"])
-    assert signature(recipe, *split) == record["signature"]
-    grouped = load_recipe(root / "training/claim-types.toml",
-                          ["training.precision=auto", "training.group_by_length=true"])
-    assert signature(grouped, *split) != record["signature"]
+    recipe = load_recipe(REPO / "training" / "claim-types.toml", ["training.precision=auto"])
+    setup = Setup.of(recipe, tmp_path, progress=False)
+    assert setup.pool.fingerprint == report["data_fingerprint"]
+    dev_fraction = default_dev_fraction(recipe, setup.info)
+    assert dev_fraction == report["dev_fraction"]
+    plan = kfold_plan(setup.pool, 5, recipe.seed)
+    [(fold, (train, dev))] = [(fold, split) for fold, split in zip(plan, setup.pool.fold_splits(
+        plan, dev_fraction, recipe.seed)) if fold.name == "fold-4"]
+    assert record["documents"] == {"train": train, "dev": dev, "test": fold.test}
+    (tmp_path / "folds").mkdir()
+    shutil.copy(folder / "folds" / "fold-4.json", tmp_path / "folds")
+    with caplog.at_level(logging.WARNING, logger="stanceclf.train.fold_runner"):
+        assert setup.runner.finished("fold-4", train, dev, fold.test) is None
+    assert "is a fold record of format 1" in caplog.text

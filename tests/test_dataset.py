@@ -12,7 +12,7 @@ import pytest
 from stanceclf.data.dataset import (BuildConfig, assign_splits, build_dataset, data_fingerprint, format_statistics,
                                load_built_dataset, save_dataset, sentence_examples, statistics)
 from stanceclf.data.documents import AnnotatedDocument, Span
-from stanceclf.errors import StanceclfError
+from stanceclf.errors import BuildOptionError, StanceclfError
 from stanceclf.data.schema import LabelSchema, load_schema
 
 FIXTURES = Path(__file__).parent / "fixtures" / "annotations"
@@ -293,8 +293,9 @@ def test_dataset_save_with_an_empty_split(tmp_path):
 
 def test_dataset_save_rejects_unknown_export(tmp_path):
     dataset, info = build_dataset([AnnotatedDocument("d", TEXT)], CLAIMS)
-    with pytest.raises(ValueError, match="unknown export format 'csv'"):
+    with pytest.raises(BuildOptionError, match=r"^\[E007\] unknown export format 'csv'"):
         save_dataset(dataset, info, CLAIMS, tmp_path / "built", export=("csv",))
+    assert not (tmp_path / "built").exists()  # refused before anything is written
 
 
 def test_dataset_load_from_a_folder_that_is_not_a_built_dataset(tmp_path):
@@ -381,3 +382,48 @@ def test_dataset_cli_build_dataset_help_shows_format_descriptions_intact():
     output = " ".join(re.sub(r"[│╭╮╰╯─]", " ", run_cli(["build-dataset", "--help"]).output).split())
     for name, description in FORMATS.items():
         assert " ".join(description.split()) in output, name
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--format", "nope"], "[E007] --format: unknown format 'nope'; supported: ['brat', 'doccano'"),
+    (["--split", "foo=1"], "[E007] --split: unknown split names ['foo']; use ['train', 'dev', 'test']"),
+    (["--split", "train=x"], "[E007] --split: split ratios must look like train=0.7,dev=0.15,test=0.15"),
+    (["--split", "train=nan"], "[E007] --split: split ratios must be non-negative and sum to 1"),
+    (["--min-overlap", "0"], "[E007] --min-overlap: Input should be greater than or equal to 1"),
+    (["--reader-option", "colour=red"], "[E007] --reader-option: the native reader has no option 'colour'"),
+    (["--reader-option", "colour"], "[E007] --reader-option: reader option 'colour' must look like KEY=VALUE"),
+    (["--map", "prediction"], "[E007] --map: label mapping 'prediction' must look like RAW=LABEL"),
+    (["--export", "csv"], "[E007] --export: unknown export format 'csv'"),
+])
+def test_dataset_cli_build_dataset_bad_option_is_a_coded_error_naming_it(tmp_path, options, expected):
+    result = run_cli(["build-dataset", str(FIXTURES / "native" / "docs.jsonl"), "--out", str(tmp_path / "x"), *options])
+    assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None)))
+    assert result.output.startswith(expected), result.output
+    assert "validation error" not in result.output and "pydantic" not in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_dataset_cli_build_dataset_text_with_an_unpaired_surrogate_names_file_and_line(tmp_path):
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"id": 1, "text": "Fine text.", "label": []}\n'
+                      '{"id": 2, "text": "bad \\ud800 text", "label": []}\n', encoding="utf-8")
+    result = run_cli(["build-dataset", str(source), "--format", "doccano", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and result.output.startswith(
+        f"[E002] {source}:2 (document '2'): the text is not valid Unicode: an unpaired surrogate at character 4")
+    lenient = run_cli(["build-dataset", str(source), "--format", "doccano", "--out", str(tmp_path / "y"), "--lenient"])
+    assert lenient.exit_code == 0 and "read 1 documents with 0 spans" in lenient.output
+    assert f"skipped 1 items:\n  [E002] {source}:2 (document '2')" in lenient.output
+
+
+@pytest.mark.parametrize("task", [{"id": [1], "text": "x"}, {"id": 1, "data": {"text": "x"}, "annotations": 7},
+                                  {"id": 1, "data": {"text": "x"}, "annotations": [{"result": 5}]}])
+def test_dataset_cli_build_dataset_odd_label_studio_task_is_skipped_and_counted_when_lenient(tmp_path, task):
+    source = tmp_path / "export.json"
+    good = {"id": 2, "data": {"text": "Prices will rise."}, "annotations": [{"result": []}]}
+    source.write_text(json.dumps([task, good]), encoding="utf-8")
+    strict = run_cli(["build-dataset", str(source), "--format", "label-studio", "--out", str(tmp_path / "x")])
+    assert strict.exit_code == 1 and strict.output.startswith(f"[E002] {source} task 0"), strict.output
+    lenient = run_cli(["build-dataset", str(source), "--format", "label-studio", "--out", str(tmp_path / "y"),
+                       "--lenient"])
+    assert lenient.exit_code == 0, lenient.output
+    assert "read 1 documents with 0 spans" in lenient.output and f"  [E002] {source} task 0" in lenient.output

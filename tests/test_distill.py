@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stanceclf.data.schema import load_schema
-from stanceclf.errors import RecipeError
+from stanceclf.errors import InputRecordError, RecipeError
 from stanceclf.infer.model import StanceModel
 from stanceclf.train import distill
 from stanceclf.train.recipe import load_recipe
-from stanceclf.train.trainer import build_base_model, train
+from stanceclf.train.phases import build_base_model
+from stanceclf.train.trainer import train
 
 from conftest import REPO, interrupt_on_call, tiny_config
 from test_training import write_recipe
@@ -73,6 +75,8 @@ def test_distill_end_to_end_caches_teacher_scores_and_records_teachers(tmp_path,
     # As the recipe writes it, not this machine's absolute path.
     assert record["teachers"][0]["path"] == relative and record["teachers"][0]["recipe"] == "teacher.toml"
     assert record["teachers"][0]["base_model"].startswith("tiny-random-")
+    assert record["unlabelled"] == [str(path) for path in recipe.distill.unlabelled]  # as written: no machine path
+    assert not any(Path(path).is_absolute() for path in record["unlabelled"])
     assert record["alpha"] == 0.3 and record["student_layers"] == [0, 2, 4]
     assert record["soft_rows"] == UNLABELLED_SENTENCES and record["unlabelled_left_out_as_labelled"] == 1
     assert record["unlabelled_sentences_read"] == 6 and record["unlabelled_documents"] == 3
@@ -187,7 +191,7 @@ def test_distill_weighted_loss_is_alpha_mix_of_gold_and_soft(tmp_path, base_toke
     import torch
     from transformers import TrainingArguments
 
-    from stanceclf.train.trainer import _make_trainer_class
+    from stanceclf.train.phases import _make_trainer_class
 
     torch.manual_seed(0)
     model = student(base_tokenizer, layers=2).eval()
@@ -250,7 +254,8 @@ def test_distill_bad_unlabelled_record_names_it(tmp_path, base_tokenizer, tiny_m
     recipe = distill_recipe(tmp_path, tiny_model_dir)
     with open(tmp_path / "unlabelled.jsonl", "a") as handle:
         handle.write(json.dumps({"id": "empty", "text": "  "}) + "\n")
-    with pytest.raises(RecipeError, match=r"unlabelled.jsonl:4 \(id 'empty'\).*empty.*on_error"):
+    with pytest.raises(InputRecordError, match=r"\[E030\] record 3 \(.*unlabelled.jsonl:4, id 'empty'\): text is "
+                                               r"empty.*; set distill.on_error = \"skip\" in the recipe"):
         train(recipe, model=student(base_tokenizer, layers=2), tokenizer=base_tokenizer, progress=False)
     skipping = load_recipe(recipe.source, ["training.max_steps=2", "training.eval_every=2", 'distill.on_error="skip"'])
     trained = train(skipping, model=student(base_tokenizer, layers=2), tokenizer=base_tokenizer, progress=False)
@@ -349,3 +354,17 @@ def test_distill_augment_labelled_with_nothing_to_score_says_why(tmp_path, tiny_
 def _subsequence(words: list[str], of: list[str]) -> bool:
     remaining = iter(of)
     return all(word in remaining for word in words)
+
+
+def test_distill_unlabelled_pool_is_read_as_score_reads_a_corpus(tmp_path, tiny_model_dir, caplog):
+    """Skipped records are named and counted; ids may repeat (an article in two scrapes): nothing is keyed by them."""
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "x", "text": "Prices will rise.\nRates may fall."}) + "\n"
+                                      + json.dumps({"id": "y", "text": "   "}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"id": "x", "text": "Rates may fall.\nTalks resume."}) + "\n")
+    recipe = distill_recipe(tmp_path, tiny_model_dir, overrides=['distill.unlabelled=["a.jsonl", "b.jsonl"]',
+                                                                 'distill.on_error="skip"'])
+    sentences, counts = distill.unlabelled_sentences(recipe, _Lines(), exclude={"Talks resume."})
+    assert sentences == ["Prices will rise.", "Rates may fall."]
+    assert counts == {"unlabelled_documents": 2, "unlabelled_skipped": 1, "unlabelled_sentences_read": 4,
+                      "unlabelled_left_out_as_labelled": 1, "unlabelled_sentences": 2}
+    assert "distill: skipped record 1 (" in caplog.text and "a.jsonl:2, id 'y'): text is empty" in caplog.text

@@ -99,6 +99,36 @@ def test_model_refuses_manifest_whose_labels_do_not_match_the_head(tiny_model_di
         StanceModel.from_pretrained(tiny_model_dir)
 
 
+def test_model_load_checks_the_head_once(tiny_model_dir, monkeypatch):
+    from stanceclf.infer import model as infer_model
+    from stanceclf.model import directory
+
+    checked, check_head = [], directory.check_head
+
+    def counted(*args, **kwargs):  # the real check, counted
+        checked.append(args)
+        return check_head(*args, **kwargs)
+
+    for module in (directory, infer_model):
+        monkeypatch.setattr(module, "check_head", counted)
+    StanceModel.from_pretrained(tiny_model_dir)
+    assert len(checked) == 1
+
+
+def test_model_export_refuses_manifest_whose_labels_do_not_match_the_head(tiny_model_dir, tmp_path):
+    from stanceclf.model.directory import export_model_directory
+
+    path = tiny_model_dir / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["label_schema"]["labels"][0]["name"] = "forecast"
+    data["thresholds"]["forecast"] = data["thresholds"].pop("prediction")
+    data["temperatures"]["forecast"] = data["temperatures"].pop("prediction")
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelDirectoryError, match="id2label .* does not match the manifest's labels"):
+        export_model_directory(tiny_model_dir, tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
+
+
 def test_model_refuses_directory_without_safetensors(tiny_model_dir):
     (tiny_model_dir / "model.safetensors").unlink()
     (tiny_model_dir / "pytorch_model.bin").write_bytes(b"not loaded")
@@ -451,3 +481,16 @@ def test_model_card_shows_undefined_metrics_and_says_why(make_tiny_model):
     assert "| policy_attribution | - | - | - | 0 |" in card
     assert "| *macro* | 1.000 | 1.000 | 1.000 | |" in card
     assert "No positives in this split for policy_attribution" in card
+
+
+def test_model_card_shows_the_data_statistics_as_build_dataset_prints_them(make_tiny_model):
+    from stanceclf.data.dataset import format_statistics
+    from stanceclf.model.card import render_model_card
+
+    model = make_tiny_model()
+    rows = [{"split": "train", "documents": 3, "sentences": 41, "prediction": 7},
+            {"split": "dev", "documents": 1, "sentences": 12, "prediction": 2}]
+    model.manifest.training = {"statistics": rows}
+    card = render_model_card(model.manifest)
+    assert "Data (sentences and positives per split):\n\n" + format_statistics(rows) + "\n" in card
+    assert "| train | 3 | 41 | 7 |" in card

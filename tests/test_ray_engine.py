@@ -174,6 +174,19 @@ def test_cli_score_engine_ray_on_a_running_cluster_skips_like_the_local_engine(t
     assert (tmp_path / "ray.jsonl.errors.jsonl").read_text() == (tmp_path / "local.jsonl.errors.jsonl").read_text()
 
 
+def test_cli_score_engine_ray_in_a_log_is_quiet(tmp_path, corpus, tiny_model_dir):
+    """Started with its own new local Ray and stderr going to a log (not a terminal): no progress bars, and no
+    notice that the Ray it started itself uses token authentication; the summary line is there."""
+    command = [sys.executable, "-m", "stanceclf", "score", str(corpus[0]), "--out", str(tmp_path / "o.jsonl"),
+               "--model", str(tiny_model_dir), "--engine", "ray", "--address", "local"]
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "scored " in done.stderr
+    assert "scoring on ray" not in done.stderr and "reading:" not in done.stderr
+    assert "Token authentication is enabled" not in done.stderr
+
+
 def test_ray_engine_refuses_an_interrupted_local_run(tmp_path, corpus, tiny_model, monkeypatch):
     """Its progress file is the local engine's to resume: Ray (which does not resume) leaves it alone."""
     interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)

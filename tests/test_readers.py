@@ -610,3 +610,144 @@ def test_readers_bad_json_message_is_whole_with_line_and_column(tmp_path, fmt, n
     column = content.index("\t") + 1
     assert f"not valid JSON: Invalid control character at line 1, column {column}" in str(excinfo.value)
     assert excinfo.value.where == f"{path}{where}"
+
+
+# --- odd structures: a coded error naming the record, or a counted skip in lenient mode (issue 29) ---------------
+
+
+def read_both_ways(fmt: str, path: Path, **options):
+    """The strict read's error, and the lenient read's documents and report."""
+    with pytest.raises(AnnotationError) as excinfo:
+        read_annotations(fmt, path, **options)
+    report = ReadReport()
+    documents = read_annotations(fmt, path, strict=False, report=report, **options)
+    assert str(excinfo.value) in report.skipped
+    return excinfo.value, documents, report
+
+
+@pytest.mark.parametrize("tasks, where, message", [
+    ([{"id": [1], "text": "x"}], "task 0", "the task id [1]: a document id must be a string or an integer, not a list"),
+    ([{"id": 1, "data": {"text": "x"}, "annotations": 7}], "task 0 (id 1)", "'annotations' must be a list, got 7"),
+    ([{"id": 1, "data": {"text": "x"}, "annotations": [{"result": 5}]}], "task 0 (id 1) annotation 0",
+     "'result' must be a list, got 5"),
+    ([{"id": 1, "data": {"text": "hello"}, "annotations": [{"result": [
+        {"type": "labels", "value": {"start": 0, "end": 5, "text": 5, "labels": ["prediction"]}}]}]}],
+     "task 0 (id 1) annotation 0 result 0", "a span's text must be a string, got 5"),
+    ([{"id": 1, "data": {"text": "hello", "doc_id": True}, "annotations": []}], "task 0 (id 1)",
+     "data.doc_id True: a document id must be a string or an integer, not a boolean"),
+    ([{"id": 1, "data": {"text": "hello"}, "annotations": [{"completed_by": [2], "result": []}]}],
+     "task 0 (id 1) annotation 0", "the annotator's user id must be a string or an integer, got [2]"),
+])
+def test_readers_label_studio_odd_structures_are_coded_errors_naming_the_task(tmp_path, tasks, where, message):
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(tasks), encoding="utf-8")
+    error, documents, report = read_both_ways("label-studio", path)
+    assert error.where == f"{path} {where}" and message in error.detail and str(error).startswith("[E00")
+
+
+def test_readers_label_studio_undetectable_text_field_is_skipped_in_lenient_mode(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([{"id": 1, "data": {"a": "x", "b": "y"}, "annotations": [{"result": []}]}]))
+    error, documents, report = read_both_ways("label-studio", path)
+    assert "document text field cannot be told" in str(error) and documents == []
+
+
+def test_readers_brat_reversed_discontinuous_fragments_are_offset_errors(tmp_path):
+    (tmp_path / "x.txt").write_text("hello world", encoding="utf-8")
+    (tmp_path / "x.ann").write_text("T1\tprediction 1 1;1 0\t\n", encoding="utf-8")
+    error, documents, report = read_both_ways("brat", tmp_path)
+    assert isinstance(error, OffsetError) and error.where == f"{tmp_path / 'x.ann'}:1 fragment 0"
+    assert len(report.skipped) == 2 and "reversed offsets: start 1 > end 0" in report.skipped[1]
+    assert [d.spans for d in documents] == [[]]
+
+
+@pytest.mark.parametrize("fmt, name, line", [
+    ("native", "docs.jsonl", '{"doc_id": "a", "text": "bad \\ud800 text"}'),
+    ("native", "docs.jsonl", '{"doc_id": "a", "text": "bad \\ud800 text", "checksum": "sha256:0"}'),
+    ("doccano", "docs.jsonl", '{"id": 1, "text": "bad \\ud800 text", "label": []}'),
+    ("label-studio", "export.json",
+     '[{"id": 1, "data": {"text": "bad \\ud800 text"}, "annotations": [{"result": []}]}]'),
+])
+def test_readers_text_with_an_unpaired_surrogate_is_a_coded_error_naming_the_record(tmp_path, fmt, name, line):
+    path = tmp_path / name
+    path.write_text(line + "\n", encoding="utf-8")
+    error, documents, report = read_both_ways(fmt, path)
+    assert "text is not valid Unicode: an unpaired surrogate at character 4" in str(error)
+    assert error.where.startswith(f"{path}:1" if name.endswith(".jsonl") else f"{path} task 0")
+    assert documents == [] and report.documents == 0
+
+
+@pytest.mark.parametrize("fmt, name, content, message", [
+    ("native", "docs.jsonl", '{"doc_id": "a", "text": "x", "n": ' + "9" * 5000 + "}\n",
+     "more digits than Python reads"),
+    ("doccano", "docs.jsonl", "[" * 100_000 + "\n", "nested too deeply"),
+    ("label-studio", "export.json", "[" * 100_000, "nested too deeply"),
+    ("label-studio", "export.json", "[" + "9" * 5000 + "]", "more digits than Python reads"),
+])
+def test_readers_huge_integers_and_deep_nesting_are_coded_errors(tmp_path, fmt, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    error, documents, report = read_both_ways(fmt, path)
+    assert message in str(error) and error.where.startswith(str(path))
+
+
+def test_readers_native_span_annotator_and_checksum_must_be_strings(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"doc_id": "a", "text": "Hello.", "spans": [
+        {"start": 0, "end": 5, "label": "prediction", "annotator": ["me"]}]}) + "\n"
+        + json.dumps({"doc_id": "b", "text": "Hello.", "checksum": [1]}) + "\n", encoding="utf-8")
+    error, documents, report = read_both_ways("native", path)
+    assert error.where == f"{path}:1 (document 'a') span 0" and "'annotator' must be a name, got ['me']" in str(error)
+    assert report.skipped[1] == f"[E002] {path}:2 (document 'b'): 'checksum' must be a string, got [1]"
+
+
+@pytest.mark.parametrize("name", ["doc.txt\x00", "\ud800.txt"])
+def test_readers_native_path_no_file_can_have_is_a_coded_error(tmp_path, name):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"doc_id": "a", "path": name}) + "\n", encoding="utf-8")
+    error, _, _ = read_both_ways("native", path)
+    assert error.where == f"{path}:1 (document 'a')" and "not a usable file name" in str(error)
+
+
+# --- document ids: strings or integers, an integer as its decimal string, "1" and 1 one id (issue 29) ----------
+
+
+@pytest.mark.parametrize("raw, kind", [(["f"], "a list"), (True, "a boolean"), (1.5, "a number with a fraction"),
+                                       ({"a": 1}, "an object"), ("", "")])
+def test_readers_doccano_id_must_be_a_string_or_an_integer(tmp_path, raw, kind):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"id": raw, "text": "Hello.", "label": []}) + "\n", encoding="utf-8")
+    error, documents, _ = read_both_ways("doccano", path)
+    assert error.where == f"{path}:1" and f"'id' {raw!r}: a document id must" in str(error)
+    assert kind in str(error) and documents == []
+
+
+def test_readers_doccano_integer_id_is_its_decimal_string_and_meets_the_string(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"id": doc_id, "text": "Hello.", "label": []}) + "\n"
+                            for doc_id in (12345678901234567890, 1, "1")), encoding="utf-8")
+    error, documents, _ = read_both_ways("doccano", path)
+    assert [d.doc_id for d in documents] == ["12345678901234567890", "1"]
+    assert error.where == f"{path}:3 (document '1')" and f"first at {path}:2 (document '1')" in str(error)
+    assert "appears twice" in str(error)
+
+
+def test_readers_label_studio_string_and_integer_task_ids_are_one_id_named_twice(tmp_path):
+    path = tmp_path / "export.json"
+    tasks = [{"id": task_id, "data": {"text": "Hello."}, "annotations": [{"result": []}]} for task_id in (1, "1")]
+    path.write_text(json.dumps(tasks), encoding="utf-8")
+    error, documents, _ = read_both_ways("label-studio", path)
+    assert error.where == f"{path} task 1 (id 1)" and f"first at {path} task 0 (id 1)" in str(error)
+    assert [d.doc_id for d in documents] == ["1"]
+
+
+def test_readers_sheet_texts_with_one_name_are_an_error_naming_both(tmp_path):
+    from stanceclf.data.sheets import sheet_text_files
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.txt").write_text("Hello.", encoding="utf-8")
+    assert sheet_text_files([tmp_path / "a"]) == {"x": tmp_path / "a" / "x.txt"}
+    with pytest.raises(AnnotationError, match=r"document id 'x' \(first .*a/x\.txt\)") as excinfo:
+        sheet_text_files([tmp_path / "a", tmp_path / "b"])
+    assert excinfo.value.where == str(tmp_path / "b" / "x.txt")

@@ -181,7 +181,7 @@ def test_recipe_minimal_defaults(tmp_path):
     (MINIMAL_RECIPE.replace("epochs = 2", 'method = "qlora"'), "training.method"),
     (MINIMAL_RECIPE + 'colour = "red"\n', "training.colour"),
     (MINIMAL_RECIPE.replace('name = "tiny"\n', ""), "name"),
-    (MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]', 'inputs = ["a.jsonl"]\nformat = "xml"'), "data"),
+    (MINIMAL_RECIPE.replace('inputs = ["annotations.jsonl"]', 'inputs = ["a.jsonl"]\nformat = "xml"'), "data.format"),
     (MINIMAL_RECIPE.replace("epochs = 2", "eval_every = 0"), "training.eval_every"),
 ])
 def test_recipe_bad_field_raises_naming_the_field(tmp_path, content, field):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import interrupt_on_call
-from stanceclf.errors import InputRecordError, StanceclfError
+from stanceclf.errors import InputRecordError, ResumeError, ScoringSetupError, StanceclfError
 from stanceclf.infer.model import StanceModel
 from stanceclf.infer.scoring import PROGRESS_SUFFIX, score_corpus
 
@@ -155,7 +155,7 @@ def test_scoring_refuses_to_resume_with_another_backend(tmp_path, tiny_model, mo
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
     monkeypatch.setattr(StanceModel, "proba_and_truncation", real_predict)
-    with pytest.raises(StanceclfError, match="other inputs, model or output options"):
+    with pytest.raises(ResumeError, match="the backend was torch, now bf16: rerun with the interrupted run's"):
         score_corpus([source], tmp_path / "o.jsonl", tiny_model.accelerated("bf16"), progress=False,
                      chunk_sentences=30)
     summary = score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
@@ -293,7 +293,7 @@ def test_scoring_refuses_to_resume_after_the_model_changed_in_place(tmp_path, ti
     manifest = json.loads((model_dir / "stanceclf.json").read_text())
     manifest["thresholds"] = {label: 0.3 for label in manifest["thresholds"]}
     (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
-    with pytest.raises(StanceclfError, match="other inputs, model or output options"):
+    with pytest.raises(ResumeError, match="the model's weights or manifest changed: .* pass --overwrite"):
         score_corpus([source], tmp_path / "o.jsonl", StanceModel.from_pretrained(model_dir), progress=False,
                      chunk_sentences=3)
 
@@ -456,7 +456,7 @@ def test_scoring_second_process_on_the_same_output_is_refused_and_the_first_comp
         assert first.poll() is None and json.loads(state_before)["records_done"] > 0
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert second.returncode == 1
-        assert "another 'stanceclf score' run is writing this output right now" in second.stderr
+        assert "[E031]" in second.stderr and "another stanceclf run is writing this output right now" in second.stderr
         assert "Traceback" not in second.stderr
         assert progress_file.read_bytes() == state_before, "the first run's resume state is untouched"
         assert (tmp_path / "out.jsonl.partial").exists() and not out.exists()
@@ -481,26 +481,87 @@ def test_scoring_id_that_is_not_valid_unicode_is_a_bad_record(tmp_path, tiny_mod
     assert logged[0]["doc_id"] == "a\\ud800" and "not valid Unicode" in logged[0]["error"]
 
 
-def test_scoring_lock_taken_on_a_removed_lock_file_is_taken_again(tmp_path):
-    """A run that opened OUT.lock just before the previous run removed it must not lock the orphan file."""
+def test_scoring_lock_taken_on_a_lock_file_its_holder_just_removed_is_never_an_orphan(tmp_path):
+    """A run that opened OUT.lock just before the previous run removed it must not hold the removed file
+    (a third run would then lock a new file and write the same output): it holds the file at OUT.lock,
+    or is refused."""
     import fcntl
 
-    from stanceclf.infer.scoring.state import OutputLock
+    from stanceclf.infer.scoring.state import OutputPaths
 
-    path = tmp_path / "o.jsonl.lock"
+    files = OutputPaths.beside(tmp_path / "o.jsonl")
     real_flock = fcntl.flock
     calls = []
 
     def flock_after_the_file_goes(fd, operation):
-        if not calls:  # the first lock attempt: the previous run removes the file right before it
-            path.unlink()
+        if not calls and operation & fcntl.LOCK_EX:  # the previous run removes the file right before
+            files.lock.unlink(missing_ok=True)
         calls.append(fd)
         return real_flock(fd, operation)
 
     fcntl.flock = flock_after_the_file_goes
     try:
-        with OutputLock(path) as lock:
-            assert os.fstat(lock.handle.fileno()).st_ino == os.stat(path).st_ino
-        assert len(calls) >= 2
+        with files.locked():
+            fcntl.flock = real_flock
+            with pytest.raises(ScoringSetupError, match="another stanceclf run is writing this output"):
+                with files.locked():  # another run, coming for the file at OUT.lock
+                    pass
+    except ScoringSetupError as refused:
+        assert "another stanceclf run" in str(refused)
     finally:
         fcntl.flock = real_flock
+    assert calls and not files.lock.exists()
+
+
+def _interrupted(tmp_path, tiny_model, monkeypatch, records, **options):
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    real = interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=3, **options)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", real)
+    return source
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"chunk_sentences": 6}, r"--chunk-sentences was 3, now 6: rerun with the interrupted run's backend and options"),
+    ({"per_document": True}, r"--per-document was False, now True"),
+    ({"text_field": "body", "id_field": "id"}, r"--id-field was None, now 'id'; --text-field was 'text', now 'body'"),
+])
+def test_scoring_resume_with_other_options_is_refused_naming_them(tmp_path, tiny_model, monkeypatch, change, message):
+    records = [{"id": str(i), "text": ARTICLE, "body": ARTICLE} for i in range(4)]
+    _interrupted(tmp_path, tiny_model, monkeypatch, records)
+    options = {"chunk_sentences": 3, **change}
+    with pytest.raises(ResumeError, match=message) as refused:
+        score_corpus([tmp_path / "in.jsonl"], tmp_path / "o.jsonl", tiny_model, progress=False, **options)
+    assert str(refused.value).startswith("[E034] ") and "o.jsonl.progress.json" in str(refused.value)
+    assert "--overwrite" in str(refused.value)
+    score_corpus([tmp_path / "in.jsonl"], tmp_path / "o.jsonl", tiny_model, progress=False, overwrite=True, **options)
+
+
+def test_scoring_resume_refused_when_an_input_was_replaced_by_a_copy_keeping_size_and_mtime(tmp_path, tiny_model,
+                                                                                            monkeypatch):
+    """``cp -p``, rsync or unzip keep size and mtime: the inode and ctime still tell the file changed."""
+    records = [{"id": str(i), "text": ARTICLE} for i in range(4)]
+    source = _interrupted(tmp_path, tiny_model, monkeypatch, records)
+    before = source.stat()
+    replacement = tmp_path / "replacement.jsonl"
+    write_jsonl(replacement, [{"id": str(9 - i), "text": ARTICLE} for i in range(4)])
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(replacement, source)
+    assert (source.stat().st_size, source.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(ResumeError, match="the input files changed .*: the rows written so far cannot be continued"):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=3)
+
+
+def test_scoring_resume_refused_in_the_cli_with_its_code_and_what_changed(tmp_path, tiny_model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stanceclf.cli import app
+
+    model = StanceModel.from_pretrained(tiny_model_dir)
+    _interrupted(tmp_path, model, monkeypatch, [{"id": str(i), "text": ARTICLE} for i in range(4)],
+                 per_document=True)
+    result = CliRunner().invoke(app, ["score", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                                      "--model", str(tiny_model_dir), "--no-progress"])
+    assert result.exit_code == 1
+    assert "[E034]" in result.output and "--per-document was True, now False" in result.output

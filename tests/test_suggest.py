@@ -83,6 +83,27 @@ def test_suggest_random_is_seeded_and_predicts_what_it_picks(corpus, make_tiny_m
     assert all(s.predictions and s.predictions[0].start == 0 for s in everything.suggestions)
 
 
+def test_suggest_flagged_ranks_documents_by_their_share_of_labelled_sentences(corpus, make_tiny_model):
+    model = make_tiny_model(seed=4, thresholds={"prediction": 0.5, "threat_framing": 0.5, "policy_attribution": 0.5})
+    summary = suggest([corpus], model, strategy="flagged", n=len(TEXTS), text_field="body", chunk_sentences=2,
+                      progress=False)
+    expected = {doc_id: float(np.mean([bool(p.labels) for p in model.classify(text)]))
+                for doc_id, text in TEXTS.items()}
+    assert {s.doc_id: s.priority for s in summary.suggestions} == pytest.approx(expected)
+    assert [s.priority for s in summary.suggestions] == sorted(expected.values(), reverse=True)
+
+
+def test_suggest_blind_tasks_show_no_model_labels(corpus, tmp_path, tiny_model_dir):
+    out = tmp_path / "blind.json"
+    result = runner.invoke(app, ["suggest", str(corpus), "--model", str(tiny_model_dir), "--text-field", "body",
+                                 "--no-progress", "--out", str(out), "--n", "3", "--strategy", "flagged", "--blind"])
+    assert result.exit_code == 0, result.output
+    tasks = json.loads(out.read_text())
+    assert len(tasks) == 3 and all("predictions" not in task for task in tasks)
+    assert all(set(task["meta"]) == {"strategy", "source"} and task["meta"]["strategy"] == "flagged" for task in tasks)
+    assert {task["data"]["doc_id"] for task in tasks} <= set(TEXTS)
+
+
 def test_suggest_disagreement_works_on_a_model_loaded_from_its_directory(corpus, tiny_model_dir):
     """A directory's BERT runs in plain torch (no dropout layers); the committee uses its transformers twin."""
     from stanceclf.infer.model import StanceModel
@@ -201,3 +222,96 @@ def test_label_studio_config_generated_from_the_schema():
     result = runner.invoke(app, ["labelstudio-config", "--schema", "ptc-propaganda"])
     assert result.exit_code == 0, result.output
     assert [x.get("value") for x in ElementTree.fromstring(result.output).iter("Label")] == ["propaganda"]
+
+
+# ---- suggest goes through the scoring path: resume, lock, bad records, coded errors ---------------------------
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "disagreement", "random"])
+def test_suggest_resumes_after_an_interrupt_without_lost_or_duplicated_documents(corpus, tmp_path, make_tiny_model,
+                                                                                monkeypatch, strategy):
+    from conftest import interrupt_on_call
+    from stanceclf.infer.suggest import _SuggestRun
+
+    model = make_tiny_model(thresholds={"prediction": 0.5, "threat_framing": 0.45, "policy_attribution": 0.55})
+    common = dict(strategy=strategy, n=len(TEXTS), passes=3, seed=5, text_field="body", chunk_sentences=2,
+                  progress=False, log=lambda message: None)
+    clean = tmp_path / "clean.json"
+    suggest([corpus], model, out=clean, **common)
+    out = tmp_path / "tasks.json"
+    real = interrupt_on_call(monkeypatch, _SuggestRun, "process_chunk", after=3)  # Ctrl-C in the 3rd chunk
+    with pytest.raises(KeyboardInterrupt):
+        suggest([corpus], model, out=out, **common)
+    assert not out.exists() and (tmp_path / "tasks.json.progress.json").exists()
+    done = json.loads((tmp_path / "tasks.json.progress.json").read_text())
+    assert done["chunks"] == 2 and 0 < done["records_done"] < len(TEXTS)
+    chunks = []
+    monkeypatch.setattr(_SuggestRun, "process_chunk", lambda run, chunk: chunks.append(chunk) or real(run, chunk))
+    summary = suggest([corpus], model, out=out, **common)
+    assert summary.resumed_from == done["records_done"] and summary.documents == len(TEXTS)
+    assert sum(len(chunk.documents) for chunk in chunks) == len(TEXTS) - done["documents"]  # nothing done twice
+    tasks = json.loads(out.read_text(encoding="utf-8"))
+    assert sorted(task["data"]["doc_id"] for task in tasks) == sorted(TEXTS)  # each document once
+    assert out.read_bytes() == clean.read_bytes()  # the picks, priorities and pre-annotations of a clean run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.json", "corpus.jsonl", "tasks.json"]
+
+
+def test_suggest_resume_with_another_strategy_or_exclusion_is_refused_naming_it(corpus, tmp_path, make_tiny_model,
+                                                                               monkeypatch):
+    from conftest import interrupt_on_call
+    from stanceclf.errors import ResumeError
+    from stanceclf.infer.suggest import _SuggestRun
+
+    model = make_tiny_model()
+    out = tmp_path / "tasks.json"
+    common = dict(text_field="body", chunk_sentences=2, out=out, progress=False)
+    real = interrupt_on_call(monkeypatch, _SuggestRun, "process_chunk", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        suggest([corpus], model, **common)
+    monkeypatch.setattr(_SuggestRun, "process_chunk", real)
+    with pytest.raises(ResumeError, match=r"--strategy was 'uncertainty', now 'random'; --seed was None, now 13"):
+        suggest([corpus], model, strategy="random", **common)
+    with pytest.raises(ResumeError, match=r"--exclude was '0 ids, sha256 [0-9a-f]{12}', now '1 ids, sha256"):
+        suggest([corpus], model, exclude={"doc1"}, **common)
+    assert suggest([corpus], model, n=2, **common).resumed_from > 0  # another n is fine: picks come at the end
+
+
+def test_suggest_second_run_on_the_same_output_is_refused_at_once(corpus, tmp_path, make_tiny_model, monkeypatch):
+    from stanceclf.infer.scoring.state import OutputPaths
+
+    model = make_tiny_model()
+    calls = []
+    monkeypatch.setattr(type(model), "proba_and_truncation", lambda *args, **kwargs: calls.append(1))
+    out = tmp_path / "tasks.json"
+    with OutputPaths.beside(out).locked():  # a run writing this output right now
+        with pytest.raises(ScoringSetupError, match=r"\[E031\] .*tasks.json: another stanceclf run is writing"):
+            suggest([corpus], model, text_field="body", out=out, progress=False)
+    assert calls == [] and not out.exists()
+
+
+def test_suggest_existing_output_is_refused_before_any_scoring(corpus, tmp_path, make_tiny_model, monkeypatch):
+    from stanceclf.infer.model import StanceModel
+
+    model = make_tiny_model()
+    out = tmp_path / "tasks.json"
+    out.write_text("[]\n")
+    real = StanceModel.proba_and_truncation
+    calls = []
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with pytest.raises(Exception, match=r"tasks.json: the output exists .*--overwrite"):
+        suggest([corpus], model, text_field="body", out=out, progress=False)
+    assert calls == [] and out.read_text() == "[]\n"
+    summary = suggest([corpus], model, n=2, text_field="body", out=out, overwrite=True, progress=False)
+    assert [t["data"]["doc_id"] for t in json.loads(out.read_text())] == [s.doc_id for s in summary.suggestions]
+
+
+def test_suggest_skipped_bad_records_are_listed_beside_the_tasks(tmp_path, make_tiny_model):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": "Prices will rise."}) + "\n" + json.dumps({"id": "b", "text": ""})
+                    + "\n" + json.dumps({"id": "a", "text": "Rates may fall."}) + "\n", encoding="utf-8")
+    out = tmp_path / "tasks.json"
+    summary = suggest([path], make_tiny_model(), out=out, on_error="skip", progress=False, log=lambda message: None)
+    assert summary.skipped == 2 and [s.doc_id for s in summary.suggestions] == ["a"]
+    errors = [json.loads(line) for line in (tmp_path / "tasks.json.errors.jsonl").read_text().splitlines()]
+    assert [(e["doc_id"], e["record"]) for e in errors] == [("b", 1), ("a", 2)]
+    assert "duplicate document id 'a'" in errors[1]["error"]

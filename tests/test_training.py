@@ -19,9 +19,10 @@ from stanceclf.infer.model import StanceModel
 from stanceclf.data.readers import write_native
 from stanceclf.train.recipe import load_recipe
 from stanceclf.data.schema import load_schema
-from stanceclf.train.trainer import build_base_model, positive_weights, train
+from stanceclf.train.phases import build_base_model, positive_weights
+from stanceclf.train.trainer import train
 
-from conftest import tiny_config
+from conftest import interrupt_on_call, tiny_config
 
 FORECAST = ["The army will attack the city soon.", "Prices are likely to rise next year.",
             "Experts expect the talks to fail."]
@@ -117,7 +118,7 @@ def test_training_bf16_mixed_precision_learns_and_saves_float32(tmp_path, base_t
     assert next(reloaded.model.parameters()).dtype == torch.float32
     # The manifest's dev metrics are those of the saved float32 model, not of bf16 logits.
     from stanceclf.train.evaluation import evaluate_model
-    from stanceclf.train.trainer import prepare_dataset
+    from stanceclf.train.phases import prepare_dataset
 
     dataset, _, _ = prepare_dataset(recipe, load_schema("claim-types"))
     report, _, _ = evaluate_model(reloaded, dataset["dev"])
@@ -135,6 +136,8 @@ def test_training_saves_calibration_that_survives_reload(tmp_path, base_tokenize
     assert reloaded.manifest.temperatures == pytest.approx(trained.manifest.temperatures)
     assert reloaded.manifest.data_fingerprint.startswith("sha256:")
     assert reloaded.manifest.training["recipe"]["name"] == "toy"
+    # The manifest travels with the model: the best checkpoint is named within the run folder, no machine path.
+    assert reloaded.manifest.training["best_checkpoint"].startswith("checkpoint-")
     card = (tmp_path / "model" / "README.md").read_text()
     assert "test split" in card and "Expected calibration error" in card
 
@@ -147,7 +150,7 @@ def test_training_resumes_from_last_checkpoint(tmp_path, base_tokenizer, caplog)
     # Simulate a run killed after its first checkpoint.
     shutil.rmtree(run / "checkpoint-8")
     shutil.rmtree(tmp_path / "model")
-    with caplog.at_level(logging.WARNING, logger="stanceclf.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="stanceclf.train.phases"):
         resumed = train(recipe, model=tiny(base_tokenizer, seed=1), tokenizer=base_tokenizer, progress=False)
     assert any("resuming from" in r.message and "checkpoint-4" in r.message for r in caplog.records)
     state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
@@ -161,6 +164,29 @@ def test_training_resumes_from_last_checkpoint(tmp_path, base_tokenizer, caplog)
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
+def test_training_resumed_run_keeps_its_early_stopping_patience(tmp_path, base_tokenizer, monkeypatch):
+    """A run killed after a dev evaluation that did not improve resumes with that much of its patience
+    spent: it stops where the same run uninterrupted stops (a resumed run once ran 260 steps against 195)."""
+    from transformers import Trainer
+
+    # Too small a learning rate to change any decision: dev macro F1 never improves on its first value.
+    overrides = ["training.max_steps=20", "training.eval_every=2", "training.early_stopping_patience=2",
+                 "training.learning_rate=1e-9"]
+    runs = {}
+    for name in ("whole", "killed"):
+        (tmp_path / name).mkdir()
+        runs[name] = load_recipe(write_recipe(tmp_path / name), overrides)
+    whole = train(runs["whole"], model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    assert whole.manifest.training["steps"] == 6  # best at step 2, no better at 4 and 6: patience spent
+    real = interrupt_on_call(monkeypatch, Trainer, "evaluate", after=3)  # killed as step 6's evaluation starts
+    with pytest.raises(KeyboardInterrupt):
+        train(runs["killed"], model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    monkeypatch.setattr(Trainer, "evaluate", real)
+    resumed = train(runs["killed"], model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
+    assert resumed.manifest.training["resumed_from_step"] == 4
+    assert resumed.manifest.training["steps"] == whole.manifest.training["steps"]
+
+
 def test_training_refuses_to_resume_checkpoints_of_another_run(tmp_path, base_tokenizer):
     path = write_recipe(tmp_path)
     recipe = load_recipe(path, ["training.max_steps=8", "training.eval_every=4"])
@@ -172,6 +198,13 @@ def test_training_refuses_to_resume_checkpoints_of_another_run(tmp_path, base_to
     train(other, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False, resume=False)
     signature = json.loads((tmp_path / "run" / "run-signature.json").read_text())
     assert signature["recipe"]["seed"] == 99
+    # Every option is signed, at its default too (format 1 left group_by_length out while it was false).
+    assert signature["format"] == 2 and signature["recipe"]["training"]["group_by_length"] is False
+    # Checkpoints signed by an earlier stanceclf (its signatures had no format number) are refused as such.
+    del signature["format"]
+    (tmp_path / "run" / "run-signature.json").write_text(json.dumps(signature))
+    with pytest.raises(RecipeError, match=r"checkpoints signed by an earlier stanceclf \(signature format 1, now 2\)"):
+        train(other, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
 
 
 def test_training_gradient_accumulation_keeps_the_loss_scale(tmp_path, base_tokenizer):
@@ -266,7 +299,7 @@ def test_training_real_packaged_base_few_steps(tmp_path):
 def test_training_calibrates_on_the_logits_the_served_model_computes(tmp_path, base_tokenizer):
     """Temperatures and thresholds refit from the saved model's own predict_logits on dev are the manifest's."""
     from stanceclf.train.calibration import calibrate
-    from stanceclf.train.trainer import prepare_dataset
+    from stanceclf.train.phases import prepare_dataset
 
     recipe = load_recipe(write_recipe(tmp_path), ["training.epochs=2"])
     trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=False)
@@ -325,7 +358,7 @@ def test_training_group_by_length_keyword_follows_the_transformers_arguments():
     (stand-in argument classes of both kinds; the installed one is used by the padding test above)."""
     import dataclasses
 
-    from stanceclf.train.trainer import _sampling_argument
+    from stanceclf.train.phases import _sampling_argument
 
     @dataclasses.dataclass
     class Older:

@@ -18,8 +18,9 @@ def suggest(
     out: Path = typer.Option(..., "--out", "-o", help="Label Studio tasks to write (JSON), to import into a project "
                              "made with 'stanceclf labelstudio-config'."),
     strategy: str = typer.Option("uncertainty", help="uncertainty: scores closest to the thresholds; disagreement: "
-                                 "dropout passes that decide labels differently from the model; random: a seeded "
-                                 "sample. Each document's priority is the mean over its sentences."),
+                                 "dropout passes that decide labels differently from the model; flagged: sentences "
+                                 "the model labels (where its false positives are); random: a seeded sample. Each "
+                                 "document's priority is the mean over its sentences."),
     n: int = typer.Option(50, "--n", help="Documents to pick."),
     model: Optional[Path] = typer.Option(None, help="Model directory, or a shipped model's name such as "
                                             "claim-types-student (default: claim-types)."),
@@ -31,32 +32,36 @@ def suggest(
     id_field: Optional[str] = typer.Option(None, help="Field holding the document id (JSONL, CSV, Parquet); "
                                            "default 'id' where present, else FILE:LINE."),
     text_field: str = typer.Option("text", help="Field holding the document text (JSONL, CSV, Parquet)."),
-    on_error: str = typer.Option("stop", help="On a bad record: 'stop' with its name, or 'skip' it (listed)."),
+    on_error: str = typer.Option("stop", help="On a bad record: 'stop' with its name, or 'skip' it and log it to "
+                                 "OUT.errors.jsonl."),
     max_chars: int = typer.Option(SCORE_DEFAULTS.max_chars, help="Longest document accepted, in characters."),
     batch_size: int = typer.Option(SCORE_DEFAULTS.batch_size, help="Sentences per forward pass."),
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
-    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    overwrite: bool = typer.Option(False, help="Start again even if OUT or an interrupted run exists."),
+    blind: bool = typer.Option(False, help="Tasks without the model's labels or priority, for annotators who must "
+                               "decide unprompted."),
+    progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
 ):
-    """Pick the documents most worth annotating next and write them as pre-annotated Label Studio tasks."""
-    from stanceclf.infer.suggest import annotated_ids, suggest as pick, write_tasks
+    """Pick the documents most worth annotating next and write them as pre-annotated Label Studio tasks.
+    Interrupted runs resume."""
+    from stanceclf.infer.suggest import annotated_ids, suggest as pick
 
     try:
         loaded = load_model(model, backend, fast)
         summary = pick(inputs, loaded, strategy=strategy, n=n, seed=seed, input_format=input_format,
                        id_field=id_field, text_field=text_field, max_chars=max_chars, on_error=on_error,
-                       exclude=annotated_ids(exclude), passes=passes, batch_size=batch_size, progress=progress,
-                       log=lambda message: typer.echo(message, err=True))
-        write_tasks(summary, loaded, out, strategy=strategy, overwrite=overwrite)
+                       exclude=annotated_ids(exclude), passes=passes, batch_size=batch_size, out=out,
+                       overwrite=overwrite, blind=blind, progress=progress, log=lambda message: typer.echo(message, err=True))
     except StanceclfError as error:
         fail(error)
     except KeyboardInterrupt:
-        typer.echo("interrupted: nothing was written", err=True)
+        typer.echo("interrupted: run the same command again to resume", err=True)
         raise typer.Exit(code=130)
     priorities = [s.priority for s in summary.suggestions]
+    resumed = f"; the interrupted run had done {summary.resumed_from} records" if summary.resumed_from else ""
     typer.echo(f"read {summary.documents} documents (excluded {summary.excluded}, skipped {summary.skipped} bad "
-               f"records); wrote {len(priorities)} tasks to {out}, {strategy} priority {max(priorities):.3f} "
+               f"records{resumed}); wrote {len(priorities)} tasks to {out}, {strategy} priority {max(priorities):.3f} "
                f"to {min(priorities):.3f}", err=True)
 
 

@@ -31,14 +31,16 @@ def load_model(model: Path | None, backend: str, fast: bool):
     return load(model, fast="auto" if fast else backend)
 
 
-def parse_pairs(items: list[str], what: str, example: str) -> dict[str, str]:
-    """``KEY=VALUE`` items (repeatable options) as a dict, or a clear error."""
+def parse_pairs(items: list[str], what: str, example: str, *, error=None, where: str | None = None
+                ) -> dict[str, str]:
+    """``KEY=VALUE`` items (repeatable options) as a dict, or a clear ``error`` (a coded error class;
+    by default :class:`~stanceclf.errors.StanceclfError`) naming the option ``where``."""
     from stanceclf.errors import StanceclfError
 
     pairs = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise StanceclfError(f"{what} {item!r} must look like {example}")
+            raise (error or StanceclfError)(f"{what} {item!r} must look like {example}", where=where)
         pairs[key] = value
     return pairs

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from stanceclf.cli.common import fail, parse_pairs
-from stanceclf.errors import StanceclfError
+from stanceclf.errors import BuildOptionError, StanceclfError
 
 sheets_app = typer.Typer(no_args_is_help=True, help="Sentence sheets for annotating whole articles by hand.")
 
@@ -19,12 +19,32 @@ def _formats_help() -> str:
     return "Annotation format: " + "; ".join(f"'{name}' = {text}" for name, text in FORMATS.items())
 
 
+#: The build-dataset option that sets each field of AnnotationSource and BuildConfig (for error messages).
+_OPTION_OF_FIELD = {"format": "--format", "inputs": "INPUTS", "label_map": "--map", "reader_options": "--reader-option",
+                    "split_ratios": "--split", "seed": "--seed", "min_overlap_chars": "--min-overlap"}
+
+
 def _parse_ratios(value: str) -> dict[str, float]:
+    pairs = parse_pairs(value.split(","), "split ratio", "train=0.7,dev=0.15,test=0.15", error=BuildOptionError,
+                        where="--split")
     try:
-        return {name.strip(): float(number) for name, number in parse_pairs(value.split(","), "split ratios",
-                                                                             "train=0.7,dev=0.15,test=0.15").items()}
+        return {name.strip(): float(number) for name, number in pairs.items()}
     except ValueError:
-        raise StanceclfError(f"split ratios must look like train=0.7,dev=0.15,test=0.15, got {value!r}") from None
+        raise BuildOptionError(f"split ratios must look like train=0.7,dev=0.15,test=0.15, got {value!r}",
+                               where="--split") from None
+
+
+def _validated(model, **values):
+    """``model(**values)``, a bad value becoming a :class:`BuildOptionError` naming the option that set it."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "reader_options"  # the one check across fields
+        message = str(first["ctx"]["error"]) if "error" in first.get("ctx", {}) else first["msg"]
+        raise BuildOptionError(message, where=_OPTION_OF_FIELD.get(field, field)) from None
 
 
 def _source_and_config(recipe, inputs, fmt, schema, label_map, split, seed, min_overlap, lenient, reader_option):
@@ -36,19 +56,21 @@ def _source_and_config(recipe, inputs, fmt, schema, label_map, split, seed, min_
 
     if recipe is not None:
         if inputs:
-            raise StanceclfError("give annotation inputs or --recipe, not both: the recipe names its inputs")
+            raise BuildOptionError("give annotation inputs or --recipe, not both: the recipe names its inputs")
         loaded = load_recipe(recipe)
         if loaded.data.dataset is not None:
-            raise StanceclfError("this recipe trains on a dataset that is already built", where=str(recipe))
+            raise BuildOptionError("this recipe trains on a dataset that is already built", where=str(recipe))
         return load_schema(loaded.schema_path), loaded.data, loaded.data, loaded.resolve
     if not inputs:
-        raise StanceclfError("give annotation files or folders, or --recipe")
-    mapping = {raw: (label or None) for raw, label in parse_pairs(label_map, "label mapping", "RAW=LABEL").items()}
-    source = AnnotationSource(format=fmt, inputs=[str(p) for p in inputs], label_map=mapping, strict=not lenient,
-                              reader_options=parse_pairs(reader_option, "reader option", "KEY=VALUE"))
+        raise BuildOptionError("give annotation files or folders, or --recipe")
+    mapping = {raw: (label or None) for raw, label in parse_pairs(
+        label_map, "label mapping", "RAW=LABEL", error=BuildOptionError, where="--map").items()}
+    options = parse_pairs(reader_option, "reader option", "KEY=VALUE", error=BuildOptionError, where="--reader-option")
+    source = _validated(AnnotationSource, format=fmt, inputs=[str(p) for p in inputs], label_map=mapping,
+                        strict=not lenient, reader_options=options)
     settings = {"split_ratios": _parse_ratios(split) if split else None, "seed": seed,
                 "min_overlap_chars": min_overlap}
-    config = BuildConfig(**{key: value for key, value in settings.items() if value is not None})
+    config = _validated(BuildConfig, **{key: value for key, value in settings.items() if value is not None})
     return load_schema(schema), source, config, Path
 
 
@@ -76,18 +98,20 @@ def build_dataset_command(
                                              "to (same as --reader-option text_root=DIR)."),
 ):
     """Turn annotated documents into a sentence-level, multi-label dataset."""
-    from stanceclf.data.dataset import format_statistics, from_annotations, save_dataset, statistics
+    from stanceclf.data.dataset import check_exports, format_statistics, from_annotations, save_dataset, statistics
     from stanceclf.data.readers import ReadReport
 
     if text_root is not None:
         reader_option = [*reader_option, f"text_root={text_root}"]
+    exports = tuple(e for e in export.split(",") if e and e != "none")
     try:
+        check_exports(exports, where="--export")
         label_schema, source, config, resolve = _source_and_config(
             recipe, inputs, fmt, schema, label_map, split, seed, min_overlap, lenient, reader_option)
         report = ReadReport()
         dataset, info = from_annotations(source, label_schema, config, resolve=resolve, report=report)
-        save_dataset(dataset, info, label_schema, out, export=tuple(e for e in export.split(",") if e and e != "none"))
-    except (StanceclfError, ValueError) as error:
+        save_dataset(dataset, info, label_schema, out, export=exports)
+    except StanceclfError as error:
         fail(error)
     typer.echo(report.summary(), err=True)
     typer.echo(format_statistics(statistics(dataset, label_schema)))

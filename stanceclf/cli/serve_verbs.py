@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 
 from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail
-from stanceclf.errors import ServeSetupError, StanceclfError
+from stanceclf.errors import ServeSetupError, StanceclfError, describe_validation_error
 from stanceclf.serve.settings import ServeSettings
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -28,16 +29,22 @@ def _check_extra() -> None:
                               "pip install 'stanceclf[serve]'") from None
 
 
-def _settings(model: Optional[Path], backend: str, threads: Optional[int], **limits):
-    """Settings checked before uvicorn starts, so that a wrong model or backend fails at once with its code."""
+def _settings(model: Optional[Path], backend: str, threads: Optional[int], **options) -> ServeSettings:
+    """Settings checked before uvicorn starts, so that a wrong model, backend or API key source fails at once
+    with its code."""
     from stanceclf.infer.backends import resolve_backend
     from stanceclf.infer.predict import model_path
     from stanceclf.model.directory import check_model_directory
 
     directory = model_path(model)
     check_model_directory(directory)
-    return ServeSettings(model=str(Path(directory).resolve()), backend=resolve_backend(backend), threads=threads,
-                         **limits)
+    try:
+        settings = ServeSettings(model=str(Path(directory).resolve()), backend=resolve_backend(backend),
+                                 threads=threads, **options)
+    except ValidationError as error:
+        raise ServeSetupError(describe_validation_error(error)) from None
+    settings.api_key()  # readable and not empty
+    return settings
 
 
 def serve(
@@ -45,7 +52,8 @@ def serve(
                                          "claim-types-student (default: claim-types). Fixed for the "
                                          "server's life: no request can name another."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on. The default takes connections from this "
-                             "machine only; the API has no authentication."),
+                             "machine only; on another address, give the API a key (--api-key-file or "
+                             "--api-key-env) or put it behind a reverse proxy that checks clients."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
@@ -57,8 +65,13 @@ def serve(
                                        help="Largest request body; larger gets HTTP 413."),
     max_text_chars: int = typer.Option(DEFAULTS.max_text_chars, min=1,
                                        help="Longest single text, in characters; longer gets HTTP 413."),
+    max_request_chars: int = typer.Option(DEFAULTS.max_request_chars, min=1, help="Most characters of all texts "
+                                          "of one request together; more gets HTTP 413."),
+    max_request_sentences: int = typer.Option(DEFAULTS.max_request_sentences, min=1, help="Most sentences (texts, "
+                                              "without splitting) of one request; more gets HTTP 413."),
     max_queue: int = typer.Option(DEFAULTS.max_queue, min=1,
-                                  help="Requests that may wait for the model; beyond that HTTP 503 with Retry-After."),
+                                  help="Requests that may wait for the model, large ones being scored in pieces "
+                                  "included; beyond that HTTP 503 with Retry-After."),
     batch_wait_ms: float = typer.Option(DEFAULTS.batch_wait_ms, min=0,
                                         help="How long the first request of a batch waits for others to join it."),
     batch_sentences: int = typer.Option(DEFAULTS.batch_units, min=1, help="Stop gathering requests into a batch "
@@ -66,7 +79,12 @@ def serve(
     batch_size: int = typer.Option(DEFAULTS.batch_size, min=1, help="Sentences per forward pass (a batch of "
                                    "requests is scored in passes of this size)."),
     access_log: bool = typer.Option(True, help="Log one line per request."),
-):
+    api_key_env: Optional[str] = typer.Option(None, help="Name of an environment variable that holds an API key: "
+                                              "then every request but /healthz and /readyz needs the header "
+                                              "'Authorization: Bearer <key>' (401 otherwise)."),
+    api_key_file: Optional[Path] = typer.Option(None, help="A file that holds the API key (instead of "
+                                                "--api-key-env); surrounding whitespace is dropped."),
+) -> None:
     """Serve the model over HTTP: POST /v1/classify, GET /v1/model, /v1/stats, /healthz, /readyz
     (OpenAPI at /openapi.json). Concurrent requests are scored together in micro-batches."""
     try:
@@ -74,20 +92,18 @@ def serve(
         if workers > 1 and threads is None:
             threads = max(1, (os.cpu_count() or 1) // workers)  # N processes must not each take every core
         settings = _settings(model, "auto" if fast else backend, threads, max_body_bytes=max_body_bytes,
-                             max_text_chars=max_text_chars, max_queue=max_queue, batch_wait_ms=batch_wait_ms,
-                             batch_units=batch_sentences, batch_size=batch_size)
+                             max_text_chars=max_text_chars, max_request_chars=max_request_chars,
+                             max_request_sentences=max_request_sentences, max_queue=max_queue,
+                             batch_wait_ms=batch_wait_ms, batch_units=batch_sentences, batch_size=batch_size,
+                             api_key_env=api_key_env, api_key_file=str(api_key_file) if api_key_file else None)
     except StanceclfError as error:
         fail(error)
-    import uvicorn
+    from stanceclf.serve.app import run_server
 
-    from stanceclf.serve.app import create_app
-
-    if host not in LOOPBACK:
-        typer.secho(f"listening on {host}: anyone who can reach it can use the API (it has no authentication)",
-                    fg=typer.colors.YELLOW, err=True)
-    options = dict(host=host, port=port, access_log=access_log, log_level="info")
-    if workers == 1:
-        uvicorn.run(create_app(settings), **options)
-        return
-    settings.to_environment()
-    uvicorn.run("stanceclf.serve.app:app_from_environment", factory=True, workers=workers, **options)
+    if host not in LOOPBACK and not (api_key_env or api_key_file):
+        typer.secho(f"listening on {host} without an API key: anyone who can reach it can use the API "
+                    "(give one with --api-key-file or --api-key-env)", fg=typer.colors.YELLOW, err=True)
+    elif host not in LOOPBACK:
+        typer.secho(f"listening on {host} over plain HTTP: the API key crosses the network unencrypted unless a "
+                    "reverse proxy in front of the server terminates TLS", fg=typer.colors.YELLOW, err=True)
+    run_server(settings, host=host, port=port, workers=workers, access_log=access_log)

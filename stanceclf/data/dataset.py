@@ -15,15 +15,17 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stanceclf.data.documents import AnnotatedDocument
-from stanceclf.errors import AnnotationError
+from stanceclf.errors import AnnotationError, BuildOptionError
 from stanceclf.data.schema import LabelSchema
 from stanceclf.data.sentences import SentenceSplitter
 
 SPLITS = ("train", "dev", "test")
 BUILD_INFO = "build.json"
+#: The files :func:`save_dataset` can write beside the Arrow dataset.
+EXPORTS = ("jsonl", "parquet")
 
 
 class BuildConfig(BaseModel):
@@ -41,14 +43,15 @@ class BuildConfig(BaseModel):
     split_ratios: dict[str, float] = {"train": 0.7, "dev": 0.15, "test": 0.15}
     seed: int = 13
 
-    @model_validator(mode="after")
-    def _check_ratios(self) -> "BuildConfig":
-        unknown = set(self.split_ratios) - set(SPLITS)
+    @field_validator("split_ratios")
+    @classmethod
+    def _check_ratios(cls, ratios: dict[str, float]) -> dict[str, float]:
+        unknown = set(ratios) - set(SPLITS)
         if unknown:
             raise ValueError(f"unknown split names {sorted(unknown)}; use {list(SPLITS)}")
-        if any(r < 0 for r in self.split_ratios.values()) or abs(sum(self.split_ratios.values()) - 1) > 1e-6:
-            raise ValueError(f"split ratios must be non-negative and sum to 1, got {self.split_ratios}")
-        return self
+        if not all(r >= 0 for r in ratios.values()) or not abs(sum(ratios.values()) - 1) <= 1e-6:  # NaN fails
+            raise ValueError(f"split ratios must be non-negative and sum to 1, got {ratios}")
+        return ratios
 
     def build_settings(self) -> "BuildConfig":
         """Only the build settings (a subclass may carry more)."""
@@ -71,12 +74,19 @@ class AnnotationSource(BaseModel):
     strict: bool = True
     reader_options: dict[str, str | int | bool | None] = {}
 
-    @model_validator(mode="after")
-    def _known_format(self) -> "AnnotationSource":
-        from stanceclf.data.readers import FORMATS, check_reader_options
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, fmt: str) -> str:
+        from stanceclf.data.readers import FORMATS
 
-        if self.format not in FORMATS:
-            raise ValueError(f"unknown format {self.format!r}; supported: {sorted(FORMATS)}")
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; supported: {sorted(FORMATS)}")
+        return fmt
+
+    @model_validator(mode="after")
+    def _known_reader_options(self) -> "AnnotationSource":
+        from stanceclf.data.readers import check_reader_options
+
         try:
             check_reader_options(self.format, self.reader_options)
         except AnnotationError as error:
@@ -274,6 +284,7 @@ def save_dataset(dataset, info: dict, schema: LabelSchema, out_dir: str | Path, 
     """Save the DatasetDict (Arrow), its build info, statistics, and JSONL/Parquet exports."""
     from stanceclf.progress import library_output, wants_progress
 
+    check_exports(export)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # datasets draws bars for every split and export, even of a few hundred rows: only for long work.
@@ -287,11 +298,17 @@ def save_dataset(dataset, info: dict, schema: LabelSchema, out_dir: str | Path, 
             for name in dataset:
                 if fmt == "jsonl":
                     dataset[name].to_json(str(out_dir / f"{name}.jsonl"), lines=True, force_ascii=False)
-                elif fmt == "parquet":
-                    dataset[name].to_parquet(str(out_dir / f"{name}.parquet"))
                 else:
-                    raise ValueError(f"unknown export format {fmt!r}; use jsonl or parquet")
+                    dataset[name].to_parquet(str(out_dir / f"{name}.parquet"))
     return out_dir
+
+
+def check_exports(export, *, where: str | None = None) -> None:
+    """Refuse an export format :func:`save_dataset` cannot write, before anything is written."""
+    unknown = [fmt for fmt in export if fmt not in EXPORTS]
+    if unknown:
+        raise BuildOptionError(f"unknown export format {unknown[0]!r}; use {' or '.join(EXPORTS)}, several "
+                               "comma-separated, or none", where=where)
 
 
 def load_built_dataset(path: str | Path):

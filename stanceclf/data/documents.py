@@ -27,6 +27,38 @@ def unicode_problem(text: str) -> str | None:
     return None
 
 
+def printable(text: str) -> str:
+    """``text`` with unpaired surrogates written as backslash escapes, so that it can be printed, logged and
+    written to any output (the escapes name what was there)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_JSON_KINDS = {bool: "a boolean", float: "a number with a fraction", list: "a list", dict: "an object",
+               type(None): "null"}
+
+
+def document_id(value) -> str:
+    """The one rule for a document id read from a typed record (a JSON line, a Label Studio task, a Parquet row).
+
+    An id is a non-empty string, kept as it is, or an integer, written as its decimal string: ``7`` and
+    ``"7"`` are the same id, so that two records carrying them meet the duplicate-id check instead of
+    passing as two documents. Anything else (``true``, ``1.5``, a list, an object, ``""``) raises
+    ``ValueError`` saying what it got; the caller names the record. Unicode is checked where the
+    document is kept (an id with an unpaired surrogate cannot be written out).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python converts
+            raise ValueError("a document id must be a string or an integer of at most 4,300 digits") from None
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("a document id must not be empty")
+        return value
+    kind = _JSON_KINDS.get(type(value), type(value).__name__)
+    raise ValueError(f"a document id must be a string or an integer, not {kind}")
+
+
 def decode_document_text(raw: bytes, where: str) -> tuple[str, int]:
     """A document's text from its bytes, and how many characters were removed from its start.
 
@@ -53,6 +85,8 @@ def read_document_bytes(path: str | Path) -> bytes:
         raise InputFileError("is a folder; give the files in it", where=str(path)) from None
     except OSError as exc:
         raise InputFileError(exc.strerror or str(exc), where=str(path)) from None
+    except ValueError:  # a NUL byte or an unpaired surrogate in the name: no file can have it
+        raise InputFileError("not a usable file name", where=printable(str(path))) from None
 
 
 def read_document_text(path: str | Path) -> str:
@@ -96,6 +130,8 @@ class AnnotatedDocument:
     spans: list[Span] = field(default_factory=list)
     annotators: tuple[str, ...] = ()
     source: str = ""
+    #: Where a reader found the document (file, and line or record), for messages about it; not part of its value.
+    origin: str = field(default="", compare=False, repr=False)
 
     @property
     def checksum(self) -> str:

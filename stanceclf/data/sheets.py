@@ -111,9 +111,19 @@ def import_decisions(decisions: str | Path, offsets_file: str | Path, text: str,
 
 
 def sheet_text_files(paths) -> dict[str, Path]:
-    """``{doc_id: path}`` of the text files to put on sheets: files as given, folders' ``*.txt``."""
+    """``{doc_id: path}`` of the text files to put on sheets: files as given, folders' ``*.txt``.
+
+    A document's id is its file name without the suffix (the import finds ``<doc_id>.txt`` again), so
+    two files of one name (``a.txt`` in two folders, or ``a.txt`` and ``a.TXT``) are an error naming both.
+    """
     files = [p for t in map(Path, paths) for p in (sorted(t.glob("*.txt")) if t.is_dir() else [t])]
-    return {f.stem: f for f in files}
+    by_id: dict[str, Path] = {}
+    for file in files:
+        if file.stem in by_id:
+            raise AnnotationError(f"two texts would get the document id {file.stem!r} (first {by_id[file.stem]}); "
+                                  "sheet ids are file names without their suffix: rename one", where=str(file))
+        by_id[file.stem] = file
+    return by_id
 
 
 def import_decision_folder(decisions: str | Path, sheets: str | Path, texts: str | Path, schema: LabelSchema,

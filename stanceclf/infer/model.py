@@ -15,6 +15,7 @@ import numpy as np
 
 from stanceclf.data.documents import unicode_problem
 from stanceclf.data.language import warn_if_not_english
+from stanceclf.errors import TextInputError
 from stanceclf.infer.results import Prediction
 from stanceclf.model.decision import decide, probabilities, reported_scores
 from stanceclf.model.directory import check_head, deferred_adapter, load_model_directory, save_model_directory
@@ -246,7 +247,7 @@ class StanceModel:
                 raise TypeError(f"input {position} is {type(text).__name__}, expected str")
             problem = unicode_problem(text)
             if problem:
-                raise ValueError(f"input {position} is {problem}")
+                raise TextInputError(f"input {position} is {problem}")
         units: list[tuple[int, int, int, str]] = []
         for doc_index, text in enumerate(texts):
             warn_if_not_english(text, f"input {doc_index}")

@@ -45,6 +45,7 @@ from stanceclf.infer.scoring.inputs import text_problem
 from stanceclf.infer.scoring.job import (SCORE_DEFAULTS, ChunkFiller, ScoreOptions, ScoreSummary, ScoringRun,
                                          run_locked, score_options)
 from stanceclf.infer.scoring.outputs import make_writer
+from stanceclf.progress import wants_progress
 
 #: Documents per sentence-counting task.
 COUNT_GROUP = 256
@@ -252,7 +253,8 @@ class _RayRun(ScoringRun):
         splitter = self.model.manifest.splitter.model_dump()
         window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         chunks, counting, group = ChunkFiller(self.options.chunk_sentences), deque(), []
-        with tqdm(desc="reading", unit=" docs", disable=not progress, dynamic_ncols=True, file=sys.stderr) as bar:
+        with tqdm(desc="reading", unit=" docs", disable=not (progress and wants_progress()), dynamic_ncols=True,
+                  file=sys.stderr) as bar:
             for record in self.records():
                 if record.error is not None:
                     self.handle_bad_record(record)
@@ -300,8 +302,8 @@ class _RayRun(ScoringRun):
             num_cpus=cluster.cpus_per_actor)
         self.writer.open(None)
         try:
-            with tqdm(total=self.summary.sentences, desc="scoring on ray", unit=" sent", disable=not progress,
-                      dynamic_ncols=True, file=sys.stderr) as bar:
+            with tqdm(total=self.summary.sentences, desc="scoring on ray", unit=" sent",
+                      disable=not (progress and wants_progress()), dynamic_ncols=True, file=sys.stderr) as bar:
                 batches = rows.iter_batches(batch_size=None, batch_format="pyarrow")
                 for table in _cluster_errors_coded(ray, batches):
                     self._write(table, bar)
@@ -375,6 +377,11 @@ def ray_connection(address: str | None):
     if ray.is_initialized():
         yield ray
         return
+    # A new local Ray turns token authentication on by itself and says so on every run: right for a cluster
+    # started here, and nothing for the user to do.
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notices.level
+    notices.setLevel(logging.ERROR)
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -382,6 +389,8 @@ def ray_connection(address: str | None):
                              "and that the cluster is up; a cluster with token authentication also needs "
                              "RAY_AUTH_MODE=token here and its token (~/.ray/auth_token or $RAY_AUTH_TOKEN), and "
                              "ray:// addresses need pip install 'ray[client]'") from None
+    finally:
+        notices.setLevel(level)
     try:
         yield ray
     finally:

@@ -19,12 +19,21 @@ are written, highest first:
     other way (the highest over labels); a document's priority is the mean over its sentences.
     It finds the sentences whose labels hang on small changes of the weights, which scores near
     a threshold do not always show.
+``flagged``
+    The share of a document's sentences to which the model gives some label. Most sentences get
+    none, so these documents hold most of the model's positive decisions, and with them its false
+    positives: where precision is lost, annotation corrects it.
 ``random``
     A uniform sample without replacement, fixed by ``seed``: the baseline to compare with.
 
-Corpora are read exactly as ``stanceclf score`` reads them
-(:func:`~stanceclf.infer.scoring.inputs.iter_records`), in chunks, keeping only the best ``n``
-documents in memory.
+``blind`` tasks carry no prediction, for annotators who must decide without seeing the model's labels
+(double annotation, or measuring the model on the new documents).
+
+Corpora are read and processed as ``stanceclf score`` processes them (a
+:class:`~stanceclf.infer.scoring.job.ResumableRun`): in chunks, bad records and the lock as in
+``score``, each document's priority appended to ``OUT.partial`` with a resume state beside it, so
+that an interrupted run started again with the same command goes on where it stopped. The ``n``
+best are picked from that file at the end (only they are held in memory), read again and predicted.
 
 Pre-annotations put one ``labels`` result per predicted label on each sentence, with the
 label's calibrated score. Offsets are Python string indices (Unicode code points), which is
@@ -35,11 +44,11 @@ versions that counted UTF-16 code units.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
-import os
 import random
-import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,12 +56,13 @@ import numpy as np
 
 from stanceclf.data.label_studio_config import LABELS_CONTROL, TEXT_FIELD, TEXT_OBJECT
 from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
+from stanceclf.files import write_atomically
 from stanceclf.infer.results import Prediction
-from stanceclf.infer.scoring.inputs import Fields, InputRecord, check_inputs, iter_records
-from stanceclf.infer.scoring.job import SCORE_DEFAULTS, DuplicateIds
+from stanceclf.infer.scoring.job import SCORE_DEFAULTS, Chunk, ResumableRun, run_locked, score_options
+from stanceclf.infer.scoring.state import ResumeState
 from stanceclf.model.decision import decide, reported_scores
 
-STRATEGIES = ("uncertainty", "disagreement", "random")
+STRATEGIES = ("uncertainty", "disagreement", "flagged", "random")
 #: The task data key holding the corpus document id (read back by the Label Studio reader).
 DOC_ID_FIELD = "doc_id"
 
@@ -74,6 +84,8 @@ class SuggestSummary:
     skipped: int = 0
     excluded: int = 0
     suggestions: list[Suggestion] = field(default_factory=list)
+    #: Input records an interrupted run had already done.
+    resumed_from: int = 0
 
 
 def sentence_uncertainty(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -118,135 +130,191 @@ class _Committee:
         self.model = type(model)(twin, model.tokenizer, model.manifest, model.path)
         self.model.model.train()  # after __init__, which puts it in eval mode
         self.passes = passes
-        self.generator_seed = seed
+        self.seed = seed
 
-    def decisions(self, texts: list[str], thresholds: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    def decisions(self, texts: list[str], thresholds: np.ndarray, batch_size: int, *, chunk: int) -> list[np.ndarray]:
+        """The passes' decisions on the ``chunk``-th chunk of a run; its dropout masks come from the seed
+        and the chunk's number, so that a resumed run draws those of an uninterrupted one."""
         import torch
 
         with torch.random.fork_rng(devices=[]):  # dropout masks from our seed, the caller's RNG untouched
-            torch.manual_seed(self.generator_seed)
-            self.generator_seed += 1
+            torch.manual_seed(self.seed + chunk)
             return [decide(self.model.predict_proba(texts, batch_size=batch_size), thresholds)
                     for _ in range(self.passes)]
+
+
+@dataclass(frozen=True)
+class Picking:
+    """What to pick: ``n`` documents under ``strategy``, passing over the ids in ``exclude``."""
+
+    strategy: str = "uncertainty"
+    n: int = 50
+    seed: int = 13
+    passes: int = 8
+    exclude: frozenset[str] = frozenset()
+
+    def shaping(self) -> dict:
+        """What a resumed run must share with the interrupted one: all that sets the priorities (``n`` does
+        not: the picks are made from every priority at the end)."""
+        digest = hashlib.sha256("\n".join(sorted(self.exclude)).encode()).hexdigest()[:12]
+        seeded = self.strategy in ("disagreement", "random")
+        return {"strategy": self.strategy, "seed": self.seed if seeded else None,
+                "passes": self.passes if self.strategy == "disagreement" else None,
+                "exclude": f"{len(self.exclude)} ids, sha256 {digest}"}
+
+
+@dataclass
+class SuggestState(ResumeState):
+    """A suggest run's resume state, with the documents passed over as already annotated and the chunks
+    scored (the disagreement passes' dropout masks depend on the chunk's number)."""
+
+    excluded: int = 0
+    chunks: int = 0
 
 
 def suggest(paths: list[str | Path], model, *, strategy: str = "uncertainty", n: int = 50, seed: int = 13,
             input_format: str = "auto", id_field: str | None = None, text_field: str = "text",
             max_chars: int = SCORE_DEFAULTS.max_chars, on_error: str = "stop", exclude: set[str] = frozenset(),
-            passes: int = 8, batch_size: int = SCORE_DEFAULTS.batch_size, chunk_sentences: int = 1024,
-            progress: bool = True, log=None) -> SuggestSummary:
+            passes: int = 8, batch_size: int = SCORE_DEFAULTS.batch_size,
+            chunk_sentences: int = SCORE_DEFAULTS.chunk_sentences, out: str | Path | None = None,
+            overwrite: bool = False, blind: bool = False, progress: bool = True, log=None) -> SuggestSummary:
     """Pick the ``n`` documents of ``paths`` with the highest priority under ``strategy`` (see the
     module docstring), each with the model's sentence predictions. Documents whose id is in
-    ``exclude`` (e.g. those already annotated) are passed over."""
+    ``exclude`` (e.g. those already annotated) are passed over.
+
+    With ``out``, the picks are written there as Label Studio tasks (:func:`write_tasks`) and the run
+    resumes as ``stanceclf score`` does: an interrupted call, made again, goes on where it stopped
+    (``overwrite`` starts again); ``blind`` tasks carry no prediction. Without ``out`` nothing is written:
+    the run works in a temporary folder."""
     if strategy not in STRATEGIES:
         raise ScoringSetupError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     if n < 1:
         raise ScoringSetupError(f"--n must be at least 1, got {n}")
-    if on_error not in ("stop", "skip"):
-        raise ScoringSetupError(f"--on-error must be 'stop' or 'skip', got {on_error!r}")
+    options = score_options(None, {
+        "input_format": input_format, "output_format": "jsonl", "id_field": id_field, "text_field": text_field,
+        "on_error": on_error, "max_chars": max_chars, "chunk_sentences": chunk_sentences, "batch_size": batch_size,
+        "overwrite": overwrite})
+    picking = Picking(strategy, n, seed, passes, frozenset(exclude))
     paths = [Path(p) for p in paths]
-    check_inputs(paths, input_format)
-    picker = _Picker(model, strategy, n, seed, passes, batch_size, chunk_sentences,
-                     log or (lambda message: print(message, file=sys.stderr)))
-    records = iter_records(paths, input_format, fields=Fields(id_field, text_field), max_chars=max_chars)
-    return picker.run(records, on_error, set(exclude), progress)
+    if out is not None:
+        return _SuggestRun(paths, Path(out), model, options, picking, log, blind=blind).suggestions(progress)
+    with tempfile.TemporaryDirectory(prefix="stanceclf-suggest-") as work:
+        run = _SuggestRun(paths, Path(work) / "tasks.json", model, options, picking, log, write=False)
+        return run.suggestions(progress)
 
 
-class _Picker:
-    def __init__(self, model, strategy, n, seed, passes, batch_size, chunk_sentences, log):
-        self.model, self.strategy, self.n = model, strategy, n
-        self.batch_size, self.chunk_sentences, self.log = batch_size, chunk_sentences, log
-        self.random = random.Random(seed)
-        self.committee = _Committee(model, passes, seed) if strategy == "disagreement" else None
-        self.thresholds = model.threshold_vector
-        # A min-heap of (priority, -record number, Suggestion): the root is the first to give way,
-        # and of equal priorities the earlier record stays.
-        self.best: list[tuple[float, int, Suggestion]] = []
-        self.summary = SuggestSummary()
+class _SuggestRun(ResumableRun):
+    """Each chunk's documents scored for their priority, one row per document in ``OUT.partial``
+    (``doc_id``, record number, priority); at the end the ``n`` best, read again and predicted."""
 
-    def run(self, records, on_error: str, exclude: set[str], progress: bool) -> SuggestSummary:
-        from tqdm import tqdm
+    state_type = SuggestState
 
-        ids = DuplicateIds()
-        chunk, pending = [], 0
-        with tqdm(total=None, unit=" doc", disable=not progress, dynamic_ncols=True, desc=self.strategy,
-                  file=sys.stderr) as bar:
-            for record in records:
-                record = ids.check(record)
-                bar.update(1)
-                if record.error is not None:
-                    self._bad_record(record, on_error)
-                elif record.doc_id in exclude:
-                    self.summary.excluded += 1
-                elif self.strategy == "random":
-                    # The n largest of uniform keys are a uniform sample; predictions only for those.
-                    self.summary.documents += 1
-                    self._offer(self.random.random(), record, None)
-                else:
-                    self.summary.documents += 1
-                    chunk.append((record, self.model.split(record.text)))
-                    pending += len(chunk[-1][1])
-                    if pending >= self.chunk_sentences:
-                        self._score(chunk)
-                        chunk, pending = [], 0
-            self._score(chunk)
-        if not self.best:
-            counts = self.summary
-            raise InputRecordError("no document to suggest: " + (
-                f"every record was excluded ({counts.excluded}) or bad ({counts.skipped})"
-                if counts.excluded or counts.skipped else "the inputs hold no records"))
-        picked = [entry[2] for entry in sorted(self.best, key=lambda e: (-e[0], -e[1]))]
-        self._predict_missing(picked)
-        self.summary.suggestions = picked
-        return self.summary
+    def __init__(self, paths: list[Path], out: Path, model, options, picking: Picking, log=None, *,
+                 write: bool = True, blind: bool = False):
+        super().__init__(paths, out, model, options, log)
+        self.picking, self.write, self.activity, self.blind = picking, write, picking.strategy, blind
+        disagreement = picking.strategy == "disagreement"
+        self.committee = _Committee(model, picking.passes, picking.seed) if disagreement else None
+        self.random: random.Random | None = None
+        self.picked: list[Suggestion] = []
 
-    def _bad_record(self, record: InputRecord, on_error: str) -> None:
-        where = f"record {record.number} ({record.where}, id {record.doc_id!r})"
-        if on_error == "stop":
-            raise InputRecordError(record.error + "; pass --on-error skip to pass over it", where=where)
-        self.summary.skipped += 1
-        self.log(f"skipped {where}: {record.error}")
+    def shaping(self) -> dict:
+        return {**super().shaping(), **self.picking.shaping()}
 
-    def _offer(self, priority: float, record: InputRecord, predictions) -> None:
-        entry = (priority, -record.number, Suggestion(record.doc_id, record.text, record.where, priority,
-                                                       predictions or []))
-        if len(self.best) < self.n:
-            heapq.heappush(self.best, entry)
-        elif entry[:2] > self.best[0][:2]:
-            heapq.heapreplace(self.best, entry)
+    def suggestions(self, progress: bool) -> SuggestSummary:
+        """Run under the output's lock: the picks, and counts of what was read."""
+        summary = run_locked(self, progress)
+        return SuggestSummary(summary.documents, summary.skipped, self.state.excluded, self.picked,
+                              summary.resumed_from)
 
-    def _score(self, chunk) -> None:
-        """Predict a chunk's sentences and offer each document with its priority."""
-        if not chunk:
-            return
-        texts = [s.text for _, sentences in chunk for s in sentences]
-        probs, truncated = self.model.proba_and_truncation(texts, batch_size=self.batch_size)
-        predictions = self.model.predictions([(s.start, s.end, s.text) for _, ss in chunk for s in ss],
-                                             probs, truncated)
-        if self.committee is not None:
-            decision = decide(probs, self.thresholds)
-            per_sentence = sentence_disagreement(decision, self.committee.decisions(texts, self.thresholds,
-                                                                                    self.batch_size))
+    def passes_over(self, record) -> bool:
+        if record.doc_id not in self.picking.exclude:
+            return False
+        self.state.excluded += 1
+        return True
+
+    def process_chunk(self, chunk: Chunk) -> tuple[list[dict], int]:
+        truncated = 0
+        if self.picking.strategy == "random":
+            # The n largest of uniform keys are a uniform sample; predictions only for those, at the end.
+            priorities = self._random_keys(len(chunk.documents))
         else:
-            per_sentence = sentence_uncertainty(reported_scores(probs), self.thresholds)
-        cursor = 0
-        for record, sentences in chunk:
-            span = slice(cursor, cursor + len(sentences))
-            self._offer(float(per_sentence[span].mean()) if sentences else 0.0, record, predictions[span])
-            cursor += len(sentences)
+            per_sentence, truncated = self._sentence_priorities([s.text for s in chunk.sentences])
+            priorities = [float(share.mean()) if len(share) else 0.0 for _, share in chunk.by_document(per_sentence)]
+        self.state.chunks += 1
+        return [{"doc_id": record.doc_id, "record": record.number, "priority": priority}
+                for (record, _), priority in zip(chunk.documents, priorities)], truncated
 
-    def _predict_missing(self, picked: list[Suggestion]) -> None:
-        """Random picks were chosen without the model: predict them now."""
-        missing = [s for s in picked if not s.predictions]
-        for suggestion, predictions in zip(missing, self.model.classify([s.text for s in missing],
-                                                                        batch_size=self.batch_size)):
-            suggestion.predictions = predictions
+    def _random_keys(self, count: int) -> list[float]:
+        if self.random is None:  # a resumed run draws again the keys of the documents done before
+            self.random = random.Random(self.picking.seed)
+            for _ in range(self.state.documents):
+                self.random.random()
+        return [self.random.random() for _ in range(count)]
+
+    def _sentence_priorities(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        thresholds = self.model.threshold_vector
+        probs, truncated = self.model.proba_and_truncation(texts, batch_size=self.options.batch_size)
+        if self.picking.strategy == "flagged":
+            return decide(probs, thresholds).any(axis=1).astype(np.float64), sum(truncated)
+        if self.committee is None:
+            return sentence_uncertainty(reported_scores(probs), thresholds), sum(truncated)
+        passes = self.committee.decisions(texts, thresholds, self.options.batch_size, chunk=self.state.chunks)
+        return sentence_disagreement(decide(probs, thresholds), passes), sum(truncated)
+
+    def complete(self) -> None:
+        self.picked = self._pick()
+        if self.write:
+            write_tasks(SuggestSummary(suggestions=self.picked), self.model, self.out, strategy=self.picking.strategy,
+                        overwrite=True, blind=self.blind)
+        self.files.progress.unlink()
+        self.writer.discard()  # last: with the progress file, the priorities are what a rerun resumes from
+
+    def finished_before(self) -> bool:
+        return False  # the priorities outlive the progress file (see complete)
+
+    def _pick(self) -> list[Suggestion]:
+        """The ``n`` documents of highest priority (of equal ones, the earlier), read again and predicted."""
+        best: list[tuple[float, int, str]] = []  # a min-heap: the root is the first to give way
+        with open(self.files.partial, encoding="utf-8") as rows:
+            for row in map(json.loads, rows):
+                entry = (row["priority"], -row["record"], row["doc_id"])
+                if len(best) < self.picking.n:
+                    heapq.heappush(best, entry)
+                elif entry[:2] > best[0][:2]:
+                    heapq.heapreplace(best, entry)
+        priorities = {-number: priority for priority, number, _ in best}
+        records = {}
+        for record in self.records():
+            if record.number in priorities:
+                records[record.number] = record
+                if len(records) == len(priorities):
+                    break
+        order = sorted(priorities, key=lambda number: (-priorities[number], number))
+        predictions = self.model.classify([records[number].text for number in order],
+                                          batch_size=self.options.batch_size)
+        return [Suggestion(records[number].doc_id, records[number].text, records[number].where, priorities[number],
+                           predicted) for number, predicted in zip(order, predictions)]
+
+    def why_empty(self) -> str:
+        if self.state.excluded:
+            return f"every record was excluded ({self.state.excluded}) or bad ({self.summary.skipped})"
+        return super().why_empty()
+
+    def refuse_empty_result(self, writer) -> None:
+        try:
+            super().refuse_empty_result(writer)
+        except InputRecordError as error:
+            if self.write:
+                raise
+            raise InputRecordError(error.detail) from None  # not the temporary folder's name
 
 
 def model_version(model) -> str:
     """What Label Studio shows as a prediction's model: schema, base and a digest of the weights
     (of the manifest for a model never saved), so that two models never share a version."""
-    from stanceclf.model.directory import manifest_digest, weights_digest
+    from stanceclf.model.layout import weights_digest
+    from stanceclf.model.manifest import manifest_digest
 
     manifest = model.manifest
     digest = weights_digest(model.path) or manifest_digest(manifest)
@@ -254,8 +322,10 @@ def model_version(model) -> str:
     return f"{schema.name}-{schema.version} {manifest.base_model} {digest[:12]}"
 
 
-def label_studio_task(suggestion: Suggestion, model, *, version: str | None = None, strategy: str = "") -> dict:
-    """One Label Studio task: the document under ``data`` and its pre-annotation under ``predictions``."""
+def label_studio_task(suggestion: Suggestion, model, *, version: str | None = None, strategy: str = "",
+                      blind: bool = False) -> dict:
+    """One Label Studio task: the document under ``data`` and its pre-annotation under ``predictions``
+    (none when ``blind``)."""
     results = [
         {"id": f"s{index}-{label}", "from_name": LABELS_CONTROL, "to_name": TEXT_OBJECT, "type": "labels",
          "value": {"start": p.start, "end": p.end, "text": p.text, "labels": [label]}, "score": p.scores[label]}
@@ -264,27 +334,30 @@ def label_studio_task(suggestion: Suggestion, model, *, version: str | None = No
     # The prediction's score orders Label Studio's own uncertainty sampling: the model's confidence.
     scores = np.array([[p.scores[label] for label in model.labels] for p in suggestion.predictions])
     confidence = 1.0 - float(sentence_uncertainty(scores, model.threshold_vector).mean()) if len(scores) else 1.0
-    return {
+    task = {
         "data": {TEXT_FIELD: suggestion.text, DOC_ID_FIELD: suggestion.doc_id},
         "meta": {"strategy": strategy, "priority": round(suggestion.priority, 6), "source": suggestion.where},
         "predictions": [{"model_version": version or model_version(model), "score": round(confidence, 6),
                          "result": results}],
     }
+    if blind:  # not even the priority: it tells how unsure the model is
+        del task["predictions"], task["meta"]["priority"]
+    return task
 
 
-def write_tasks(summary: SuggestSummary, model, out: str | Path, *, strategy: str, overwrite: bool = False) -> Path:
+def write_tasks(summary: SuggestSummary, model, out: str | Path, *, strategy: str, overwrite: bool = False,
+                blind: bool = False) -> Path:
     """Write the suggestions as a Label Studio task list (JSON), all at once: an interrupted or
-    failed run leaves no partial file."""
+    failed run leaves no partial file. ``blind`` tasks carry no prediction."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise StanceclfError("the output exists; pass --overwrite to replace it", where=str(out))
     if not out.parent.is_dir():
         raise ScoringSetupError("the output's folder does not exist", where=str(out.parent))
     version = model_version(model)
-    tasks = [label_studio_task(s, model, version=version, strategy=strategy) for s in summary.suggestions]
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(tasks, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, out)
+    tasks = [label_studio_task(s, model, version=version, strategy=strategy, blind=blind)
+             for s in summary.suggestions]
+    write_atomically(out, json.dumps(tasks, ensure_ascii=False, indent=1) + "\n")
     return out
 
 

@@ -1,2 +1,3 @@
-"""The model directory: the manifest, the decision rule, the metrics it records, the per-architecture table,
-reading and writing directories, the model card."""
+"""The model directory: its file layout, the manifest, the decision rule, the metrics it records, the
+per-architecture table, packaged bases, LoRA adapters, the native runtime, reading and writing directories,
+the model card."""

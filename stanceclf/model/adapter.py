@@ -28,23 +28,18 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from stanceclf.cache import cache_dir, evict_least_recent
-from stanceclf.files import replaced_atomically
 from stanceclf.errors import ModelDirectoryError, RecipeError
-from stanceclf.model.directory import CONFIG_NAME
-from stanceclf.model.directory import WEIGHTS_NAME as BASE_WEIGHTS_NAME
+from stanceclf.files import file_sha256, replaced_atomically, stamped_sha256
+from stanceclf.model.base_models import PACKAGED_BASES, PACKAGED_PREFIX, resolve_base
+from stanceclf.model.layout import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME
+from stanceclf.model.layout import WEIGHTS_NAME as BASE_WEIGHTS_NAME
+from stanceclf.progress import library_output
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_FILES = {
-    ADAPTER_CONFIG_NAME: "the LoRA adapter's settings",
-    ADAPTER_WEIGHTS_NAME: "the LoRA adapter's weights and the trained head (only safetensors are loaded)",
-}
 #: Cache subfolder of merged models (``<digest>.safetensors``) and how many are kept, the most recently used.
 MERGED_FOLDER = "merged"
 MERGED_KEPT = 4
@@ -70,8 +65,6 @@ class LoraAdapter:
         """The adapter of a trained (not yet merged) peft model whose base is ``base``."""
         import torch
         from peft import get_peft_model_state_dict
-
-        from stanceclf.model.base_models import PACKAGED_PREFIX
 
         if not base.startswith(PACKAGED_PREFIX) and Path(base).expanduser().is_dir():
             base = str(Path(base).expanduser().resolve())  # a local base: the folder, wherever it was run from
@@ -121,8 +114,6 @@ class LoraAdapter:
         architecture and head of the config.json in ``where`` (the adapter directory)."""
         from peft import set_peft_model_state_dict
         from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        from stanceclf.progress import library_output
 
         folder = verified_base_folder(self.base, self.base_sha256, where)
         config = AutoConfig.from_pretrained(where, trust_remote_code=False, local_files_only=True)
@@ -179,8 +170,7 @@ def merged_key(path: Path, base_sha256: str) -> str:
     how merged files are written: a new :data:`MERGED_FORMAT` leaves the old ones unread, to be evicted)."""
     digest = hashlib.sha256(f"{MERGED_FORMAT} {base_sha256}".encode())
     for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME):
-        with open(path / name, "rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest.update(bytes.fromhex(file_sha256(path / name)))
     return digest.hexdigest()
 
 
@@ -226,15 +216,13 @@ def with_lora(model, config):
 
 def base_weights_sha256(base: str) -> str:
     """sha256 of a base's ``model.safetensors`` (the base as a recipe names it)."""
-    from stanceclf.model.base_models import PACKAGED_BASES, PACKAGED_PREFIX
-
     if base.startswith(PACKAGED_PREFIX) and base[len(PACKAGED_PREFIX):] in PACKAGED_BASES:
         return PACKAGED_BASES[base[len(PACKAGED_PREFIX):]].sha256  # verified when the base was resolved
     weights = _base_folder(base) / BASE_WEIGHTS_NAME
     if not weights.is_file():
         raise RecipeError(f"the base {base!r} has no {BASE_WEIGHTS_NAME}: an adapter can only be stored "
                           "against safetensors weights (set training.lora_storage = 'merged')")
-    return _file_sha256(weights)
+    return stamped_sha256(weights)
 
 
 def verified_base_folder(base: str, expected: str, where: Path) -> Path:
@@ -244,7 +232,7 @@ def verified_base_folder(base: str, expected: str, where: Path) -> Path:
     if not weights.is_file():
         raise ModelDirectoryError(f"the base {base!r} named in the manifest has no {BASE_WEIGHTS_NAME} in {folder}",
                                   where=str(where))
-    digest = _file_sha256(weights)
+    digest = stamped_sha256(weights)
     if digest != expected:
         raise ModelDirectoryError(
             f"the adapter was trained on base weights with sha256 {expected}, but {weights} has {digest}: "
@@ -253,8 +241,6 @@ def verified_base_folder(base: str, expected: str, where: Path) -> Path:
 
 
 def _base_folder(base: str, where: Path | None = None) -> Path:
-    from stanceclf.model.base_models import resolve_base
-
     resolved = resolve_base(base)
     if Path(resolved).is_dir():
         return Path(resolved)
@@ -274,20 +260,6 @@ def _base_folder(base: str, where: Path | None = None) -> Path:
 
 
 def _hub_id(base: str) -> str:
-    from stanceclf.model.base_models import PACKAGED_BASES, PACKAGED_PREFIX
-
     name = base[len(PACKAGED_PREFIX):] if base.startswith(PACKAGED_PREFIX) else None
     return PACKAGED_BASES[name].hub_id if name in PACKAGED_BASES else base
 
-
-def _file_sha256(path: Path) -> str:
-    stat = path.stat()
-    # ctime and inode too: cp -p, rsync or unzip can keep size and mtime, but not these.
-    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-
-
-@lru_cache(maxsize=16)
-def _cached_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
-    from stanceclf.model.directory import file_sha256
-
-    return file_sha256(path)

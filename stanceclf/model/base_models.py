@@ -31,7 +31,8 @@ from pathlib import Path
 
 from stanceclf.cache import CACHE_ENV, cache_dir
 from stanceclf.errors import BaseModelError
-from stanceclf.model.directory import WEIGHTS_NAME as WEIGHTS, file_sha256
+from stanceclf.files import file_sha256
+from stanceclf.model.layout import WEIGHTS_NAME as WEIGHTS
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stanceclf.data.dataset import format_statistics
 from stanceclf.model.metrics import format_report
 
 #: A hand-written section a project can add to a model's card: ``CARD_NOTES.md``
@@ -57,12 +58,7 @@ def render_model_card(manifest, notes: str = "") -> str:
     if "wall_seconds" in training:
         lines.append(f"- Training wall time {training['wall_seconds']} s, peak RSS {training.get('peak_rss_mb')} MB")
     if training.get("statistics"):
-        lines += ["", "Data (sentences and positives per split):", ""]
-        rows = training["statistics"]
-        header = list(rows[0])
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+        lines += ["", "Data (sentences and positives per split):", "", format_statistics(training["statistics"])]
     lines += ["", "## Metrics", ""]
     for split, report in (manifest.metrics or {}).items():
         lines += [format_report(report, title=f"{split} split (calibrated scores, tuned thresholds)"), ""]

@@ -3,34 +3,32 @@
 A model directory is a plain ``save_pretrained`` folder (safetensors weights, tokenizer
 files, ``config.json`` with ``id2label`` and ``problem_type = "multi_label_classification"``,
 so that ``transformers.pipeline("text-classification", model=DIR, top_k=None)`` loads it)
-plus the ``stanceclf.json`` manifest and a generated model card ``README.md``. Only JSON
-and safetensors are ever read back; ``trust_remote_code`` stays off.
+plus the ``stanceclf.json`` manifest and a generated model card ``README.md`` (the files are named
+in :mod:`stanceclf.model.layout`). Only JSON and safetensors are ever read back; ``trust_remote_code``
+stays off.
+
+The top of :mod:`stanceclf.model`: it builds on the manifest, the adapter and the native runtime, and
+none of them imports it. :mod:`stanceclf.model.native` is imported where a model is built, not here:
+it imports torch (0.8 s), and ``import stanceclf`` imports this module.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
+from functools import cache
 from pathlib import Path
 
 from stanceclf.errors import ModelDirectoryError, load_json_object
+from stanceclf.files import default_file_mode, file_sha256
+from stanceclf.model.adapter import LoraAdapter, merged_key, merged_tensors
 from stanceclf.model.architectures import architecture_of
-from stanceclf.model.manifest import ModelManifest
+from stanceclf.model.card import write_model_card
+from stanceclf.model.layout import (ADAPTER_FILES, ADAPTER_WEIGHTS_NAME, CONFIG_NAME, TOKENIZER_CONFIG_NAME,
+                                    TOKENIZER_NAME, WEIGHTS_NAME, required_files)
+from stanceclf.model.manifest import ModelManifest, StoredWeights
 from stanceclf.progress import library_output
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-TOKENIZER_NAME = "tokenizer.json"
-TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
-#: Every file that prediction reads besides the manifest, and what it holds: a model directory
-#: without one is refused (without tokenizer.json transformers silently falls back to a 5-token
-#: vocabulary, every word becomes [UNK] and every score is wrong).
-REQUIRED_FILES = {
-    CONFIG_NAME: "the architecture and the head's labels",
-    WEIGHTS_NAME: "the weights (only safetensors are loaded)",
-    TOKENIZER_NAME: "the tokenizer's vocabulary",
-    TOKENIZER_CONFIG_NAME: "the tokenizer's settings and special tokens",
-}
 #: Embedding rows past the tokenizer's vocabulary that are taken for padding (some models round the
 #: matrix up to a multiple of 64 or 128); a larger gap means the tokenizer belongs to another model.
 EMBEDDING_ROUNDING = 128
@@ -39,6 +37,8 @@ EMBEDDING_ROUNDING = 128
 def load_model_directory(path: str | Path, *, runtime: str = "auto"):
     """``(model, tokenizer, manifest)`` from a model directory that is complete and self-consistent,
     else a :class:`~stanceclf.errors.ModelDirectoryError` naming the missing or inconsistent part.
+    Whether the head carries the manifest's labels (:func:`check_head`) is checked by whoever wraps the
+    model: :class:`~stanceclf.infer.model.StanceModel` checks every model it is given, loaded or not.
 
     ``runtime="auto"`` runs a BERT- or MPNet-family model in plain torch (:mod:`stanceclf.model.native`,
     without importing transformers); ``"transformers"``, and any other architecture, load through transformers."""
@@ -61,13 +61,8 @@ def load_model_directory(path: str | Path, *, runtime: str = "auto"):
     return model, tokenizer, manifest
 
 
-def read_adapter(path: str | Path, manifest: ModelManifest | None = None):
-    """The :class:`~stanceclf.model.adapter.LoraAdapter` of an adapter directory, None for a plain one."""
-    from stanceclf.model.adapter import LoraAdapter
-
-    manifest = manifest or check_model_directory(path)
-    stored = manifest.stored_weights
-    return None if stored is None else LoraAdapter.read(path, stored.base, stored.base_sha256)
+def _read_adapter(path: Path, stored: StoredWeights) -> LoraAdapter:
+    return LoraAdapter.read(path, stored.base, stored.base_sha256)
 
 
 def deferred_adapter(path: str | Path, manifest: ModelManifest):
@@ -78,10 +73,6 @@ def deferred_adapter(path: str | Path, manifest: ModelManifest):
     stored = manifest.stored_weights
     if stored is None:
         return None
-    from functools import cache
-
-    from stanceclf.model.adapter import merged_key
-
     path = Path(path)
     loaded = merged_key(path, stored.base_sha256)
 
@@ -96,20 +87,19 @@ def deferred_adapter(path: str | Path, manifest: ModelManifest):
         if not unchanged:
             raise ModelDirectoryError("the adapter's files changed since this model was loaded: load it again "
                                       "before saving it", where=str(path))
-        return read_adapter(path, manifest)
+        return _read_adapter(path, stored)
 
     return read
 
 
 def _load_adapter_directory(path: Path, manifest: ModelManifest, config: dict, tokenizer, runtime: str):
     """The base with the directory's adapter merged (see :mod:`stanceclf.model.adapter`)."""
-    from stanceclf.model.adapter import ADAPTER_WEIGHTS_NAME, merged_tensors
     from stanceclf.model.native import native_classifier
 
     where = path / ADAPTER_WEIGHTS_NAME
+    stored = manifest.stored_weights
     native = native_classifier(config) if runtime == "auto" else None
     if native is not None:
-        stored = manifest.stored_weights
         tensors = merged_tensors(path, stored.base, stored.base_sha256)
         check_consistency(config, {name: list(t.shape) for name, t in tensors.items()}, tokenizer.vocab_size,
                           manifest, path)
@@ -117,7 +107,7 @@ def _load_adapter_directory(path: Path, manifest: ModelManifest, config: dict, t
     else:
         from transformers import AutoTokenizer
 
-        model = read_adapter(path, manifest).merged_model(path).eval()
+        model = _read_adapter(path, stored).merged_model(path).eval()
         check_consistency(config, {name: list(t.shape) for name, t in model.state_dict().items()},
                           tokenizer.vocab_size, manifest, path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
@@ -153,14 +143,12 @@ def _weight_shapes(weights: Path) -> dict[str, list[int]]:
 def check_consistency(config: dict, shapes: dict[str, list[int]], tokenizer_size: int, manifest: ModelManifest,
                       path: Path) -> None:
     """The parts of a model directory must belong together: config.json's vocabulary and labels, the
-    embedding matrix and head in the weights, the tokenizer's vocabulary and the manifest's labels."""
-    from stanceclf.model.native import ModelConfig
-
+    embedding matrix and head in the weights, the tokenizer's vocabulary and the number of the manifest's
+    labels (their names and the usable length: :func:`check_head`)."""
     weights, tokenizer = path / WEIGHTS_NAME, path / TOKENIZER_NAME
     id2label = config.get("id2label")
     if not isinstance(id2label, dict) or not id2label:
         raise ModelDirectoryError("no id2label: not a classification model's config", where=str(path / CONFIG_NAME))
-    check_head(ModelConfig(config), manifest, path / CONFIG_NAME)
     embedding = next((name for name in shapes if name.endswith("embeddings.word_embeddings.weight")), None)
     if embedding is not None:
         rows = shapes[embedding][0]
@@ -221,11 +209,7 @@ def check_model_directory(path: str | Path) -> ModelManifest:
 
 
 def _required_files(manifest: ModelManifest) -> dict[str, str]:
-    if manifest.stored_weights is None:
-        return REQUIRED_FILES
-    from stanceclf.model.adapter import ADAPTER_FILES
-
-    return {**{name: why for name, why in REQUIRED_FILES.items() if name != WEIGHTS_NAME}, **ADAPTER_FILES}
+    return required_files(adapter=manifest.stored_weights is not None)
 
 
 def check_head(config, manifest: ModelManifest, path: str | Path | None = None) -> None:
@@ -241,37 +225,6 @@ def check_head(config, manifest: ModelManifest, path: str | Path | None = None) 
                                   f"{positions} usable positions", where=where)
 
 
-def file_sha256(path: str | Path) -> str:
-    """The sha256 (hex) of a file's bytes."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def weights_file(directory: str | Path | None) -> Path | None:
-    """The file that holds a model directory's own weights (``model.safetensors``, or an adapter
-    directory's adapter), if there is one; None for a model never saved."""
-    from stanceclf.model.adapter import ADAPTER_WEIGHTS_NAME
-
-    if directory is None:
-        return None
-    for name in (WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME):
-        if (Path(directory) / name).is_file():
-            return Path(directory) / name
-    return None
-
-
-def weights_digest(directory: str | Path | None) -> str | None:
-    """The sha256 (hex) of a model directory's weights file; None for a model never saved."""
-    weights = weights_file(directory)
-    return file_sha256(weights) if weights is not None else None
-
-
-def manifest_digest(manifest: ModelManifest) -> str:
-    """The sha256 (hex) of a manifest's JSON: what tells apart two models that share weights
-    (other thresholds or labels), and identifies a model that was never saved."""
-    return hashlib.sha256(manifest.to_json().encode()).hexdigest()
-
-
 def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | Path, *,
                          storage_dtype: str = "float32", model_card: bool = True, adapter=None) -> Path:
     """Write a model directory. ``storage_dtype="float16"`` halves the stored weights while the
@@ -280,9 +233,6 @@ def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | 
     :class:`~stanceclf.model.adapter.LoraAdapter` of this model) only the adapter is stored, and the
     manifest pins its base."""
     import torch
-
-    from stanceclf.model.adapter import ADAPTER_FILES
-    from stanceclf.model.manifest import StoredWeights
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -317,8 +267,6 @@ def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | 
     _run_dtype_float32(path / CONFIG_NAME)
     manifest.write(path)
     if model_card:
-        from stanceclf.model.card import write_model_card
-
         write_model_card(path, manifest)
     _default_permissions(sorted(set(path.iterdir()) - before | {path / name for name in _required_files(manifest)}))
     return path
@@ -327,27 +275,10 @@ def save_model_directory(model, tokenizer, manifest: ModelManifest, path: str | 
 def _default_permissions(files: list[Path]) -> None:
     """Give written files the mode a plain ``open()`` would (0644 under the usual umask 022):
     transformers writes some through temporary files, which are created 0600."""
-    import os
-
-    mode = 0o666 & ~_umask()
+    mode = default_file_mode()
     for file in files:
         if file.is_file():
             os.chmod(file, mode)
-
-
-def _umask() -> int:
-    import os
-
-    try:  # Linux shows the umask without changing it (os.umask would, briefly, for every thread)
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
 
 
 def _run_dtype_float32(config_path: Path) -> None:
@@ -362,4 +293,5 @@ def export_model_directory(source: str | Path, out: str | Path) -> Path:
     """Copy a model directory as a plain transformers folder in float32 (plus the manifest and card),
     loading it afresh through transformers so that no cached model is touched."""
     model, tokenizer, manifest = load_model_directory(source, runtime="transformers")
+    check_head(model.config, manifest, source)
     return save_model_directory(model, tokenizer, manifest, out, storage_dtype="float32")

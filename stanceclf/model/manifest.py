@@ -9,6 +9,7 @@ a bad value is refused with the file named, never guessed.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import math
 from pathlib import Path
 from typing import Literal
@@ -126,3 +127,9 @@ class ModelManifest(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ModelDirectoryError(f"invalid manifest: {describe_validation_error(exc)}", where=str(path)) from None
+
+
+def manifest_digest(manifest: ModelManifest) -> str:
+    """The sha256 (hex) of a manifest's JSON: what tells apart two models that share weights
+    (other thresholds or labels), and identifies a model that was never saved."""
+    return hashlib.sha256(manifest.to_json().encode()).hexdigest()

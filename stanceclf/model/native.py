@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stanceclf.errors import ModelDirectoryError
-from stanceclf.model.directory import TOKENIZER_CONFIG_NAME, TOKENIZER_NAME
+from stanceclf.model.layout import CONFIG_NAME, TOKENIZER_CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
 
 _ACTIVATIONS = {
     "gelu": F.gelu,
@@ -183,13 +183,13 @@ class NativeClassifier(nn.Module):
         return model.eval()
 
     def save_pretrained(self, path: str | Path, safe_serialization: bool = True) -> None:
-        """Write ``model.safetensors`` and ``config.json`` as transformers' ``save_pretrained`` would."""
+        """Write the weights and config.json as transformers' ``save_pretrained`` would."""
         from safetensors.torch import save_file
 
         path = Path(path)
         save_file({name: tensor.contiguous() for name, tensor in self.state_dict().items()},
-                  str(path / "model.safetensors"), metadata={"format": "pt"})
-        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+                  str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        (path / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     def to_transformers(self):
         """The same model as a transformers ``AutoModelForSequenceClassification`` (for ONNX export)."""

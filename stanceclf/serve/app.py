@@ -6,12 +6,14 @@
 - ``GET /healthz``: the process is alive. ``GET /readyz``: 200 once the model is loaded, 503 before.
 
 The model is fixed when the app is made (:class:`ServeSettings`): no request names a path. It is
-loaded on a background thread after start, so that ``/healthz`` answers while it loads.
+loaded on a background thread after start, so that ``/healthz`` answers while it loads. With an API key,
+every path but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import hmac
 import os
 import threading
 from contextlib import asynccontextmanager
@@ -20,29 +22,75 @@ from functools import partial
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 from uvicorn.config import STARTUP_FAILURE
 
 import stanceclf
-from stanceclf.errors import (BadRequestError, InternalServerError, RequestTooLargeError, ServerBusyError,
-                              StanceclfError)
+from stanceclf.errors import (ApiKeyError, BadRequestError, InternalServerError, MethodNotAllowedError,
+                              NotFoundError, RequestTooLargeError, ServerBusyError, StanceclfError)
 from stanceclf.serve import schemas
 from stanceclf.serve.batching import MicroBatcher, log
-from stanceclf.serve.settings import TEST_LOAD_GATE_ENV, ServeSettings, wait_at_test_gate
+from stanceclf.serve.settings import ServeHooks, ServeSettings
 
 #: Seconds a client told "busy" (503) should wait before trying again.
 RETRY_AFTER_S = 1
-_STATUS = {BadRequestError: 422, RequestTooLargeError: 413, ServerBusyError: 503, InternalServerError: 500}
-_ERRORS = {status: {"model": schemas.ErrorResponse} for status in (413, 422, 500, 503)}
+_STATUS = {BadRequestError: 422, ApiKeyError: 401, NotFoundError: 404, MethodNotAllowedError: 405,
+           RequestTooLargeError: 413, ServerBusyError: 503, InternalServerError: 500}
+_ERRORS = {status: {"model": schemas.ErrorResponse} for status in (401, 413, 422, 500, 503)}
+#: Paths open without the API key: probes of load balancers and orchestrators, which say nothing of the model.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: A request refused before its body is read still has that body read and dropped, up to these bounds, before
+#: the answer: a client that sends its whole body before reading (Python's http.client, hence urllib and
+#: requests) would otherwise meet a reset connection instead of the answer. Beyond them the connection closes.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_MAX_S = 30.0
 
 
-def error_response(error: StanceclfError, problems: list[schemas.FieldProblem] = ()) -> JSONResponse:
+def error_response(error: StanceclfError, problems: list[schemas.FieldProblem] = (), *,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     """Every error answer: status by error class, the coded message, and the fields at fault."""
     status = next((code for kind, code in _STATUS.items() if isinstance(error, kind)), 500)
     if not problems and error.where:
         problems = [schemas.FieldProblem(field=error.where, message=error.detail)]
     body = schemas.ErrorResponse(code=error.code, message=str(error), problems=list(problems))
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    headers = dict(headers or {})
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers or None)
+
+
+def _header(scope, name: bytes) -> bytes:
+    return dict(scope["headers"]).get(name, b"")
+
+
+async def _drop_body(scope, receive) -> None:
+    """Read and drop what is left of the request body, within :data:`DRAIN_MAX_BYTES` and
+    :data:`DRAIN_MAX_S`."""
+    declared = _header(scope, b"content-length")
+    if declared.isdigit() and int(declared) > DRAIN_MAX_BYTES:
+        return
+    dropped = 0
+    try:
+        async with asyncio.timeout(DRAIN_MAX_S):
+            while dropped <= DRAIN_MAX_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                dropped += len(message.get("body", b""))
+    except TimeoutError:
+        return
+
+
+async def refuse(scope, receive, send, error: StanceclfError, *, body_left: bool,
+                 headers: dict[str, str] | None = None) -> None:
+    """Answer ``error`` in place of the app and close the connection. When ``body_left`` (the client may
+    still be sending its body), the rest is read and dropped first; except from a client that waits for
+    "100 Continue" before sending it, which learns from the answer that it need not send it."""
+    waits_to_send = _header(scope, b"expect").lower() == b"100-continue"
+    if body_left and not waits_to_send:
+        await _drop_body(scope, receive)
+    response = error_response(error, headers={**(headers or {}), "Connection": "close"})
+    await response(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -53,12 +101,12 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
+            return await refuse(scope, receive, send, self._too_large(), body_left=True)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -66,9 +114,10 @@ class BodySizeLimit:
                 return None  # the client left while sending: nothing to answer
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
+            more = message.get("more_body", False)
             if size > self.max_bytes:
-                return await self._refuse(scope, receive, send)
-            if not message.get("more_body", False):
+                return await refuse(scope, receive, send, self._too_large(), body_left=more)
+            if not more:
                 break
         replayed = False
 
@@ -81,12 +130,29 @@ class BodySizeLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send):
-        error = RequestTooLargeError(f"the request body is over the limit of {self.max_bytes} bytes; send fewer "
-                                     "texts per request, or use 'stanceclf score' for corpora")
-        response = error_response(error)
-        response.headers["Connection"] = "close"  # the rest of the body is not read
-        await response(scope, receive, send)
+    def _too_large(self) -> RequestTooLargeError:
+        return RequestTooLargeError(f"the request body is over the limit of {self.max_bytes} bytes; send fewer "
+                                    "texts per request, or use 'stanceclf score' for corpora")
+
+
+class ApiKeyCheck:
+    """ASGI middleware: every path but :data:`OPEN_PATHS` needs ``Authorization: Bearer <key>`` (401
+    otherwise, before the body is read). The key is compared in constant time and never logged."""
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self._key = key.encode("ascii")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        scheme, _, given = _header(scope, b"authorization").strip().partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._key):
+            return await self.app(scope, receive, send)
+        problem = "a wrong API key" if scheme.lower() == b"bearer" else "no API key"
+        error = ApiKeyError(f"the request has {problem}; this server needs the header "
+                            "'Authorization: Bearer <key>' with its API key")
+        await refuse(scope, receive, send, error, body_left=True, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _problems(error: RequestValidationError) -> list[schemas.FieldProblem]:
@@ -104,20 +170,52 @@ def _problems(error: RequestValidationError) -> list[schemas.FieldProblem]:
     return problems
 
 
+def _bad_request(problems: list[schemas.FieldProblem]) -> JSONResponse:
+    described = "; ".join(f"field '{p.field}': {p.message}" for p in problems)
+    return error_response(BadRequestError(f"the request is invalid: {described}"), problems)
+
+
 def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
     problems = _problems(error)
     if "json" not in request.headers.get("content-type", "json"):  # without the header FastAPI parses JSON
         problems.insert(0, schemas.FieldProblem(field="(body)", message="send JSON, with the header "
                                                                         "Content-Type: application/json"))
-    described = "; ".join(f"field '{p.field}': {p.message}" for p in problems)
-    return error_response(BadRequestError(f"the request is invalid: {described}"), problems)
+    return _bad_request(problems)
+
+
+def _unparsable(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a body (its 400 says only "There was an error parsing the body")."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not {cause.encoding} text (byte {cause.start}); send JSON in UTF-8"
+    if isinstance(cause, RecursionError):
+        return "not usable JSON: nested too deeply"
+    if isinstance(cause, ValueError):  # json: "Exceeds the limit (4300 digits) for integer string conversion"
+        return "not usable JSON: an integer has more digits than Python reads (4,300)"
+    return f"cannot be parsed ({type(cause).__name__})"
+
+
+def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own errors (no such path, a method the path does not take, a body that
+    cannot be parsed) in the coded shape of every other error."""
+    path = request.url.path
+    if error.status_code == 404:
+        return error_response(NotFoundError(f"there is no endpoint {path}; the API is described at /openapi.json"))
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        return error_response(MethodNotAllowedError(f"{path} does not take {request.method}; it takes {allowed}"),
+                              headers=error.headers)
+    if error.status_code == 400:
+        return _bad_request([schemas.FieldProblem(field="(body)", message=_unparsable(error.__cause__))])
+    body = schemas.ErrorResponse(code=BadRequestError.code, message=f"[{BadRequestError.code}] {error.detail}")
+    return JSONResponse(body.model_dump(), status_code=error.status_code, headers=error.headers)
 
 
 class ServerState:
     """The loaded model and its batcher, once loaded."""
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, hooks: ServeHooks):
         self.settings = settings
+        self.hooks = hooks
         self.batcher: MicroBatcher | None = None
         self.model_info: schemas.ModelInfo | None = None
 
@@ -129,7 +227,7 @@ class ServerState:
         from stanceclf.model.manifest import library_versions
 
         settings = self.settings
-        wait_at_test_gate(TEST_LOAD_GATE_ENV)
+        self.hooks.before_load()
         try:
             if settings.threads:
                 import torch
@@ -150,7 +248,8 @@ class ServerState:
             backend=model.backend, library_versions=manifest.library_versions, serving_versions=library_versions(),
             metrics=manifest.metrics, limits=limits)
         self.batcher = MicroBatcher(model, max_queue=settings.max_queue, batch_wait_ms=settings.batch_wait_ms,
-                                    batch_units=settings.batch_units, batch_size=settings.batch_size).start()
+                                    batch_units=settings.batch_units, batch_size=settings.batch_size,
+                                    hooks=self.hooks).start()
         log.info("stanceclf serve: model %s loaded (backend %s); ready", self.model_info.name, model.backend)
 
     def ready_batcher(self) -> MicroBatcher:
@@ -158,12 +257,27 @@ class ServerState:
             raise ServerBusyError("the model is still loading; retry shortly")
         return self.batcher
 
-    def check_lengths(self, texts: list[str], single: bool) -> None:
+    def check_characters(self, texts: list[str], single: bool) -> None:
+        """Each text within ``max_text_chars`` and all of them within ``max_request_chars`` (E052)."""
         limit = self.settings.max_text_chars
         for index, text in enumerate(texts):
             if len(text) > limit:
                 raise RequestTooLargeError(f"has {len(text)} characters, over the limit of {limit}",
                                            where="text" if single else f"texts.{index}")
+        total, limit = sum(map(len, texts)), self.settings.max_request_chars
+        if total > limit:
+            raise RequestTooLargeError(f"the texts have {total} characters together, over the limit of {limit} "
+                                       "per request; send fewer texts per request, or use 'stanceclf score' for "
+                                       "corpora", where="text" if single else "texts")
+
+    def check_units(self, units: int, split_sentences: bool, single: bool) -> None:
+        """At most ``max_request_sentences`` units in one request (E052)."""
+        limit = self.settings.max_request_sentences
+        if units > limit:
+            what = "sentences" if split_sentences else "texts"
+            raise RequestTooLargeError(f"the request has {units} {what} to score, over the limit of {limit} "
+                                       "per request; send fewer texts per request, or use 'stanceclf score' for "
+                                       "corpora", where="text" if single else "texts")
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -172,9 +286,10 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
+def create_app(settings: ServeSettings, hooks: ServeHooks = ServeHooks()) -> FastAPI:
     """The app for one fixed model. The model loads in the background once the server starts."""
-    state = ServerState(settings)
+    state = ServerState(settings, hooks)
+    api_key = settings.api_key()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -187,40 +302,48 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   description="Tag sentences of news and opinion articles with claim types.")
     app.state.serve = state
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKeyCheck, key=api_key)  # added last, so runs first: no body read without the key
     app.add_exception_handler(StanceclfError, lambda request, error: error_response(error))
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
 
     @app.post("/v1/classify", response_model=schemas.ClassifyResponse, responses=_ERRORS)
     async def classify(body: schemas.ClassifyRequest, request: Request):
-        """Classify one text or a list of texts; requests arriving together are scored as one batch."""
+        """Classify one text or a list of texts; requests arriving together are scored as one batch, and a
+        large request in pieces, between which others are scored."""
         batcher = state.ready_batcher()
         texts = body.all_texts
-        state.check_lengths(texts, single=body.text is not None)
-        results = await batcher.classify(texts, body.split_sentences, partial(_until_disconnected, request))
+        single = body.text is not None
+        state.check_characters(texts, single)
+        units = await batcher.units(texts, body.split_sentences)
+        state.check_units(len(units), body.split_sentences, single)
+        results = await batcher.classify(units, len(texts), partial(_until_disconnected, request))
         if results is None:
             return Response(status_code=499)  # client closed the request; nothing reaches it anyway
         return schemas.ClassifyResponse.model_validate({"results": results}, from_attributes=True)
 
-    @app.get("/v1/model", response_model=schemas.ModelInfo, responses={503: _ERRORS[503]})
+    @app.get("/v1/model", response_model=schemas.ModelInfo, responses={401: _ERRORS[401], 503: _ERRORS[503]})
     async def model_info():
         """The model this server runs, its provenance, and the server's limits."""
         state.ready_batcher()
         return state.model_info
 
-    @app.get("/v1/stats", response_model=schemas.Stats, responses={503: _ERRORS[503]})
+    @app.get("/v1/stats", response_model=schemas.Stats, responses={401: _ERRORS[401], 503: _ERRORS[503]})
     async def stats():
         """Counters since this process started."""
         batcher = state.ready_batcher()
-        return schemas.Stats(**batcher.counters.snapshot(), queued=batcher.queued)
+        return schemas.Stats(**batcher.counters.snapshot(), queued=batcher.queued,
+                             in_progress=batcher.in_progress)
 
     @app.get("/healthz", response_model=schemas.Status)
     async def healthz():
-        """The process is alive (says nothing about the model)."""
+        """The process is alive (says nothing about the model). Open without the API key."""
         return schemas.Status(status="ok")
 
     @app.get("/readyz", response_model=schemas.Status, responses={503: {"model": schemas.Status}})
     async def readyz():
-        """200 once the model is loaded and warmed up; 503 while it loads."""
+        """200 once the model is loaded and warmed up; 503 while it loads. Open without the API key."""
         if state.batcher is not None:
             return schemas.Status(status="ready")
         return JSONResponse(schemas.Status(status="loading", detail="the model is still loading").model_dump(),
@@ -234,3 +357,18 @@ def app_from_environment() -> FastAPI:
     ``serve`` verb put in the environment."""
     return create_app(ServeSettings.from_environment())
 
+
+def run_server(settings: ServeSettings, *, host: str, port: int, workers: int = 1, access_log: bool = True,
+               hooks: ServeHooks = ServeHooks()) -> None:
+    """Serve on uvicorn until stopped: one process, or ``workers`` processes that each build the app from
+    the settings (hooks, being Python objects, reach only a single process)."""
+    import uvicorn
+
+    options = dict(host=host, port=port, access_log=access_log, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(settings, hooks), **options)
+        return
+    if hooks != ServeHooks():
+        raise ValueError("hooks reach only a server of one process (workers=1)")
+    settings.to_environment()
+    uvicorn.run("stanceclf.serve.app:app_from_environment", factory=True, workers=workers, **options)

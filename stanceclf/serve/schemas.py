@@ -79,8 +79,12 @@ class Limits(BaseModel):
 
     max_body_bytes: int = Field(description="Largest request body accepted; larger gets HTTP 413.")
     max_text_chars: int = Field(description="Longest single text accepted, in characters; longer gets HTTP 413.")
-    max_queue: int = Field(description="Requests that may wait for the model; beyond that HTTP 503 with "
-                                       "Retry-After.")
+    max_request_chars: int = Field(description="Most characters of all texts of one request together; more gets "
+                                               "HTTP 413.")
+    max_request_sentences: int = Field(description="Most units (sentences, or texts with split_sentences false) "
+                                                   "of one request; more gets HTTP 413.")
+    max_queue: int = Field(description="Requests that may wait for the model, large ones being scored in "
+                                       "pieces included; beyond that HTTP 503 with Retry-After.")
 
 
 class ModelInfo(BaseModel):
@@ -111,13 +115,16 @@ class Stats(BaseModel):
 
     requests: int = Field(0, description="Classify requests accepted into the queue.")
     rejected_busy: int = Field(0, description="Classify requests refused with 503 because the queue was full.")
-    abandoned: int = Field(0, description="Accepted requests whose client disconnected before scoring; never "
-                                          "scored.")
-    batches: int = Field(0, description="Calls to the model: each scores every sentence of the requests batched "
-                                        "together.")
-    texts: int = Field(0, description="Texts scored.")
+    abandoned: int = Field(0, description="Accepted requests whose client disconnected before they were fully "
+                                          "scored; what was left of them was never scored.")
+    batches: int = Field(0, description="Calls to the model: each scores the sentences of small requests "
+                                        "batched together, or one forward pass of a large request (more "
+                                        "sentences than --batch-size).")
+    texts: int = Field(0, description="Texts of the requests fully scored.")
     units: int = Field(0, description="Units (sentences, or texts with split_sentences false) scored.")
     queued: int = Field(0, description="Requests waiting for the model right now.")
+    in_progress: int = Field(0, description="Large requests (more sentences than --batch-size) being scored in "
+                                            "pieces right now.")
 
 
 class Status(BaseModel):
@@ -131,10 +138,11 @@ class FieldProblem(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every error response (413, 422, 500, 503) has this shape."""
+    """Every error response (401, 404, 405, 413, 422, 500, 503) has this shape."""
 
     code: str = Field(description="Stable error code, e.g. E051 (bad request), E052 (too large), E053 (busy), "
-                                  "E054 (internal error).")
+                                  "E054 (internal error), E055 (no or wrong API key), E056 (no such path), E057 "
+                                  "(method not allowed).")
     message: str = Field(description="What went wrong, for people.")
     problems: list[FieldProblem] = Field(default_factory=list, description="One entry per field at fault (none "
                                                                            "when the whole request is).")

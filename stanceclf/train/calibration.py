@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stanceclf.model.decision import probabilities, reported_scores
+from stanceclf.model.decision import SCORE_DECIMALS, probabilities, reported_scores
 
 
 def fit_temperatures(logits: np.ndarray, y_true: np.ndarray) -> np.ndarray:
@@ -56,7 +56,9 @@ def fit_thresholds(probs: np.ndarray, y_true: np.ndarray, *, default: float = 0.
         distinct = np.r_[p_sorted[1:] != p_sorted[:-1], True]
         best = int(np.argmax(np.where(distinct, f1, -1)))
         below = p_sorted[best + 1] if best + 1 < len(p_sorted) else 0.0
-        thresholds[j] = float((p_sorted[best] + below) / 2)
+        # Halfway between two reported scores: one decimal more than they have, and no float noise
+        # (0.5750015, not 0.5750014999999999) in the manifest, the card and `stanceclf info`.
+        thresholds[j] = round(float((p_sorted[best] + below) / 2), SCORE_DECIMALS + 1)
     return thresholds
 
 

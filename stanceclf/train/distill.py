@@ -6,7 +6,8 @@ model as a student. This phase runs between data preparation and fine-tuning (se
 
 1. **Teachers**: stanceclf model directories whose labels are the student schema's. Several
    teachers are an ensemble: their calibrated probabilities are averaged.
-2. **Unlabelled sentences**: the inputs are read with the corpus readers of ``stanceclf score``
+2. **Unlabelled sentences**: the inputs are read as ``stanceclf score`` reads a corpus
+   (:class:`~stanceclf.infer.scoring.job.CorpusReader`: its formats, bad-record rule and coded errors)
    and split with the student's splitter. Repeated sentences count once, and a sentence that is
    also in a labelled split is left out (the student's dev and test sentences stay unseen).
    With ``augment_labelled``, noisy copies of the labelled *training* sentences join them
@@ -15,7 +16,9 @@ model as a student. This phase runs between data preparation and fine-tuning (se
    recipe's ``scores_dir`` that several students of one teacher can share
    (``<teacher>-<signature>/``, Parquet parts keyed by sentence text; the signature covers the
    teacher's weights, manifest and backend). A rerun, a resumed run or a student with other
-   settings reads them back; an interrupted scoring goes on from its last saved part.
+   settings reads them back; an interrupted scoring goes on from its last saved part (a part
+   holds a chunk of ``stanceclf score``'s size). The cache is keyed by sentence, not by input
+   record as a scoring run's progress is, because students share it whatever corpus they read.
 4. **The training set** holds the labelled train sentences (gold labels) and the soft rows
    (teacher probabilities as targets in [0, 1]). Each row carries a weight chosen so that the
    expected batch loss is ``alpha * gold BCE + (1 - alpha) * soft BCE``, whatever the mix of rows.
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 import uuid
 from dataclasses import dataclass
@@ -36,14 +38,16 @@ from pathlib import Path
 import numpy as np
 
 from stanceclf.errors import RecipeError
+from stanceclf.files import exclusive_lock, replaced_atomically
+from stanceclf.infer.scoring.job import SCORE_DEFAULTS
 from stanceclf.model.architectures import architecture_of
 from stanceclf.train.augment import MIN_WORDS, noisy_copies
 
 log = logging.getLogger(__name__)
 
 TEACHER_SCORES = "teacher-scores"
-#: Sentences scored between two saved parts: what an interruption can lose.
-CHUNK_SENTENCES = 1024
+#: Sentences scored between two saved parts: what an interruption can lose (a scoring run's chunk).
+CHUNK_SENTENCES = SCORE_DEFAULTS.chunk_sentences
 
 
 @dataclass
@@ -99,7 +103,7 @@ def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = 
         "alpha": settings.alpha, "soft_on_labelled": settings.soft_on_labelled,
         "augment_labelled": settings.augment_labelled, "augmented_rows": len(augmented),
         "teacher_backend": caches[0].teacher.backend,
-        "unlabelled": [str(recipe.resolve(p)) for p in settings.unlabelled], **read,
+        "unlabelled": [str(p) for p in settings.unlabelled], **read,
         "gold_rows": len(train_texts), "soft_rows": len(soft_texts),
         "row_weights": {"gold": weights[0], "soft": weights[1]},
     }
@@ -135,37 +139,33 @@ def _load_teacher(recipe, path: str, labels: list[str]):
 
 def unlabelled_sentences(recipe, splitter, *, exclude: set[str]) -> tuple[list[str], dict]:
     """The distinct sentences of the unlabelled inputs, in reading order, less those in ``exclude``;
-    and counts of what was read, for the manifest."""
+    and counts of what was read, for the manifest. The inputs are read as ``stanceclf score`` reads
+    a corpus; a bad record stops the run with its name (E030), or with ``on_error = "skip"`` is
+    logged and counted. Ids need not be unique: nothing here is keyed by them."""
     from stanceclf.errors import StanceclfError
-    from stanceclf.infer.scoring.inputs import Fields, check_inputs, iter_records
+    from stanceclf.infer.scoring.job import CorpusReader, ScoreOptions
 
     settings = recipe.distill
-    paths = [recipe.resolve(p) for p in settings.unlabelled]
+    options = ScoreOptions(input_format=settings.input_format, text_field=settings.text_field,
+                           on_error=settings.on_error, max_chars=settings.max_chars)
     try:
-        check_inputs(paths, settings.input_format)
+        reader = CorpusReader([recipe.resolve(p) for p in settings.unlabelled], options, unique_ids=False,
+                              log=lambda message: log.warning("distill: %s", message),
+                              skip_advice='set distill.on_error = "skip" in the recipe to skip and count such records')
     except StanceclfError as error:
         raise RecipeError(f"distill.unlabelled: {error}", where=recipe.source) from None
     seen, sentences = set(), []
-    counts = {"unlabelled_documents": 0, "unlabelled_skipped": 0, "unlabelled_sentences_read": 0,
-              "unlabelled_left_out_as_labelled": 0}
-    for record in iter_records(paths, settings.input_format, fields=Fields(text_field=settings.text_field),
-                               max_chars=settings.max_chars):
-        if record.error is not None:
-            if settings.on_error == "stop":
-                raise RecipeError(f"distill.unlabelled: {record.error} (set distill.on_error = \"skip\" to skip "
-                                  "and count such records)", where=f"{record.where} (id {record.doc_id!r})")
-            counts["unlabelled_skipped"] += 1
-            log.warning("distill: skipped %s: %s", record.where, record.error)
-            continue
-        counts["unlabelled_documents"] += 1
-        for sentence in splitter.split(record.text):
+    counts = {"unlabelled_documents": 0, "unlabelled_sentences_read": 0, "unlabelled_left_out_as_labelled": 0}
+    for chunk in reader.chunks(splitter.split):
+        counts["unlabelled_documents"] += len(chunk.documents)
+        for sentence in chunk.sentences:
             counts["unlabelled_sentences_read"] += 1
             if sentence.text in exclude:
                 counts["unlabelled_left_out_as_labelled"] += 1
             elif sentence.text not in seen:
                 seen.add(sentence.text)
                 sentences.append(sentence.text)
-    counts["unlabelled_sentences"] = len(sentences)
+    counts.update(unlabelled_skipped=reader.skipped, unlabelled_sentences=len(sentences))
     return sentences, counts
 
 
@@ -179,20 +179,18 @@ class TeacherScoreCache:
     ``<folder>/<teacher name>-<signature>/``; a part is renamed into place once complete."""
 
     def __init__(self, folder: Path, teacher):
-        from stanceclf.infer.scoring.state import run_signature
+        from stanceclf.infer.scoring.state import model_signature
 
         self.teacher = teacher
         # The teacher's weights, manifest (temperatures, max length, ...) and backend.
-        self.signature = run_signature([], teacher, {"use": "distillation targets"})
+        self.signature = model_signature(teacher, {"use": "distillation targets"})
         self.folder = folder / f"{Path(teacher.path).name}-{self.signature[:16]}"
 
     def probabilities(self, texts: list[str], labels: list[str], batch_size: int, progress: bool) -> np.ndarray:
         """``(len(texts), len(labels))`` probabilities in the order of ``labels``, scoring only what is not cached.
         Under a lock: a second process (``accelerate launch``) waits, then finds every score cached."""
-        from filelock import FileLock
-
         self.folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.folder) + ".lock"):
+        with exclusive_lock(str(self.folder) + ".lock"):
             known = self._scored(texts, batch_size, progress)
         order = [self.teacher.labels.index(label) for label in labels]
         return np.asarray([known[t] for t in texts], dtype=np.float32).reshape(len(texts), -1)[:, order]
@@ -201,6 +199,8 @@ class TeacherScoreCache:
         """The cached scores, completed with those of ``texts`` not yet scored."""
         from tqdm import tqdm
 
+        from stanceclf.progress import wants_progress
+
         known = self._load()
         distinct = dict.fromkeys(texts)
         missing = [t for t in distinct if t not in known]
@@ -208,8 +208,8 @@ class TeacherScoreCache:
         log.warning("distill: teacher %s: %d of %d distinct sentences already scored (cached in %s)", name,
                     len(distinct) - len(missing), len(distinct), self.folder)
         if missing:
-            with tqdm(total=len(missing), unit=" sent", desc=f"teacher {name}", disable=not progress,
-                      file=sys.stderr, dynamic_ncols=True) as bar:
+            with tqdm(total=len(missing), unit=" sent", desc=f"teacher {name}", file=sys.stderr,
+                      disable=not (progress and wants_progress(len(missing))), dynamic_ncols=True) as bar:
                 for begin in range(0, len(missing), CHUNK_SENTENCES):
                     chunk = missing[begin: begin + CHUNK_SENTENCES]
                     scores = teacher_probabilities(self.teacher, chunk, batch_size)
@@ -234,10 +234,8 @@ class TeacherScoreCache:
 
         columns = {"text": texts, **{f"score_{label}": scores[:, j].astype(np.float32)
                                      for j, label in enumerate(self.teacher.labels)}}
-        final = self.folder / f"part-{uuid.uuid4().hex}.parquet"
-        partial = final.with_suffix(".partial")
-        pq.write_table(pa.table(columns), partial)
-        os.replace(partial, final)
+        with replaced_atomically(self.folder / f"part-{uuid.uuid4().hex}.parquet") as partial:
+            pq.write_table(pa.table(columns), partial)
 
 
 def student_model(model, layers: int | list[int] | None):

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 from stanceclf.errors import EvaluationError
-from stanceclf.train.crossval import Setup, format_mean_sd, default_dev_fraction, kfold_plan, summarise
+from stanceclf.train.fold_reports import format_mean_sd, summarise
+from stanceclf.train.fold_runner import Setup
+from stanceclf.train.folds import default_dev_fraction, kfold_plan
 from stanceclf.train.recipe import Recipe
 
 

@@ -1,135 +1,24 @@
 """The training harness: recipe -> dataset -> fine-tuned, calibrated model directory.
 
-Fine-tuning uses the transformers ``Trainer`` (so ``accelerate launch`` with
-several processes works unchanged): a multi-label head trained with BCE on
-logits, positive-class weighting for rare labels, dynamic padding, early
-stopping on dev macro-F1, checkpoints every evaluation and resumption from the
-last one. After training, per-label temperatures and thresholds are fitted on
-dev (or on out-of-fold predictions: ``[calibration] thresholds =
-"cross-validation"``, see :mod:`stanceclf.train.crossval`), the test split is
-evaluated, and the model directory is written.
+:func:`train` runs the phases of :mod:`stanceclf.train.phases` in order: data, out-of-fold calibration
+when the recipe asks for it (``[calibration] thresholds = "cross-validation"``, see
+:mod:`stanceclf.train.out_of_fold`), distillation when the recipe has ``[distill]``, the Trainer, fit,
+calibrate and evaluate, manifest, save. Fine-tuning uses the transformers ``Trainer``, so
+``accelerate launch`` with several processes works unchanged.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-from pathlib import Path
 
-import numpy as np
-
-from stanceclf.data.dataset import from_annotations, load_built_dataset, statistics
-from stanceclf.data.readers import ReadReport
-from stanceclf.data.schema import LabelSchema, load_schema
-from stanceclf.data.sentences import SentenceSplitter
+from stanceclf.data.schema import load_schema
 from stanceclf.errors import RecipeError
 from stanceclf.infer.model import StanceModel
-from stanceclf.model.architectures import architecture_of
-from stanceclf.model.decision import decide, probabilities
-from stanceclf.progress import library_output, wants_progress
-from stanceclf.model.manifest import ModelManifest
-from stanceclf.model.adapter import LoraAdapter, base_weights_sha256, with_lora
-from stanceclf.model.base_models import resolve_base
-from stanceclf.train.calibration import calibrate
-from stanceclf.model.metrics import expected_calibration_error, multilabel_report
+from stanceclf.model.adapter import base_weights_sha256
+from stanceclf.train.out_of_fold import recipe_calibration
+from stanceclf.train.phases import (data_splitter, distillation_phase, final_manifest, fit_and_calibrate,
+                                    load_base_tokenizer, prepared_data, save, seeded_base_model)
 from stanceclf.train.recipe import Recipe
-
-log = logging.getLogger(__name__)
-
-
-def prepare_dataset(recipe: Recipe, schema: LabelSchema):
-    """Build (or load) the dataset the recipe names: ``(DatasetDict, build info, read report)``."""
-    data = recipe.data
-    report = ReadReport()
-    if data.dataset is not None:
-        dataset, info = load_built_dataset(recipe.resolve(data.dataset))
-        if info["schema"]["labels"] != schema.to_dict()["labels"]:
-            raise RecipeError(f"the dataset at {data.dataset} was built with another schema than {schema.name!r}",
-                              where=recipe.source)
-        return dataset, info, report
-    dataset, info = from_annotations(data, schema, data, resolve=recipe.resolve, report=report)
-    return dataset, info, report
-
-
-def positive_weights(label_matrix: np.ndarray, mode: str) -> np.ndarray:
-    """Per-label weight of positives in the BCE loss, from train-split frequencies."""
-    positives = label_matrix.sum(axis=0).astype(np.float64)
-    negatives = len(label_matrix) - positives
-    ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
-    if mode == "none":
-        return np.ones_like(ratio)
-    return np.sqrt(ratio) if mode == "sqrt" else ratio
-
-
-def _make_trainer_class():
-    import torch
-    from transformers import Trainer
-
-    class WeightedBCETrainer(Trainer):
-        """BCE on logits with a positive-class weight per label (and, distilling, a weight per row)."""
-
-        # compute_loss returns a plain per-batch mean: the Trainer must divide it by the
-        # gradient accumulation steps (it skips that for models that take loss kwargs).
-        loss_is_scaled_for_ga = False
-
-        def __init__(self, *args, pos_weight=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.pos_weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
-            # Distillation rows carry a weight each (gold and soft rows mixed, see stanceclf.train.distill);
-            # their labels may be probabilities in [0, 1].
-            row_weight = inputs.pop("weight", None)
-            outputs = model(**inputs)
-            weight = self.pos_weight.to(outputs.logits.device) if self.pos_weight is not None else None
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                outputs.logits, labels.float(), pos_weight=weight, reduction="mean" if row_weight is None else "none")
-            if row_weight is not None:
-                loss = (loss.mean(dim=1) * row_weight.to(loss.dtype)).mean()
-            return (loss, outputs) if return_outputs else loss
-
-    return WeightedBCETrainer
-
-
-def _dev_macro_f1(eval_prediction) -> dict:
-    """Early stopping's measure: macro F1 at probability 0.5, before calibration."""
-    logits, labels = eval_prediction
-    logits = np.asarray(logits)
-    predicted = decide(probabilities(logits, np.ones(logits.shape[1])), np.full(logits.shape[1], 0.5))
-    report = multilabel_report(np.asarray(labels), predicted, [str(i) for i in range(predicted.shape[1])])
-    # A dev split without positives of any label has no macro F1: nothing to stop early on, so 0.
-    return {"macro_f1": report["macro"]["f1"] or 0.0, "micro_f1": report["micro"]["f1"]}
-
-
-def build_base_model(base: str, schema: LabelSchema, *, config=None):
-    """A sequence-classification model with a fresh multi-label head for ``schema``.
-
-    ``config`` (a transformers config) builds a randomly initialised model in
-    process instead of loading weights: the tests' tiny models.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    labels = schema.label_names
-    head = dict(num_labels=len(labels), problem_type="multi_label_classification",
-                id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
-    if config is not None:
-        for key, value in head.items():
-            setattr(config, key, value)
-        return AutoModelForSequenceClassification.from_config(config)
-    with library_output("transformers", "huggingface_hub"):
-        return AutoModelForSequenceClassification.from_pretrained(
-            resolve_base(base), trust_remote_code=False, use_safetensors=True, **head)
-
-
-def seeded_base_model(recipe: Recipe, schema: LabelSchema):
-    """The recipe's base model with a fresh head whose initial weights follow the recipe's seed, so that
-    two trainings of one recipe (or its cross-validation folds) start from the same weights."""
-    from transformers import set_seed
-
-    set_seed(recipe.seed)
-    return build_base_model(recipe.base_model, schema)
 
 
 def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, progress: bool = True) -> StanceModel:
@@ -141,12 +30,10 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
     started = time.time()
     pinned_base = _adapter_base_sha256(recipe, model)
     schema = load_schema(recipe.schema_path)
-    dataset, info = _prepared_data(recipe, schema)
+    dataset, info = prepared_data(recipe, schema)
     tokenizer = tokenizer or load_base_tokenizer(recipe.base_model)
     model = model or seeded_base_model(recipe, schema)
     splitter = data_splitter(info)
-    from stanceclf.train.crossval import recipe_calibration
-
     # Before the distillation phase cuts the student's layers: each out-of-fold model starts from the base.
     out_of_fold = recipe_calibration(recipe, dataset, schema, model=model, tokenizer=tokenizer,
                                      fingerprint=info["fingerprint"], resume=resume, progress=progress,
@@ -162,12 +49,10 @@ def train(recipe: Recipe, *, model=None, tokenizer=None, resume: bool = True, pr
         raise RecipeError(f"the weights of the base {recipe.base_model!r} changed while the model trained "
                           f"(sha256 {pinned_base} before, {result.adapter.base_sha256} after): an adapter of "
                           "this run would pin weights it was not trained on; nothing was saved")
-    result.manifest = _final_manifest(result, recipe, info, dataset, trainer, time.time() - started,
-                                      distillation=distillation.record if distillation else None)
+    result.manifest = final_manifest(result, recipe, info, dataset, trainer, time.time() - started,
+                                     distillation=distillation.record if distillation else None)
     result.manifest.training["calibration"] = out_of_fold.record if out_of_fold else {"method": "dev"}
-    if trainer.is_world_process_zero():
-        result.save_pretrained(recipe.resolve(recipe.output_dir), storage_dtype=recipe.training.storage_dtype)
-        (recipe.run_path / "dataset-info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    save(result, recipe, info, trainer)
     return result
 
 
@@ -181,305 +66,3 @@ def _adapter_base_sha256(recipe: Recipe, model) -> str | None:
                           f"base_model ({recipe.base_model!r}), but another model was passed to train(): "
                           "use lora_storage = 'merged'")
     return base_weights_sha256(recipe.base_model)
-
-
-def fit_and_calibrate(recipe: Recipe, dataset, schema: LabelSchema, *, model, tokenizer, fingerprint: str,
-                      resume: bool = True, progress: bool = True, calibration=None, train_rows=None):
-    """Phases 2 to 4 on a given ``DatasetDict`` (train, dev, optionally test): ``(StanceModel, trainer)``,
-    nothing saved. Checkpoints go to ``recipe.run_path``; ``fingerprint`` names the data they belong to.
-    ``calibration`` (temperatures, thresholds) replaces fitting them on dev; ``train_rows`` (distillation)
-    replaces the train split's rows."""
-    trainer = _make_trainer(recipe, model, tokenizer, dataset, progress, train_rows=train_rows)
-    fitted, adapter = _fit(trainer, recipe, fingerprint, resume)
-    result = _calibrate_and_evaluate(fitted, tokenizer, dataset, schema, recipe.training.max_length, calibration)
-    result.adapter = adapter
-    return result, trainer
-
-
-def _prepared_data(recipe: Recipe, schema: LabelSchema):
-    """Phase 1: the dataset, with a train and a dev split that are not empty."""
-    dataset, info, read_report = prepare_dataset(recipe, schema)
-    if read_report.skipped:
-        log.warning("%s", read_report.summary())
-    for split in ("train", "dev"):
-        if split not in dataset or len(dataset[split]) == 0:
-            raise RecipeError(f"the {split} split is empty; check data inputs and split_ratios", where=recipe.source)
-    return dataset, info
-
-
-def data_splitter(info: dict) -> SentenceSplitter:
-    """The splitter the dataset was built with (from its build info)."""
-    return SentenceSplitter.model_validate(info["build_config"]["splitter"])
-
-
-def distillation_phase(recipe: Recipe, schema: LabelSchema, dataset, splitter: SentenceSplitter, model,
-                       progress: bool):
-    """Phase 1b (recipes with ``[distill]``): the student's layers (``model`` is cut in place), and its
-    training rows with the teachers' cached scores (:mod:`stanceclf.train.distill`). The sentences of
-    every split of ``dataset`` are left out of the unlabelled ones."""
-    from stanceclf.train.distill import prepare_distillation, student_model
-
-    _, kept = student_model(model, recipe.distill.student_layers)
-    distillation = prepare_distillation(recipe, schema, dataset, splitter, progress=progress)
-    distillation.record["student_layers"] = kept
-    return distillation
-
-
-def load_base_tokenizer(base: str):
-    from transformers import AutoTokenizer
-
-    with library_output("transformers", "huggingface_hub"):
-        return AutoTokenizer.from_pretrained(resolve_base(base), trust_remote_code=False)
-
-
-def _training_arguments(recipe: Recipe, progress: bool):
-    from transformers import TrainingArguments
-
-    settings = recipe.training
-    strategy = "epoch" if settings.eval_every == "epoch" else "steps"
-    steps = settings.eval_every if strategy == "steps" else None
-    return TrainingArguments(
-        output_dir=str(recipe.run_path),
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=64,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of all steps
-        eval_strategy=strategy, save_strategy=strategy, eval_steps=steps, save_steps=steps,
-        logging_strategy=strategy, logging_steps=steps,
-        load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
-        save_total_limit=2, seed=recipe.seed, data_seed=recipe.seed,
-        report_to=[], disable_tqdm=not progress, use_cpu=_use_cpu(), bf16=_use_bf16(settings.precision),
-        dataloader_num_workers=0,
-        **_sampling_argument(TrainingArguments, settings.group_by_length),
-        # The encoded splits hold only what the loss reads; a distillation row's "weight" is not a model input.
-        remove_unused_columns=False,
-    )
-
-
-def _sampling_argument(arguments_class, group_by_length: bool) -> dict:
-    """The ``TrainingArguments`` keyword for length-grouped batches: later transformers 5 releases replaced
-    the ``group_by_length`` flag with ``train_sampling_strategy``."""
-    import dataclasses
-
-    if "train_sampling_strategy" in {field.name for field in dataclasses.fields(arguments_class)}:
-        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
-    return {"group_by_length": group_by_length}
-
-
-def _make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, train_rows=None):
-    """Phase 2: a transformers ``Trainer`` over the tokenized splits, with weighted BCE and early stopping.
-    ``train_rows`` (distillation) replaces the train split: targets in [0, 1] and a ``weight`` per row."""
-    from datasets import DatasetDict
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
-
-    settings = recipe.training
-    if settings.method == "lora":
-        model = _wrap_lora(model, settings)
-
-    def encode(batch):
-        # No token_type_ids: serving never passes them (all zeros), and MPNet has none.
-        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length,
-                            return_token_type_ids=False)
-        encoded["labels"] = [[float(v) for v in row] for row in batch["labels"]]
-        if "weight" in batch:
-            encoded["weight"] = batch["weight"]
-        return encoded
-
-    splits = {"train": train_rows if train_rows is not None else dataset["train"], "dev": dataset["dev"]}
-    with library_output("datasets", progress=progress and wants_progress(sum(map(len, splits.values())))):
-        encoded = DatasetDict({name: split.map(encode, batched=True, remove_columns=split.column_names, desc=None)
-                               for name, split in splits.items()})
-    # Positive weights from the gold labels only: the teachers' probabilities are targets, not counts.
-    pos_weight = positive_weights(np.array(dataset["train"]["labels"], dtype=np.float32), settings.pos_weight)
-    callbacks = [EarlyStoppingCallback(settings.early_stopping_patience)] if settings.early_stopping_patience else []
-    return _make_trainer_class()(
-        model=model, args=_training_arguments(recipe, progress), train_dataset=encoded["train"],
-        eval_dataset=encoded["dev"], data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_dev_macro_f1, callbacks=callbacks, pos_weight=pos_weight)
-
-
-def _fit(trainer, recipe: Recipe, fingerprint: str, resume: bool):
-    """Phase 3: fine-tune (resuming a checkpoint of this very run); ``(model, adapter)``: the plain float32-ready
-    model, and its LoRA adapter when the recipe stores one."""
-    checkpoint = _checkpoint_to_resume(recipe, fingerprint, recipe.run_path, resume, trainer.args.process_index == 0)
-    if checkpoint:
-        log.warning("resuming from %s", checkpoint)
-    # The log history comes back with a resumed checkpoint: the manifest times only this session's steps.
-    trainer.resumed_from_step = _checkpoint_step(checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    # Under mixed precision accelerate wraps forward in autocast; the saved model runs without it.
-    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    if recipe.training.method != "lora":
-        return model, None
-    adapter = LoraAdapter.from_peft(model, recipe.base_model) if recipe.training.lora_storage == "adapter" else None
-    return model.merge_and_unload(), adapter
-
-
-def _calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_length: int,
-                            calibration=None) -> StanceModel:
-    """Phase 4: temperatures and thresholds fitted on dev (unless ``calibration`` gives them), and metrics
-    per split, from logits computed by the very code that serves the model (``StanceModel.predict_logits``:
-    float32, same truncation)."""
-    labels = schema.label_names
-    provisional = ModelManifest(label_schema=schema, thresholds={l: 0.5 for l in labels},
-                                temperatures={l: 1.0 for l in labels}, max_length=max_length, base_model="")
-    served = StanceModel(model, tokenizer, provisional)
-    logits = {name: served.predict_logits(list(dataset[name]["text"]))
-              for name in ("dev", "test") if name in dataset and len(dataset[name])}
-    truth = {name: np.array(dataset[name]["labels"]) for name in logits}
-    temperatures, thresholds = calibration if calibration is not None else calibrate(logits["dev"], truth["dev"])
-    served.manifest = provisional.model_copy(update={
-        "thresholds": dict(zip(labels, map(float, thresholds))),
-        "temperatures": dict(zip(labels, map(float, temperatures))),
-        "metrics": {name: _evaluate_logits(logits[name], truth[name], labels, temperatures, thresholds)
-                    for name in logits}})
-    return served
-
-
-def _final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, trainer, elapsed: float, *,
-                    distillation: dict | None = None) -> ModelManifest:
-    """Phase 5: the manifest, with provenance (recipe, data, teachers, wall time, memory)."""
-    labels = result.labels
-    extra = {"distillation": distillation} if distillation else {}
-    return result.manifest.model_copy(update={
-        # The splitter the data was built with (a prebuilt dataset records its own).
-        "splitter": data_splitter(info),
-        "base_model": recipe.base_model,
-        "data_fingerprint": info["fingerprint"],
-        "training": {"recipe": recipe.model_dump(mode="json", by_alias=True), "wall_seconds": round(elapsed, 1),
-                     **_fit_timing(trainer), "epochs_run": float(trainer.state.epoch or 0),
-                     "best_checkpoint": trainer.state.best_model_checkpoint, "peak_rss_mb": _peak_rss_mb(),
-                     "statistics": statistics(dataset, LabelSchema.from_labels(labels)),
-                     "documents": info["documents"], **extra}})
-
-
-def _checkpoint_step(checkpoint: str | None) -> int:
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
-
-
-def _fit_timing(trainer) -> dict:
-    """The Trainer's own clocks for this session's steps (after ``resumed_from_step`` if it resumed): the
-    fine-tuning loop (its last ``train_runtime``) and the dev evaluations inside it."""
-    start = getattr(trainer, "resumed_from_step", 0)
-    history = trainer.state.log_history
-    fit = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
-    evaluations = [entry["eval_runtime"] for entry in history
-                   if "eval_runtime" in entry and entry.get("step", 0) > start]
-    return {"fit_seconds": round(float(fit[-1]) if fit else 0.0, 2),
-            "dev_evaluation_seconds": round(float(sum(evaluations)), 2),
-            "steps": int(trainer.state.global_step), "resumed_from_step": start}
-
-
-RUN_SIGNATURE = "run-signature.json"
-
-
-#: Where a teacher is found, what trained it and where its scores are cached: a distilling run's
-#: fingerprint names the teachers by their weights instead (``+distill:<signature>``).
-TEACHER_LOCATIONS = ("teacher", "teacher_recipe", "scores_dir")
-
-
-#: Options added after checkpoints and fold records were first signed, with the value that behaves as
-#: before they existed. At that value a signature leaves them out, so that earlier records stay valid
-#: (``benchmarks/results/crossval/`` keeps fold records that took hours); any other value is signed.
-UNSIGNED_AT_DEFAULT = {("training", "group_by_length"): False}
-#: Recipe options that never change the trained model (only how it is stored): a run or fold record
-#: made with one value is valid for any other.
-UNSIGNED = {("training", "lora_storage")}
-
-
-def _run_signature(recipe: Recipe, fingerprint: str) -> dict:
-    """What a checkpoint must share with the run that resumes it (output paths may differ)."""
-    dumped = recipe.model_dump(mode="json", by_alias=True)
-    dumped.pop("output_dir", None)
-    dumped.pop("run_dir", None)
-    for (section, key), default in UNSIGNED_AT_DEFAULT.items():
-        values = dumped.get(section) or {}
-        if values.get(key, default) == default:
-            values.pop(key, None)
-    for section, key in UNSIGNED:
-        (dumped.get(section) or {}).pop(key, None)
-    if dumped.get("distill"):
-        for key in TEACHER_LOCATIONS:
-            dumped["distill"].pop(key, None)
-    return {"recipe": dumped, "data_fingerprint": fingerprint}
-
-
-def _checkpoint_to_resume(recipe: Recipe, fingerprint: str, run_dir: Path, resume: bool, main_process: bool):
-    """The checkpoint to continue from, if any, after checking that it belongs to this recipe and data."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    signature = _run_signature(recipe, fingerprint)
-    signature_path = run_dir / RUN_SIGNATURE
-    checkpoints = sorted(run_dir.glob("checkpoint-*")) if run_dir.is_dir() else []
-    if checkpoints and not resume:
-        if main_process:
-            import shutil
-
-            log.warning("--no-resume: removing %d checkpoint(s) of an earlier run in %s", len(checkpoints), run_dir)
-            for folder in checkpoints:
-                shutil.rmtree(folder, ignore_errors=True)
-        checkpoints = []
-    if checkpoints:
-        recorded = json.loads(signature_path.read_text(encoding="utf-8")) if signature_path.exists() else None
-        if recorded != signature:
-            if recorded is None:
-                what = "checkpoints with no record of the run that wrote them"
-            else:
-                changed = [k for k in signature["recipe"] if recorded["recipe"].get(k) != signature["recipe"][k]]
-                if recorded.get("data_fingerprint") != fingerprint:
-                    changed.append("the data")
-                what = f"checkpoints of another run (it differs in {', '.join(changed)})"
-            raise RecipeError(f"the run folder holds {what}; resuming would mix two runs. Pass --no-resume to "
-                              "start again, or set run_dir to a new folder", where=str(run_dir))
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        signature_path.write_text(json.dumps(signature, indent=2, sort_keys=True), encoding="utf-8")
-    return get_last_checkpoint(str(run_dir)) if checkpoints else None
-
-
-def _evaluate_logits(logits, y_true, labels, temperatures, thresholds) -> dict:
-    uncalibrated = probabilities(logits, np.ones(len(labels)))
-    calibrated = probabilities(logits, np.asarray(temperatures))
-    report = multilabel_report(y_true, decide(calibrated, thresholds), labels, calibrated)
-    report["ece_before_calibration"] = expected_calibration_error(y_true, uncalibrated)
-    report["ece_after_calibration"] = expected_calibration_error(y_true, calibrated)
-    return report
-
-
-def _wrap_lora(model, settings):
-    try:
-        from peft import LoraConfig, TaskType
-    except ImportError:
-        raise RecipeError("training.method = 'lora' needs peft (a dependency of stanceclf): "
-                          "pip install 'peft>=0.12'") from None
-    targets = architecture_of(model.config).lora_targets
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                        lora_dropout=settings.lora_dropout,
-                        target_modules=targets if isinstance(targets, str) else list(targets))
-    return with_lora(model, config)
-
-
-def _use_bf16(precision: str) -> bool:
-    import torch
-
-    if precision == "auto":
-        from stanceclf.infer.backends import native_bf16_supported
-
-        return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else native_bf16_supported()
-    return precision == "bf16"
-
-
-def _use_cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stanceclf.data.documents import AnnotatedDocument
-from stanceclf.errors import AnnotationError
+from stanceclf.errors import AnnotationError, shown
 from .native import read_native, write_native
 from .validation import ReadReport, SpanChecker
 
@@ -67,8 +67,9 @@ def read_annotations(fmt: str, paths, *, labels=None, label_map=None, strict: bo
     ``label_map`` renames raw labels first, a value of ``None`` dropping that
     label on purpose. In strict mode the first problem raises a numbered
     :class:`~stanceclf.errors.AnnotationError` naming the file and record; in
-    lenient mode bad items are skipped and listed in ``report``. Documents
-    with the same id in two inputs are an error.
+    lenient mode bad items are skipped and listed in ``report``. Two documents
+    with one id (in one input or in two) are an error naming both; so is a
+    document whose id, text, labels or annotators are not valid Unicode.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -82,13 +83,15 @@ def read_annotations(fmt: str, paths, *, labels=None, label_map=None, strict: bo
         if not path.exists():
             raise AnnotationError("input not found", where=str(path))
         for document in reader(path, checker, **options):
+            where = document.origin or str(path)
             if document.doc_id in seen:
                 checker.fail(AnnotationError(
-                    f"document {document.doc_id!r} appears twice (first in {seen[document.doc_id]})",
-                    where=str(path)))
+                    f"document {shown(document.doc_id)} appears twice (first at {seen[document.doc_id]}); "
+                    "document ids must be unique across all inputs", where=where))
                 continue
-            seen[document.doc_id] = str(path)
-            documents.append(document)
+            if checker.keep(document):
+                seen[document.doc_id] = where
+                documents.append(document)
     return documents
 
 

@@ -14,6 +14,7 @@ equivalences) are not spans and are skipped.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from stanceclf.data.documents import AnnotatedDocument
@@ -24,7 +25,7 @@ from .validation import SpanChecker, input_files
 _OTHER_KINDS = ("A", "R", "E", "N", "#", "M", "*")
 
 
-def read_brat(path: str | Path, checker: SpanChecker, *, annotator: str = "brat"):
+def read_brat(path: str | Path, checker: SpanChecker, *, annotator: str = "brat") -> Iterator[AnnotatedDocument]:
     """Yield one :class:`AnnotatedDocument` per ``.ann`` file of a folder, or for one ``.ann``/``.txt`` pair."""
     files = input_files(Path(path), checker, pattern="*.ann", accepts=lambda p: p.suffix in (".ann", ".txt"),
                         empty_folder="no .ann files in this folder",
@@ -32,7 +33,7 @@ def read_brat(path: str | Path, checker: SpanChecker, *, annotator: str = "brat"
     for ann_path in (file.with_suffix(".ann") for file in files):
         document = _read_pair(ann_path, checker, annotator)
         if document is not None:
-            yield checker.kept(document)
+            yield document
 
 
 def _read_pair(ann_path: Path, checker: SpanChecker, annotator: str):
@@ -66,7 +67,7 @@ def _read_pair(ann_path: Path, checker: SpanChecker, annotator: str):
                                  annotator=annotator)
             if span is not None:
                 spans.append(span)
-    return AnnotatedDocument(ann_path.stem, text, sorted(spans), (annotator,), str(txt_path))
+    return AnnotatedDocument(ann_path.stem, text, sorted(spans), (annotator,), str(txt_path), origin=str(ann_path))
 
 
 def _parse_t_line(line: str):
@@ -93,7 +94,9 @@ def _fragment_texts(joined: str | None, offsets) -> list:
     # Fragment texts may contain spaces themselves: cut by the fragment lengths first.
     lengths = [end - start for start, end in offsets]
     starts = [sum(lengths[:i]) + i for i in range(len(lengths))]
-    if starts[-1] + lengths[-1] == len(joined) and all(joined[s - 1] == " " for s in starts[1:]):
+    # Reversed fragments have no length to cut by (the checker reports them).
+    if (min(lengths) >= 0 and starts[-1] + lengths[-1] == len(joined)
+            and all(joined[s - 1] == " " for s in starts[1:])):
         return [joined[s:s + n] for s, n in zip(starts, lengths)]
     pieces = joined.split(" ")
     return pieces if len(pieces) == len(offsets) else [None] * len(offsets)

@@ -17,7 +17,9 @@ union of their spans, each span keeping its annotator; ``"per-annotator"`` makes
 per annotation, with the id ``<document>@<annotator>`` (for agreement studies).
 
 A document's id is ``data.doc_id`` when the task carries one (tasks written by
-``stanceclf suggest`` do), else the task id. The text is ``data[text_field]``; without
+``stanceclf suggest`` do), else the task id, both by the rule of
+:func:`~stanceclf.data.documents.document_id` (a string, or an integer written as its
+decimal string; anything else is an error naming the task). The text is ``data[text_field]``; without
 ``text_field``, ``text``, or else the one string field of the data that holds every span's
 text (Label Studio exports do not carry the labelling config that names it).
 
@@ -29,12 +31,12 @@ and repair the latter.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stanceclf.data.documents import AnnotatedDocument
-from stanceclf.errors import AnnotationError, describe_json_error
+from stanceclf.data.documents import AnnotatedDocument, document_id, printable
+from stanceclf.errors import AnnotationError, parse_json_text, shown
 from .validation import TEXT_FIELD_HINT, SpanChecker
 
 ANNOTATION_RULES = ("merge", "per-annotator")
@@ -65,7 +67,7 @@ class _Task:
 
 
 def read_label_studio(path: str | Path, checker: SpanChecker, *, text_field: str | None = None,
-                      annotator: str | None = None, annotations: str = "merge"):
+                      annotator: str | None = None, annotations: str = "merge") -> Iterator[AnnotatedDocument]:
     """Yield :class:`AnnotatedDocument` objects from a Label Studio JSON or JSON_MIN export file.
 
     ``annotator`` overrides the names derived from the export's user ids; ``annotations`` is
@@ -79,21 +81,22 @@ def read_label_studio(path: str | Path, checker: SpanChecker, *, text_field: str
     if items is None:
         return
     tasks = _tasks(items, path, checker, annotator)
-    field = text_field or _detect_text_field(tasks, path)
+    field = text_field or _detect_text_field(tasks, path, checker)
+    if field is None:
+        return
     for task in tasks:
-        for document in _documents(task, field, checker, annotations, explicit=text_field is not None):
-            yield checker.kept(document)
+        yield from _documents(task, field, checker, annotations, explicit=text_field is not None)
 
 
 def _load_items(path: Path, checker: SpanChecker) -> list | None:
     try:
         # utf-8-sig: exports re-saved on Windows often start with a byte order mark.
-        items = json.loads(path.read_text(encoding="utf-8-sig"))
+        items = parse_json_text(path.read_text(encoding="utf-8-sig"), AnnotationError, str(path))
     except UnicodeDecodeError as exc:
         checker.fail(AnnotationError(f"not UTF-8: {exc.reason} at byte {exc.start}", where=str(path)))
         return None
-    except json.JSONDecodeError as exc:
-        checker.fail(AnnotationError(f"not valid JSON: {describe_json_error(exc)}", where=str(path)))
+    except AnnotationError as error:
+        checker.fail(error)
         return None
     if not isinstance(items, list):
         checker.fail(AnnotationError("a Label Studio export must be a JSON list of tasks", where=str(path)))
@@ -110,19 +113,29 @@ def _tasks(items: list, path: Path, checker: SpanChecker, annotator: str | None)
         if not isinstance(item, dict):
             checker.fail(AnnotationError("a task must be a JSON object", where=where))
             continue
-        full = isinstance(item.get("data"), dict)
+        full = isinstance(item.get("data"), dict)  # JSON_MIN may hold a task field named data
         data = item["data"] if full else {k: v for k, v in item.items()
                                           if k not in _MIN_META_KEYS and not _is_span_list(v)}
-        raw_id = item.get("id", data.get("id"))
-        if raw_id is not None:
-            where = f"{where} (id {raw_id})"
-        if not full and raw_id is not None and raw_id in by_task_id:
-            by_task_id[raw_id].annotations.extend(_min_annotation(item, where, annotator))
+        raw_id, doc_id = item.get("id", data.get("id")), data.get(_DOC_ID_FIELD)
+        problem = _id_problem(raw_id, "the task id")
+        if raw_id is not None and not problem:
+            where = f"{where} (id {printable(document_id(raw_id))})"
+        problem = problem or _id_problem(doc_id, "data.doc_id")
+        if problem:
+            checker.fail(AnnotationError(problem, where=where))
             continue
-        doc_id = data.get(_DOC_ID_FIELD, raw_id)
-        task = _Task(where, str(doc_id) if doc_id is not None else f"{path.stem}-{index}", data, full,
-                     _full_annotations(item, where, checker, annotator) if full
-                     else _min_annotation(item, where, annotator))
+        if not full and raw_id is not None and raw_id in by_task_id:
+            more = _min_annotation(item, where, checker, annotator)
+            if more is not None:
+                by_task_id[raw_id].annotations.extend(more)
+            continue
+        found = _full_annotations(item, where, checker, annotator) if full else _min_annotation(
+            item, where, checker, annotator)
+        if found is None:
+            continue
+        doc_id = doc_id if doc_id is not None else raw_id
+        task = _Task(where, document_id(doc_id) if doc_id is not None else f"{path.stem}-{index}", data, full,
+                     found)
         tasks.append(task)
         if not full and raw_id is not None:
             by_task_id[raw_id] = task
@@ -137,9 +150,25 @@ def _tasks(items: list, path: Path, checker: SpanChecker, annotator: str | None)
     return kept
 
 
-def _full_annotations(task: dict, where: str, checker: SpanChecker, annotator: str | None) -> list[_Annotation]:
+def _id_problem(value, what: str) -> str | None:
+    """Why a task's id or ``data.doc_id`` (None: absent) cannot name a document, or None."""
+    try:
+        if value is not None:
+            document_id(value)
+    except ValueError as exc:
+        return f"{what} {shown(value)}: {exc}"
+    return None
+
+
+def _full_annotations(task: dict, where: str, checker: SpanChecker, annotator: str | None
+                      ) -> list[_Annotation] | None:
+    """The annotations of a full-export task, or None when the task cannot be read (reported)."""
+    listed = task.get("annotations") or []
+    if not isinstance(listed, list):
+        checker.fail(AnnotationError(f"a task's 'annotations' must be a list, got {shown(listed)}", where=where))
+        return None
     annotations = []
-    for number, annotation in enumerate(task.get("annotations") or []):
+    for number, annotation in enumerate(listed):
         ann_where = f"{where} annotation {number}"
         if not isinstance(annotation, dict):
             checker.fail(AnnotationError("an annotation must be a JSON object", where=ann_where))
@@ -148,26 +177,36 @@ def _full_annotations(task: dict, where: str, checker: SpanChecker, annotator: s
             # A skipped task in the labelling UI: a normal event, not an error, but never silent.
             checker.report.skipped.append(f"{ann_where}: cancelled (skipped) by its annotator, not read")
             continue
-        name = annotator or _user_name(annotation.get("completed_by"))
-        annotations.append(_Annotation(name, ann_where, annotation.get("result") or []))
+        results = annotation.get("result") or []
+        name = annotator or _user_name(annotation.get("completed_by"), checker, ann_where)
+        if not isinstance(results, list):
+            checker.fail(AnnotationError(f"an annotation's 'result' must be a list, got {shown(results)}",
+                                         where=ann_where))
+        elif name is not None:
+            annotations.append(_Annotation(name, ann_where, results))
     return annotations
 
 
-def _min_annotation(item: dict, where: str, annotator: str | None) -> list[_Annotation]:
-    """A JSON_MIN item is one annotation, or (``annotation_id`` null) a task exported without any."""
+def _min_annotation(item: dict, where: str, checker: SpanChecker, annotator: str | None
+                    ) -> list[_Annotation] | None:
+    """A JSON_MIN item is one annotation, or (``annotation_id`` null) a task exported without any; None
+    when its annotator cannot be told (reported)."""
     if "annotation_id" in item and item["annotation_id"] is None:
         return []
     results = [{"type": "labels", "value": value} for values in item.values() if _is_span_list(values)
                for value in values]
     number = item.get("annotation_id")
-    if number is not None:
-        where = f"{where} annotation {number}"
-    return [_Annotation(annotator or _user_name(item.get("annotator")), where, results,
-                        number if isinstance(number, int) else 0)]
+    if isinstance(number, (int, str)) and not isinstance(number, bool):
+        where = f"{where} annotation {printable(str(number))}"
+    name = annotator or _user_name(item.get("annotator"), checker, where)
+    if name is None:
+        return None
+    return [_Annotation(name, where, results, number if isinstance(number, int) else 0)]
 
 
-def _detect_text_field(tasks: list[_Task], path: Path) -> str:
-    """``text`` where the tasks have it; else the one string field holding every span's text in every task."""
+def _detect_text_field(tasks: list[_Task], path: Path, checker: SpanChecker) -> str | None:
+    """``text`` where the tasks have it; else the one string field holding every span's text in every task
+    (None when none can be told: reported, and the file is not read)."""
     if not tasks or any(_DEFAULT_TEXT_FIELD in task.data for task in tasks):
         return _DEFAULT_TEXT_FIELD
     candidates: set[str] | None = None
@@ -181,8 +220,9 @@ def _detect_text_field(tasks: list[_Task], path: Path) -> str:
     if len(candidates) == 1:
         return candidates.pop()
     found = f"candidates: {sorted(candidates)}" if candidates else "no string field holds every span's text"
-    raise AnnotationError(f"the tasks have no 'text' field and the document text field cannot be told ({found}); "
-                          + TEXT_FIELD_HINT, where=str(path))
+    checker.fail(AnnotationError(f"the tasks have no 'text' field and the document text field cannot be told "
+                                 f"({found}); " + TEXT_FIELD_HINT, where=str(path)))
+    return None
 
 
 def _documents(task: _Task, field: str, checker: SpanChecker, rule: str, *, explicit: bool):
@@ -196,11 +236,12 @@ def _documents(task: _Task, field: str, checker: SpanChecker, rule: str, *, expl
     if rule == "per-annotator":
         for annotation in task.annotations:
             yield AnnotatedDocument(f"{task.doc_id}@{annotation.annotator}", text,
-                                    sorted(_spans(text, annotation, checker)), (annotation.annotator,))
+                                    sorted(_spans(text, annotation, checker)), (annotation.annotator,),
+                                    origin=annotation.where)
         return
     spans = [span for annotation in task.annotations for span in _spans(text, annotation, checker)]
     annotators = tuple(dict.fromkeys(annotation.annotator for annotation in task.annotations))
-    yield AnnotatedDocument(task.doc_id, text, sorted(spans), annotators)
+    yield AnnotatedDocument(task.doc_id, text, sorted(spans), annotators, origin=task.where)
 
 
 def _spans(text: str, annotation: _Annotation, checker: SpanChecker) -> list:
@@ -231,8 +272,16 @@ def _is_span_list(values) -> bool:
             and all(isinstance(v, dict) and _SPAN_KEYS <= v.keys() for v in values))
 
 
-def _user_name(user) -> str:
-    """``completed_by`` is a user id, or a user object in some exports; its email is never used as a name."""
+def _user_name(user, checker: SpanChecker, where: str) -> str | None:
+    """``completed_by`` is a user id, or a user object in some exports; its email is never used as a name.
+    None (reported) when the id is neither a string nor an integer."""
     if isinstance(user, dict):
         user = user.get("id")
-    return f"label-studio-user-{user}" if user is not None else "label-studio"
+    if user is None:
+        return "label-studio"
+    try:
+        return f"label-studio-user-{document_id(user)}"
+    except ValueError:
+        checker.fail(AnnotationError(f"the annotator's user id must be a string or an integer, got {shown(user)}",
+                                     where=where))
+        return None

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from stanceclf.data.documents import (AnnotatedDocument, decode_document_text, read_document_bytes, read_document_text,
-                                      text_checksum)
-from stanceclf.errors import AnnotationError, ChecksumMismatchError, InputFileError, describe_json_error
+                                      text_checksum, unicode_problem)
+from stanceclf.errors import AnnotationError, ChecksumMismatchError, InputFileError, parse_json_text, shown
+from stanceclf.files import replaced_atomically
 from .validation import SpanChecker
 
 FORMAT_NAME = "stanceclf-standoff"
@@ -44,17 +46,18 @@ def read_texts(paths, checker: SpanChecker) -> list[tuple[str, int]] | None:
     return texts
 
 
-def read_native(path: str | Path, checker: SpanChecker, *, text_root: str | Path | None = None):
+def read_native(path: str | Path, checker: SpanChecker, *, text_root: str | Path | None = None
+                ) -> Iterator[AnnotatedDocument]:
     """Yield :class:`AnnotatedDocument` objects from a native JSONL file."""
     path = Path(path)
     root = Path(text_root) if text_root is not None else path.parent
     for line_number, where, record in iter_jsonl(path, checker):
         document = _document_from_record(record, root, checker, where)
         if document is not None:
-            yield checker.kept(document)
+            yield document
 
 
-def iter_jsonl(path: Path, checker: SpanChecker):
+def iter_jsonl(path: Path, checker: SpanChecker) -> Iterator[tuple[int, str, object]]:
     """``(line number, where, parsed record)`` for each non-empty line of a JSONL file.
 
     Lines are decoded one by one, so that a bad byte costs one line and is reported with
@@ -71,9 +74,11 @@ def iter_jsonl(path: Path, checker: SpanChecker):
             if not line.strip():
                 continue
             try:
-                yield line_number, where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                checker.fail(AnnotationError(f"not valid JSON: {describe_json_error(exc)}", where=where))
+                record = parse_json_text(line, AnnotationError, where)
+            except AnnotationError as error:
+                checker.fail(error)
+                continue
+            yield line_number, where, record
 
 
 def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
@@ -84,7 +89,7 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
     if not isinstance(doc_id, str) or not doc_id:
         checker.fail(AnnotationError("missing or empty 'doc_id'", where=where))
         return None
-    where = f"{where} (document {doc_id!r})"
+    where = f"{where} (document {shown(doc_id)})"
     if "text" in record:
         text = record["text"]
         if not isinstance(text, str):
@@ -105,7 +110,14 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
     else:
         checker.fail(AnnotationError("a record needs 'text' or 'path'", where=where))
         return None
+    problem = unicode_problem(text)
+    if problem:  # from a JSON escape: such a text has no UTF-8 bytes to take the checksum of
+        checker.fail(AnnotationError(f"the text is {problem}", where=where))
+        return None
     expected = record.get("checksum")
+    if expected is not None and not isinstance(expected, str):
+        checker.fail(AnnotationError(f"'checksum' must be a string, got {shown(expected)}", where=where))
+        return None
     if expected is not None and expected != text_checksum(text):
         checker.fail(ChecksumMismatchError(
             f"the text is not the one these annotations were made on: checksum {text_checksum(text)} "
@@ -121,8 +133,13 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
         if not isinstance(raw, dict) or not {"start", "end", "label"} <= raw.keys():
             checker.fail(AnnotationError("a span needs 'start', 'end' and 'label'", where=span_where))
             continue
+        annotator = raw.get("annotator") or ""
+        if not isinstance(annotator, str):
+            checker.fail(AnnotationError(f"a span's 'annotator' must be a name, got {shown(annotator)}",
+                                         where=span_where))
+            continue
         span = checker.check(text, raw["start"], raw["end"], raw["label"], where=span_where,
-                             expected_text=raw.get("text"), annotator=str(raw.get("annotator") or ""))
+                             expected_text=raw.get("text"), annotator=annotator)
         if span is not None:
             spans.append(span)
     annotators = record.get("annotators")
@@ -131,7 +148,7 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
         checker.fail(AnnotationError("'annotators' must be a list of names", where=where))
         return None
     annotators = tuple(annotators or sorted({s.annotator for s in spans if s.annotator}))
-    return AnnotatedDocument(doc_id, text, sorted(spans), annotators, source)
+    return AnnotatedDocument(doc_id, text, sorted(spans), annotators, source, origin=where)
 
 
 def write_native(documents, path: str | Path, *, text_paths: dict[str, str | Path] | None = None) -> None:
@@ -143,15 +160,8 @@ def write_native(documents, path: str | Path, *, text_paths: dict[str, str | Pat
     crash never leaves half a file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text_paths = text_paths or {}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        _write_records(documents, tmp, path, text_paths)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        _write_records(documents, tmp, path, text_paths or {})
 
 
 def _write_records(documents, tmp: Path, path: Path, text_paths) -> None:

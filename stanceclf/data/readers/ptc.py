@@ -13,6 +13,7 @@ separate fields. Every article is completely annotated: one without a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from stanceclf.data.documents import AnnotatedDocument
@@ -23,7 +24,7 @@ from .validation import SpanChecker, input_files
 _LABELS_SUFFIX = ".labels.tsv"
 
 
-def read_ptc(path: str | Path, checker: SpanChecker, *, annotator: str = "ptc"):
+def read_ptc(path: str | Path, checker: SpanChecker, *, annotator: str = "ptc") -> Iterator[AnnotatedDocument]:
     """Yield one :class:`AnnotatedDocument` per article of a folder, or for one ``.txt``/``.labels.tsv`` file."""
     path = Path(path)
     files = input_files(path, checker, pattern="*.txt",
@@ -38,7 +39,7 @@ def read_ptc(path: str | Path, checker: SpanChecker, *, annotator: str = "ptc"):
     for txt_path in map(_txt_path, files):
         document = _read_article(txt_path, checker, annotator)
         if document is not None:
-            yield checker.kept(document)
+            yield document
 
 
 def _txt_path(path: Path) -> Path:
@@ -78,4 +79,4 @@ def _read_article(txt_path: Path, checker: SpanChecker, annotator: str):
         span = checker.check(text, begin - shift, end - shift, technique, where=where, annotator=annotator)
         if span is not None:
             spans.append(span)
-    return AnnotatedDocument(doc_id, text, sorted(spans), (annotator,), str(txt_path))
+    return AnnotatedDocument(doc_id, text, sorted(spans), (annotator,), str(txt_path), origin=str(txt_path))

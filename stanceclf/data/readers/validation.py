@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stanceclf.data.documents import Span
-from stanceclf.errors import AnnotationError, OffsetError, UnknownLabelError
+from stanceclf.data.documents import AnnotatedDocument, Span, unicode_problem
+from stanceclf.errors import AnnotationError, OffsetError, UnknownLabelError, shown
 
 #: How a user names the field that holds the document text (readers with a ``text_field`` option).
 TEXT_FIELD_HINT = ("name it with --reader-option text_field=NAME (build-dataset) or reader_options = "
@@ -88,10 +88,13 @@ class SpanChecker:
               annotator: str = "") -> Span | None:
         """Return a valid :class:`Span`, or ``None`` when the item was skipped or mapped out."""
         if not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool) or isinstance(end, bool):
-            self.fail(OffsetError(f"offsets must be integers, got start={start!r} end={end!r}", where=where))
+            self.fail(OffsetError(f"offsets must be integers, got start={shown(start)} end={shown(end)}", where=where))
             return None
         if not isinstance(label, str) or not label:
-            self.fail(AnnotationError(f"a label must be a non-empty string, got {label!r}", where=where))
+            self.fail(AnnotationError(f"a label must be a non-empty string, got {shown(label)}", where=where))
+            return None
+        if expected_text is not None and not isinstance(expected_text, str):
+            self.fail(AnnotationError(f"a span's text must be a string, got {shown(expected_text)}", where=where))
             return None
         if start > end:
             self.fail(OffsetError(f"reversed offsets: start {start} > end {end}", where=where))
@@ -119,11 +122,25 @@ class SpanChecker:
             return None
         return Span(start, end, mapped, annotator)
 
-    def kept(self, document):
-        """Count a document that a reader keeps (its spans count only then), and return it."""
+    def keep(self, document: AnnotatedDocument) -> bool:
+        """Whether a document a reader made can be kept, counting it (and its spans) when it can.
+
+        Its id, text, labels and annotator names must be valid Unicode: a JSON escape such as
+        ``"\\ud800"`` gives an unpaired surrogate, which no tokenizer or dataset writer takes.
+        """
+        strings = [("document id", document.doc_id), ("text", document.text),
+                   *(("annotator", name) for name in document.annotators),
+                   *(("label", span.label) for span in document.spans),
+                   *(("annotator", span.annotator) for span in document.spans)]
+        for what, value in strings:
+            problem = unicode_problem(value)
+            if problem:
+                self.fail(AnnotationError(f"the {what} {shown(value)} is {problem}" if what != "text"
+                                          else f"the text is {problem}", where=document.origin or None))
+                return False
         self.report.documents += 1
         self.report.spans += len(document.spans)
-        return document
+        return True
 
     @staticmethod
     def _repair(text: str, start: int, end: int, expected: str):

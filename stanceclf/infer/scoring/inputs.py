@@ -3,19 +3,26 @@
 Each format is one reader class behind the same interface; :func:`iter_records` numbers
 the records of all inputs in one fixed order, so that a resumed run can skip exactly the
 records an interrupted one finished.
+
+Document ids: a text file's id is its path below the folder given, without its suffix, unless
+that would give two files of the folder one id (:func:`text_file_ids`); a structured record's
+id is its ``id`` (or ``--id-field``) value by the rule of
+:func:`~stanceclf.data.documents.document_id`: a string as it is, an integer as its decimal
+string, anything else a bad record. Ids must be unique across all inputs of a run: a repeated
+one (``"1"`` and ``1`` included) is a bad record naming both records.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from stanceclf.data.documents import decode_document_text, read_document_bytes, unicode_problem
-from stanceclf.errors import InputFileError, ScoringSetupError, describe_json_error
+from stanceclf.data.documents import decode_document_text, document_id, printable, read_document_bytes, unicode_problem
+from stanceclf.errors import InputFileError, InputRecordError, ScoringSetupError, parse_json_text, shown
 
 #: The suffixes of the text files a folder input holds, compared case-insensitively.
 TEXT_SUFFIXES = (".txt", ".text")
@@ -24,6 +31,23 @@ TEXT_SUFFIXES = (".txt", ".text")
 def text_files(folder: Path) -> list[Path]:
     """The text files a folder input reads, in order: the one selection rule (reading and resume)."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
+
+
+def text_file_ids(files: list[Path], base: Path) -> list[str]:
+    """The document ids of a folder input's ``files``: each file's path below ``base``, without its suffix
+    (``news/a.txt`` -> ``news/a``), so that a folder of distinct names keeps its short ids. A file keeps its
+    suffix when dropping it would give it another file's id: ``a.txt``, ``a.text`` and ``a.TXT`` are
+    ``a.txt``, ``a.text`` and ``a.TXT``, and ``a.txt.txt`` beside ``a.txt`` is ``a.txt.txt``. Every file
+    of one input thus has an id of its own; two inputs may still share one (a bad record, see the module)."""
+    paths = [file.relative_to(base).as_posix() for file in files]
+    stems = [file.relative_to(base).with_suffix("").as_posix() for file in files]
+    shared = Counter(stems)
+    taken = set(paths)
+    return [stem if shared[stem] == 1 and stem not in taken else path for stem, path in zip(stems, paths)]
+
+
+#: What a format's reader yields per record: ``(doc_id, text as read, where, why it is unusable or None)``.
+RawRecord = tuple[str, object, str, str | None]
 
 
 @dataclass
@@ -44,28 +68,35 @@ class Fields:
     id_field: str | None = None
     text_field: str = "text"
 
-    def pick(self, record: dict, fallback_id: str, where: str):
-        """``(doc_id, text, where, error)``. Without an explicit ``id_field``, a record without
-        ``id`` is named FILE:LINE; with one, a record that lacks it is a bad record."""
-        doc_id = record.get(self.id_field or "id")
-        if doc_id is None and self.id_field is not None:
+    def pick(self, record: dict, fallback_id: str, where: str) -> RawRecord:
+        """``(doc_id, text, where, error)``. Without an explicit ``id_field``, a record without ``id``
+        (or with null or ``""``, as an empty CSV cell gives) is named FILE:LINE; with one, a record that
+        lacks it is a bad record. An id that is neither a string nor an integer (``true``, ``1.5``,
+        ``["f"]``) is a bad record; an integer is written as its decimal string."""
+        name = self.id_field or "id"
+        raw = record.get(name)
+        if (raw is None or raw == "") and self.id_field is not None:
             return fallback_id, None, where, f"missing id field {self.id_field!r} (fields: {sorted(record)[:10]})"
-        doc_id = fallback_id if doc_id is None else str(doc_id)
+        try:
+            doc_id = fallback_id if raw is None or raw == "" else document_id(raw)
+        except ValueError as exc:
+            return fallback_id, None, where, f"id field {name!r}: {exc} ({shown(raw)})"
         if self.text_field not in record:
             return doc_id, None, where, f"missing field {self.text_field!r} (fields: {sorted(record)[:10]})"
         return doc_id, record[self.text_field], where, None
 
 
 class TextFolderInput:
-    """A folder of text files (or one file): the id is the path below the folder, without suffix."""
+    """A folder of text files (or one file): the id is the path below the folder, without its suffix
+    unless two files would share it (:func:`text_file_ids`)."""
 
     def files(self, path: Path) -> list[Path]:
         return text_files(path) if path.is_dir() else [path]
 
-    def records(self, path: Path, fields: Fields):
+    def records(self, path: Path, fields: Fields) -> Iterator[RawRecord]:
         base = path if path.is_dir() else path.parent
-        for file in self.files(path):
-            doc_id = file.relative_to(base).with_suffix("").as_posix()
+        files = self.files(path)
+        for file, doc_id in zip(files, text_file_ids(files, base)):
             try:
                 text, error = decode_document_text(read_document_bytes(file), str(file))[0], None
             except InputFileError as exc:
@@ -77,7 +108,7 @@ class JsonlInput:
     def files(self, path: Path) -> list[Path]:
         return [path]
 
-    def records(self, path: Path, fields: Fields):
+    def records(self, path: Path, fields: Fields) -> Iterator[RawRecord]:
         with open(path, "rb") as handle:
             for line_number, raw in enumerate(handle, 1):
                 where, fallback = f"{path}:{line_number}", f"{path.stem}:{line_number}"
@@ -97,9 +128,9 @@ def _parse_json_line(raw: bytes, line_number: int):
     if not line.strip():
         return None, "empty line"
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return None, f"not valid JSON: {describe_json_error(exc)}"
+        record = parse_json_text(line, InputRecordError, "")
+    except InputRecordError as error:
+        return None, error.detail
     if not isinstance(record, dict):
         return None, "a record must be a JSON object"
     return record, None
@@ -108,10 +139,9 @@ def _parse_json_line(raw: bytes, line_number: int):
 def _salvage_id(raw: bytes, fields: Fields) -> str | None:
     """The id of a record whose text is unusable, so that the error message can name it."""
     try:
-        record = json.loads(raw.decode("utf-8", errors="replace"))
-        value = record.get(fields.id_field or "id") if isinstance(record, dict) else None
-        return None if value is None else str(value)
-    except (json.JSONDecodeError, AttributeError):
+        record = parse_json_text(raw.decode("utf-8", errors="replace"), InputRecordError, "")
+        return document_id(record.get(fields.id_field or "id")) if isinstance(record, dict) else None
+    except (InputRecordError, ValueError):
         return None
 
 
@@ -119,7 +149,7 @@ class CsvInput:
     def files(self, path: Path) -> list[Path]:
         return [path]
 
-    def records(self, path: Path, fields: Fields):
+    def records(self, path: Path, fields: Fields) -> Iterator[RawRecord]:
         csv.field_size_limit(sys.maxsize)
         # Bad bytes become lone surrogates here and are reported per row instead of failing the file.
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
@@ -137,7 +167,7 @@ class ParquetInput:
     def files(self, path: Path) -> list[Path]:
         return [path]
 
-    def records(self, path: Path, fields: Fields):
+    def records(self, path: Path, fields: Fields) -> Iterator[RawRecord]:
         import pyarrow.parquet as pq
 
         table = pq.ParquetFile(path)
@@ -192,17 +222,12 @@ def iter_records(paths: list[Path], fmt: str = "auto", *, fields: Fields = Field
         for doc_id, text, where, error in INPUT_FORMATS[input_format_of(path, fmt)].records(path, fields):
             if unicode_problem(str(doc_id)) or unicode_problem(where):
                 # An id from bad bytes (a CSV cell, a file name) cannot be written to any output as it is.
-                doc_id, where = _escaped(str(doc_id)), _escaped(where)
+                doc_id, where = printable(str(doc_id)), printable(where)
                 error = error or f"the document id {doc_id!r} is not valid Unicode"
             if error is None:
                 error = text_problem(text, max_chars)
             yield InputRecord(number, doc_id, text if error is None else None, where, error)
             number += 1
-
-
-def _escaped(value: str) -> str:
-    """``value`` with unpaired surrogates written as backslash escapes, so that it can be printed and logged."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def text_problem(text, max_chars: int) -> str | None:

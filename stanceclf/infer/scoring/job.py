@@ -7,6 +7,10 @@ how many input records are done and how long the output is; an interrupted run (
 kill -9) started again with the same command cuts the output back to the last recorded
 length and goes on from there, so no row is lost or written twice. The output carries its
 final name only once the run is complete, and a lock keeps a second run off it meanwhile.
+
+A corpus is read one way (:class:`CorpusReader`: record order, unique ids, the bad-record
+rule, chunks), whoever reads it: ``score``, ``suggest`` (:mod:`stanceclf.infer.suggest`, a
+:class:`ResumableRun` too) and distillation's unlabelled pool.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,7 +29,7 @@ from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
 from stanceclf.infer.results import RowSpec
 from stanceclf.infer.scoring.inputs import Fields, InputRecord, check_inputs, input_files, iter_records
 from stanceclf.infer.scoring.outputs import make_writer, output_format_of
-from stanceclf.infer.scoring.state import OutputLock, OutputPaths, ResumeState, RunCounts, run_signature
+from stanceclf.infer.scoring.state import OutputPaths, ResumeState, RunCounts, RunSignature
 
 
 class ScoreOptions(BaseModel):
@@ -47,12 +51,13 @@ class ScoreOptions(BaseModel):
     overwrite: bool = False
 
     def shaping(self, output_format: str) -> dict:
-        """The options a resumed run must share with the interrupted one."""
+        """The options a resumed run must share with the interrupted one, by their CLI names."""
         return {"input_format": self.input_format, "id_field": self.id_field, "text_field": self.text_field,
-                "fmt": output_format, "per_document": self.per_document, "chunk_sentences": self.chunk_sentences}
+                "output_format": output_format, "per_document": self.per_document,
+                "chunk_sentences": self.chunk_sentences}
 
 
-#: The one home of the scoring defaults, which the CLI verbs, suggest() and the Ray engine read.
+#: The one home of the scoring defaults, which the CLI verbs, suggest(), distillation and the Ray engine read.
 SCORE_DEFAULTS = ScoreOptions()
 
 
@@ -88,11 +93,8 @@ def score_options(options: ScoreOptions | None, option_values: dict) -> ScoreOpt
 
 def run_locked(run: "ScoringRun", progress: bool) -> ScoreSummary:
     """Execute a run while holding its output's lock, so that no second run writes the same output."""
-    with OutputLock(run.files.lock) as lock:
-        try:
-            return run.execute(progress)
-        finally:
-            lock.release(remove=True)
+    with run.files.locked():
+        return run.execute(progress)
 
 
 class ChunkFiller:
@@ -118,17 +120,96 @@ class ChunkFiller:
         return items
 
 
-class ScoringRun:
-    """What every engine's run shares: the checks made before anything is written, the records
-    with the duplicate-id rule, the bad-record rule, the error log and the refusal of an empty
-    result. Engines add ``execute(progress) -> ScoreSummary``."""
+@dataclass
+class Chunk:
+    """Documents processed together, each with its sentences, and how many input records are
+    finished once they are (bad and passed-over records included)."""
+
+    documents: list[tuple[InputRecord, list]]
+    records_done: int
+
+    @property
+    def sentences(self) -> list:
+        return [sentence for _, sentences in self.documents for sentence in sentences]
+
+    def by_document(self, values: list) -> Iterator[tuple[InputRecord, list]]:
+        """Each document with its share of ``values``, one value per sentence of the chunk in order."""
+        cursor = 0
+        for record, sentences in self.documents:
+            yield record, values[cursor: cursor + len(sentences)]
+            cursor += len(sentences)
+
+
+class CorpusReader:
+    """The one way a corpus is read: records in one fixed order, ids unique across the run (with
+    ``unique_ids``), the bad-record rule, and the good documents split into sentences and cut into
+    chunks of about ``options.chunk_sentences`` sentences (:class:`ChunkFiller`)."""
+
+    def __init__(self, paths: list[Path], options: ScoreOptions, log=None, *, unique_ids: bool = True,
+                 skip_advice: str = "pass --on-error skip to log it and go on"):
+        check_inputs(paths, options.input_format)
+        self.paths, self.options = paths, options
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.unique_ids = unique_ids
+        #: How to go past a bad record instead of stopping, as the error says it (a CLI flag, a recipe key).
+        self.skip_advice = skip_advice
+        self.skipped = 0
+
+    def records(self) -> Iterator[InputRecord]:
+        """Every input record in order, a repeated id turned into a bad record with ``unique_ids``."""
+        ids = DuplicateIds()
+        fields = Fields(self.options.id_field, self.options.text_field)
+        for record in iter_records(self.paths, self.options.input_format, fields=fields,
+                                   max_chars=self.options.max_chars):
+            yield ids.check(record) if self.unique_ids else record
+
+    def chunks(self, split: Callable[[str], list], *, start: int = 0) -> Iterator[Chunk]:
+        """The good documents from record number ``start`` on, split by ``split``, in chunks; the last
+        chunk (possibly empty) finishes every record read. A bad record goes to :meth:`handle_bad_record`
+        after the chunk before it, so that when it stops the run, what came before is kept."""
+        filler, done = ChunkFiller(self.options.chunk_sentences), start
+        for record in self.records():  # records before start count too: ids are unique across the run
+            if record.number < start:
+                continue
+            done = record.number + 1
+            if record.error is not None:
+                if self.options.on_error == "stop" and filler.items:
+                    yield Chunk(filler.take(), record.number)
+                self.handle_bad_record(record)
+            elif not self.passes_over(record):
+                warn_if_not_english(record.text, f"document {record.doc_id!r} ({record.where})")
+                sentences = split(record.text)
+                documents = filler.add((record, sentences), len(sentences))
+                if documents is not None:
+                    yield Chunk(documents, done)
+        yield Chunk(filler.take(), done)
+
+    def passes_over(self, record: InputRecord) -> bool:
+        """Whether a good record is left out on purpose (``suggest``: a document already annotated)."""
+        return False
+
+    def handle_bad_record(self, record: InputRecord) -> None:
+        """Stop with the record's name (``on_error="stop"``), or log it and count it."""
+        where = f"record {record.number} ({record.where}, id {record.doc_id!r})"
+        if self.options.on_error == "stop":
+            raise InputRecordError(f"{record.error}; {self.skip_advice}", where=where)
+        self.count_skipped(record, where)
+
+    def count_skipped(self, record: InputRecord, where: str) -> None:
+        self.skipped += 1
+        self.log(f"skipped {where}: {record.error}")
+
+
+class ScoringRun(CorpusReader):
+    """What every engine's run shares: the checks made before anything is written, the corpus read
+    as :class:`CorpusReader` reads it (bad records logged to OUT.errors.jsonl) and the refusal of an
+    empty result. Engines add ``execute(progress)``."""
 
     def __init__(self, paths: list[Path], out: Path, model, options: ScoreOptions, log=None):
-        check_inputs(paths, options.input_format)
+        super().__init__(paths, options, log)
         if not out.parent.is_dir():
             raise ScoringSetupError("the output's folder does not exist", where=str(out.parent))
-        self.paths, self.out, self.model, self.options = paths, out, model, options
-        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.out, self.model = out, model
         self.fmt = output_format_of(out, options.output_format)
         self.files = OutputPaths.beside(out)
         self.spec = RowSpec(tuple(model.labels), per_document=options.per_document)
@@ -136,14 +217,6 @@ class ScoringRun:
 
     def execute(self, progress: bool) -> ScoreSummary:
         raise NotImplementedError
-
-    def records(self) -> Iterator[InputRecord]:
-        """Every input record in order, a repeated id turned into a bad record (ids are unique across the run)."""
-        ids = DuplicateIds()
-        fields = Fields(self.options.id_field, self.options.text_field)
-        for record in iter_records(self.paths, self.options.input_format, fields=fields,
-                                   max_chars=self.options.max_chars):
-            yield ids.check(record)
 
     def clear_previous(self) -> None:
         """``overwrite``: remove the output and whatever an earlier run left beside it."""
@@ -156,15 +229,11 @@ class ScoringRun:
             raise StanceclfError("the output exists and is complete; pass --overwrite to score again",
                                  where=str(self.out))
 
-    def handle_bad_record(self, record: InputRecord) -> None:
-        """Stop with the record's name (``on_error="stop"``), or log it to OUT.errors.jsonl and count it."""
-        where = f"record {record.number} ({record.where}, id {record.doc_id!r})"
-        if self.options.on_error == "stop":
-            raise InputRecordError(record.error + "; pass --on-error skip to log it and go on", where=where)
+    def count_skipped(self, record: InputRecord, where: str) -> None:
         self.errors.write(json.dumps({"record": record.number, "where": record.where, "doc_id": record.doc_id,
                                       "error": record.error}, ensure_ascii=False) + "\n")
         self.summary.skipped += 1
-        self.log(f"skipped {where}: {record.error}")
+        super().count_skipped(record, where)
 
     def refuse_empty_result(self, writer) -> None:
         """A run that scored nothing is an error, even when every record was skipped on purpose."""
@@ -174,17 +243,40 @@ class ScoringRun:
         self.files.progress.unlink(missing_ok=True)
         if not self.summary.skipped:
             self.files.errors.unlink(missing_ok=True)
-        what = (f"all {self.summary.skipped} records were skipped as bad (listed in {self.files.errors.name})"
+        raise InputRecordError(f"nothing was scored, so no output was written: {self.why_empty()}",
+                               where=str(self.out))
+
+    def why_empty(self) -> str:
+        return (f"all {self.summary.skipped} records were skipped as bad (listed in {self.files.errors.name})"
                 if self.summary.skipped else "the inputs hold no records")
-        raise InputRecordError(f"nothing was scored, so no output was written: {what}", where=str(self.out))
 
 
-class _LocalRun(ScoringRun):
-    """The local engine: chunks scored in this process, a resume state after each one."""
+class ResumableRun(ScoringRun):
+    """A run in this process that an interruption does not lose: each chunk's rows
+    (:meth:`process_chunk`) are appended to OUT.partial, then a :class:`ResumeState` records how far
+    it got; the same command started again goes on from there (see the module docstring).
+    ``score`` is one, ``suggest`` another."""
 
-    def __init__(self, paths: list[Path], out: Path, model, options: ScoreOptions, log=None):
-        super().__init__(paths, out, model, options, log)
-        self.signature = run_signature(input_files(paths, options.input_format), model, options.shaping(self.fmt))
+    state_type = ResumeState
+    #: What the progress bar says the run is doing.
+    activity = "scoring"
+
+    def shaping(self) -> dict:
+        """The options a resumed run must share with the interrupted one."""
+        return self.options.shaping(self.fmt)
+
+    def process_chunk(self, chunk: Chunk) -> tuple[list[dict], int]:
+        """The rows of a chunk's documents, and how many of its sentences were truncated."""
+        raise NotImplementedError
+
+    def finished_before(self) -> bool:
+        """Whether the interrupted run was killed after giving the output its final name."""
+        return self.out.exists() and not self.files.partial.exists()
+
+    def complete(self) -> None:
+        """Give the output its final name, then drop the resume state."""
+        self.writer.finish(self.out)
+        self.files.progress.unlink()
 
     def execute(self, progress: bool) -> ScoreSummary:
         state = self._starting_state()
@@ -194,10 +286,9 @@ class _LocalRun(ScoringRun):
         self.writer.open(state.output_length if self.resuming else None)
         self.state = state
         started = time.time()
-        self._score_all(progress)
+        self._process_all(progress)
         self.refuse_empty_result(self.writer)
-        self.writer.finish(self.out)
-        self.files.progress.unlink()
+        self.complete()
         if self.state.errors_written == 0:
             self.files.errors.unlink(missing_ok=True)
         self.summary.seconds = time.time() - started
@@ -207,92 +298,79 @@ class _LocalRun(ScoringRun):
         """A fresh state, or the interrupted run's (None when that run had already finished)."""
         files = self.files
         self.resuming = False
+        signature = RunSignature.of(input_files(self.paths, self.options.input_format), self.model, self.shaping())
         if self.options.overwrite:
             self.clear_previous()
         elif files.progress.exists():
-            state = ResumeState.load(files.progress)
-            if state.signature != self.signature:
-                raise StanceclfError("an interrupted run with other inputs, model or output options left this "
-                                     "progress file; rerun the same command, or pass --overwrite to start again",
-                                     where=str(files.progress))
+            state = self.state_type.load(files.progress)
+            signature.refuse_other(state.signature, files.progress)
             self.summary = _summary_of(state)
-            if self.out.exists() and not files.partial.exists():
+            if self.finished_before():
                 # Killed after the output took its final name, before the progress file went.
                 files.progress.unlink()
                 self.log("the interrupted run had already finished its output; nothing left to do")
                 return None
             _keep_lines(files.errors, state.errors_written)
             self.resuming = True
-            self.log(f"resuming after {state.records_done} records ({state.sentences} sentences already written)")
+            self.log(f"resuming after {state.records_done} records ({state.sentences} sentences already done)")
             self.errors = open(files.errors, "a", encoding="utf-8")
             return state
         else:
             self.refuse_complete_output()
         # A fresh run starts a fresh error log: lines from a run killed before its first checkpoint are redone.
         self.errors = open(files.errors, "w", encoding="utf-8")
-        return ResumeState(signature=self.signature)
+        return self.state_type(signature=signature.as_dict())
 
-    def _score_all(self, progress: bool) -> None:
+    def _process_all(self, progress: bool) -> None:
         from tqdm import tqdm
 
         from stanceclf.progress import wants_progress
 
         # A bar redrawn with carriage returns is noise in a log file: on a terminal only.
         self.bar = tqdm(total=None, unit=" sent", disable=not (progress and wants_progress()), dynamic_ncols=True,
-                        desc="scoring", file=sys.stderr)
+                        desc=self.activity, file=sys.stderr)
         try:
-            self.chunks, seen = ChunkFiller(self.options.chunk_sentences), self.state.records_done
-            for record in self.records():  # records already done count too: ids are unique across the run
-                if record.number < self.state.records_done:
-                    continue
-                seen = record.number + 1
-                if record.error is not None:
-                    self._bad_record(record)
-                    continue
-                warn_if_not_english(record.text, f"document {record.doc_id!r} ({record.where})")
-                sentences = self.model.split(record.text)
-                chunk = self.chunks.add((record, sentences), len(sentences))
-                if chunk is not None:
-                    self._flush(chunk, record.number + 1)
-            # The last (possibly empty) chunk also records the final state, skipped trailing records included.
-            self._flush(self.chunks.take(), seen)
+            for chunk in self.chunks(self.model.split, start=self.state.records_done):
+                self._flush(chunk)
         finally:
             self.bar.close()
             self.writer.close()
             self.errors.close()
 
-    def _bad_record(self, record: InputRecord) -> None:
-        if self.options.on_error == "stop":
-            chunk = self.chunks.take()
-            if chunk:  # what came before the bad record is kept, for a resumed run
-                self._flush(chunk, record.number)
-        self.handle_bad_record(record)
+    def count_skipped(self, record: InputRecord, where: str) -> None:
+        super().count_skipped(record, where)
         self.state.errors_written += 1
         self.state.skipped += 1
 
-    def _flush(self, chunk: list[tuple[InputRecord, list]], records_done: int) -> None:
-        """Score a chunk, append its rows, and record the new state durably (output first, then state)."""
-        texts = [s.text for _, sentences in chunk for s in sentences]
-        probs, truncated = self.model.proba_and_truncation(texts, batch_size=self.options.batch_size)
-        predictions = self.model.predictions([(s.start, s.end, s.text) for _, ss in chunk for s in ss],
-                                             probs, truncated)
-        rows, cursor = [], 0
-        for record, sentences in chunk:
-            rows.extend(self.spec.rows(record.doc_id, predictions[cursor: cursor + len(sentences)]))
-            cursor += len(sentences)
+    def _flush(self, chunk: Chunk) -> None:
+        """Process a chunk, append its rows, and record the new state durably (output first, then state)."""
+        rows, truncated = self.process_chunk(chunk) if chunk.documents else ([], 0)
         if rows:
             self.writer.write(rows)
-        state = self.state
-        state.documents += len(chunk)
-        state.sentences += len(texts)
-        state.truncated += sum(truncated)
-        state.records_done = records_done
+        state, sentences = self.state, len(chunk.sentences)
+        state.documents += len(chunk.documents)
+        state.sentences += sentences
+        state.truncated += truncated
+        state.records_done = chunk.records_done
         self.errors.flush()
         state.output_length = self.writer.commit()
         state.save(self.files.progress)
         self.summary = _summary_of(state, self.summary)
-        self.bar.update(len(texts))
+        self.bar.update(sentences)
         self.bar.set_postfix(docs=state.documents, skipped=state.skipped)
+
+
+class _LocalRun(ResumableRun):
+    """The local engine: chunks scored in this process, a resume state after each one."""
+
+    def process_chunk(self, chunk: Chunk) -> tuple[list[dict], int]:
+        spans = [(s.start, s.end, s.text) for s in chunk.sentences]
+        probs, truncated = self.model.proba_and_truncation([text for _, _, text in spans],
+                                                           batch_size=self.options.batch_size)
+        predictions = self.model.predictions(spans, probs, truncated)
+        rows = [row for record, predicted in chunk.by_document(predictions)
+                for row in self.spec.rows(record.doc_id, predicted)]
+        return rows, sum(truncated)
 
 
 class DuplicateIds:
@@ -304,7 +382,8 @@ class DuplicateIds:
     def check(self, record: InputRecord) -> InputRecord:
         if record.doc_id in self.first:
             record.error = (f"duplicate document id {record.doc_id!r} (first at {self.first[record.doc_id]}); "
-                            "ids must be unique (use --id-field to name a unique field)")
+                            "ids must be unique across the inputs (a text file's id is its path below the folder "
+                            "given; for JSONL, CSV or Parquet, --id-field names another field)")
             record.text = None
         else:
             self.first[record.doc_id] = record.where

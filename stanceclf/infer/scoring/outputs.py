@@ -15,7 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
-from stanceclf.errors import ScoringSetupError, StanceclfError
+from stanceclf.errors import ResumeError, ScoringSetupError
+from stanceclf.files import TEMPORARY_SUFFIX, replaced_atomically
 from stanceclf.infer.results import RowSpec
 
 
@@ -27,8 +28,8 @@ class StreamWriter:
 
     def open(self, resume_length: int | None) -> None:
         if resume_length is not None and not self.path.exists():
-            raise StanceclfError("the progress file names a partial output that is gone; start again with "
-                                 "--overwrite", where=str(self.path))
+            raise ResumeError("the progress file names a partial output that is gone; start again with "
+                              "--overwrite", where=str(self.path))
         self.handle = open(self.path, "r+b" if resume_length is not None else "wb")
         if resume_length is not None:
             self.handle.truncate(resume_length)
@@ -90,7 +91,7 @@ class ParquetWriter:
         for part in self.path.glob("part-*.parquet"):
             if resume_length is None or int(part.stem.split("-")[1]) >= resume_length:
                 part.unlink()
-        for tmp in self.path.glob("*.tmp"):
+        for tmp in self.path.glob(f"*{TEMPORARY_SUFFIX}"):  # left by a run killed while writing a part
             tmp.unlink()
         self.parts = resume_length or 0
 
@@ -98,10 +99,8 @@ class ParquetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        target = self.path / f"part-{self.parts:08d}.parquet"
-        tmp = target.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=self.spec.arrow_schema()), tmp)
-        os.replace(tmp, target)
+        with replaced_atomically(self.path / f"part-{self.parts:08d}.parquet") as tmp:
+            pq.write_table(pa.Table.from_pylist(rows, schema=self.spec.arrow_schema()), tmp)
         self.parts += 1
 
     def commit(self) -> int:
@@ -114,12 +113,10 @@ class ParquetWriter:
         import pyarrow.parquet as pq
 
         parts = sorted(self.path.glob("part-*.parquet"))
-        tmp = final.with_name(final.name + ".tmp")
         schema = self.spec.arrow_schema()
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with replaced_atomically(final) as tmp, pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:  # one part in memory at a time
                 writer.write_table(pq.read_table(part, schema=schema))
-        os.replace(tmp, final)
         shutil.rmtree(self.path)
 
     def discard(self) -> None:

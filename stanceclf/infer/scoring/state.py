@@ -3,19 +3,22 @@
 After each chunk the run writes a :class:`ResumeState` (atomically) beside the output. A
 run started again with the same inputs, model and output-shaping options resumes from it;
 options that cannot change rows already written (``--max-chars``, ``--on-error``) are not
-part of the signature, so following an error's advice never loses finished work.
+part of the :class:`RunSignature`, so following an error's advice never loses finished work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from stanceclf.errors import ScoringSetupError, StanceclfError
-from stanceclf.model.directory import manifest_digest, weights_digest
+from stanceclf.errors import ResumeError, ScoringSetupError
+from stanceclf.files import FileStamp, exclusive_lock, write_atomically
+from stanceclf.model.layout import weights_digest
+from stanceclf.model.manifest import manifest_digest
 
 PROGRESS_SUFFIX = ".progress.json"
 PARTIAL_SUFFIX = ".partial"
@@ -37,18 +40,13 @@ class RunCounts:
 class ResumeState(RunCounts):
     """Progress of a run: records finished, the committed output length, and running counts."""
 
-    signature: str = ""
+    signature: dict = field(default_factory=dict)
     records_done: int = 0
     output_length: int = 0
     errors_written: int = 0
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(asdict(self), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: Path) -> "ResumeState":
@@ -56,8 +54,8 @@ class ResumeState(RunCounts):
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
         except (OSError, ValueError, TypeError) as exc:
-            raise StanceclfError(f"unreadable progress file ({exc}); pass --overwrite to start again",
-                                 where=str(path)) from None
+            raise ResumeError(f"unreadable progress file ({exc}); pass --overwrite to start again",
+                              where=str(path)) from None
 
 
 @dataclass(frozen=True)
@@ -75,64 +73,69 @@ class OutputPaths:
         return cls(out, *(out.with_name(out.name + suffix)
                           for suffix in (PARTIAL_SUFFIX, PROGRESS_SUFFIX, ERRORS_SUFFIX, LOCK_SUFFIX)))
 
-
-def run_signature(files: list[Path], model, options: dict) -> str:
-    """What a resumed run must share with the interrupted one: the input files it reads,
-    the model (weights, manifest, backend) and the options that shape the output."""
-    digest = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(f"backend:{getattr(model, 'backend', 'torch')}".encode())
-    digest.update(f"manifest:{manifest_digest(model.manifest)}".encode())
-    digest.update(f"weights:{weights_digest(model.path)}".encode())
-    digest.update(json.dumps(options, sort_keys=True).encode())
-    return digest.hexdigest()
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``OUT.lock`` for a run, or refuse at once when another run holds it. The lock dies with its
+        process, so a killed run never leaves the output locked; a run that ends removes the file."""
+        refusal = ScoringSetupError("another stanceclf run is writing this output right now; wait for it to "
+                                    "finish (its progress is safe), or choose another --out", where=str(self.out))
+        with exclusive_lock(self.lock, timeout=0, refusal=refusal, remove=True):
+            yield
 
 
-class OutputLock:
-    """An OS-level lock on ``OUT.lock``: it dies with its process, so a killed run never leaves it held."""
+def _model_description(model) -> bytes:
+    return (f"backend:{getattr(model, 'backend', 'torch')}manifest:{manifest_digest(model.manifest)}"
+            f"weights:{weights_digest(model.path)}").encode()
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.handle = None
 
-    def __enter__(self) -> "OutputLock":
-        import fcntl
+def model_signature(model, use: dict) -> str:
+    """The model (weights, manifest, backend) and what its scores are for, as one digest: distillation
+    keys its teachers' cached scores by it."""
+    return hashlib.sha256(_model_description(model) + json.dumps(use, sort_keys=True).encode()).hexdigest()
 
-        while True:
-            handle = open(self.path, "a+")
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                raise ScoringSetupError("another 'stanceclf score' run is writing this output right now; wait for "
-                                        "it to finish (its progress is safe), or choose another --out",
-                                        where=str(self.path.with_suffix(""))) from None
-            if self._still_the_lock_file(handle):
-                self.handle = handle
-                return self
-            # The run that held it finished and removed the file between our open and our lock: lock anew.
-            handle.close()
 
-    def _still_the_lock_file(self, handle) -> bool:
-        try:
-            return os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
-        except FileNotFoundError:
-            return False
+@dataclass(frozen=True)
+class RunSignature:
+    """What a resumed run must share with the interrupted one: the input files it reads (their
+    :class:`~stanceclf.files.FileStamp`), the model (weights, manifest, backend) and the options that
+    shape the output. Kept in parts, so that a refusal can say what changed."""
 
-    def release(self, *, remove: bool = False) -> None:
-        """Unlock; ``remove`` (once the output is complete) also deletes the lock file while still holding it."""
-        import fcntl
+    inputs: str
+    model: str
+    backend: str
+    options: dict
 
-        if self.handle is None:
+    @classmethod
+    def of(cls, files: list[Path], model, options: dict) -> "RunSignature":
+        stamps = json.dumps([FileStamp.of(file).as_list() for file in files]).encode()
+        return cls(hashlib.sha256(stamps).hexdigest(), hashlib.sha256(_model_description(model)).hexdigest(),
+                   getattr(model, "backend", "torch"), json.loads(json.dumps(options)))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def refuse_other(self, stored, progress_file: Path) -> None:
+        """Raise :class:`~stanceclf.errors.ResumeError` when ``stored`` (the signature in the progress
+        file) is not this one, saying what changed and what to do."""
+        if stored == self.as_dict():
             return
-        if remove:
-            self.path.unlink(missing_ok=True)
-        fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
-        self.handle.close()
-        self.handle = None
-
-    def __exit__(self, *exc) -> bool:
-        self.release()
-        return False
+        if not isinstance(stored, dict) or set(stored) != set(self.as_dict()):
+            raise ResumeError("an interrupted run of an older stanceclf left this progress file, and it cannot "
+                              "tell what changed since; pass --overwrite to start again", where=str(progress_file))
+        inputs_changed = stored["inputs"] != self.inputs
+        backend_changed = stored["backend"] != self.backend
+        model_changed = not backend_changed and stored["model"] != self.model  # another backend: another digest
+        changes = ["the input files changed (edited, replaced, added or removed)"] if inputs_changed else []
+        if backend_changed:
+            changes.append(f"the backend was {stored['backend']}, now {self.backend}")
+        if model_changed:
+            changes.append("the model's weights or manifest changed")
+        for name in [*self.options, *(name for name in stored["options"] if name not in self.options)]:
+            before, now = stored["options"].get(name), self.options.get(name)
+            if before != now:
+                changes.append(f"--{name.replace('_', '-')} was {before!r}, now {now!r}")
+        advice = ("the rows written so far cannot be continued: pass --overwrite to start again"
+                  if inputs_changed or model_changed else "rerun with the interrupted run's backend and options "
+                  "to resume it, or pass --overwrite to start again")
+        raise ResumeError(f"an interrupted run left this progress file, but {'; '.join(changes)}: {advice}",
+                          where=str(progress_file))
