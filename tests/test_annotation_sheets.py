@@ -74,3 +74,53 @@ def test_annotation_sheets_cli_round_trip_writes_stand_off(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])
     assert "text" not in record and record["spans"][0]["label"] == "prediction"
+
+
+def test_annotation_sheets_loop_over_a_jsonl_pool_keeps_texts_by_reference(tmp_path, tiny_model_dir):
+    """The annotation loop on a pool of JSONL documents, as a user runs it: blind tasks from suggest, sheets
+    from the tasks, decisions, an import that names each document by the pool file and its record id (no
+    text copied), and a dataset built from that stand-off file. A changed pool record is then refused."""
+    from stanceclf.data.readers import read_annotations
+
+    pool = tmp_path / "pool.jsonl"
+    records = [{"id": "n1", "outlet": "x", "text": TEXT}, {"id": 7, "text": "Markets will fall. Rain is coming."},
+               {"id": "n3", "text": "The summit opened on Monday."}]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tasks = tmp_path / "round.json"
+    result = runner.invoke(app, ["suggest", str(pool), "--model", str(tiny_model_dir), "--n", "2", "--blind",
+                                 "--strategy", "random", "--out", str(tasks), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    picked = [task["data"]["doc_id"] for task in json.loads(tasks.read_text())]
+    result = runner.invoke(app, ["sheets", "export", str(tasks), "--out", str(tmp_path / "sheets")])
+    assert result.exit_code == 0, result.output
+    decisions = tmp_path / "decisions"
+    decisions.mkdir()
+    for doc_id in picked:
+        sentences = json.loads((tmp_path / "sheets" / f"{doc_id}.offsets.json").read_text())["sentences"]
+        lines = ["0\tP"] + [f"{i}\t-" for i in range(1, len(sentences))]
+        (decisions / f"{doc_id}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "labels" / "round.jsonl"
+    out.parent.mkdir()
+    result = runner.invoke(app, ["sheets", "import", str(decisions), "--sheets", str(tmp_path / "sheets"),
+                                 "--corpus", str(pool), "--annotator", "reader-1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    stored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["record"] for r in stored} == set(picked) and all(r["path"] == "../pool.jsonl" for r in stored)
+    assert all("text" not in r for r in stored)
+    documents = read_annotations("native", out, labels=["prediction", "threat_framing", "policy_attribution"])
+    texts = {str(r["id"]): r["text"] for r in records}
+    assert {d.doc_id: d.text for d in documents} == {doc_id: texts[doc_id] for doc_id in picked}
+    assert all(d.spans[0].label == "prediction" and d.spans[0].start == 0 for d in documents)
+    result = runner.invoke(app, ["build-dataset", str(out), "--format", "native", "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+
+    records[0]["text"] = records[0]["text"].replace("NATO", "The alliance")
+    records[1]["text"] += " Later."
+    pool.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    with pytest.raises(Exception) as refused:
+        read_annotations("native", out, labels=["prediction"])
+    assert "checksum" in str(refused.value)
+    stored[0]["record"] = "missing"
+    (tmp_path / "labels" / "bad.jsonl").write_text(json.dumps(stored[0]) + "\n", encoding="utf-8")
+    with pytest.raises(AnnotationError, match="no record with id 'missing'"):
+        read_annotations("native", tmp_path / "labels" / "bad.jsonl", labels=["prediction"])

@@ -139,30 +139,32 @@ def agreement(
 
 @sheets_app.command("export")
 def sheets_export(
-    texts: List[Path] = typer.Argument(..., help="Text files (or folders of .txt) to annotate."),
+    texts: List[Path] = typer.Argument(..., help="Text files, folders of .txt, or task files (.json) that "
+                                       "'stanceclf suggest' wrote (use --blind for annotators who must not see "
+                                       "the model's labels)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the sheets (keep it out of git if the texts "
                              "may not be redistributed)."),
     schema: str = typer.Option("claim-types", help="Schema name or path (its label codes head each sheet)."),
 ):
     """Write numbered sentence sheets for annotators."""
-    from stanceclf.data.documents import read_document_text
     from stanceclf.data.schema import load_schema
-    from stanceclf.data.sheets import export_sheets, sheet_text_files
+    from stanceclf.data.sheets import export_sheets, sheet_texts
 
     try:
-        files = sheet_text_files(texts)
-        count = export_sheets({doc_id: read_document_text(f) for doc_id, f in files.items()}, out,
-                              schema=load_schema(schema))
+        documents = sheet_texts(texts)
+        count = export_sheets(documents, out, schema=load_schema(schema))
     except (StanceclfError, OSError) as error:
         fail(error)
-    typer.echo(f"wrote {len(files)} sheets with {count} sentences to {out}")
+    typer.echo(f"wrote {len(documents)} sheets with {count} sentences to {out}")
 
 
 @sheets_app.command("import")
 def sheets_import(
     decisions: Path = typer.Argument(..., help="Folder of <doc_id>.tsv decision files."),
     sheets: Path = typer.Option(..., help="Folder with the <doc_id>.offsets.json files of the sheets."),
-    texts: Path = typer.Option(..., help="Folder with the <doc_id>.txt documents."),
+    texts: Optional[Path] = typer.Option(None, help="Folder with the <doc_id>.txt documents."),
+    corpus: List[Path] = typer.Option([], help="JSONL corpus holding the documents by id (as 'stanceclf score' "
+                                      "reads it); they are stored as the file and the record's id. Repeatable."),
     annotator: str = typer.Option(..., help="Who decided these labels (stored with every span)."),
     out: Path = typer.Option(..., "--out", "-o", help="Native stand-off JSONL to write."),
     schema: str = typer.Option("claim-types", help="Schema name or path."),
@@ -173,8 +175,9 @@ def sheets_import(
     from stanceclf.data.sheets import import_decision_folder
 
     try:
-        documents, paths = import_decision_folder(decisions, sheets, texts, load_schema(schema), annotator)
-        write_native(documents, out, text_paths=paths)
+        documents, paths, records = import_decision_folder(decisions, sheets, load_schema(schema), annotator,
+                                                           texts=texts, corpora=corpus)
+        write_native(documents, out, text_paths=paths, corpus_records=records)
     except (StanceclfError, OSError) as error:
         fail(error)
     typer.echo(f"wrote {len(documents)} documents to {out}")

@@ -94,6 +94,32 @@ def read_document_text(path: str | Path) -> str:
     return decode_document_text(read_document_bytes(path), str(path))[0]
 
 
+def read_corpus_texts(path: str | Path, ids: set[str] | None = None, *, id_field: str = "id",
+                      text_field: str = "text") -> dict[str, str]:
+    """``{id: text}`` of the records of a JSONL corpus (one document a line, as ``stanceclf score`` and
+    ``suggest`` read it), only those in ``ids`` when given. Annotations of a document that lives in such a
+    file name the file and the record's id instead of copying its text. A record that cannot give an id
+    and a text is an :class:`~stanceclf.errors.InputFileError` naming its line: the file is not a corpus."""
+    import json
+
+    texts: dict[str, str] = {}
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                doc_id, text = document_id(record[id_field]), record[text_field]
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                raise InputFileError(f"not a corpus record with {id_field!r} and {text_field!r} ({exc})",
+                                     where=f"{path}:{line_number}") from None
+            if not isinstance(text, str):
+                raise InputFileError(f"{text_field!r} is not a string", where=f"{path}:{line_number}")
+            if ids is None or doc_id in ids:
+                texts[doc_id] = text
+    return texts
+
+
 def text_checksum(text: str) -> str:
     """The checksum stored with stand-off annotations: sha256 of the UTF-8 text."""
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -126,22 +126,83 @@ def sheet_text_files(paths) -> dict[str, Path]:
     return by_id
 
 
-def import_decision_folder(decisions: str | Path, sheets: str | Path, texts: str | Path, schema: LabelSchema,
-                           annotator: str) -> tuple[list[AnnotatedDocument], dict[str, Path]]:
-    """Import every ``<doc_id>.tsv`` of a folder, with its sheet's ``<doc_id>.offsets.json`` and the text
-    ``<doc_id>.txt``: ``(documents, {doc_id: text path})`` ready for :func:`~stanceclf.data.readers.write_native`."""
+def task_texts(path: str | Path) -> dict[str, str]:
+    """``{doc_id: text}`` of a Label Studio task file such as ``stanceclf suggest`` writes (a JSON list of
+    tasks, each with ``data.doc_id`` and ``data.text``): what an annotation round was given to read."""
+    from stanceclf.data.documents import document_id
+    from stanceclf.errors import parse_json_text
+
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"cannot read the task file: {exc}", where=str(path)) from None
+    tasks = parse_json_text(raw, AnnotationError, str(path))
+    if not isinstance(tasks, list):
+        raise AnnotationError("a task file is a JSON list of tasks", where=str(path))
+    texts: dict[str, str] = {}
+    for number, task in enumerate(tasks):
+        data = task.get("data") if isinstance(task, dict) else None
+        where = f"{path} (task {number})"
+        if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+            raise AnnotationError("a task needs 'data' with a 'text' string", where=where)
+        try:
+            doc_id = document_id(data.get("doc_id"))
+        except ValueError as exc:
+            raise AnnotationError(f"bad data.doc_id: {exc}", where=where) from None
+        if doc_id in texts:
+            raise AnnotationError(f"document id {doc_id!r} appears twice", where=where)
+        texts[doc_id] = data["text"]
+    return texts
+
+
+def sheet_texts(paths) -> dict[str, str]:
+    """``{doc_id: text}`` to put on sheets: text files and folders (see :func:`sheet_text_files`) and task
+    files (``.json``, see :func:`task_texts`); an id given twice is an error naming it."""
     from stanceclf.data.documents import read_document_text
+
+    texts: dict[str, str] = {}
+    files = [Path(p) for p in paths]
+    given = [(doc_id, read_document_text(f), f) for doc_id, f in
+             sheet_text_files([f for f in files if f.suffix.lower() != ".json"]).items()]
+    for task_file in (f for f in files if f.suffix.lower() == ".json"):
+        given += [(doc_id, text, task_file) for doc_id, text in task_texts(task_file).items()]
+    for doc_id, text, source in given:
+        if doc_id in texts:
+            raise AnnotationError(f"the document id {doc_id!r} is given twice", where=str(source))
+        texts[doc_id] = text
+    return texts
+
+
+def import_decision_folder(decisions: str | Path, sheets: str | Path, schema: LabelSchema, annotator: str, *,
+                           texts: str | Path | None = None, corpora=()
+                           ) -> tuple[list[AnnotatedDocument], dict[str, Path], dict[str, Path]]:
+    """Import every ``<doc_id>.tsv`` of a folder, with its sheet's ``<doc_id>.offsets.json`` and the
+    document's text: ``<doc_id>.txt`` in ``texts``, or the record of that id in one of the JSONL
+    ``corpora`` (as ``stanceclf score`` reads them). Returns ``(documents, {doc_id: text file},
+    {doc_id: corpus file})``, ready for :func:`~stanceclf.data.readers.write_native`, which stores them by
+    reference: the text is never copied."""
+    from stanceclf.data.documents import read_corpus_texts, read_document_text
     from stanceclf.errors import InputFileError
 
-    decisions, sheets, texts = Path(decisions), Path(sheets), Path(texts)
+    decisions, sheets = Path(decisions), Path(sheets)
     files = sorted(decisions.glob("*.tsv")) if decisions.is_dir() else []
     if not files:
         raise InputFileError("no <doc_id>.tsv decision files here", where=str(decisions))
-    documents, paths = [], {}
+    wanted = {file.stem for file in files}
+    in_corpus = {doc_id: (Path(corpus), text) for corpus in corpora
+                 for doc_id, text in read_corpus_texts(corpus, wanted).items()}
+    documents, paths, records = [], {}, {}
     for file in files:
-        text_path = texts / f"{file.stem}.txt"
-        document, _ = import_decisions(file, sheets / f"{file.stem}.offsets.json", read_document_text(text_path),
-                                       schema, annotator)
+        if file.stem in in_corpus:
+            corpus, text = in_corpus[file.stem]
+            records[file.stem] = corpus
+        elif texts is not None:
+            paths[file.stem] = Path(texts) / f"{file.stem}.txt"
+            text = read_document_text(paths[file.stem])
+        else:
+            raise InputFileError(f"document {file.stem!r} is in none of the corpus files "
+                                 f"{', '.join(map(str, corpora)) or '(none given)'}", where=str(file))
+        document, _ = import_decisions(file, sheets / f"{file.stem}.offsets.json", text, schema, annotator)
         documents.append(document)
-        paths[document.doc_id] = text_path
-    return documents, paths
+    return documents, paths, records

@@ -10,8 +10,11 @@ One JSON object per line, one line per completely annotated document::
 
 The text is never embedded when it belongs to someone else: ``path`` names the
 text file, relative to the JSONL file's folder (or to ``text_root`` when
-given), and ``checksum`` detects a changed file. A record may carry ``text``
-inline instead of ``path`` for the user's own documents. Offsets are Unicode
+given), and ``checksum`` detects a changed file. A document that is one record
+of a JSONL corpus (``id`` and ``text`` fields, as ``stanceclf score`` and
+``suggest`` read them) is named by the corpus file's ``path`` and its
+``record`` id. A record may carry ``text`` inline instead of ``path`` for the
+user's own documents. Offsets are Unicode
 code points, end exclusive, into the file's text read as UTF-8 without any
 newline conversion. A document with no spans is annotated and all-negative.
 """
@@ -23,8 +26,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from stanceclf.data.documents import (AnnotatedDocument, decode_document_text, read_document_bytes, read_document_text,
-                                      text_checksum, unicode_problem)
+from stanceclf.data.documents import (AnnotatedDocument, decode_document_text, read_corpus_texts, read_document_bytes,
+                                      read_document_text, text_checksum, unicode_problem)
 from stanceclf.errors import AnnotationError, ChecksumMismatchError, InputFileError, parse_json_text, shown
 from stanceclf.files import replaced_atomically
 from .validation import SpanChecker
@@ -51,8 +54,9 @@ def read_native(path: str | Path, checker: SpanChecker, *, text_root: str | Path
     """Yield :class:`AnnotatedDocument` objects from a native JSONL file."""
     path = Path(path)
     root = Path(text_root) if text_root is not None else path.parent
+    corpora: dict[Path, dict[str, str]] = {}  # a corpus file is read once, however many records name it
     for line_number, where, record in iter_jsonl(path, checker):
-        document = _document_from_record(record, root, checker, where)
+        document = _document_from_record(record, root, checker, where, corpora)
         if document is not None:
             yield document
 
@@ -81,7 +85,8 @@ def iter_jsonl(path: Path, checker: SpanChecker) -> Iterator[tuple[int, str, obj
             yield line_number, where, record
 
 
-def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
+def _document_from_record(record, root: Path, checker: SpanChecker, where: str,
+                          corpora: dict[Path, dict[str, str]]):
     if not isinstance(record, dict):
         checker.fail(AnnotationError("a record must be a JSON object", where=where))
         return None
@@ -101,10 +106,15 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
             checker.fail(AnnotationError("'path' must be a non-empty string", where=where))
             return None
         text_path = root / record["path"]
-        try:
-            text = read_document_text(text_path)
-        except InputFileError as error:
-            checker.fail(AnnotationError(f"text file {text_path}: {error.detail}", where=where))
+        if "record" in record:
+            text = _corpus_text(text_path, record["record"], checker, where, corpora)
+        else:
+            try:
+                text = read_document_text(text_path)
+            except InputFileError as error:
+                checker.fail(AnnotationError(f"text file {text_path}: {error.detail}", where=where))
+                return None
+        if text is None:
             return None
         source = str(record["path"])
     else:
@@ -151,26 +161,53 @@ def _document_from_record(record, root: Path, checker: SpanChecker, where: str):
     return AnnotatedDocument(doc_id, text, sorted(spans), annotators, source, origin=where)
 
 
-def write_native(documents, path: str | Path, *, text_paths: dict[str, str | Path] | None = None) -> None:
+def _corpus_text(corpus: Path, record_id, checker: SpanChecker, where: str,
+                 corpora: dict[Path, dict[str, str]]) -> str | None:
+    if not isinstance(record_id, (str, int)) or isinstance(record_id, bool):
+        checker.fail(AnnotationError(f"'record' must be a corpus record's id, got {shown(record_id)}", where=where))
+        return None
+    if corpus not in corpora:
+        try:
+            corpora[corpus] = read_corpus_texts(corpus)
+        except (InputFileError, OSError) as error:
+            detail = error.detail if isinstance(error, InputFileError) else (error.strerror or str(error))
+            checker.fail(AnnotationError(f"corpus file {corpus}: {detail}", where=where))
+            corpora[corpus] = {}
+            return None
+    text = corpora[corpus].get(str(record_id))
+    if text is None:
+        checker.fail(AnnotationError(f"no record with id {shown(record_id)} in the corpus file {corpus}",
+                                     where=where))
+    return text
+
+
+def write_native(documents, path: str | Path, *, text_paths: dict[str, str | Path] | None = None,
+                 corpus_records: dict[str, str | Path] | None = None) -> None:
     """Write documents in the native format.
 
     Documents whose id is in ``text_paths`` are stored by reference (the path
-    is written relative to the output file's folder); the others carry their
-    text inline. The file is written to a temporary name and renamed, so a
-    crash never leaves half a file.
+    is written relative to the output file's folder), and so are those in
+    ``corpus_records``, which maps a document id to the JSONL corpus file
+    holding the record of that id; the others carry their text inline. The
+    file is written to a temporary name and renamed, so a crash never leaves
+    half a file.
     """
     path = Path(path)
     with replaced_atomically(path) as tmp:
-        _write_records(documents, tmp, path, text_paths or {})
+        _write_records(documents, tmp, path, text_paths or {}, corpus_records or {})
 
 
-def _write_records(documents, tmp: Path, path: Path, text_paths) -> None:
+def _write_records(documents, tmp: Path, path: Path, text_paths, corpus_records) -> None:
+    def relative(file) -> str:
+        return Path(os.path.relpath(Path(file).resolve(), path.parent.resolve())).as_posix()
+
     with open(tmp, "w", encoding="utf-8") as handle:
         for document in documents:
             record = {"doc_id": document.doc_id}
             if document.doc_id in text_paths:
-                record["path"] = Path(os.path.relpath(Path(text_paths[document.doc_id]).resolve(),
-                                                      path.parent.resolve())).as_posix()
+                record["path"] = relative(text_paths[document.doc_id])
+            elif document.doc_id in corpus_records:
+                record["path"], record["record"] = relative(corpus_records[document.doc_id]), document.doc_id
             else:
                 record["text"] = document.text
             record["checksum"] = document.checksum
