@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 from contextlib import contextmanager
+from typing import Iterator
 
 #: Units (sentences, documents) below which work is short enough to need no bar.
 LONG_WORK = 5_000
@@ -35,7 +36,7 @@ _SWITCHES = {
 
 
 @contextmanager
-def library_output(*libraries: str, progress: bool = False):
+def library_output(*libraries: str, progress: bool = False) -> Iterator[None]:
     """Within the block, the named libraries (keys of the switch table) draw progress bars only if
     ``progress``, and transformers logs errors only; everything is restored afterwards. A library
     not imported yet is left alone (importing it just to silence it would slow every start): import

@@ -254,3 +254,23 @@ def test_layout_no_function_longer_than_80_lines():
             for path in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80]
     assert not long
+
+
+def _unannotated_public_functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """Public functions and methods without a return annotation: module-level or in a class (under ``if`` or
+    ``try`` blocks too); whatever is defined inside a function body is that function's business."""
+    found = []
+    for child in ast.iter_child_nodes(tree):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not child.name.startswith("_") and child.returns is None:
+                found.append(child)
+        else:
+            found.extend(_unannotated_public_functions(child))
+    return found
+
+
+def test_layout_every_public_function_has_a_return_annotation():
+    missing = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}"
+               for path in sorted(PACKAGE.rglob("*.py"))
+               for node in _unannotated_public_functions(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not missing, "no return annotation:\n" + "\n".join(missing)

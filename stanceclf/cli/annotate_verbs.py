@@ -42,7 +42,7 @@ def suggest(
     blind: bool = typer.Option(False, help="Tasks without the model's labels or priority, for annotators who must "
                                "decide unprompted."),
     progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
-):
+) -> None:
     """Pick the documents most worth annotating next and write them as pre-annotated Label Studio tasks.
     Interrupted runs resume."""
     from stanceclf.infer.suggest import annotated_ids, suggest as pick
@@ -68,7 +68,7 @@ def suggest(
 def labelstudio_config(
     schema: str = typer.Option("claim-types", help="Schema name (shipped in labels/) or path to a schema TOML."),
     text_field: str = typer.Option("text", help="Task data key of the document text ($text in the config)."),
-):
+) -> None:
     """Print the Label Studio labelling config of a schema (paste it into the project's Labeling Interface)."""
     from stanceclf.data.label_studio_config import labelling_config
     from stanceclf.data.schema import load_schema

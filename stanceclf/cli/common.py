@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from stanceclf.infer.model import StanceModel
 
 
 def fail(error: Exception) -> NoReturn:
@@ -23,7 +26,7 @@ BACKEND_OPTION = typer.Option("torch", help=_backend_help())
 FAST_OPTION = typer.Option(False, help="Shorthand for --backend auto.")
 
 
-def load_model(model: Path | None, backend: str, fast: bool):
+def load_model(model: Path | None, backend: str, fast: bool) -> StanceModel:
     """The model a verb runs: a directory or a shipped model's name (default: the shipped default), on the
     chosen backend."""
     from stanceclf.infer.predict import load

@@ -96,7 +96,7 @@ def build_dataset_command(
     lenient: bool = typer.Option(False, help="Skip bad items and list them, instead of stopping at the first."),
     text_root: Optional[Path] = typer.Option(None, help="native format: folder that document paths are relative "
                                              "to (same as --reader-option text_root=DIR)."),
-):
+) -> None:
     """Turn annotated documents into a sentence-level, multi-label dataset."""
     from stanceclf.data.dataset import check_exports, format_statistics, from_annotations, save_dataset, statistics
     from stanceclf.data.readers import ReadReport
@@ -122,7 +122,7 @@ def agreement(
     first: Path = typer.Argument(..., help="One annotator's annotations (native format)."),
     second: Path = typer.Argument(..., help="The other annotator's annotations of the same documents."),
     schema: str = typer.Option("claim-types", help="Schema name or path."),
-):
+) -> None:
     """Sentence-level agreement between two annotations: F1 and Cohen's kappa per label."""
     from stanceclf.data.agreement import format_agreement, sentence_agreement
     from stanceclf.data.readers import read_annotations
@@ -145,7 +145,7 @@ def sheets_export(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the sheets (keep it out of git if the texts "
                              "may not be redistributed)."),
     schema: str = typer.Option("claim-types", help="Schema name or path (its label codes head each sheet)."),
-):
+) -> None:
     """Write numbered sentence sheets for annotators."""
     from stanceclf.data.schema import load_schema
     from stanceclf.data.sheets import export_sheets, sheet_texts
@@ -168,7 +168,7 @@ def sheets_import(
     annotator: str = typer.Option(..., help="Who decided these labels (stored with every span)."),
     out: Path = typer.Option(..., "--out", "-o", help="Native stand-off JSONL to write."),
     schema: str = typer.Option("claim-types", help="Schema name or path."),
-):
+) -> None:
     """Turn an annotator's decision files into stand-off annotations (text referenced, not copied)."""
     from stanceclf.data.readers import write_native
     from stanceclf.data.schema import load_schema

@@ -24,7 +24,7 @@ def classify(
                                        "prints every sentence)."),
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
-):
+) -> None:
     """Classify the sentences of a few documents and print them: a table on a terminal, tab-separated
     lines (a header, then one line per sentence) when the output is a pipe or a file."""
     from rich.console import Console
@@ -103,7 +103,7 @@ def score(
     actors: Optional[int] = typer.Option(None, help="--engine ray: scoring actors (default: the cluster's CPUs "
                                          "divided by --cpus-per-actor)."),
     cpus_per_actor: float = typer.Option(1.0, help="--engine ray: CPUs (and torch threads) per actor."),
-):
+) -> None:
     """Score a corpus into one row per sentence (or per document). Interrupted local runs resume."""
     try:
         run_on = _scoring_engine(engine, threads, address, actors, cpus_per_actor)

@@ -16,7 +16,7 @@ def train(
     recipe: Path = typer.Argument(..., help="A recipe TOML file, e.g. training/claim-types.toml."),
     set_: List[str] = typer.Option([], "--set", help="Override a recipe value: training.epochs=3. Repeatable."),
     resume: bool = typer.Option(True, help="Continue from the last checkpoint of an interrupted run."),
-):
+) -> None:
     """Fine-tune a model as a recipe says, calibrate it on dev, and save the model directory."""
     from stanceclf.model.metrics import format_report
     from stanceclf.train.recipe import load_recipe
@@ -46,7 +46,7 @@ def cross_validate(
                                        "source names): the report covers the folds finished so far and says so."),
     teacher_set: List[str] = typer.Option([], "--teacher-set", help="Override a value of a [distill] recipe's "
                                           "teacher recipes (--set changes only the student's). Repeatable."),
-):
+) -> None:
     """Cross-validate what a recipe trains: k-fold grouped by document, or leave-one-source-out.
     Reports each label's F1, precision, recall and PR-AUC as mean ± sd over folds, and pooled.
     A [distill] recipe trains its teachers (distill.teacher_recipe) again in every fold."""
@@ -87,7 +87,7 @@ def learning_curve(
     resume: bool = typer.Option(True, help="Reuse the trainings an earlier run of the same recipe and data finished."),
     teacher_set: List[str] = typer.Option([], "--teacher-set", help="Override a value of a [distill] recipe's "
                                           "teacher recipes (--set changes only the student's). Repeatable."),
-):
+) -> None:
     """Test F1 against the number of training articles (seeded subsets, repeated over folds)."""
     from stanceclf.train.learning_curve import learning_curve as run_learning_curve
 
@@ -110,7 +110,7 @@ def evaluate(
     fast: bool = FAST_OPTION,
     allow_training_documents: bool = typer.Option(False, help="Evaluate even if the split holds documents the "
                                                   "model was trained on."),
-):
+) -> None:
     """Evaluate a model on a built dataset: a table, a JSON report and plots."""
     from stanceclf.train.evaluation import evaluate_on_dataset
     from stanceclf.model.metrics import format_report
@@ -131,7 +131,7 @@ def evaluate(
 def export(
     model: Path = typer.Argument(..., help="A model directory, or a shipped model's name."),
     out: Path = typer.Argument(..., help="Where to write a plain transformers directory."),
-):
+) -> None:
     """Write a plain transformers directory (float32 safetensors, tokenizer, config) that
     ``transformers.pipeline('text-classification', model=OUT, top_k=None)`` loads. Its scores are
     raw sigmoids, without stanceclf's calibration and thresholds (kept in OUT/stanceclf.json)."""
@@ -146,7 +146,7 @@ def export(
 
 
 def info(model: Optional[Path] = typer.Argument(
-        None, help="A model directory, or a shipped model's name (default: claim-types).")):
+        None, help="A model directory, or a shipped model's name (default: claim-types).")) -> None:
     """Show a model's labels, thresholds, metrics and provenance."""
     from stanceclf.infer.predict import model_path
     from stanceclf.model.manifest import ModelManifest

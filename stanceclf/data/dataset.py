@@ -14,6 +14,7 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,6 +22,9 @@ from stanceclf.data.documents import AnnotatedDocument
 from stanceclf.errors import AnnotationError, BuildOptionError
 from stanceclf.data.schema import LabelSchema
 from stanceclf.data.sentences import SentenceSplitter
+
+if TYPE_CHECKING:
+    import datasets
 
 SPLITS = ("train", "dev", "test")
 BUILD_INFO = "build.json"
@@ -95,7 +99,7 @@ class AnnotationSource(BaseModel):
 
 
 def from_annotations(source: AnnotationSource, schema: LabelSchema, config: BuildConfig, *,
-                     resolve=Path, report=None):
+                     resolve=Path, report=None) -> tuple[datasets.DatasetDict, dict]:
     """Read ``source`` and build the dataset: ``(DatasetDict, build info)``. The one path from
     annotations to a dataset, used by ``stanceclf build-dataset`` and by training.
 
@@ -183,7 +187,7 @@ def _doc_counts(examples: list[dict]) -> list[int]:
 
 
 def build_dataset(documents: list[AnnotatedDocument], schema: LabelSchema, config: BuildConfig | None = None, *,
-                  fixed_splits: dict[str, list[AnnotatedDocument]] | None = None):
+                  fixed_splits: dict[str, list[AnnotatedDocument]] | None = None) -> tuple[datasets.DatasetDict, dict]:
     """Build a :class:`datasets.DatasetDict` of sentence examples.
 
     With ``fixed_splits`` (e.g. PTC's own train and dev folders) the given
@@ -311,7 +315,7 @@ def check_exports(export, *, where: str | None = None) -> None:
                                "comma-separated, or none", where=where)
 
 
-def load_built_dataset(path: str | Path):
+def load_built_dataset(path: str | Path) -> tuple[datasets.DatasetDict, dict]:
     """Load a dataset written by :func:`save_dataset`: ``(DatasetDict, build info)``."""
     from datasets import load_from_disk
 

@@ -127,7 +127,8 @@ def resolve_backend(fast: bool | str | None) -> str:
     return fast
 
 
-def build_encoder(backend: str, model, *, threads: int | None = None):
+def build_encoder(backend: str, model, *, threads: int | None = None
+                  ) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
     """The encoder of a named backend for the torch ``model`` (None for plain torch)."""
     return BACKENDS[backend].build(model, threads)
 
@@ -197,7 +198,7 @@ class BackendChoice:
 
 def choose_backend(model, *, threads: int | None = None, candidates: list[str] | None = None,
                    measure: Callable[[str, Callable[[], object]], float] = time_backend,
-                   cache_path: Path | None = None):
+                   cache_path: Path | None = None) -> tuple[BackendChoice, "StanceModel"]:
     """``(BackendChoice, StanceModel on that backend)``: the fastest candidate whose scores stay within
     :data:`CALIBRATION_TOLERANCE` of fp32 on the calibration batch, read from the cache when this
     machine has measured this model before. ``measure(name, run)`` times one candidate."""

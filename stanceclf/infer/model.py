@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,10 @@ from stanceclf.infer.results import Prediction
 from stanceclf.model.decision import decide, probabilities, reported_scores
 from stanceclf.model.directory import check_head, deferred_adapter, load_model_directory, save_model_directory
 from stanceclf.model.manifest import ModelManifest
+
+if TYPE_CHECKING:
+    from stanceclf.data.sentences import SentenceSpan
+    from stanceclf.model.adapter import LoraAdapter
 
 
 #: Tokens per text of ``batch_size`` that one forward pass may hold, padding included: a batch of short
@@ -92,7 +97,7 @@ class StanceModel:
         return self.manifest.max_length
 
     @property
-    def adapter(self):
+    def adapter(self) -> LoraAdapter | None:
         """The LoRA adapter ``model`` was merged from (:mod:`stanceclf.model.adapter`), if it is to be saved
         as one: a model read from an adapter directory, or trained with ``training.lora_storage = "adapter"``.
         Read on first use: reading it imports peft, which prediction never needs."""
@@ -223,10 +228,11 @@ class StanceModel:
     def threshold_vector(self) -> np.ndarray:
         return np.array([self.manifest.thresholds[label] for label in self.labels], dtype=np.float64)
 
-    def split(self, text: str):
+    def split(self, text: str) -> list[SentenceSpan]:
         return self.manifest.splitter.split(text)
 
-    def classify(self, texts, *, split_sentences: bool = True, batch_size: int = 64):
+    def classify(self, texts, *, split_sentences: bool = True, batch_size: int = 64
+                 ) -> list[Prediction] | list[list[Prediction]]:
         """Classify one text (-> list of :class:`Prediction`) or a list of texts (-> one list per text).
 
         With ``split_sentences`` each text is split into sentences, all

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stanceclf.errors import ModelDirectoryError
 from stanceclf.infer.results import Prediction, RowSpec
 from stanceclf.infer.model import StanceModel
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Where the shipped models live: models/ in a source checkout, stanceclf/shipped_models/ once installed.
 _SHIPPED_MODEL_ROOTS = (
@@ -88,7 +92,7 @@ def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceM
 
 
 def classify(texts, *, model: StanceModel | str | Path | None = None, split_sentences: bool = True,
-             batch_size: int = 64):
+             batch_size: int = 64) -> list[Prediction] | list[list[Prediction]]:
     """Classify a text (-> list of :class:`Prediction`) or a list of texts (-> list of lists).
 
     Each prediction has ``text``, ``start``, ``end`` (offsets into its input),
@@ -117,7 +121,7 @@ def to_records(predictions, *, doc_ids=None) -> list[dict]:
             for row in spec.rows(doc_ids[position] if doc_ids is not None else position, doc)]
 
 
-def to_dataframe(predictions, *, doc_ids=None):
+def to_dataframe(predictions, *, doc_ids=None) -> pd.DataFrame:
     """Predictions as a pandas DataFrame, one row per sentence."""
     import pandas as pd
 

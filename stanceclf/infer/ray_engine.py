@@ -38,6 +38,8 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Iterator
 
 from stanceclf.errors import InputRecordError, ModelDirectoryError, RayEngineError, ScoringSetupError
 from stanceclf.infer.results import RowSpec
@@ -47,13 +49,16 @@ from stanceclf.infer.scoring.job import (SCORE_DEFAULTS, ChunkFiller, ScoreOptio
 from stanceclf.infer.scoring.outputs import make_writer
 from stanceclf.progress import wants_progress
 
+if TYPE_CHECKING:
+    from stanceclf.infer.model import StanceModel
+
 #: Documents per sentence-counting task.
 COUNT_GROUP = 256
 #: The extra column of ``with_truncated=True``: how many of a row's sentences were cut at the model's max_length.
 TRUNCATED_COLUMN = "truncated"
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """Ray, or a coded error saying how to install it."""
     try:
         import ray
@@ -78,7 +83,7 @@ class ModelFiles:
             raise ModelDirectoryError("model directory not found", where=str(path))
         return cls({file.name: file.read_bytes() for file in sorted(path.iterdir()) if file.is_file()})
 
-    def load(self, backend: str = "torch"):
+    def load(self, backend: str = "torch") -> StanceModel:
         """The model, loaded from a temporary copy of the files (removed once loaded)."""
         from stanceclf.infer.model import StanceModel
 
@@ -371,7 +376,7 @@ def _cluster_errors_coded(ray, batches):
 
 
 @contextmanager
-def ray_connection(address: str | None):
+def ray_connection(address: str | None) -> Iterator[ModuleType]:
     """Ray, connected to ``address``; a connection made here is closed (and a Ray started here stopped) on exit."""
     ray = import_ray()
     if ray.is_initialized():

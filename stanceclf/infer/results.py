@@ -9,8 +9,12 @@ their rows through it, so the shapes cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass
@@ -52,7 +56,7 @@ class RowSpec:
     def columns(self) -> list[str]:
         return [name for name, _ in self.typed_columns]
 
-    def arrow_schema(self):
+    def arrow_schema(self) -> pa.Schema:
         """One fixed schema for every Parquet part: a chunk with no labels must not type ``labels`` as list<null>."""
         import pyarrow as pa
 

@@ -29,6 +29,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stanceclf.cache import cache_dir, evict_least_recent
 from stanceclf.errors import ModelDirectoryError, RecipeError
@@ -37,6 +38,10 @@ from stanceclf.model.base_models import PACKAGED_BASES, PACKAGED_PREFIX, resolve
 from stanceclf.model.layout import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME
 from stanceclf.model.layout import WEIGHTS_NAME as BASE_WEIGHTS_NAME
 from stanceclf.progress import library_output
+
+if TYPE_CHECKING:
+    import peft
+    import transformers
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,7 @@ class LoraAdapter:
         save_file({name: tensor.to(dtype).contiguous() for name, tensor in self.tensors.items()},
                   str(path / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
 
-    def merged_model(self, where: Path):
+    def merged_model(self, where: Path) -> transformers.PreTrainedModel:
         """The base, verified, with this adapter added and merged: a plain transformers model with the
         architecture and head of the config.json in ``where`` (the adapter directory)."""
         from peft import set_peft_model_state_dict
@@ -204,7 +209,7 @@ def _write_merged(cached: Path, key: str, tensors: dict) -> None:
         log.info("could not cache the merged model in %s: %s", cached, exc)
 
 
-def with_lora(model, config):
+def with_lora(model, config) -> peft.PeftModel:
     """``model`` wrapped by peft with the LoRA ``config`` (training and loading both come here)."""
     from peft import get_peft_model
 

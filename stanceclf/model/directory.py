@@ -18,6 +18,7 @@ import json
 import os
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from stanceclf.errors import ModelDirectoryError, load_json_object
 from stanceclf.files import default_file_mode, file_sha256
@@ -29,12 +30,19 @@ from stanceclf.model.layout import (ADAPTER_FILES, ADAPTER_WEIGHTS_NAME, CONFIG_
 from stanceclf.model.manifest import ModelManifest, StoredWeights
 from stanceclf.progress import library_output
 
+if TYPE_CHECKING:
+    import transformers
+
+    from stanceclf.model.native import JsonTokenizer, NativeClassifier
+
 #: Embedding rows past the tokenizer's vocabulary that are taken for padding (some models round the
 #: matrix up to a multiple of 64 or 128); a larger gap means the tokenizer belongs to another model.
 EMBEDDING_ROUNDING = 128
 
 
-def load_model_directory(path: str | Path, *, runtime: str = "auto"):
+def load_model_directory(path: str | Path, *, runtime: str = "auto") -> tuple[
+        NativeClassifier | transformers.PreTrainedModel, JsonTokenizer | transformers.PreTrainedTokenizerBase,
+        ModelManifest]:
     """``(model, tokenizer, manifest)`` from a model directory that is complete and self-consistent,
     else a :class:`~stanceclf.errors.ModelDirectoryError` naming the missing or inconsistent part.
     Whether the head carries the manifest's labels (:func:`check_head`) is checked by whoever wraps the
@@ -65,7 +73,7 @@ def _read_adapter(path: Path, stored: StoredWeights) -> LoraAdapter:
     return LoraAdapter.read(path, stored.base, stored.base_sha256)
 
 
-def deferred_adapter(path: str | Path, manifest: ModelManifest):
+def deferred_adapter(path: str | Path, manifest: ModelManifest) -> Callable[[], LoraAdapter] | None:
     """For an adapter directory, a callable that reads its :class:`~stanceclf.model.adapter.LoraAdapter`
     when first asked (to save the model again as an adapter) and returns that same reading to every later
     call; it refuses if the files changed since now. None for a plain directory. Reading the adapter

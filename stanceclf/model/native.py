@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from torch import nn
 
 from stanceclf.errors import ModelDirectoryError
 from stanceclf.model.layout import CONFIG_NAME, TOKENIZER_CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+
+if TYPE_CHECKING:
+    import transformers
 
 _ACTIVATIONS = {
     "gelu": F.gelu,
@@ -191,7 +194,7 @@ class NativeClassifier(nn.Module):
                   str(path / WEIGHTS_NAME), metadata={"format": "pt"})
         (path / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
 
-    def to_transformers(self):
+    def to_transformers(self) -> transformers.PreTrainedModel:
         """The same model as a transformers ``AutoModelForSequenceClassification`` (for ONNX export)."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -335,7 +338,7 @@ def read_float32_tensors(weights: Path) -> dict[str, torch.Tensor]:
             for name, array in arrays.items()}
 
 
-def transformers_model(model):
+def transformers_model(model) -> nn.Module:
     """``model`` as a transformers model: a :class:`NativeClassifier` converted, anything else as it is."""
     return model.to_transformers() if isinstance(model, NativeClassifier) else model
 

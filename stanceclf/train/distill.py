@@ -34,6 +34,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from stanceclf.files import exclusive_lock, replaced_atomically
 from stanceclf.infer.scoring.job import SCORE_DEFAULTS
 from stanceclf.model.architectures import architecture_of
 from stanceclf.train.augment import MIN_WORDS, noisy_copies
+
+if TYPE_CHECKING:
+    import transformers
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +242,7 @@ class TeacherScoreCache:
             pq.write_table(pa.table(columns), partial)
 
 
-def student_model(model, layers: int | list[int] | None):
+def student_model(model, layers: int | list[int] | None) -> tuple[transformers.PreTrainedModel, list[int] | None]:
     """The base ``model`` itself, or with ``layers`` a shallower student keeping those of its layers
     (a count spreads them evenly from the first; see :func:`spread_layers`). Returns ``(model, kept)``."""
     import torch

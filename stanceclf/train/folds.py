@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from stanceclf.data.dataset import assign_folds, assign_splits
 from stanceclf.errors import EvaluationError, RecipeError
 from stanceclf.train.recipe import Recipe
+
+if TYPE_CHECKING:
+    import datasets
 
 
 class Pool:
@@ -38,7 +42,7 @@ class Pool:
         """What the balanced assignments count: each document's label rows."""
         return {doc: self._labels[doc] for doc in doc_ids}
 
-    def subset(self, doc_ids):
+    def subset(self, doc_ids) -> datasets.Dataset:
         return self.rows.select([i for doc in sorted(doc_ids) for i in self.rows_of[doc]])
 
     def split_dev(self, doc_ids, dev_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,11 +40,17 @@ from stanceclf.train.calibration import calibrate
 from stanceclf.train.recipe import Recipe
 from stanceclf.train.signature import checkpoint_step, checkpoint_to_resume
 
+if TYPE_CHECKING:
+    import datasets
+    import transformers
+
+    from stanceclf.train.distill import Distillation
+
 log = logging.getLogger(__name__)
 
 
 # ---- 1. data and base ---------------------------------------------------------------------------
-def prepare_dataset(recipe: Recipe, schema: LabelSchema):
+def prepare_dataset(recipe: Recipe, schema: LabelSchema) -> tuple[datasets.DatasetDict, dict, ReadReport]:
     """Build (or load) the dataset the recipe names: ``(DatasetDict, build info, read report)``."""
     data = recipe.data
     report = ReadReport()
@@ -57,7 +64,7 @@ def prepare_dataset(recipe: Recipe, schema: LabelSchema):
     return dataset, info, report
 
 
-def prepared_data(recipe: Recipe, schema: LabelSchema):
+def prepared_data(recipe: Recipe, schema: LabelSchema) -> tuple[datasets.DatasetDict, dict]:
     """Phase 1: the dataset, with a train and a dev split that are not empty: ``(DatasetDict, build info)``."""
     dataset, info, read_report = prepare_dataset(recipe, schema)
     if read_report.skipped:
@@ -73,7 +80,7 @@ def data_splitter(info: dict) -> SentenceSplitter:
     return SentenceSplitter.model_validate(info["build_config"]["splitter"])
 
 
-def build_base_model(base: str, schema: LabelSchema, *, config=None):
+def build_base_model(base: str, schema: LabelSchema, *, config=None) -> transformers.PreTrainedModel:
     """A sequence-classification model with a fresh multi-label head for ``schema``.
 
     ``config`` (a transformers config) builds a randomly initialised model in
@@ -93,7 +100,7 @@ def build_base_model(base: str, schema: LabelSchema, *, config=None):
             resolve_base(base), trust_remote_code=False, use_safetensors=True, **head)
 
 
-def seeded_base_model(recipe: Recipe, schema: LabelSchema):
+def seeded_base_model(recipe: Recipe, schema: LabelSchema) -> transformers.PreTrainedModel:
     """The recipe's base model with a fresh head whose initial weights follow the recipe's seed, so that
     two trainings of one recipe (or its cross-validation folds) start from the same weights."""
     from transformers import set_seed
@@ -102,7 +109,7 @@ def seeded_base_model(recipe: Recipe, schema: LabelSchema):
     return build_base_model(recipe.base_model, schema)
 
 
-def load_base_tokenizer(base: str):
+def load_base_tokenizer(base: str) -> transformers.PreTrainedTokenizerBase:
     """The tokenizer of a base model as a recipe names it."""
     from transformers import AutoTokenizer
 
@@ -112,7 +119,7 @@ def load_base_tokenizer(base: str):
 
 # ---- 1b. distillation ---------------------------------------------------------------------------
 def distillation_phase(recipe: Recipe, schema: LabelSchema, dataset, splitter: SentenceSplitter, model,
-                       progress: bool):
+                       progress: bool) -> Distillation:
     """Phase 1b (recipes with ``[distill]``): the student's layers (``model`` is cut in place), and its
     training rows with the teachers' cached scores (:mod:`stanceclf.train.distill`). The sentences of
     every split of ``dataset`` are left out of the unlabelled ones."""
@@ -219,7 +226,7 @@ def _sampling_argument(arguments_class, group_by_length: bool) -> dict:
     return {"group_by_length": group_by_length}
 
 
-def make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, train_rows=None):
+def make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, train_rows=None) -> transformers.Trainer:
     """Phase 2: a transformers ``Trainer`` over the tokenized splits, with weighted BCE and early stopping.
     ``train_rows`` (distillation) replaces the train split: targets in [0, 1] and a ``weight`` per row."""
     from datasets import DatasetDict
@@ -281,7 +288,8 @@ def _use_cpu() -> bool:
 
 
 # ---- 3. fitting ---------------------------------------------------------------------------------
-def fit(trainer, recipe: Recipe, fingerprint: str, resume: bool):
+def fit(trainer, recipe: Recipe, fingerprint: str, resume: bool
+        ) -> tuple[transformers.PreTrainedModel, LoraAdapter | None]:
     """Phase 3: fine-tune (resuming a checkpoint of this very run); ``(model, adapter)``: the plain float32-ready
     model, and its LoRA adapter when the recipe stores one."""
     checkpoint = checkpoint_to_resume(recipe, fingerprint, recipe.run_path, resume, trainer.args.process_index == 0)
@@ -331,7 +339,8 @@ def evaluate_logits(logits, y_true, labels, temperatures, thresholds) -> dict:
 
 
 def fit_and_calibrate(recipe: Recipe, dataset, schema: LabelSchema, *, model, tokenizer, fingerprint: str,
-                      resume: bool = True, progress: bool = True, calibration=None, train_rows=None):
+                      resume: bool = True, progress: bool = True, calibration=None, train_rows=None
+                      ) -> tuple[StanceModel, transformers.Trainer]:
     """Phases 2 to 4 on a given ``DatasetDict`` (train, dev, optionally test): ``(StanceModel, trainer)``,
     nothing saved. Checkpoints go to ``recipe.run_path``; ``fingerprint`` names the data they belong to.
     ``calibration`` (temperatures, thresholds) replaces fitting them on dev; ``train_rows`` (distillation)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -88,7 +88,7 @@ class TrainingSection(BaseModel):
 
     @field_validator("eval_every")
     @classmethod
-    def _positive_steps(cls, value):
+    def _positive_steps(cls, value) -> Literal["epoch"] | int:
         if isinstance(value, int) and value < 1:
             raise ValueError(f"must be 'epoch' or a positive number of steps, got {value}")
         return value
@@ -185,7 +185,7 @@ class EvaluationSection(BaseModel):
 
     @field_validator("sources")
     @classmethod
-    def _plain_source_names(cls, value):
+    def _plain_source_names(cls, value) -> dict[str, str | list[str]]:
         # A source's name names its fold's files.
         bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)]
         if bad:
@@ -225,7 +225,7 @@ class Recipe(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _split_seed_follows_recipe_seed(cls, data):
+    def _split_seed_follows_recipe_seed(cls, data) -> Any:
         if isinstance(data, dict) and isinstance(data.get("data"), dict) and "seed" not in data["data"]:
             data = {**data, "data": {**data["data"], "seed": data.get("seed", 13)}}
         return data

@@ -139,5 +139,5 @@ def output_format_of(out: Path, fmt: str = "auto") -> str:
     return fmt
 
 
-def make_writer(fmt: str, partial: Path, spec: RowSpec):
+def make_writer(fmt: str, partial: Path, spec: RowSpec) -> StreamWriter | ParquetWriter:
     return OUTPUT_FORMATS[fmt](partial, spec)
