@@ -38,4 +38,9 @@ fi
 
 # Label Studio, for the integration test, in its own virtualenv: it pins its own Django and friends.
 [ -x .venv-ls/bin/label-studio ] || { "$python" -m venv .venv-ls && .venv-ls/bin/python -m pip install -q "label-studio==1.23.*"; }
+# Debian's Chromium and its driver, for the report's browser test (it skips without them).
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null; then
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } >/dev/null \
+        || echo "warning: could not install chromium; the report's browser test will skip" >&2
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider

@@ -258,6 +258,33 @@ def test_serve_classify_without_splitting_gives_one_unit_per_text(server, refere
 
 
 # ---- model, health, readiness, OpenAPI ----------------------------------------------------------------
+def test_serve_explain_gives_the_word_weights_of_the_served_model(server, reference):
+    from stanceclf.infer.explain import explain
+
+    label = reference.labels[1]
+    response = httpx.post(f"{server.url}/v1/explain", json={"text": TEXT, "label": label}, timeout=120)
+    assert response.status_code == 200, response.text
+    sentences = response.json()["sentences"]
+    expected = explain(TEXT, label=label, model=reference)
+    assert [(s["start"], s["end"]) for s in sentences] == [(e.start, e.end) for e in expected]
+    for got, want in zip(sentences, expected):
+        words = got["explanations"][label]["words"]
+        assert [(w["start"], w["end"], w["text"]) for w in words] == \
+               [(w.start, w.end, w.text) for w in want.explanations[label].words]
+        assert [w["weight"] for w in words] == pytest.approx([w.weight for w in want.explanations[label].words],
+                                                             abs=1e-5)
+        assert got["method"] == "occlusion" and got["backend"] == "torch"
+
+
+def test_serve_explain_refuses_an_unknown_label_and_too_many_sentences(server):
+    response = httpx.post(f"{server.url}/v1/explain", json={"text": TEXT, "label": "sarcasm"}, timeout=60)
+    assert response.status_code == 422 and response.json()["code"] == "E035", response.text
+    many = " ".join(f"Sentence {i} is here." for i in range(21))
+    response = httpx.post(f"{server.url}/v1/explain", json={"text": many}, timeout=60)
+    assert response.status_code == 413 and response.json()["code"] == "E052", response.text
+    assert "limit of 20" in response.json()["message"]
+
+
 def test_serve_model_endpoint_gives_labels_thresholds_and_provenance(server, reference):
     info = httpx.get(f"{server.url}/v1/model", timeout=10).json()
     assert info["labels"] == reference.labels == ["prediction", "threat_framing", "policy_attribution"]

@@ -12,7 +12,7 @@ import warnings
 
 import typer
 
-from stanceclf.cli import annotate_verbs, data_verbs, infer_verbs, serve_verbs, train_verbs
+from stanceclf.cli import annotate_verbs, data_verbs, infer_verbs, report_verbs, serve_verbs, train_verbs
 
 # rich_markup_mode=None: help texts are shown as written ("[[start, end, label]]" is not markup).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -24,6 +24,8 @@ app.command("cross-validate")(train_verbs.cross_validate)
 app.command("learning-curve")(train_verbs.learning_curve)
 app.command()(infer_verbs.classify)
 app.command()(infer_verbs.score)
+app.command()(report_verbs.explain)
+app.command()(report_verbs.report)
 app.command()(serve_verbs.serve)
 app.command()(annotate_verbs.suggest)
 app.command("labelstudio-config")(annotate_verbs.labelstudio_config)

@@ -72,6 +72,9 @@ def serve(
     max_queue: int = typer.Option(DEFAULTS.max_queue, min=1,
                                   help="Requests that may wait for the model, large ones being scored in pieces "
                                   "included; beyond that HTTP 503 with Retry-After."),
+    max_explain_sentences: int = typer.Option(DEFAULTS.max_explain_sentences, min=1, help="Most sentences of one "
+                                              "POST /v1/explain request (each costs about one forward pass per "
+                                              "word); more gets HTTP 413."),
     batch_wait_ms: float = typer.Option(DEFAULTS.batch_wait_ms, min=0,
                                         help="How long the first request of a batch waits for others to join it."),
     batch_sentences: int = typer.Option(DEFAULTS.batch_units, min=1, help="Stop gathering requests into a batch "
@@ -85,7 +88,7 @@ def serve(
     api_key_file: Optional[Path] = typer.Option(None, help="A file that holds the API key (instead of "
                                                 "--api-key-env); surrounding whitespace is dropped."),
 ) -> None:
-    """Serve the model over HTTP: POST /v1/classify, GET /v1/model, /v1/stats, /healthz, /readyz
+    """Serve the model over HTTP: POST /v1/classify, POST /v1/explain, GET /v1/model, /v1/stats, /healthz, /readyz
     (OpenAPI at /openapi.json). Concurrent requests are scored together in micro-batches."""
     try:
         _check_extra()
@@ -94,6 +97,7 @@ def serve(
         settings = _settings(model, "auto" if fast else backend, threads, max_body_bytes=max_body_bytes,
                              max_text_chars=max_text_chars, max_request_chars=max_request_chars,
                              max_request_sentences=max_request_sentences, max_queue=max_queue,
+                             max_explain_sentences=max_explain_sentences,
                              batch_wait_ms=batch_wait_ms, batch_units=batch_sentences, batch_size=batch_size,
                              api_key_env=api_key_env, api_key_file=str(api_key_file) if api_key_file else None)
     except StanceclfError as error:

@@ -26,15 +26,16 @@ from starlette.exceptions import HTTPException
 from uvicorn.config import STARTUP_FAILURE
 
 import stanceclf
-from stanceclf.errors import (ApiKeyError, BadRequestError, InternalServerError, MethodNotAllowedError,
-                              NotFoundError, RequestTooLargeError, ServerBusyError, StanceclfError)
+from stanceclf.errors import (ApiKeyError, BadRequestError, ExplainError, InternalServerError,
+                              MethodNotAllowedError, NotFoundError, RequestTooLargeError, ServerBusyError,
+                              StanceclfError)
 from stanceclf.serve import schemas
 from stanceclf.serve.batching import MicroBatcher, log
 from stanceclf.serve.settings import ServeHooks, ServeSettings
 
 #: Seconds a client told "busy" (503) should wait before trying again.
 RETRY_AFTER_S = 1
-_STATUS = {BadRequestError: 422, ApiKeyError: 401, NotFoundError: 404, MethodNotAllowedError: 405,
+_STATUS = {BadRequestError: 422, ExplainError: 422, ApiKeyError: 401, NotFoundError: 404, MethodNotAllowedError: 405,
            RequestTooLargeError: 413, ServerBusyError: 503, InternalServerError: 500}
 _ERRORS = {status: {"model": schemas.ErrorResponse} for status in (401, 413, 422, 500, 503)}
 #: Paths open without the API key: probes of load balancers and orchestrators, which say nothing of the model.
@@ -218,6 +219,8 @@ class ServerState:
         self.hooks = hooks
         self.batcher: MicroBatcher | None = None
         self.model_info: schemas.ModelInfo | None = None
+        # One explanation at a time: each is already a batch of word-deleted copies of its sentences.
+        self.explaining = threading.Lock()
 
     def load(self) -> None:
         """Load, warm up and start batching. On failure say why and end the process with uvicorn's
@@ -247,6 +250,7 @@ class ServerState:
             base_model=manifest.base_model, data_fingerprint=manifest.data_fingerprint, created=manifest.created,
             backend=model.backend, library_versions=manifest.library_versions, serving_versions=library_versions(),
             metrics=manifest.metrics, limits=limits)
+        self.model = model
         self.batcher = MicroBatcher(model, max_queue=settings.max_queue, batch_wait_ms=settings.batch_wait_ms,
                                     batch_units=settings.batch_units, batch_size=settings.batch_size,
                                     hooks=self.hooks).start()
@@ -269,6 +273,21 @@ class ServerState:
             raise RequestTooLargeError(f"the texts have {total} characters together, over the limit of {limit} "
                                        "per request; send fewer texts per request, or use 'stanceclf score' for "
                                        "corpora", where="text" if single else "texts")
+
+    def explain(self, body: schemas.ExplainRequest) -> list:
+        """The explanations of a request's sentences, computed on the served model (on the caller's thread)."""
+        from stanceclf.infer.explain import explain
+
+        self.check_characters([body.text], single=True)
+        units = len(self.model.units([body.text], split_sentences=body.split_sentences))
+        limit = self.settings.max_explain_sentences
+        if units > limit:
+            raise RequestTooLargeError(f"the text has {units} sentences to explain, over the limit of {limit} per "
+                                       "request (an explanation costs about one forward pass per word); send "
+                                       "fewer sentences, or use 'stanceclf explain'", where="text")
+        with self.explaining:
+            return explain(body.text, label=body.label, model=self.model, method=body.method,
+                           split_sentences=body.split_sentences)
 
     def check_units(self, units: int, split_sentences: bool, single: bool) -> None:
         """At most ``max_request_sentences`` units in one request (E052)."""
@@ -322,6 +341,16 @@ def create_app(settings: ServeSettings, hooks: ServeHooks = ServeHooks()) -> Fas
         if results is None:
             return Response(status_code=499)  # client closed the request; nothing reaches it anyway
         return schemas.ClassifyResponse.model_validate({"results": results}, from_attributes=True)
+
+    @app.post("/v1/explain", response_model=schemas.ExplainResponse, responses=_ERRORS)
+    async def explain(body: schemas.ExplainRequest):
+        """Explain each sentence's flagged labels (or one named label): every word's weight on the calibrated
+        score, computed on the forward pass this server runs. Costly: about one forward pass per word."""
+        from starlette.concurrency import run_in_threadpool
+
+        state.ready_batcher()
+        explained = await run_in_threadpool(state.explain, body)
+        return schemas.ExplainResponse.model_validate({"sentences": [e.to_dict() for e in explained]})
 
     @app.get("/v1/model", response_model=schemas.ModelInfo, responses={401: _ERRORS[401], 503: _ERRORS[503]})
     async def model_info():

@@ -6,7 +6,7 @@ Field descriptions are the API reference that ``/openapi.json`` and ``/docs`` sh
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -85,6 +85,7 @@ class Limits(BaseModel):
                                                    "of one request; more gets HTTP 413.")
     max_queue: int = Field(description="Requests that may wait for the model, large ones being scored in "
                                        "pieces included; beyond that HTTP 503 with Retry-After.")
+    max_explain_sentences: int = Field(description="Most sentences of one explain request; more gets HTTP 413.")
 
 
 class ModelInfo(BaseModel):
@@ -125,6 +126,55 @@ class Stats(BaseModel):
     queued: int = Field(0, description="Requests waiting for the model right now.")
     in_progress: int = Field(0, description="Large requests (more sentences than --batch-size) being scored in "
                                             "pieces right now.")
+
+
+class ExplainRequest(BaseModel):
+    """One text whose sentences' labels are to be explained word by word."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    text: UsableText = Field(description="The text (split into sentences unless split_sentences is false).",
+                             examples=["Russia will probably launch a new offensive, which threatens Europe."])
+    label: str | None = Field(None, description="Explain this label on every sentence, flagged or not; by "
+                                                "default each sentence's flagged labels.")
+    method: Literal["occlusion", "integrated_gradients"] = Field(
+        "occlusion", description="occlusion: each word's weight is how far the score falls without it, on "
+                                 "the forward pass this server runs; integrated_gradients: gradients along a "
+                                 "path from padding (on fp32 when the server runs ONNX; see 'note').")
+    split_sentences: bool = Field(True, description="Split the text into sentences (true) or explain it as one "
+                                                    "unit (false).")
+
+
+class WordWeight(BaseModel):
+    text: str = Field(description="The word.")
+    start: int = Field(description="Its offset into the request's text.")
+    end: int = Field(description="Its end offset (exclusive).")
+    weight: float = Field(description="How much it pushed the label's calibrated score (positive: up).")
+
+
+class LabelExplanation(BaseModel):
+    label: str
+    score: float = Field(description="The label's calibrated score for the sentence.")
+    threshold: float = Field(description="The label's threshold.")
+    flagged: bool = Field(description="Whether the sentence gets the label.")
+    words: list[WordWeight] = Field(description="Every word of the sentence, in order, with its weight.")
+
+
+class ExplainedSentence(BaseModel):
+    text: str
+    start: int
+    end: int
+    labels: list[str]
+    scores: dict[str, float]
+    explanations: dict[str, LabelExplanation] = Field(description="Per explained label.")
+    method: str
+    backend: str = Field(description="The forward pass that computed the weights.")
+    note: str | None = Field(None, description="Set when the weights were not computed on the forward pass "
+                                               "this server runs, and why.")
+
+
+class ExplainResponse(BaseModel):
+    sentences: list[ExplainedSentence]
 
 
 class Status(BaseModel):

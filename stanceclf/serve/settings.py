@@ -49,6 +49,8 @@ class ServeSettings(BaseModel):
     max_request_chars: int = Field(500_000, ge=1)
     max_request_sentences: int = Field(5_000, ge=1)
     max_queue: int = Field(128, ge=1)
+    #: An explanation costs about one forward pass per word of each sentence: far fewer per request.
+    max_explain_sentences: int = Field(20, ge=1)
     batch_wait_ms: float = Field(5.0, ge=0)
     batch_units: int = Field(256, ge=1)
     batch_size: int = Field(64, ge=1)
