@@ -295,7 +295,7 @@ def test_serve_model_endpoint_gives_labels_thresholds_and_provenance(server, ref
     assert info["library_versions"] == reference.manifest.library_versions
     assert "torch" in info["serving_versions"]
     assert info["limits"] == {"max_body_bytes": 262144, "max_text_chars": 20000, "max_request_chars": 100_000,
-                              "max_request_sentences": 2000, "max_queue": 128}
+                              "max_request_sentences": 2000, "max_queue": 128, "max_explain_sentences": 20}
     assert info["name"] == "tiny-model" and "/" not in info["name"]
 
 

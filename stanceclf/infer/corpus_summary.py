@@ -9,32 +9,28 @@ are grouped as ``score`` writes them (together, in sentence order), so a documen
 next one starts; only the documents of kept sentences (and the few with the most flagged sentences) stay
 in memory.
 
-Metadata: ``score`` output carries none, so it is joined from the scored input (:func:`read_metadata`: the
-JSONL, CSV or Parquet file ``score`` read, ids by the same rule as ``score``: the ``id_field`` value, else
-FILE:LINE). The join keeps only the fields asked for, per document id, in a dict: memory grows with the
-number of documents, not of sentences. A scores file that carries extra columns after the row
+Scores files are read by :func:`~stanceclf.infer.scoring.outputs.read_scores`, beside their writers.
+Metadata: ``score`` output carries none, so it is joined from the scored input
+(:func:`~stanceclf.infer.scoring.inputs.read_metadata`: the JSONL, CSV or Parquet file ``score`` read, ids by
+the same rule as ``score``: the ``id_field`` value, else FILE:LINE). The join keeps only the fields asked
+for, per document id, in a dict: memory grows with the number of documents, not of sentences. A scores file that carries extra columns after the row
 specification's (a ``score`` that passes fields through) is read for them directly.
 """
 
 from __future__ import annotations
 
-import csv
 import heapq
 import itertools
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from stanceclf.errors import ReportInputError, ScoringSetupError, shown
-from stanceclf.infer.results import RowSpec
-from stanceclf.infer.scoring.inputs import INPUT_FORMATS, Fields, input_format_of
-from stanceclf.infer.scoring.outputs import output_format_of
+from stanceclf.errors import ReportInputError, shown
+from stanceclf.infer.scoring.inputs import metadata_value as _value, read_metadata
+from stanceclf.infer.scoring.outputs import READ_BATCH, ScoresLayout, read_scores
 from stanceclf.model.decision import decide
 
 #: Sentences kept per label in each list (most confident, most borderline, random flagged sample).
@@ -47,186 +43,6 @@ HISTOGRAM_BINS = 50
 MAX_GROUP_VALUES = 5000
 OTHER_VALUES = "(other values)"
 MISSING_VALUE = "(none)"
-#: Characters of a metadata value kept (a long value would bloat the page and the join).
-MAX_VALUE_CHARS = 200
-#: Rows aggregated at once.
-READ_BATCH = 4096
-
-
-# ---- reading scores ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ScoresLayout:
-    """What a scores file holds: its row specification and any extra columns."""
-
-    spec: RowSpec
-    extra: tuple[str, ...] = ()
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.spec.labels)
-
-    @property
-    def per_document(self) -> bool:
-        return self.spec.per_document
-
-
-def scores_layout(columns: list[str], where: str) -> ScoresLayout:
-    """The :class:`ScoresLayout` of a file with these ``columns``: sentence rows (``score_<label>`` columns)
-    or per-document rows (``n_<label>``), in the row specification's order, extra columns after them."""
-    per_document = "sentences" in columns and "sentence_index" not in columns
-    prefix = "n_" if per_document else "score_"
-    labels = tuple(c[len(prefix):] for c in columns if c.startswith(prefix))
-    spec = RowSpec(labels, per_document=per_document)
-    if not labels or columns[: len(spec.columns)] != spec.columns:
-        raise ReportInputError(f"not the output of 'stanceclf score': expected the columns {spec.columns} "
-                               f"(then any others), found {columns[:12]}", where=where)
-    return ScoresLayout(spec, tuple(columns[len(spec.columns):]))
-
-
-def _scores_format(path: Path) -> str:
-    if not path.is_file():
-        raise ReportInputError("scores file not found", where=str(path))
-    try:
-        return output_format_of(path)
-    except ScoringSetupError:
-        raise ReportInputError("cannot tell the format of the scores file: it must end in .jsonl, .csv or "
-                               ".parquet, as 'stanceclf score' writes it", where=str(path)) from None
-
-
-def read_scores(path: Path) -> tuple[ScoresLayout, Iterator[tuple[str, dict]]]:
-    """The layout of a scores file and its rows, one at a time, each with where it is (FILE:LINE or FILE:row N)."""
-    path = Path(path)
-    fmt = _scores_format(path)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(path)
-        layout = scores_layout(table.schema_arrow.names, str(path))
-        return layout, _parquet_rows(table, path)
-    if fmt == "csv":
-        handle = open(path, encoding="utf-8-sig", newline="")
-        csv.field_size_limit(sys.maxsize)
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        layout = scores_layout(header, f"{path}:1")
-        return layout, _csv_rows(handle, reader, header, layout, path)
-    handle = open(path, "rb")
-    first = handle.readline()
-    if not first.strip():
-        handle.close()
-        raise ReportInputError("the scores file is empty", where=str(path))
-    row = _json_row(first, f"{path}:1")
-    layout = scores_layout(list(row), f"{path}:1")
-    return layout, _jsonl_rows(handle, row, path)
-
-
-def _json_row(raw: bytes, where: str) -> dict:
-    try:
-        row = json.loads(raw)
-    except ValueError as exc:
-        raise ReportInputError(f"not a JSON line: {exc}", where=where) from None
-    if not isinstance(row, dict):
-        raise ReportInputError("a row must be a JSON object", where=where)
-    return row
-
-
-def _jsonl_rows(handle, first: dict, path: Path) -> Iterator[tuple[str, dict]]:
-    with handle:
-        yield f"{path}:1", first
-        for line_number, raw in enumerate(handle, 2):
-            if raw.strip():
-                yield f"{path}:{line_number}", _json_row(raw, f"{path}:{line_number}")
-
-
-def _csv_rows(handle, reader, header: list[str], layout: ScoresLayout, path: Path) -> Iterator[tuple[str, dict]]:
-    kinds = dict(layout.spec.typed_columns)
-    with handle:
-        for row_number, cells in enumerate(reader, 2):
-            where = f"{path}:row {row_number}"
-            if len(cells) != len(header):
-                raise ReportInputError(f"{len(cells)} cells for {len(header)} columns", where=where)
-            row = {}
-            for name, cell in zip(header, cells):
-                kind = kinds.get(name, "string")
-                try:
-                    row[name] = (json.loads(cell) if kind == "list<string>" else int(cell) if kind == "int64"
-                                 else float(cell) if kind == "float64" else cell)
-                except ValueError:
-                    raise ReportInputError(f"column {name!r} holds {shown(cell)}, not a {kind}", where=where) from None
-            yield where, row
-
-
-def _parquet_rows(table, path: Path) -> Iterator[tuple[str, dict]]:
-    number = itertools.count()
-    for batch in table.iter_batches(batch_size=READ_BATCH):
-        for row in batch.to_pylist():
-            yield f"{path}:row {next(number)}", row
-
-
-# ---- reading metadata ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _MetadataFields(Fields):
-    """Takes the ``wanted`` fields of a record where ``score`` takes its text, and its id by ``score``'s rule."""
-
-    wanted: tuple[str, ...] = ()
-
-    def pick(self, record: dict, fallback_id: str, where: str) -> tuple[str, tuple[str | None, ...], str, str | None]:
-        doc_id, _, where, error = super().pick({**record, self.text_field: ""}, fallback_id, where)
-        return doc_id, tuple(_value(record.get(name)) for name in self.wanted), where, error
-
-
-def read_metadata(paths: list[Path], fields: list[str], *, id_field: str | None = None) -> dict[str, tuple]:
-    """``{doc_id: (value per field)}`` from the inputs ``score`` read (JSONL, CSV or Parquet), streamed; ids by
-    ``score``'s rule, so that they meet its rows. A record ``score`` cannot read (no usable id) is passed over:
-    it has no rows."""
-    found: dict[str, tuple] = {}
-    interned: dict[str, str] = {}  # one copy of each value (an outlet's name repeats in every record)
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise ReportInputError("metadata file not found", where=str(path))
-        try:
-            fmt = input_format_of(path)
-        except ScoringSetupError:
-            fmt = None
-        if fmt not in ("jsonl", "csv", "parquet"):
-            raise ReportInputError("metadata must be the JSONL, CSV or Parquet file that 'stanceclf score' "
-                                   "read", where=str(path))
-        records = (_parquet_metadata(path, fields, id_field) if fmt == "parquet"
-                   else INPUT_FORMATS[fmt].records(path, _MetadataFields(id_field=id_field, wanted=tuple(fields))))
-        for doc_id, values, _, error in records:
-            if error is None:
-                found.setdefault(doc_id, tuple(None if v is None else interned.setdefault(v, v) for v in values))
-    return found
-
-
-def _parquet_metadata(path: Path, fields: list[str], id_field: str | None):
-    """Parquet records as :class:`~stanceclf.infer.scoring.inputs.ParquetInput` names them, reading only
-    the id and metadata columns."""
-    import pyarrow.parquet as pq
-
-    from stanceclf.data.documents import document_id
-
-    table = pq.ParquetFile(path)
-    name = id_field or "id"
-    columns = [c for c in dict.fromkeys([name, *fields]) if c in table.schema_arrow.names]
-    number = itertools.count()
-    for batch in table.iter_batches(batch_size=READ_BATCH, columns=columns):
-        for record in batch.to_pylist():
-            row_number = next(number)
-            raw = record.get(name)
-            try:
-                doc_id = f"{path.stem}:{row_number}" if raw is None or raw == "" else document_id(raw)
-            except ValueError:
-                yield None, None, f"{path}:row {row_number}", "bad id"
-                continue
-            yield doc_id, tuple(_value(record.get(f)) for f in fields), f"{path}:row {row_number}", None
-
-
-def _value(raw) -> str | None:
-    if raw is None or raw == "":
-        return None
-    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
-    return text[:MAX_VALUE_CHARS]
 
 
 # ---- aggregating -----------------------------------------------------------------------------------

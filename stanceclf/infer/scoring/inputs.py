@@ -15,6 +15,8 @@ one (``"1"`` and ``1`` included) is a bad record naming both records.
 from __future__ import annotations
 
 import csv
+import itertools
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Iterator
 
 from stanceclf.data.documents import decode_document_text, document_id, printable, read_document_bytes, unicode_problem
-from stanceclf.errors import InputFileError, InputRecordError, ScoringSetupError, parse_json_text, shown
+from stanceclf.errors import (InputFileError, InputRecordError, ReportInputError, ScoringSetupError, parse_json_text,
+                              shown)
 
 #: The suffixes of the text files a folder input holds, compared case-insensitively.
 TEXT_SUFFIXES = (".txt", ".text")
@@ -243,3 +246,74 @@ def text_problem(text, max_chars: int) -> str | None:
     if len(text) > max_chars:
         return f"text has {len(text):,} characters, above the limit of {max_chars:,} (raise --max-chars to score it)"
     return None
+
+
+# ---- metadata of the scored documents (for stanceclf report) --------------------------------------
+#: Characters of a metadata value kept (a long value would bloat a report and its join).
+MAX_VALUE_CHARS = 200
+#: Rows read at once from a Parquet input for its metadata.
+METADATA_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class _MetadataFields(Fields):
+    """Takes the ``wanted`` fields of a record where ``score`` takes its text, and its id by ``score``'s rule."""
+
+    wanted: tuple[str, ...] = ()
+
+    def pick(self, record: dict, fallback_id: str, where: str) -> tuple[str, tuple[str | None, ...], str, str | None]:
+        doc_id, _, where, error = super().pick({**record, self.text_field: ""}, fallback_id, where)
+        return doc_id, tuple(metadata_value(record.get(name)) for name in self.wanted), where, error
+
+
+def read_metadata(paths: list[Path], fields: list[str], *, id_field: str | None = None) -> dict[str, tuple]:
+    """``{doc_id: (value per field)}`` from the inputs ``score`` read (JSONL, CSV or Parquet), streamed; ids by
+    ``score``'s rule, so that they meet its rows. A record ``score`` cannot read (no usable id) is passed over:
+    it has no rows."""
+    found: dict[str, tuple] = {}
+    interned: dict[str, str] = {}  # one copy of each value (an outlet's name repeats in every record)
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ReportInputError("metadata file not found", where=str(path))
+        try:
+            fmt = input_format_of(path)
+        except ScoringSetupError:
+            fmt = None
+        if fmt not in ("jsonl", "csv", "parquet"):
+            raise ReportInputError("metadata must be the JSONL, CSV or Parquet file that 'stanceclf score' "
+                                   "read", where=str(path))
+        records = (_parquet_metadata(path, fields, id_field) if fmt == "parquet"
+                   else INPUT_FORMATS[fmt].records(path, _MetadataFields(id_field=id_field, wanted=tuple(fields))))
+        for doc_id, values, _, error in records:
+            if error is None:
+                found.setdefault(doc_id, tuple(None if v is None else interned.setdefault(v, v) for v in values))
+    return found
+
+
+def _parquet_metadata(path: Path, fields: list[str], id_field: str | None):
+    """Parquet records as :class:`~stanceclf.infer.scoring.inputs.ParquetInput` names them, reading only
+    the id and metadata columns."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path)
+    name = id_field or "id"
+    columns = [c for c in dict.fromkeys([name, *fields]) if c in table.schema_arrow.names]
+    number = itertools.count()
+    for batch in table.iter_batches(batch_size=METADATA_BATCH, columns=columns):
+        for record in batch.to_pylist():
+            row_number = next(number)
+            raw = record.get(name)
+            try:
+                doc_id = f"{path.stem}:{row_number}" if raw is None or raw == "" else document_id(raw)
+            except ValueError:
+                yield None, None, f"{path}:row {row_number}", "bad id"
+                continue
+            yield doc_id, tuple(metadata_value(record.get(f)) for f in fields), f"{path}:row {row_number}", None
+
+
+def metadata_value(raw) -> str | None:
+    """A metadata field's value as text (JSON for other types), cut to :data:`MAX_VALUE_CHARS`; None when absent."""
+    if raw is None or raw == "":
+        return None
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    return text[:MAX_VALUE_CHARS]

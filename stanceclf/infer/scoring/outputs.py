@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from stanceclf.errors import ResumeError, ScoringSetupError
+from stanceclf.errors import ReportInputError, ResumeError, ScoringSetupError, shown
 from stanceclf.files import TEMPORARY_SUFFIX, replaced_atomically
 from stanceclf.infer.results import RowSpec
 
@@ -141,3 +145,117 @@ def output_format_of(out: Path, fmt: str = "auto") -> str:
 
 def make_writer(fmt: str, partial: Path, spec: RowSpec) -> StreamWriter | ParquetWriter:
     return OUTPUT_FORMATS[fmt](partial, spec)
+
+
+# ---- reading scores back (for stanceclf report) ---------------------------------------------------
+#: Rows read at once from a Parquet scores file.
+READ_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class ScoresLayout:
+    """What a scores file holds: its row specification and any extra columns."""
+
+    spec: RowSpec
+    extra: tuple[str, ...] = ()
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec.labels)
+
+    @property
+    def per_document(self) -> bool:
+        return self.spec.per_document
+
+
+def scores_layout(columns: list[str], where: str) -> ScoresLayout:
+    """The :class:`ScoresLayout` of a file with these ``columns``: sentence rows (``score_<label>`` columns)
+    or per-document rows (``n_<label>``), in the row specification's order, extra columns after them."""
+    per_document = "sentences" in columns and "sentence_index" not in columns
+    prefix = "n_" if per_document else "score_"
+    labels = tuple(c[len(prefix):] for c in columns if c.startswith(prefix))
+    spec = RowSpec(labels, per_document=per_document)
+    if not labels or columns[: len(spec.columns)] != spec.columns:
+        raise ReportInputError(f"not the output of 'stanceclf score': expected the columns {spec.columns} "
+                               f"(then any others), found {columns[:12]}", where=where)
+    return ScoresLayout(spec, tuple(columns[len(spec.columns):]))
+
+
+def _scores_format(path: Path) -> str:
+    if not path.is_file():
+        raise ReportInputError("scores file not found", where=str(path))
+    try:
+        return output_format_of(path)
+    except ScoringSetupError:
+        raise ReportInputError("cannot tell the format of the scores file: it must end in .jsonl, .csv or "
+                               ".parquet, as 'stanceclf score' writes it", where=str(path)) from None
+
+
+def read_scores(path: Path) -> tuple[ScoresLayout, Iterator[tuple[str, dict]]]:
+    """The layout of a scores file and its rows, one at a time, each with where it is (FILE:LINE or FILE:row N)."""
+    path = Path(path)
+    fmt = _scores_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(path)
+        layout = scores_layout(table.schema_arrow.names, str(path))
+        return layout, _parquet_rows(table, path)
+    if fmt == "csv":
+        handle = open(path, encoding="utf-8-sig", newline="")
+        csv.field_size_limit(sys.maxsize)
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        layout = scores_layout(header, f"{path}:1")
+        return layout, _csv_rows(handle, reader, header, layout, path)
+    handle = open(path, "rb")
+    first = handle.readline()
+    if not first.strip():
+        handle.close()
+        raise ReportInputError("the scores file is empty", where=str(path))
+    row = _json_row(first, f"{path}:1")
+    layout = scores_layout(list(row), f"{path}:1")
+    return layout, _jsonl_rows(handle, row, path)
+
+
+def _json_row(raw: bytes, where: str) -> dict:
+    try:
+        row = json.loads(raw)
+    except ValueError as exc:
+        raise ReportInputError(f"not a JSON line: {exc}", where=where) from None
+    if not isinstance(row, dict):
+        raise ReportInputError("a row must be a JSON object", where=where)
+    return row
+
+
+def _jsonl_rows(handle, first: dict, path: Path) -> Iterator[tuple[str, dict]]:
+    with handle:
+        yield f"{path}:1", first
+        for line_number, raw in enumerate(handle, 2):
+            if raw.strip():
+                yield f"{path}:{line_number}", _json_row(raw, f"{path}:{line_number}")
+
+
+def _csv_rows(handle, reader, header: list[str], layout: ScoresLayout, path: Path) -> Iterator[tuple[str, dict]]:
+    kinds = dict(layout.spec.typed_columns)
+    with handle:
+        for row_number, cells in enumerate(reader, 2):
+            where = f"{path}:row {row_number}"
+            if len(cells) != len(header):
+                raise ReportInputError(f"{len(cells)} cells for {len(header)} columns", where=where)
+            row = {}
+            for name, cell in zip(header, cells):
+                kind = kinds.get(name, "string")
+                try:
+                    row[name] = (json.loads(cell) if kind == "list<string>" else int(cell) if kind == "int64"
+                                 else float(cell) if kind == "float64" else cell)
+                except ValueError:
+                    raise ReportInputError(f"column {name!r} holds {shown(cell)}, not a {kind}", where=where) from None
+            yield where, row
+
+
+def _parquet_rows(table, path: Path) -> Iterator[tuple[str, dict]]:
+    number = itertools.count()
+    for batch in table.iter_batches(batch_size=READ_BATCH):
+        for row in batch.to_pylist():
+            yield f"{path}:row {next(number)}", row
