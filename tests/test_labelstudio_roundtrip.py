@@ -34,7 +34,7 @@ STARTUP_SECONDS = 300
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not LABEL_STUDIO.exists(), reason=f"Label Studio is not installed at {LABEL_STUDIO} (make "
-                       "it with .ci/run's lines, or set STANCECLF_LABEL_STUDIO to a label-studio executable)"),
+                       "it with 'bash setup.sh test', or set STANCECLF_LABEL_STUDIO to a label-studio executable)"),
 ]
 runner = CliRunner()
 
