@@ -124,3 +124,29 @@ def test_annotation_sheets_loop_over_a_jsonl_pool_keeps_texts_by_reference(tmp_p
     (tmp_path / "labels" / "bad.jsonl").write_text(json.dumps(stored[0]) + "\n", encoding="utf-8")
     with pytest.raises(AnnotationError, match="no record with id 'missing'"):
         read_annotations("native", tmp_path / "labels" / "bad.jsonl", labels=["prediction"])
+
+
+def test_annotation_sheets_corpus_records_are_named_as_score_names_them(tmp_path):
+    """A pool document is found by the id score and suggest give it: FILE:LINE without an id, the first of a
+    repeated id, a byte-order mark dropped, a bad line passed over; an id in two pools is refused."""
+    from stanceclf.data.documents import read_corpus_texts
+    from stanceclf.data.sheets import import_decision_folder
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(("\ufeff" + "\n".join([json.dumps({"id": 1, "text": "First."}), "not json",
+                                            json.dumps({"text": "No id here."}), json.dumps({"id": "1", "text": "Later."}),
+                                            json.dumps({"id": "x", "body": "no text field"})]) + "\n").encode("utf-8"))
+    assert read_corpus_texts(pool) == {"1": "First.", "pool:3": "No id here."}
+    assert read_corpus_texts(pool, {"pool:3"}) == {"pool:3": "No id here."}
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"id": "1", "text": "First."}) + "\n", encoding="utf-8")
+    export_sheets({"1": "First."}, tmp_path / "sheets")
+    (tmp_path / "decisions").mkdir()
+    (tmp_path / "decisions" / "1.tsv").write_text("0\tP\n", encoding="utf-8")
+    with pytest.raises(AnnotationError, match="in two corpus files"):
+        import_decision_folder(tmp_path / "decisions", tmp_path / "sheets", load_schema("claim-types"), "r",
+                               corpora=[pool, other])
+    documents, _, records = import_decision_folder(tmp_path / "decisions", tmp_path / "sheets",
+                                                   load_schema("claim-types"), "r", corpora=[pool])
+    assert records == {"1": pool} and documents[0].spans[0].label == "prediction"

@@ -315,3 +315,23 @@ def test_suggest_skipped_bad_records_are_listed_beside_the_tasks(tmp_path, make_
     errors = [json.loads(line) for line in (tmp_path / "tasks.json.errors.jsonl").read_text().splitlines()]
     assert [(e["doc_id"], e["record"]) for e in errors] == [("b", 1), ("a", 2)]
     assert "duplicate document id 'a'" in errors[1]["error"]
+
+
+def test_suggest_resumed_with_a_lower_max_chars_names_the_picked_document_it_cannot_read(corpus, tmp_path,
+                                                                                       make_tiny_model, monkeypatch):
+    """--max-chars is not part of what a resume must share (raising it follows an error's advice); lowered, a
+    document scored before the interrupt cannot be read again for its tasks: a coded error naming it."""
+    from conftest import interrupt_on_call
+    from stanceclf.infer.suggest import _SuggestRun
+
+    model = make_tiny_model()
+    common = dict(strategy="random", n=len(TEXTS), seed=5, text_field="body", chunk_sentences=2, progress=False,
+                  log=lambda message: None)
+    out = tmp_path / "tasks.json"
+    interrupt_on_call(monkeypatch, _SuggestRun, "process_chunk", after=3)
+    with pytest.raises(KeyboardInterrupt):
+        suggest([corpus], model, out=out, **common)
+    monkeypatch.undo()
+    with pytest.raises(InputRecordError, match="cannot be read again") as refused:  # doc0 was scored first
+        suggest([corpus], model, out=out, max_chars=len(TEXTS["doc0"]) - 1, on_error="skip", **common)
+    assert "corpus.jsonl:" in str(refused.value)

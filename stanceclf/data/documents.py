@@ -94,29 +94,36 @@ def read_document_text(path: str | Path) -> str:
     return decode_document_text(read_document_bytes(path), str(path))[0]
 
 
-def read_corpus_texts(path: str | Path, ids: set[str] | None = None, *, id_field: str = "id",
+def read_corpus_texts(path: str | Path, ids: set[str] | None = None, *, id_field: str | None = None,
                       text_field: str = "text") -> dict[str, str]:
-    """``{id: text}`` of the records of a JSONL corpus (one document a line, as ``stanceclf score`` and
-    ``suggest`` read it), only those in ``ids`` when given. Annotations of a document that lives in such a
-    file name the file and the record's id instead of copying its text. A record that cannot give an id
-    and a text is an :class:`~stanceclf.errors.InputFileError` naming its line: the file is not a corpus."""
+    """``{id: text}`` of the records of a JSONL corpus (one document a line), only those in ``ids`` when given:
+    annotations of a document that lives in such a file name the file and the record's id instead of copying
+    its text. Records are named as ``stanceclf score`` and ``suggest`` name them: the ``id_field`` value (by
+    default ``id``, and without it FILE:LINE, FILE being the file's stem), by :func:`document_id`'s rule, the
+    first record of an id winning; a leading byte-order mark is dropped. A line those commands would count
+    as a bad record (not JSON, no text, an unusable id) names nothing and is passed over here: an annotation
+    that refers to it meets "no record with that id" where it is read."""
     import json
 
+    path = Path(path)
     texts: dict[str, str] = {}
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, 1):
-            if not raw.strip():
-                continue
             try:
-                record = json.loads(raw.decode("utf-8"))
-                doc_id, text = document_id(record[id_field]), record[text_field]
-            except (ValueError, KeyError, TypeError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-                raise InputFileError(f"not a corpus record with {id_field!r} and {text_field!r} ({exc})",
-                                     where=f"{path}:{line_number}") from None
-            if not isinstance(text, str):
-                raise InputFileError(f"{text_field!r} is not a string", where=f"{path}:{line_number}")
-            if ids is None or doc_id in ids:
-                texts[doc_id] = text
+                line = raw.decode("utf-8")
+                record = json.loads(line[1:] if line_number == 1 and line.startswith(_BOM) else line)
+            except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                continue
+            value = record.get(id_field or "id")
+            try:
+                doc_id = document_id(value) if value not in (None, "") else (
+                    None if id_field else f"{path.stem}:{line_number}")
+            except ValueError:
+                continue
+            if doc_id is not None and (ids is None or doc_id in ids):
+                texts.setdefault(doc_id, record[text_field])
     return texts
 
 

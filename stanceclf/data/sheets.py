@@ -190,8 +190,13 @@ def import_decision_folder(decisions: str | Path, sheets: str | Path, schema: La
     if not files:
         raise InputFileError("no <doc_id>.tsv decision files here", where=str(decisions))
     wanted = {file.stem for file in files}
-    in_corpus = {doc_id: (Path(corpus), text) for corpus in corpora
-                 for doc_id, text in read_corpus_texts(corpus, wanted).items()}
+    in_corpus: dict[str, tuple[Path, str]] = {}
+    for corpus in map(Path, corpora):
+        for doc_id, text in read_corpus_texts(corpus, wanted).items():
+            if doc_id in in_corpus:  # which text was annotated cannot be told
+                raise AnnotationError(f"document {doc_id!r} is in two corpus files: {in_corpus[doc_id][0]} and "
+                                      f"{corpus}; import each file's documents separately", where=str(corpus))
+            in_corpus[doc_id] = (corpus, text)
     documents, paths, records = [], {}, {}
     for file in files:
         if file.stem in in_corpus:

@@ -291,6 +291,11 @@ class _SuggestRun(ResumableRun):
                 if len(records) == len(priorities):
                     break
         order = sorted(priorities, key=lambda number: (-priorities[number], number))
+        for number in order:
+            if records[number].error is not None:  # readable when it was scored, not now (a lower --max-chars)
+                raise InputRecordError(f"this document was scored and picked, but cannot be read again now "
+                                       f"({records[number].error}); rerun with the options it was scored with, "
+                                       "or --overwrite", where=records[number].where)
         predictions = self.model.classify([records[number].text for number in order],
                                           batch_size=self.options.batch_size)
         return [Suggestion(records[number].doc_id, records[number].text, records[number].where, priorities[number],

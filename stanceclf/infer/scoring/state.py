@@ -134,8 +134,10 @@ class RunSignature:
             before, now = stored["options"].get(name), self.options.get(name)
             if before != now:
                 changes.append(f"--{name.replace('_', '-')} was {before!r}, now {now!r}")
+        # The model's digest covers its backend: with another backend, a changed model cannot be told apart.
+        same_model = " and the same model" if backend_changed else ""
         advice = ("the rows written so far cannot be continued: pass --overwrite to start again"
-                  if inputs_changed or model_changed else "rerun with the interrupted run's backend and options "
-                  "to resume it, or pass --overwrite to start again")
+                  if inputs_changed or model_changed else f"rerun with the interrupted run's backend{same_model} "
+                  "and options to resume it, or pass --overwrite to start again")
         raise ResumeError(f"an interrupted run left this progress file, but {'; '.join(changes)}: {advice}",
                           where=str(progress_file))
