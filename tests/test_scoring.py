@@ -565,3 +565,24 @@ def test_scoring_resume_refused_in_the_cli_with_its_code_and_what_changed(tmp_pa
                                       "--model", str(tiny_model_dir), "--no-progress"])
     assert result.exit_code == 1
     assert "[E034]" in result.output and "--per-document was True, now False" in result.output
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_scoring_resume_refused_when_written_output_is_gone(tmp_path, tiny_model, monkeypatch, fmt):
+    """Rows the progress file counts as written but that are no longer there (a part deleted, the partial file
+    cut short) would be lost, or turned into zero bytes, by a resume: refused with E034."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(40)])
+    out = tmp_path / f"o.{fmt}"
+    real_predict = interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=3)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], out, tiny_model, progress=False, chunk_sentences=30)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", real_predict)
+    partial = tmp_path / f"o.{fmt}.partial"
+    if fmt == "parquet":
+        (partial / "part-00000000.parquet").unlink()
+    else:
+        partial.write_bytes(partial.read_bytes()[:100])
+    with pytest.raises(ResumeError, match="--overwrite"):
+        score_corpus([source], out, tiny_model, progress=False, chunk_sentences=30)
+    summary = score_corpus([source], out, tiny_model, progress=False, chunk_sentences=30, overwrite=True)
+    assert summary.resumed_from == 0 and summary.sentences == 120

@@ -36,6 +36,10 @@ class StreamWriter:
                               "--overwrite", where=str(self.path))
         self.handle = open(self.path, "r+b" if resume_length is not None else "wb")
         if resume_length is not None:
+            if os.fstat(self.handle.fileno()).st_size < resume_length:  # truncate() would pad it with zeros
+                self.handle.close()
+                raise ResumeError(f"the partial output is shorter than the {resume_length} bytes its progress file "
+                                  "says were written; start again with --overwrite", where=str(self.path))
             self.handle.truncate(resume_length)
             self.handle.seek(resume_length)
         else:
@@ -91,6 +95,12 @@ class ParquetWriter:
         self.path, self.spec = path, spec
 
     def open(self, resume_length: int | None) -> None:
+        if resume_length:
+            missing = [n for n in range(resume_length) if not (self.path / f"part-{n:08d}.parquet").is_file()]
+            if missing:  # resuming would lose their rows
+                raise ResumeError(f"{len(missing)} of the {resume_length} parts its progress file says were "
+                                  f"written are gone (first part-{missing[0]:08d}.parquet); start again with "
+                                  "--overwrite", where=str(self.path))
         self.path.mkdir(parents=True, exist_ok=True)
         for part in self.path.glob("part-*.parquet"):
             if resume_length is None or int(part.stem.split("-")[1]) >= resume_length:
