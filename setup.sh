@@ -3,7 +3,8 @@
 #
 #   bash setup.sh         stanceclf and the shipped default's base weights (CPU-only torch), then classify
 #                         the five seed articles with the shipped default
-#   bash setup.sh test    the above plus the test tools and Label Studio (in ./.venv-ls), then the test suite
+#   bash setup.sh test    the above plus the test tools, Label Studio (in ./.venv-ls) and Chromium; the README's
+#                         test command then runs the suite
 #
 # Safe to run again: what is installed already is kept. PYTHON picks the interpreter (default python3, 3.11+).
 set -euo pipefail
@@ -43,4 +44,4 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command 
     { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } >/dev/null \
         || echo "warning: could not install chromium; the report's browser test will skip" >&2
 fi
-exec .venv/bin/python -m pytest -q -p no:cacheprovider
+echo "set up for the tests: HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q" >&2

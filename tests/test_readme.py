@@ -20,7 +20,8 @@ def commands(block: str) -> list[str]:
 
 def test_readme_first_block_is_two_commands_and_ci_runs_them():
     first = commands(code_blocks("bash")[0])
-    assert first == ["bash setup.sh", "bash setup.sh test"]
+    assert first == ["bash setup.sh",
+                     "bash setup.sh test && HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider"]
     ci = commands((ROOT / ".ci" / "run").read_text(encoding="utf-8"))
     assert ci[-2:] == first
 
