@@ -36,7 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -67,12 +69,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: str, port: int, extra: list[str], log) -> subprocess.Popen:
+@contextmanager
+def running_server(model: str, port: int, extra: list[str]) -> Iterator[subprocess.Popen]:
+    """``stanceclf serve`` in a child process (its log in a temporary file), stopped when the block ends."""
     command = [sys.executable, "-m", "stanceclf.cli", "serve", "--model", model, "--host", "127.0.0.1",
                "--port", str(port), "--no-access-log", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield server
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 300) -> float:
@@ -157,19 +170,11 @@ def measure(args) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     extra = ["--backend", args.backend] + (["--threads", str(args.threads)] if args.threads else [])
-    with tempfile.TemporaryFile() as log:
-        server = start_server(model, port, extra, log)
-        try:
-            startup = wait_ready(url, server)
-            records, wall = asyncio.run(load_test(url, args.clients, args.seconds, payloads(args.article_share)))
-            stats = httpx.get(f"{url}/v1/stats", timeout=10).json()
-            rss = peak_rss_mb(server.pid)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with running_server(model, port, extra) as server:
+        startup = wait_ready(url, server)
+        records, wall = asyncio.run(load_test(url, args.clients, args.seconds, payloads(args.article_share)))
+        stats = httpx.get(f"{url}/v1/stats", timeout=10).json()
+        rss = peak_rss_mb(server.pid)
     ok = [r for r in records if r["ok"]]
     # The same texts, in the order posted, up to --compare-sentences sentences, as one classify() call.
     sample, total = [], 0
@@ -281,28 +286,20 @@ def measure_large(args) -> dict:
     extra = ["--backend", args.backend] + (["--threads", str(args.threads)] if args.threads else [])
     articles = [path.read_text(encoding="utf-8") for path in sorted(SEEDS.glob("*.txt"))]
     sentences = [s.text for article in articles for s in SentenceSplitter().split(article)]
-    with tempfile.TemporaryFile() as log:
-        server = start_server(model, port, extra, log)
-        try:
-            startup = wait_ready(url, server)
-            limits = httpx.get(f"{url}/v1/model", timeout=10).json()["limits"]
-            large, chars, units = largest_request(model, limits)
-            alone, _ = asyncio.run(small_requests_beside_large(url, args.clients, args.baseline_seconds, None,
-                                                               sentences))
-            beside, large_records = asyncio.run(small_requests_beside_large(url, args.clients, args.seconds, large,
-                                                                            sentences))
-            given_up = sum(r["seconds"] is None for r in large_records)
-            for _ in range(300):  # the server drops a request given up once its current batch is scored
-                stats = httpx.get(f"{url}/v1/stats", timeout=10).json()
-                if stats.get("abandoned", 0) >= given_up:
-                    break
-                time.sleep(0.1)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with running_server(model, port, extra) as server:
+        startup = wait_ready(url, server)
+        limits = httpx.get(f"{url}/v1/model", timeout=10).json()["limits"]
+        large, chars, units = largest_request(model, limits)
+        alone, _ = asyncio.run(small_requests_beside_large(url, args.clients, args.baseline_seconds, None,
+                                                           sentences))
+        beside, large_records = asyncio.run(small_requests_beside_large(url, args.clients, args.seconds, large,
+                                                                        sentences))
+        given_up = sum(r["seconds"] is None for r in large_records)
+        for _ in range(300):  # the server drops a request given up once its current batch is scored
+            stats = httpx.get(f"{url}/v1/stats", timeout=10).json()
+            if stats.get("abandoned", 0) >= given_up:
+                break
+            time.sleep(0.1)
 
     def percentiles(records: list[dict]) -> dict:
         seconds = [r["seconds"] for r in records if r["ok"]]

@@ -88,13 +88,18 @@ def test_model_refuses_unreadable_manifest(tiny_model_dir, content, message):
         StanceModel.from_pretrained(tiny_model_dir)
 
 
-def test_model_refuses_manifest_whose_labels_do_not_match_the_head(tiny_model_dir):
-    path = tiny_model_dir / MANIFEST_NAME
+def rename_first_label_in_manifest(model_dir) -> None:
+    """The manifest names its first label 'forecast'; the head's id2label still says 'prediction'."""
+    path = model_dir / MANIFEST_NAME
     data = json.loads(path.read_text())
     data["label_schema"]["labels"][0]["name"] = "forecast"
     data["thresholds"]["forecast"] = data["thresholds"].pop("prediction")
     data["temperatures"]["forecast"] = data["temperatures"].pop("prediction")
     path.write_text(json.dumps(data))
+
+
+def test_model_refuses_manifest_whose_labels_do_not_match_the_head(tiny_model_dir):
+    rename_first_label_in_manifest(tiny_model_dir)
     with pytest.raises(ModelDirectoryError, match="id2label"):
         StanceModel.from_pretrained(tiny_model_dir)
 
@@ -118,12 +123,7 @@ def test_model_load_checks_the_head_once(tiny_model_dir, monkeypatch):
 def test_model_export_refuses_manifest_whose_labels_do_not_match_the_head(tiny_model_dir, tmp_path):
     from stanceclf.model.directory import export_model_directory
 
-    path = tiny_model_dir / MANIFEST_NAME
-    data = json.loads(path.read_text())
-    data["label_schema"]["labels"][0]["name"] = "forecast"
-    data["thresholds"]["forecast"] = data["thresholds"].pop("prediction")
-    data["temperatures"]["forecast"] = data["temperatures"].pop("prediction")
-    path.write_text(json.dumps(data))
+    rename_first_label_in_manifest(tiny_model_dir)
     with pytest.raises(ModelDirectoryError, match="id2label .* does not match the manifest's labels"):
         export_model_directory(tiny_model_dir, tmp_path / "exported")
     assert not (tmp_path / "exported").exists()
