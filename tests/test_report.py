@@ -164,6 +164,22 @@ def test_report_metadata_ids_follow_score_without_an_id_field(tmp_path, flagging
     assert {k: v.sentences for k, v in summary.groups["outlet"].items()} == {"A": 2, "B": 1}
 
 
+def test_report_metadata_from_a_parquet_input_reads_ids_as_score_does(tmp_path, flagging_model):
+    """A Parquet input: ids by score's rule (an integer id is its decimal string, a missing one FILE:row),
+    only the id and metadata columns read."""
+    import pandas as pd
+
+    corpus = tmp_path / "news.parquet"
+    pd.DataFrame({"id": [7, None], "outlet": ["A", "B"],
+                  "text": ["NATO will expand. Talks resumed.", "Moscow warned of escalation."]}).astype(
+        {"id": "Int64"}).to_parquet(corpus)
+    score_corpus([corpus], tmp_path / "s.jsonl", flagging_model, progress=False)
+    assert {row["doc_id"] for row in read_jsonl(tmp_path / "s.jsonl")} == {"7", "news:1"}
+    summary = summarize_scores(tmp_path / "s.jsonl", flagging_model.thresholds, by=["outlet"], metadata=[corpus])
+    assert {k: v.sentences for k, v in summary.groups["outlet"].items()} == {"A": 2, "B": 1}
+    assert summary.documents_without_metadata == 0
+
+
 def test_report_needs_metadata_for_by(seed_scores, flagging_model):
     with pytest.raises(ReportInputError, match=r"\[E036\].*no column 'domain'.*--metadata"):
         summarize_scores(seed_scores, flagging_model.thresholds, by=["domain"])

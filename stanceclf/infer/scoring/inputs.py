@@ -15,7 +15,6 @@ one (``"1"`` and ``1`` included) is a bad record naming both records.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import sys
 from collections import Counter
@@ -70,6 +69,10 @@ class Fields:
 
     id_field: str | None = None
     text_field: str = "text"
+
+    def columns(self) -> list[str]:
+        """The columns :meth:`pick` reads (a columnar input reads only these)."""
+        return [self.id_field or "id", self.text_field]
 
     def pick(self, record: dict, fallback_id: str, where: str) -> RawRecord:
         """``(doc_id, text, where, error)``. Without an explicit ``id_field``, a record without ``id``
@@ -174,7 +177,7 @@ class ParquetInput:
         import pyarrow.parquet as pq
 
         table = pq.ParquetFile(path)
-        columns = [c for c in (fields.id_field or "id", fields.text_field) if c in table.schema_arrow.names]
+        columns = [c for c in dict.fromkeys(fields.columns()) if c in table.schema_arrow.names]
         row_number = 0
         for batch in table.iter_batches(batch_size=1024, columns=columns or None):
             for record in batch.to_pylist():
@@ -251,8 +254,6 @@ def text_problem(text, max_chars: int) -> str | None:
 # ---- metadata of the scored documents (for stanceclf report) --------------------------------------
 #: Characters of a metadata value kept (a long value would bloat a report and its join).
 MAX_VALUE_CHARS = 200
-#: Rows read at once from a Parquet input for its metadata.
-METADATA_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,9 @@ class _MetadataFields(Fields):
     """Takes the ``wanted`` fields of a record where ``score`` takes its text, and its id by ``score``'s rule."""
 
     wanted: tuple[str, ...] = ()
+
+    def columns(self) -> list[str]:
+        return [self.id_field or "id", *self.wanted]
 
     def pick(self, record: dict, fallback_id: str, where: str) -> tuple[str, tuple[str | None, ...], str, str | None]:
         doc_id, _, where, error = super().pick({**record, self.text_field: ""}, fallback_id, where)
@@ -282,33 +286,11 @@ def read_metadata(paths: list[Path], fields: list[str], *, id_field: str | None 
         if fmt not in ("jsonl", "csv", "parquet"):
             raise ReportInputError("metadata must be the JSONL, CSV or Parquet file that 'stanceclf score' "
                                    "read", where=str(path))
-        records = (_parquet_metadata(path, fields, id_field) if fmt == "parquet"
-                   else INPUT_FORMATS[fmt].records(path, _MetadataFields(id_field=id_field, wanted=tuple(fields))))
+        records = INPUT_FORMATS[fmt].records(path, _MetadataFields(id_field=id_field, wanted=tuple(fields)))
         for doc_id, values, _, error in records:
             if error is None:
                 found.setdefault(doc_id, tuple(None if v is None else interned.setdefault(v, v) for v in values))
     return found
-
-
-def _parquet_metadata(path: Path, fields: list[str], id_field: str | None):
-    """Parquet records as :class:`~stanceclf.infer.scoring.inputs.ParquetInput` names them, reading only
-    the id and metadata columns."""
-    import pyarrow.parquet as pq
-
-    table = pq.ParquetFile(path)
-    name = id_field or "id"
-    columns = [c for c in dict.fromkeys([name, *fields]) if c in table.schema_arrow.names]
-    number = itertools.count()
-    for batch in table.iter_batches(batch_size=METADATA_BATCH, columns=columns):
-        for record in batch.to_pylist():
-            row_number = next(number)
-            raw = record.get(name)
-            try:
-                doc_id = f"{path.stem}:{row_number}" if raw is None or raw == "" else document_id(raw)
-            except ValueError:
-                yield None, None, f"{path}:row {row_number}", "bad id"
-                continue
-            yield doc_id, tuple(metadata_value(record.get(f)) for f in fields), f"{path}:row {row_number}", None
 
 
 def metadata_value(raw) -> str | None:
