@@ -21,7 +21,7 @@ from stanceclf.infer.model import StanceModel
 from stanceclf.train.calibration import calibrate
 from stanceclf.train.crossval import cross_validate
 from stanceclf.train.fold_runner import FoldRunner, Setup, read_fold_record
-from stanceclf.train.folds import Pool, default_dev_fraction, kfold_plan, source_plan
+from stanceclf.train.folds import Pool, default_dev_fraction, kept_folds, kfold_plan, source_plan
 from stanceclf.train.learning_curve import learning_curve
 from stanceclf.train.phases import prepare_dataset
 from stanceclf.train.recipe import load_recipe
@@ -65,6 +65,35 @@ def test_crossval_folds_are_disjoint_cover_every_document_balanced_and_determini
         per_fold = [sum(n for d, n in per_doc.items() if folds[d] == k) for k in range(5)]
         # Each fold's positives are within one document's worth of its fifth of the total.
         assert max(abs(n - sum(per_doc.values()) / 5) for n in per_fold) <= max(per_doc.values()), (label, per_fold)
+
+
+def test_crossval_kept_folds_keep_each_earlier_document_in_its_fold_and_spread_the_new_ones(tmp_path):
+    schema = load_schema("claim-types")
+    corpus = toy_corpus(60, seed=1)
+    earlier = {doc.doc_id: sentence_examples(doc, schema, BuildConfig()) for doc in corpus[:40]}
+    grown = {doc.doc_id: sentence_examples(doc, schema, BuildConfig()) for doc in corpus}
+    old = assign_folds(earlier, 5, seed=7)
+    assert {d: k for d, k in assign_folds(grown, 5, seed=7).items() if d in old} != old  # why the option exists
+    out = tmp_path / "earlier-cv"
+    (out / "folds").mkdir(parents=True)
+    for k in range(5):
+        test = sorted(d for d, fold in old.items() if fold == k)
+        (out / "folds" / f"fold-{k + 1}.json").write_text(json.dumps({"name": f"fold-{k + 1}",
+                                                                      "documents": {"test": test}}))
+    kept = kept_folds(out, 5)
+    assert kept == old
+    folds = assign_folds(grown, 5, seed=7, fixed=kept)
+    assert {d: folds[d] for d in old} == old and sorted(folds) == sorted(grown)
+    added = [folds[d] for d in grown if d not in old]
+    assert sorted(set(added)) == [0, 1, 2, 3, 4]  # the 20 new documents fill every fold, not one
+    sizes = [sum(len(grown[d]) for d in grown if folds[d] == k) for k in range(5)]
+    assert max(sizes) - min(sizes) <= max(len(examples) for examples in grown.values()) * 2, sizes
+    with pytest.raises(EvaluationError, match="fold-6.json: no such fold record"):
+        kept_folds(out, 6)
+    in_fold_1 = next(d for d, fold in old.items() if fold == 0)
+    (out / "folds" / "fold-2.json").write_text(json.dumps({"name": "fold-2", "documents": {"test": [in_fold_1]}}))
+    with pytest.raises(EvaluationError, match="also a test document of fold-"):
+        kept_folds(out, 5)
 
 
 def test_crossval_report_has_mean_sd_per_label_and_resume_reuses_finished_folds(tmp_path, base_tokenizer, caplog):

@@ -147,16 +147,21 @@ def assign_splits(examples_by_doc: dict[str, list[dict]], ratios: dict[str, floa
     return balanced_assignment(examples_by_doc, {name: ratios.get(name, 0) for name in SPLITS}, seed)
 
 
-def assign_folds(examples_by_doc: dict[str, list[dict]], folds: int, seed: int) -> dict[str, int]:
+def assign_folds(examples_by_doc: dict[str, list[dict]], folds: int, seed: int,
+                 fixed: dict[str, int] | None = None) -> dict[str, int]:
     """Map each document id to one of ``folds`` cross-validation folds (0 to folds - 1): the k-fold
-    analogue of :func:`assign_splits`, equal shares, balanced on sentences and on each label's positives."""
-    return balanced_assignment(examples_by_doc, {fold: 1.0 / folds for fold in range(folds)}, seed)
+    analogue of :func:`assign_splits`, equal shares, balanced on sentences and on each label's positives.
+    ``fixed`` documents keep the fold given (an earlier cross-validation's), and the others fill around them."""
+    return balanced_assignment(examples_by_doc, {fold: 1.0 / folds for fold in range(folds)}, seed, fixed=fixed)
 
 
-def balanced_assignment(examples_by_doc: dict[str, list[dict]], shares: dict, seed: int) -> dict:
+def balanced_assignment(examples_by_doc: dict[str, list[dict]], shares: dict, seed: int,
+                        fixed: dict | None = None) -> dict:
     """Map each document id to a group of ``shares`` (group -> share of the whole), greedily, so that
-    every group gets its share of sentences and of each label's positives; deterministic for a seed."""
+    every group gets its share of sentences and of each label's positives; deterministic for a seed.
+    ``fixed`` (document id -> group) places those documents first, as given."""
     groups = [name for name, share in shares.items() if share > 0]
+    fixed = {d: g for d, g in (fixed or {}).items() if d in examples_by_doc}
     doc_ids = sorted(examples_by_doc)
     random.Random(seed).shuffle(doc_ids)
     counts = {d: _doc_counts(examples_by_doc[d]) for d in doc_ids}
@@ -169,7 +174,12 @@ def balanced_assignment(examples_by_doc: dict[str, list[dict]], shares: dict, se
     doc_ids.sort(key=lambda d: -sum(c * r for c, r in zip(counts[d][1:], rarity[1:])))
     current = {g: [0] * n_dims for g in groups}
     assignment = {}
-    for doc_id in doc_ids:
+    for doc_id, group in sorted(fixed.items()):
+        if group not in current:
+            raise ValueError(f"document {doc_id!r} is fixed to group {group!r}, which is not one of {groups}")
+        assignment[doc_id] = group
+        current[group] = [a + b for a, b in zip(current[group], counts[doc_id])]
+    for doc_id in (d for d in doc_ids if d not in fixed):
         def need(group) -> float:
             # The share of this group's quota still unfilled, per dimension, weighted by what the
             # document brings: relative, so that small groups are not starved by the large one.

@@ -17,7 +17,7 @@ from stanceclf.errors import EvaluationError
 from stanceclf.model.metrics import format_metric
 from stanceclf.train.fold_reports import fold_summary, pooled_report, summarise, write_report
 from stanceclf.train.fold_runner import Setup
-from stanceclf.train.folds import default_dev_fraction, kfold_plan, source_plan
+from stanceclf.train.folds import default_dev_fraction, kept_folds, kfold_plan, source_plan
 from stanceclf.train.recipe import Recipe
 
 
@@ -42,7 +42,9 @@ def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = N
     if by_source:
         plan, training_only = source_plan(pool, recipe.evaluation.sources, where=recipe.source)
     else:
-        plan = kfold_plan(pool, folds or recipe.evaluation.folds, recipe.seed)
+        count = folds or recipe.evaluation.folds
+        keep = recipe.evaluation.keep_folds_of
+        plan = kfold_plan(pool, count, recipe.seed, kept=kept_folds(recipe.resolve(keep), count) if keep else None)
     if only is not None and not only:
         raise EvaluationError("'only' names no fold; leave it out to run every fold")
     unknown = sorted(set(only or []) - {fold.name for fold in plan})

@@ -9,7 +9,9 @@ by :func:`stanceclf.data.dataset.assign_splits`, grouped by document and balance
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stanceclf.data.dataset import assign_folds, assign_splits
@@ -69,17 +71,41 @@ class Fold:
     test: list[str]
 
 
-def kfold_plan(pool: Pool, folds: int, seed: int, documents: list[str] | None = None) -> list[Fold]:
-    """``folds`` document-grouped folds of ``documents`` (default: all), balanced on each label's positives."""
+def kfold_plan(pool: Pool, folds: int, seed: int, documents: list[str] | None = None,
+               kept: dict[str, int] | None = None) -> list[Fold]:
+    """``folds`` document-grouped folds of ``documents`` (default: all), balanced on each label's positives;
+    ``kept`` documents (id -> fold index, from :func:`kept_folds`) stay in their fold."""
     documents = pool.documents if documents is None else documents
     if folds > len(documents):
         raise EvaluationError(f"{folds} folds need at least {folds} documents; there are {len(documents)}")
-    assignment = assign_folds(pool.examples(documents), folds, seed)
+    assignment = assign_folds(pool.examples(documents), folds, seed, fixed=kept)
     plan = [Fold(f"fold-{k + 1}", sorted(d for d in documents if assignment[d] == k)) for k in range(folds)]
     empty = [fold.name for fold in plan if not fold.test]
     if empty:
         raise EvaluationError(f"{', '.join(empty)} got no documents; use fewer folds")
     return plan
+
+
+def kept_folds(folder, folds: int) -> dict[str, int]:
+    """Each test document of an earlier k-fold cross-validation (its output folder, with ``folds/fold-K.json``)
+    -> its fold index (0 for ``fold-1``), for ``[evaluation] keep_folds_of``."""
+    folder = Path(folder)
+    kept: dict[str, int] = {}
+    for k in range(folds):
+        path = folder / "folds" / f"fold-{k + 1}.json"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            test = record["documents"]["test"]
+        except FileNotFoundError:
+            raise EvaluationError(f"{path}: no such fold record; [evaluation] keep_folds_of needs the earlier "
+                                  f"cross-validation's folder with all {folds} of its folds finished") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise EvaluationError(f"{path}: not a fold record with documents.test ({error})") from None
+        for doc in test:
+            if doc in kept:
+                raise EvaluationError(f"{path}: document {doc!r} is also a test document of fold-{kept[doc] + 1}")
+            kept[doc] = k
+    return kept
 
 
 def source_plan(pool: Pool, sources: dict[str, str | list[str]],

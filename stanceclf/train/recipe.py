@@ -182,6 +182,10 @@ class EvaluationSection(BaseModel):
     #: Share of each fold's non-test documents held out as dev (early stopping, calibration);
     #: by default dev / (train + dev) of the data's split ratios.
     dev_fraction: float | None = Field(default=None, gt=0, lt=1)
+    #: An earlier cross-validation's output folder (relative to the recipe): its documents keep the test
+    #: fold they had there, and documents added since are spread over the folds around them, so that a
+    #: model trained on grown data is compared with the earlier one fold by fold on the same test documents.
+    keep_folds_of: str | None = None
 
     @field_validator("sources")
     @classmethod
