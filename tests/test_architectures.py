@@ -40,12 +40,15 @@ def tiny_of(architecture: str, tokenizer, seed: int = 0):
 
 
 def reloaded_scores_match(reloaded: StanceModel, trained: StanceModel, *, atol: float):
-    """The reloaded model scores as the trained one did, and every backend within 0.02 of it: its scores."""
+    """The reloaded model scores as the trained one did, and every backend that bounds scores within its
+    bound of it (int8 bounds decisions, on real models: tests/test_model.py): its scores."""
     reference = reloaded.predict_proba(TEXTS)
     np.testing.assert_allclose(reference, trained.predict_proba(TEXTS), atol=atol)
-    for backend in BACKENDS:
-        scores = reloaded.accelerated(backend).predict_proba(TEXTS)
-        assert np.abs(scores - reference).max() <= 0.02, backend
+    for name, backend in BACKENDS.items():
+        if backend.max_score_change is None:
+            continue
+        scores = reloaded.accelerated(name).predict_proba(TEXTS)
+        assert np.abs(scores - reference).max() <= backend.max_score_change, name
     return reference
 
 

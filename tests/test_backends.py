@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from stanceclf.infer.backends import BACKENDS, CACHE_FILE, Backend, choose_backend
+from stanceclf.errors import BackendError
+from stanceclf.infer.backends import BACKENDS, CACHE_FILE, MAX_MEMORY_RATIO, Backend, choose_backend
+from stanceclf.infer.int8 import MAX_DECISIONS_CHANGED, QUANTIZED_FOLDER, calibration_texts, int8_encoder
 from stanceclf.infer.model import StanceModel
 
 
@@ -45,11 +47,11 @@ def test_backends_auto_picks_the_measured_fastest(tiny, tmp_path, seconds, faste
 
 
 def test_backends_auto_never_picks_a_backend_that_moves_scores(tiny, tmp_path, monkeypatch):
-    def skewed(model, threads):
+    def skewed(stance, threads):
         def encoder(input_ids, attention_mask):
             import torch
 
-            logits = model(input_ids=torch.as_tensor(input_ids), attention_mask=torch.as_tensor(attention_mask)).logits
+            logits = stance.model(input_ids=torch.as_tensor(input_ids), attention_mask=torch.as_tensor(attention_mask)).logits
             return logits.float().numpy() + 2.0
 
         return encoder
@@ -206,3 +208,71 @@ def test_backends_onnx_graph_cache_keeps_only_the_most_recently_used(tmp_path, m
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == GRAPHS_KEPT
     assert models[0].accelerated("onnx").encoder.graph_was_cached
     assert not models[1].accelerated("onnx").encoder.graph_was_cached  # the least recently used went
+
+
+def test_backends_auto_drops_a_fast_path_that_holds_too_much_memory(tiny, tmp_path):
+    """A new user's `score --fast` once chose a path with three times fp32's memory: memory is weighed."""
+    held = {"torch": 800.0, "bf16": 800.0 * MAX_MEMORY_RATIO + 1}
+    order = []
+
+    def measure(name, run):
+        order.append(name)
+        return {"torch": 2.0, "bf16": 1.0}[name]
+
+    choice, fast = choose_backend(tiny, candidates=["torch", "bf16"], cache_path=tmp_path / CACHE_FILE,
+                                  measure=measure, memory=lambda: held[order[-1]])
+    assert choice.backend == fast.backend == "torch"
+    assert "held 1201 MB against 800 MB" in choice.rejected["bf16"]
+    assert choice.memory_mb == held and choice.sample["sentences"] == len(calibration_texts(tiny)) > 200
+    cached = json.loads((tmp_path / CACHE_FILE).read_text())["choices"]
+    assert [entry["rejected"] for entry in cached.values()] == [choice.rejected]  # why, kept for the user
+
+
+@pytest.fixture
+def int8_cache(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    monkeypatch.setenv("STANCECLF_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / QUANTIZED_FOLDER
+
+
+def test_backends_int8_is_quantised_once_checked_on_decisions_and_cached(tmp_path, make_tiny_model, int8_cache):
+    model = StanceModel.from_pretrained(make_tiny_model(seed=0).save_pretrained(tmp_path / "model"))
+    texts = calibration_texts(model)
+    fast = model.accelerated("int8")
+    assert fast.backend == "int8"
+    report = fast.encoder.report
+    assert report.sentences == len(texts) and report.decisions == len(texts) * len(model.labels)
+    assert report.decisions_changed <= MAX_DECISIONS_CHANGED * report.decisions
+    assert (fast.predict(texts) != model.predict(texts)).sum() == report.decisions_changed
+    folders = [path for path in int8_cache.iterdir()]
+    assert len(folders) == 1 and (folders[0] / "model.xml").is_file()
+    stamp = (folders[0] / "model.bin").stat().st_mtime_ns
+    again = model.accelerated("int8")  # read from the cache: nothing quantised again
+    assert (folders[0] / "model.bin").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.predict_logits(texts), fast.predict_logits(texts))
+    (folders[0] / "model.xml").write_text("not a graph")  # a broken cached graph is rebuilt
+    np.testing.assert_array_equal(model.accelerated("int8").predict(texts), fast.predict(texts))
+
+
+def test_backends_int8_needs_enough_calibration_sentences(tiny, int8_cache):
+    with pytest.raises(BackendError, match="at least 32 sentences; got 3"):
+        int8_encoder(tiny, texts=TEXTS)
+
+
+@pytest.mark.parametrize("cap, allowed", [(None, True), ("ALL", True), ("AVX512_CORE_AMX", True),
+                                          ("avx512_core_bf16", True), ("AVX512_CORE_VNNI", False), ("AVX2", False)])
+def test_backends_an_instruction_cap_below_bfloat16_rules_out_bf16(cap, allowed, monkeypatch):
+    """Measuring a CPU without bfloat16 on one that has it: the cap must also keep bf16 out of auto's candidates."""
+    from stanceclf.infer.backends import native_bf16_supported
+
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    if allowed:
+        import torch
+
+        assert native_bf16_supported() == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    else:
+        assert native_bf16_supported() is False

@@ -267,7 +267,7 @@ def test_distill_bad_unlabelled_record_names_it(tmp_path, base_tokenizer, tiny_m
     ("distill.alpha=1.0", "distill.alpha"),
     ("distill.student_layers=[2, 1]", "increasing list"),
     ("distill.student_layers=0", "positive count"),
-    ('distill.teacher_backend="int4"', "teacher_backend must be one of torch, bf16, onnx, auto"),
+    ('distill.teacher_backend="int4"', "teacher_backend must be one of torch, bf16, onnx, int8, auto"),
 ])
 def test_distill_recipe_section_validated_before_work(tmp_path, tiny_model_dir, change, message):
     with pytest.raises(RecipeError, match=message):

@@ -218,6 +218,42 @@ def test_model_fast_path_of_shipped_model_within_tolerance_on_seed_articles(back
     assert np.abs(fp32 - scores).max() <= 0.02
 
 
+@pytest.mark.parametrize("name", ["claim-types-student", pytest.param("claim-types", marks=pytest.mark.slow)])
+def test_model_int8_of_shipped_model_keeps_decisions_on_text_it_was_not_calibrated_on(name, tmp_path, monkeypatch):
+    """int8 bounds label decisions, not scores: at most 1% of them change on the seed sentences it is
+    calibrated on (checked when built), and about as few on other news text (the sentences of this
+    test, not seen in calibration). Quantising takes about 25 s for the student, minutes for the default."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from stanceclf.infer.int8 import MAX_DECISIONS_CHANGED, calibration_texts
+    from stanceclf.infer.predict import shipped_model_path
+
+    monkeypatch.setenv("STANCECLF_CACHE", str(tmp_path / "cache"))
+    model = StanceModel.from_pretrained(shipped_model_path(name))
+    fast = model.accelerated("int8")
+    seeds = calibration_texts(model)
+    assert fast.encoder.report.decisions_changed == int((fast.predict(seeds) != model.predict(seeds)).sum())
+    assert fast.encoder.report.decisions_changed <= MAX_DECISIONS_CHANGED * fast.predict(seeds).size
+    unseen = [sentence for text in UNSEEN_NEWS for sentence in (s.text for s in model.split(text))]
+    changed = int((fast.predict(unseen) != model.predict(unseen)).sum())
+    assert changed <= 2, f"{changed} of {len(unseen) * len(model.labels)} decisions changed on unseen text"
+
+
+#: News-like sentences of the project's genre, written for this test (not from any corpus).
+UNSEEN_NEWS = [
+    "Officials in Kyiv said on Tuesday that air defences had intercepted most of the drones launched overnight. "
+    "The governor warned that further strikes on the power grid could leave millions without heat this winter. "
+    "Moscow has said its aim is to force Ukraine to accept neutrality. Analysts expect the offensive to stall "
+    "before the spring thaw.",
+    "The European Union agreed a new package of sanctions on Friday. Diplomats said the measures target banks "
+    "that help Russia evade earlier restrictions. Hungary has threatened to veto any further aid unless its "
+    "concerns about energy supplies are met. Prices for gas rose sharply after the announcement.",
+    "The minister accused the opposition of planning to dismantle the health service. Critics say the new "
+    "law is designed to silence independent journalists. If the talks fail, the strike could spread to the "
+    "ports within days, union leaders said. The company reported a small rise in profits.",
+]
+
+
 def test_model_fast_backend_resolution():
     from stanceclf.errors import BackendError
     from stanceclf.infer import backends as fast_path

@@ -16,8 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from stanceclf.data.context import ContextSettings, sentence_contexts
 from stanceclf.data.documents import AnnotatedDocument
 from stanceclf.errors import AnnotationError, BuildOptionError
 from stanceclf.data.schema import LabelSchema
@@ -46,6 +47,8 @@ class BuildConfig(BaseModel):
     min_overlap_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     split_ratios: dict[str, float] = {"train": 0.7, "dev": 0.15, "test": 0.15}
     seed: int = 13
+    #: What each sentence is read with (:mod:`stanceclf.data.context`): a ``context`` column when on.
+    context: ContextSettings = ContextSettings()
 
     @field_validator("split_ratios")
     @classmethod
@@ -56,6 +59,15 @@ class BuildConfig(BaseModel):
         if not all(r >= 0 for r in ratios.values()) or not abs(sum(ratios.values()) - 1) <= 1e-6:  # NaN fails
             raise ValueError(f"split ratios must be non-negative and sum to 1, got {ratios}")
         return ratios
+
+    @model_serializer(mode="wrap")
+    def _context_only_when_read(self, handler) -> dict:
+        # Without context the settings dump (and so fingerprints, build info and run signatures) exactly as
+        # before contexts existed: data and runs of then are recognised as the same.
+        dumped = handler(self)
+        if not self.context.enabled:
+            dumped.pop("context", None)
+        return dumped
 
     def build_settings(self) -> "BuildConfig":
         """Only the build settings (a subclass may carry more)."""
@@ -120,10 +132,13 @@ def from_annotations(source: AnnotationSource, schema: LabelSchema, config: Buil
     return build_dataset([], schema, config, fixed_splits=fixed)
 
 def sentence_examples(document: AnnotatedDocument, schema: LabelSchema, config: BuildConfig) -> list[dict]:
-    """One example per sentence of ``document`` with multi-hot labels in schema order."""
+    """One example per sentence of ``document`` with multi-hot labels in schema order, and its ``context``
+    when ``config.context`` reads one."""
     names = schema.label_names
     examples = []
-    for index, sentence in enumerate(config.splitter.split(document.text)):
+    sentences = config.splitter.split(document.text)
+    contexts = sentence_contexts([sentence.text for sentence in sentences], config.context)
+    for index, (sentence, context) in enumerate(zip(sentences, contexts)):
         hot = [0] * len(names)
         length = sentence.end - sentence.start
         for span in document.spans:
@@ -137,6 +152,7 @@ def sentence_examples(document: AnnotatedDocument, schema: LabelSchema, config: 
             "end": sentence.end,
             "text": sentence.text,
             "labels": hot,
+            **({"context": context} if context is not None else {}),
         })
     return examples
 
@@ -226,6 +242,7 @@ def build_dataset(documents: list[AnnotatedDocument], schema: LabelSchema, confi
         "end": Value("int64"),
         "text": Value("string"),
         "labels": Sequence(Value("int8"), length=len(schema.label_names)),
+        **({"context": Value("string")} if config.context.enabled else {}),
     })
     dataset = DatasetDict({
         name: Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
@@ -239,6 +256,12 @@ def build_dataset(documents: list[AnnotatedDocument], schema: LabelSchema, confi
         "documents": {name: sorted({row["doc_id"] for row in rows}) for name, rows in per_split.items()},
     }
     return dataset, info
+
+
+def built_contexts(examples) -> list[str] | None:
+    """The contexts a split of a built dataset was built with (its ``context`` column), the very strings
+    training read; None for a dataset built without context."""
+    return list(examples["context"]) if "context" in examples.column_names else None
 
 
 def _check_unique_ids(groups: dict[str, list[AnnotatedDocument]]) -> None:

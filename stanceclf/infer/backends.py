@@ -14,21 +14,26 @@
   (on a 2-core AMD EPYC: 5.6 s to 0.7 s for MiniLM, 11.1 s to 3.1 s for MPNet); the four most
   recently used graphs are kept. Needs
   ``pip install 'stanceclf[fast]'``.
+- ``int8``: OpenVINO running a static int8 graph that NNCF quantised under accuracy control
+  (:mod:`stanceclf.infer.int8`), for CPUs with VNNI or AMX and no native bfloat16, where fp32 is near the
+  machine's peak. At most 1% of label decisions change on its calibration sentences (checked when it is
+  built, once per model and machine, and cached). Needs ``pip install 'stanceclf[int8]'``.
 - ``auto`` (``fast=True``): measured, not guessed from CPU flags. On the first fast load of
-  a model on a machine, :func:`choose_backend` scores a fixed batch of news-like sentences
-  with every candidate (``torch``; ``bf16`` where the CPU has native bfloat16; ``onnx`` where
-  ONNX Runtime is installed), drops any whose scores move by more than 0.02 from fp32 on
-  that batch, and takes the fastest. The choice is cached per machine (CPU model, cores,
-  threads, torch and ONNX Runtime versions) and model in ``backends.json`` under the cache
-  folder (``$STANCECLF_CACHE``, else ``$XDG_CACHE_HOME/stanceclf``, else
-  ``~/.cache/stanceclf``); delete it to measure again. A loaded machine can favour another
-  backend than an idle one (on a busy 2-core machine bf16 ran at 31 sentences/s, fp32 at 34,
-  ONNX at 61), which is why the choice is measured where the model runs.
+  a model on a machine, :func:`choose_backend` scores a sample shaped like real work (the 224 sentences
+  of the seed news articles, in length-sorted batches of 64, with this process's threads) with every
+  candidate (``torch``; ``bf16`` where the CPU has native bfloat16; ``int8`` where OpenVINO and NNCF are
+  installed and the CPU has int8 dot products; ``onnx`` where ONNX Runtime is installed). The gate is on
+  what users see: a candidate is dropped if it changes more than 1% of fp32's label decisions on the
+  sample, or if the process then holds more than 1.5x the memory it held with fp32. The fastest of the
+  rest wins, and fp32 is always among them. The choice and every measurement behind it (seconds,
+  decisions changed, memory, why a candidate was dropped) are cached per machine (CPU model, cores,
+  threads, library versions) and model in ``backends.json`` under the cache folder
+  (``$STANCECLF_CACHE``, else ``$XDG_CACHE_HOME/stanceclf``, else ``~/.cache/stanceclf``); delete it to
+  measure again. A loaded machine can favour another backend than an idle one, which is why the choice
+  is measured where the model runs.
 
-int8 dynamic quantization was measured and rejected for this purpose: on the
-shipped claim-type model it moved scores by up to 0.59 (torch, per tensor), 0.41
-(torch, per channel) and 0.21 (ONNX Runtime, per channel), far outside the 0.02
-that the fast path promises.
+Dynamic int8 quantisation was measured and rejected: on the shipped claim-type model it moved scores by
+up to 0.59 (torch, per tensor), 0.41 (torch, per channel) and 0.21 (ONNX Runtime, per channel).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ import numpy as np
 from stanceclf.cache import cache_dir, evict_least_recent
 from stanceclf.files import FileStamp, exclusive_lock, write_atomically
 from stanceclf.errors import BackendError
+from stanceclf.infer.graph_key import model_graph_key, package_version
+from stanceclf.infer.int8 import MAX_DECISIONS_CHANGED, calibration_texts, int8_encoder, int8_installed
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.layout import weights_file
 from stanceclf.model.manifest import manifest_digest
@@ -57,28 +64,35 @@ from stanceclf.model.manifest import manifest_digest
 
 @dataclass(frozen=True)
 class Backend:
-    """One way to run the forward pass. ``build(model, threads)`` returns an encoder
-    ``(input_ids, attention_mask) -> logits``, or None for the plain torch model."""
+    """One way to run the forward pass. ``build(stance_model, threads)`` returns an encoder
+    ``(input_ids, attention_mask) -> logits`` for an fp32 :class:`StanceModel`, or None for plain torch."""
 
     name: str
     summary: str
     build: Callable
+    #: The largest change of any score from fp32 its tests allow; None where the bound is on label
+    #: decisions instead (int8: at most 1% of them on the calibration sentences, checked when built).
+    max_score_change: float | None = 0.02
 
 
 def _torch(model, threads):
     return None
 
 
-def _bf16(model, threads):
-    return Bfloat16Encoder(model)
+def _bf16(stance, threads):
+    return Bfloat16Encoder(stance.model)
 
 
-def _onnx(model, threads):
+def _onnx(stance, threads):
     from stanceclf.model.native import transformers_model
 
     # ONNX Runtime's BERT fusion recognises the graph of transformers' eager attention.
-    return OnnxEncoder(transformers_model(model), threads=threads,
-                       graph_file=cache_dir() / GRAPH_FOLDER / f"{_graph_key(model)}.onnx")
+    return OnnxEncoder(transformers_model(stance.model), threads=threads,
+                       graph_file=cache_dir() / GRAPH_FOLDER / f"{model_graph_key(stance.model, ONNX_LIBRARIES)}.onnx")
+
+
+def _int8(stance, threads):
+    return int8_encoder(stance, threads=threads)
 
 
 #: Every backend, in one place: the CLI help, ``load(fast=...)`` and scoring read this table.
@@ -88,6 +102,9 @@ BACKENDS: dict[str, Backend] = {
                     "(measured), scores move by up to about 0.02", _bf16),
     "onnx": Backend("onnx", "ONNX Runtime in fp32 (fused attention on BERT-family models); same scores",
                     _onnx),
+    "int8": Backend("int8", "OpenVINO static int8 quantised by NNCF, for CPUs with VNNI or AMX and no bfloat16; "
+                    "at most 1% of label decisions change on the calibration sentences (checked)", _int8,
+                    max_score_change=None),
 }
 AUTO = "auto"
 
@@ -103,10 +120,21 @@ def native_bf16_supported() -> bool:
     emulates bfloat16 on any AVX-512 CPU, slowly, so torch's own ``mkldnn`` check is too lax."""
     import torch
 
+    if not _isa_cap_allows_bf16(os.environ.get("ONEDNN_MAX_CPU_ISA")):
+        return False
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def _isa_cap_allows_bf16(cap: str | None) -> bool:
+    """Whether oneDNN's instruction cap (``ONEDNN_MAX_CPU_ISA``, set to measure a CPU without bfloat16 on
+    one that has it) leaves native bfloat16 in: no cap, ``ALL``, or a cap at AVX512_CORE_BF16, AMX or AVX10."""
+    if not cap:
+        return True
+    cap = cap.upper()
+    return cap in ("ALL", "DEFAULT") or "BF16" in cap or "AMX" in cap or cap.startswith("AVX10")
 
 
 def onnxruntime_installed() -> bool:
@@ -127,44 +155,43 @@ def resolve_backend(fast: bool | str | None) -> str:
     return fast
 
 
-def build_encoder(backend: str, model, *, threads: int | None = None
+def build_encoder(backend: str, stance, *, threads: int | None = None
                   ) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-    """The encoder of a named backend for the torch ``model`` (None for plain torch)."""
-    return BACKENDS[backend].build(model, threads)
+    """The encoder of a named backend for an fp32 :class:`StanceModel` (None for plain torch)."""
+    return BACKENDS[backend].build(stance, threads)
 
 
 def candidate_backends() -> list[str]:
     """What ``auto`` measures: torch always; bf16 only with native bfloat16 (emulated, it is many times
-    slower, and timing it would slow every first load); onnx when ONNX Runtime is installed."""
-    return ["torch"] + (["bf16"] if native_bf16_supported() else []) + (["onnx"] if onnxruntime_installed() else [])
+    slower, and timing it would slow every first load); int8 when OpenVINO and NNCF are installed and the
+    CPU has int8 dot-product instructions (quantising takes minutes, worth it only there); onnx when ONNX
+    Runtime is installed. The heaviest in memory is measured last."""
+    return (["torch"] + (["bf16"] if native_bf16_supported() else [])
+            + (["int8"] if int8_installed() and int8_dot_product_supported() else [])
+            + (["onnx"] if onnxruntime_installed() else []))
 
 
-#: The calibration batch: news-like sentences of mixed lengths (padded batches as scoring makes them).
-CALIBRATION_SENTENCES = (
-    "The minister said the new tariffs would take effect next month.",
-    "Analysts expect inflation to fall below three percent by the end of the year.",
-    "Officials warned that the drought poses a serious threat to the region's water supply.",
-    "The opposition accused the government of planning to raise taxes after the election.",
-    "Talks resumed on Monday.",
-    "If the ceasefire collapses, thousands more people could be forced to flee their homes, aid groups said.",
-    "The company reported record profits for the third quarter in a row.",
-    "Critics say the law is designed to silence independent journalists.",
-    "Photo: Reuters",
-    "Experts fear the virus will spread faster once schools reopen in September, straining hospitals that are "
-    "already short of staff and beds.",
-    "The president's plan aims to cut emissions by half within a decade.",
-    "Markets fell sharply after the central bank signalled further rate rises.",
-    "Residents described hearing explosions throughout the night.",
-    "The treaty, signed in 1987, banned an entire class of intermediate-range missiles.",
-    "Without new funding, the programme is likely to close by spring.",
-    "He denied all the allegations.",
-) * 2
-#: The largest score change from fp32, on the calibration batch, that a fast path may show.
-CALIBRATION_TOLERANCE = 0.02
+def int8_dot_product_supported() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX-INT8); True where
+    the flags cannot be read (then it is measured, not guessed)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), None)
+    except OSError:
+        return True
+    return flags is None or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
 CACHE_FILE = "backends.json"
+#: How a choice is made; a cached choice made another way is measured again.
+CHOICE_FORMAT = 2
+#: A fast path may hold at most this many times the memory (resident set) of the process running fp32.
+MAX_MEMORY_RATIO = 1.5
 #: Optimised ONNX graphs, one per model and library versions (``<key>.onnx``). On a 2-core AMD EPYC an
 #: onnx load took 5.6 s for MiniLM and 11.1 s for MPNet with the export, 0.7 s and 3.1 s from the cache.
 GRAPH_FOLDER = "onnx"
+#: What an exported ONNX graph depends on besides torch and the model.
+ONNX_LIBRARIES = ("onnx", "onnxruntime")
 #: Graphs kept, the most recently used: an MPNet graph is 438 MB, and cross-validation or distillation
 #: would otherwise leave one per fold model in the cache.
 GRAPHS_KEPT = 4
@@ -173,9 +200,9 @@ LOCK_TIMEOUT = 30
 log = logging.getLogger(__name__)
 
 
-def time_backend(name: str, run: Callable[[], object], repeats: int = 3) -> float:
-    """Seconds ``run`` takes, the best of ``repeats`` after one warm-up call (first calls allocate and plan)."""
-    run()
+def time_backend(name: str, run: Callable[[], object], repeats: int = 2) -> float:
+    """Seconds ``run`` takes, the best of ``repeats`` (the caller has run it once already: first calls
+    allocate and plan)."""
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
@@ -184,24 +211,49 @@ def time_backend(name: str, run: Callable[[], object], repeats: int = 3) -> floa
     return best
 
 
+def resident_megabytes() -> float | None:
+    """This process's resident set now (MB), or None where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @dataclass
 class BackendChoice:
-    """What ``auto`` chose, and the measurements behind it."""
+    """What ``auto`` chose, and the measurements behind it (kept in the cache, so a user can see why)."""
 
     backend: str
-    #: Seconds per calibration batch of each measured candidate.
+    #: Seconds to score the sample (:func:`~stanceclf.infer.int8.calibration_texts`), per measured candidate.
     seconds: dict[str, float] = field(default_factory=dict)
-    #: Largest score change from fp32 on the calibration batch, per candidate.
+    #: Largest score change from fp32 on the sample, per candidate.
     deviation: dict[str, float] = field(default_factory=dict)
+    #: Label decisions (sentence x label) on the sample that differ from fp32's, per candidate.
+    decisions_changed: dict[str, int] = field(default_factory=dict)
+    #: The process's resident set (MB) with each candidate built and run.
+    memory_mb: dict[str, float] = field(default_factory=dict)
+    #: Why a candidate was not taken: it cannot run here, its decisions or its memory.
+    rejected: dict[str, str] = field(default_factory=dict)
+    #: Sentences and label decisions in the sample.
+    sample: dict[str, int] = field(default_factory=dict)
     cached: bool = False
 
 
 def choose_backend(model, *, threads: int | None = None, candidates: list[str] | None = None,
                    measure: Callable[[str, Callable[[], object]], float] = time_backend,
+                   memory: Callable[[], float | None] = resident_megabytes,
                    cache_path: Path | None = None) -> tuple[BackendChoice, "StanceModel"]:
-    """``(BackendChoice, StanceModel on that backend)``: the fastest candidate whose scores stay within
-    :data:`CALIBRATION_TOLERANCE` of fp32 on the calibration batch, read from the cache when this
-    machine has measured this model before. ``measure(name, run)`` times one candidate."""
+    """``(BackendChoice, StanceModel on that backend)``: the fastest candidate on a sample shaped like real
+    work (the seed news articles' sentences, length-sorted batches of 64, this process's threads) whose
+    label decisions on the sample differ from fp32's in at most :data:`~stanceclf.infer.int8.MAX_DECISIONS_CHANGED`
+    of cases and whose process memory stays within :data:`MAX_MEMORY_RATIO` of fp32's. fp32 itself is always a
+    candidate, so the choice is never slower than no flag on that sample. Read from the cache when this
+    machine has measured this model before. ``measure(name, run)`` times one candidate; ``memory()`` reads
+    the resident set."""
     cache = BackendCache(cache_path or cache_dir() / CACHE_FILE)
     key = _cache_key(model, threads)
     known = cache.get(key) if key else None
@@ -210,25 +262,43 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
             return known, (model if known.backend == "torch" else model.accelerated(known.backend, threads=threads))
         except Exception as exc:  # e.g. ONNX Runtime broken or removed since: the cached choice is stale
             log.warning("the cached backend %s cannot run here any more (%s): measuring again", known.backend, exc)
-    batch = list(CALIBRATION_SENTENCES)
-    reference = model.predict_proba(batch)
+    sample = calibration_texts(model)
+    reference = model.predict_proba(sample)
+    reference_decisions = model.predict(sample)
     choice, built = BackendChoice("torch"), {}
+    choice.sample = {"sentences": len(sample), "decisions": int(reference_decisions.size)}
+    fp32_memory = None
     for name in candidates or candidate_backends():
         try:
-            built[name] = model if name == "torch" else model.accelerated(name, threads=threads)
-            scores = built[name].predict_proba(batch)
+            candidate = model if name == "torch" else model.accelerated(name, threads=threads)
+            scores = candidate.predict_proba(sample)  # also the warm-up run
         except Exception as exc:  # a fast path that cannot run here (export, runtime) is only not a candidate
             if name == "torch":
                 raise
             log.warning("backend %s cannot run this model here (%s): not used", name, exc)
+            choice.rejected[name] = f"cannot run here: {exc}"
             continue
-        choice.deviation[name] = float(abs(scores - reference).max())
-        if choice.deviation[name] > CALIBRATION_TOLERANCE:
-            log.warning("backend %s moved scores by %.3f on the calibration batch: not used", name,
-                        choice.deviation[name])
+        choice.deviation[name] = round(float(abs(scores - reference).max()), 6)
+        choice.decisions_changed[name] = int((candidate.predict(sample) != reference_decisions).sum())
+        changed_share = choice.decisions_changed[name] / max(1, reference_decisions.size)
+        if changed_share > MAX_DECISIONS_CHANGED:  # not worth timing
+            choice.rejected[name] = (f"changed {choice.decisions_changed[name]} of {reference_decisions.size} label "
+                                     f"decisions of fp32 ({changed_share:.1%})")
+            log.warning("backend %s is not used: %s", name, choice.rejected[name])
             continue
-        choice.seconds[name] = measure(name, lambda runner=built[name]: runner.predict_logits(batch))
-    choice.backend = min(choice.seconds, key=choice.seconds.get)
+        choice.seconds[name] = round(measure(name, lambda runner=candidate: runner.predict_logits(sample)), 4)
+        resident = memory()
+        if resident is not None:
+            choice.memory_mb[name] = round(resident, 1)
+        if name == "torch":
+            fp32_memory = resident
+        elif fp32_memory and resident and resident > MAX_MEMORY_RATIO * fp32_memory:
+            choice.rejected[name] = f"held {resident:.0f} MB against {fp32_memory:.0f} MB for fp32"
+            log.warning("backend %s is not used: %s", name, choice.rejected[name])
+            continue
+        built[name] = candidate
+    eligible = {name: seconds for name, seconds in choice.seconds.items() if name in built}
+    choice.backend = min(eligible, key=eligible.get)
     if key:
         cache.put(key, choice)
     for candidate in built.values():  # calibration is not work the caller asked for
@@ -257,26 +327,12 @@ def _cache_key(model, threads: int | None) -> str | None:
     if identity is None:
         return None
     parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
-             "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "bf16": native_bf16_supported(),
+             "torch": torch.__version__, "onnxruntime": package_version("onnxruntime"), "bf16": native_bf16_supported(),
+             "openvino": package_version("openvino"), "nncf": package_version("nncf"), "format": CHOICE_FORMAT,
+             # oneDNN's instruction cap (e.g. AVX512_CORE_VNNI: no AMX) changes which path is fastest.
+             "isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
              **identity}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def _graph_key(model) -> str:
-    """What an exported graph depends on: the torch model's config and every tensor's bytes, and the
-    libraries that export and optimise it. Hashing the tensors (part of the 3.1 s an MPNet load takes
-    from the cache) costs far less than an export, and no file's name, size or time can pass other
-    weights for these."""
-    import torch
-
-    digest = hashlib.sha256(json.dumps(
-        {"torch": torch.__version__, "onnx": _version("onnx"), "onnxruntime": _version("onnxruntime"),
-         "class": type(model).__name__, "config": model.config.to_dict()},
-        sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def _model_identity(model) -> dict | None:
@@ -284,15 +340,6 @@ def _model_identity(model) -> dict | None:
     if weights is None:
         return None
     return {"weights": FileStamp.of(weights).as_list(), "manifest": manifest_digest(model.manifest)}
-
-
-def _version(distribution: str) -> str | None:
-    import importlib.metadata as md
-
-    try:
-        return md.version(distribution)
-    except md.PackageNotFoundError:
-        return None
 
 
 class BackendCache:

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from stanceclf.errors import ExplainError
-from stanceclf.infer.model import StanceModel
+from stanceclf.infer.model import StanceModel, Unit, private_tokenizer
 from stanceclf.infer.results import Prediction
 from stanceclf.model.decision import decide, reported_scores
 
@@ -128,6 +128,8 @@ class _Unit:
     text: str
     start: int
     labels: list[int]
+    #: What the model reads beside it (see :class:`~stanceclf.infer.model.Unit`); kept fixed while its words vary.
+    context: str | None = None
     spans: list[tuple[int, int]] = field(init=False)
 
     def __post_init__(self):
@@ -144,7 +146,10 @@ def explain(text_or_prediction, label: str | None = None, model: StanceModel | s
     its ``labels`` are the ones explained) or a list of predictions (-> a list). ``model``: a loaded model,
     a model directory or a shipped model's name (default: the shipped default). Scores are recomputed by
     ``model``; the weights of a label add up roughly (occlusion) or nearly exactly (integrated gradients)
-    to how far the sentence's score is from a sentence without those words.
+    to how far the sentence's score is from a sentence without those words. A text's sentences are read
+    as :meth:`~StanceModel.classify` reads them, with their context when the model reads one (the words of
+    the sentence are weighed, its context stays as it is); a prediction carries no context, so a model that
+    reads one explains it without, and says so in :attr:`Explanation.note`.
     """
     from stanceclf.infer.predict import load
 
@@ -154,28 +159,31 @@ def explain(text_or_prediction, label: str | None = None, model: StanceModel | s
         raise ExplainError(f"unknown explanation method {method!r}: choose from {', '.join(METHODS)}")
     if label is not None and label not in model.labels:
         raise ExplainError(f"unknown label {label!r}: this model's labels are {', '.join(model.labels)}")
+    context_lost = None
     if isinstance(text_or_prediction, str):
         predictions = None
-        spans = [(start, text) for _, start, _, text in model.units([text_or_prediction],
-                                                                     split_sentences=split_sentences)]
+        scored = model.units([text_or_prediction], split_sentences=split_sentences)
     else:
         predictions = ([text_or_prediction] if isinstance(text_or_prediction, Prediction)
                        else list(text_or_prediction))
         for position, prediction in enumerate(predictions):
             if not isinstance(prediction, Prediction):
                 raise TypeError(f"item {position} is {type(prediction).__name__}, expected Prediction")
-        spans = [(p.start, p.text) for p in predictions]
-    probs, _ = model.proba_and_truncation([text for _, text in spans], batch_size=batch_size)
+        scored = [Unit(0, p.start, p.end, p.text) for p in predictions]
+        if model.manifest.context.enabled:
+            context_lost = ("explained without context: this model reads each sentence with its neighbours and "
+                            "title, which a prediction does not carry (explain the text for classify's scores)")
+    probs, _ = model.score_units(scored, batch_size=batch_size)
     chosen = decide(probs, model.threshold_vector)
     units = []
-    for i, (start, text) in enumerate(spans):
+    for i, (_, start, _, text, context) in enumerate(scored):
         if label is not None:
             wanted = [model.labels.index(label)]
         elif predictions is not None:  # a prediction's own labels, as it reported them
             wanted = [model.labels.index(name) for name in predictions[i].labels if name in model.labels]
         else:
             wanted = [int(j) for j in np.flatnonzero(chosen[i])]
-        units.append(_Unit(text, start, wanted))
+        units.append(_Unit(text, start, wanted, context))
     results = [_explanation(model, unit, row, hits) for unit, row, hits in zip(units, probs, chosen)]
     to_explain = [(unit, result) for unit, result in zip(units, results) if unit.labels and unit.spans]
     backend, note = model.backend, None
@@ -183,6 +191,7 @@ def explain(text_or_prediction, label: str | None = None, model: StanceModel | s
         weigh = _occlusion if method == "occlusion" else _integrated_gradients
         backend, note = weigh(model, [unit for unit, _ in to_explain], [result for _, result in to_explain],
                               batch_size=batch_size, steps=steps)
+    note = "; ".join(filter(None, [context_lost, note])) or None
     for result in results:
         result.method, result.backend, result.note = method, backend, note
     if predictions is None or not isinstance(text_or_prediction, Prediction):
@@ -208,16 +217,19 @@ def _attach(model: StanceModel, unit: _Unit, result: Explanation, label_index: i
 
 
 # ---- occlusion --------------------------------------------------------------------------------------
-def occlusion_weights(model: StanceModel, texts: list[str], *, batch_size: int = 64
-                      ) -> list[np.ndarray]:
+def occlusion_weights(model: StanceModel, texts: list[str], *, contexts: list[str | None] | None = None,
+                      batch_size: int = 64) -> list[np.ndarray]:
     """For each text, ``(n_words, n_labels)``: every label's calibrated score of the text minus its score with
-    that word deleted, all variants scored in one length-sorted pass of the served forward pass."""
+    that word deleted, all variants scored in one length-sorted pass of the served forward pass, each read
+    with its text's context (``contexts``, as in :meth:`StanceModel.tokenize`)."""
     spans = [word_spans(text) for text in texts]
     variants: list[str] = []
-    for text, words in zip(texts, spans):
+    variant_contexts: list[str | None] = []
+    for text, context, words in zip(texts, contexts or [None] * len(texts), spans):
         variants.append(text)
         variants.extend(without_words(text, words, [i]) for i in range(len(words)))
-    probs, _ = model.proba_and_truncation(variants, batch_size=batch_size)
+        variant_contexts.extend([context] * (1 + len(words)))
+    probs, _ = model.proba_and_truncation(variants, contexts=variant_contexts, batch_size=batch_size)
     probs = probs.astype(np.float64)
     weights, offset = [], 0
     for words in spans:
@@ -227,8 +239,9 @@ def occlusion_weights(model: StanceModel, texts: list[str], *, batch_size: int =
 
 
 def _occlusion(model, units, results, *, batch_size, steps) -> tuple[str, str | None]:
-    for unit, result, weights in zip(units, results,
-                                     occlusion_weights(model, [u.text for u in units], batch_size=batch_size)):
+    weighed = occlusion_weights(model, [u.text for u in units], contexts=[u.context for u in units],
+                                batch_size=batch_size)
+    for unit, result, weights in zip(units, results, weighed):
         for j in unit.labels:
             _attach(model, unit, result, j, weights[:, j])
     return model.backend, None
@@ -242,22 +255,22 @@ def _integrated_gradients(model, units, results, *, batch_size, steps) -> tuple[
         note = (f"integrated gradients need gradients, which the {model.backend} backend does not compute: "
                 "the weights come from the fp32 torch model")
     for unit, result in zip(units, results):
-        weights = integrated_gradient_weights(model, unit.text, unit.labels, steps=steps,
+        weights = integrated_gradient_weights(model, unit.text, unit.labels, context=unit.context, steps=steps,
                                               bfloat16=backend == "bf16")
         for j in unit.labels:
             _attach(model, unit, result, j, weights[j])
     return backend, note
 
 
-def integrated_gradient_weights(model: StanceModel, text: str, labels: list[int], *,
+def integrated_gradient_weights(model: StanceModel, text: str, labels: list[int], *, context: str | None = None,
                                 steps: int = DEFAULT_STEPS, bfloat16: bool = False) -> dict[int, np.ndarray]:
-    """Per label index, the integrated gradients of its calibrated score summed per word of ``text``,
-    with padding tokens in place of every word piece as the baseline."""
+    """Per label index, the integrated gradients of its calibrated score summed per word of ``text`` (read with
+    ``context``, which stays as it is), with padding tokens in place of every word piece as the baseline."""
     import torch
 
     network = model.model
     layer = _embedding_layer(network)
-    ids, baseline, owners = padding_baseline(model, text)
+    ids, baseline, owners = padding_baseline(model, text, context)
     n_words = len(word_spans(text))
     input_ids, baseline_ids = torch.tensor([ids]), torch.tensor([baseline])
     nodes, node_weights = np.polynomial.legendre.leggauss(steps)
@@ -298,12 +311,14 @@ def integrated_gradient_weights(model: StanceModel, text: str, labels: list[int]
     return result
 
 
-def padding_baseline(model: StanceModel, text: str) -> tuple[list[int], list[int], list[int | None]]:
-    """``(ids, baseline ids, word of each token)``: the token ids the model scores for ``text``, the same with
-    a padding token for every word piece (special tokens kept), and the word (index into :func:`word_spans`)
-    each token belongs to (None for special tokens)."""
-    ids = model.tokenize([text])[0][0]
-    owners = _token_words(model, text, ids)
+def padding_baseline(model: StanceModel, text: str, context: str | None = None
+                     ) -> tuple[list[int], list[int], list[int | None]]:
+    """``(ids, baseline ids, word of each token)``: the token ids the model scores for ``text`` (read with
+    ``context``), the same with a padding token for every word piece of ``text`` (special tokens and the
+    context kept), and the word (index into :func:`word_spans`) each token belongs to (None for special
+    tokens and the context's)."""
+    ids = model.tokenize([text], None if context is None else [context])[0][0]
+    owners = _token_words(model, text, ids, context)
     pad = model.tokenizer.pad_token_id
     return ids, [pad if owner is not None else token for token, owner in zip(ids, owners)], owners
 
@@ -324,24 +339,31 @@ _private_tokenizers: weakref.WeakKeyDictionary[StanceModel, object] = weakref.We
 _private_lock = threading.Lock()
 
 
-def _token_words(model: StanceModel, text: str, ids: list[int]) -> list[int | None]:
-    """The word (index into :func:`word_spans`) each of the served token ``ids`` of ``text`` belongs to,
-    None for special tokens. Offsets come from a private copy of the model's ``tokenizers`` tokenizer:
-    the model's own keeps truncation state that concurrent callers change."""
-    with _private_lock:
-        tokenizer = _private_tokenizers.get(model)
-        if tokenizer is None:
-            tokenizer = _private_tokenizers[model] = _copy_tokenizer(model.tokenizer)
-        encoding = tokenizer.encode(text, add_special_tokens=True)
-    # The served ids are the encoding cut at max_length, its last (special) token kept.
-    if list(encoding.ids[: len(ids) - 1]) != list(ids[:-1]):
-        raise ExplainError("the tokenizer's offsets do not match the ids the model scores: use method='occlusion'")
+def _token_words(model: StanceModel, text: str, ids: list[int], context: str | None = None) -> list[int | None]:
+    """The word (index into :func:`word_spans`) each of the served token ``ids`` of ``text`` (read with
+    ``context``) belongs to, None for special tokens and the context's. Offsets come from a private copy of
+    the model's ``tokenizers`` tokenizer (the model's own keeps truncation state that concurrent callers
+    change), or for a pair from the model's own :class:`~stanceclf.infer.model.PairEncoder`."""
+    if context is not None:
+        encoding, _ = model.pair_encoder.encodings([text], [context], model.max_length)[0]
+        if list(encoding.ids) != list(ids):
+            raise ExplainError("the tokenizer's offsets do not match the ids the model scores: use method='occlusion'")
+        sources = range(len(ids))
+    else:
+        with _private_lock:
+            tokenizer = _private_tokenizers.get(model)
+            if tokenizer is None:
+                tokenizer = _private_tokenizers[model] = _copy_tokenizer(model.tokenizer)
+            encoding = tokenizer.encode(text, add_special_tokens=True)
+        # The served ids are the encoding cut at max_length, its last (special) token kept.
+        if list(encoding.ids[: len(ids) - 1]) != list(ids[:-1]):
+            raise ExplainError("the tokenizer's offsets do not match the ids the model scores: use method='occlusion'")
+        sources = [position if position < len(ids) - 1 else len(encoding.ids) - 1 for position in range(len(ids))]
     spans = word_spans(text)
     starts = [start for start, _ in spans]
     owners: list[int | None] = []
-    for position in range(len(ids)):
-        source = position if position < len(ids) - 1 else len(encoding.ids) - 1
-        if encoding.special_tokens_mask[source]:
+    for source in sources:
+        if encoding.special_tokens_mask[source] or encoding.sequence_ids[source] != 0:  # not a token of the text
             owners.append(None)
             continue
         start = encoding.offsets[source][0]
@@ -351,15 +373,10 @@ def _token_words(model: StanceModel, text: str, ids: list[int]) -> list[int | No
 
 
 def _copy_tokenizer(tokenizer):
-    from tokenizers import Tokenizer
-
-    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "backend", None)
-    if not isinstance(backend, Tokenizer):
+    copy = private_tokenizer(tokenizer)
+    if copy is None:
         raise ExplainError("integrated gradients need a fast (tokenizers) tokenizer for word offsets: "
                            "use method='occlusion'")
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_truncation()
-    copy.no_padding()
     return copy
 
 

@@ -69,13 +69,12 @@ def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceM
     free, and concurrent first calls from several threads load it once. Every backend
     of one directory shares one copy of the weights.
 
-    ``fast=True`` runs the fastest path on this machine: on the first fast load of a
-    model, a short calibration (about a second, plus building the ONNX session) scores
-    a fixed batch with each available backend, drops any that moves a score of that
-    batch by more than 0.02 from fp32, and keeps the fastest; the choice is cached per
-    machine and model (see :mod:`stanceclf.infer.backends`). The check covers that
-    batch only; it bounds no other text's scores. ``fast="bf16"`` or ``fast="onnx"``
-    picks one outright.
+    ``fast=True`` runs the fastest path on this machine that passes the gate: on the first fast load of a
+    model, the seed articles' 224 sentences are scored with each available backend; one that changes more
+    than 1% of fp32's label decisions on them, or makes the process hold more than 1.5x fp32's memory, is
+    dropped, and the fastest of the rest (fp32 among them) is kept; the choice is cached per machine and
+    model (see :mod:`stanceclf.infer.backends`). The check covers that sample only. ``fast="bf16"``,
+    ``"onnx"`` or ``"int8"`` picks one outright.
     """
     from stanceclf.infer.backends import resolve_backend
 

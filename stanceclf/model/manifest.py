@@ -1,8 +1,8 @@
 """The ``stanceclf.json`` manifest: everything beyond the weights that prediction needs.
 
 A model directory holds the manifest beside the transformers files; it names the label
-schema, thresholds, temperatures, max length, sentence splitter, base model, data
-fingerprint, metrics and the library versions that made the model. It is read strictly:
+schema, thresholds, temperatures, max length, sentence splitter, the context each sentence is
+read with, base model, data fingerprint, metrics and the library versions that made the model. It is read strictly:
 a bad value is refused with the file named, never guessed.
 """
 
@@ -16,15 +16,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stanceclf.data.context import ContextSettings
 from stanceclf.data.schema import LabelSchema
 from stanceclf.data.sentences import SentenceSplitter
 from stanceclf.errors import ModelDirectoryError, describe_validation_error, load_json_object
 
 MANIFEST_NAME = "stanceclf.json"
 FORMAT_NAME = "stanceclf-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: The format of a manifest that names no ``stored_weights``: what stanceclf before adapters wrote and reads.
 PLAIN_FORMAT_VERSION = 1
+#: The format of a manifest with ``stored_weights``, and no context.
+ADAPTER_FORMAT_VERSION = 2
 
 
 def library_versions() -> dict[str, str]:
@@ -66,6 +69,8 @@ class ModelManifest(BaseModel):
     temperatures: dict[str, float]
     max_length: int = Field(ge=8)
     splitter: SentenceSplitter = SentenceSplitter()
+    #: What each sentence is read with (:mod:`stanceclf.data.context`); a manifest without it: the sentence alone.
+    context: ContextSettings = ContextSettings()
     base_model: str
     data_fingerprint: str | None = None
     metrics: dict = {}
@@ -94,15 +99,19 @@ class ModelManifest(BaseModel):
         return self.label_schema.label_names
 
     def write(self, directory: Path) -> None:
-        # A manifest that stanceclf before adapters can read says version 1; one it would misread, the newer.
-        version = FORMAT_VERSION if self.stored_weights else PLAIN_FORMAT_VERSION
+        # A manifest says the oldest format that reads it right: an older stanceclf then refuses what it would
+        # misread (an adapter's weights, a model that reads context) instead of predicting without it.
+        version = (FORMAT_VERSION if self.context.enabled else ADAPTER_FORMAT_VERSION if self.stored_weights
+                   else PLAIN_FORMAT_VERSION)
         data = self.model_copy(update={"format_version": version})
         (directory / MANIFEST_NAME).write_text(data.to_json(indent=2) + "\n", encoding="utf-8")
 
     def to_json(self, *, indent: int | None = None) -> str:
-        """The manifest's JSON; a plain model's leaves out ``stored_weights``, so that it reads (and hashes)
-        exactly as before adapters existed."""
-        return self.model_dump_json(indent=indent, exclude={"stored_weights"} if self.stored_weights is None else None)
+        """The manifest's JSON; a plain model's leaves out ``stored_weights``, and one without context leaves
+        out ``context``, so that it reads (and hashes) exactly as before adapters and contexts existed."""
+        left_out = {name for name, absent in (("stored_weights", self.stored_weights is None),
+                                               ("context", not self.context.enabled)) if absent}
+        return self.model_dump_json(indent=indent, exclude=left_out or None)
 
     @classmethod
     def read(cls, directory: Path) -> "ModelManifest":

@@ -31,14 +31,11 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from stanceclf.errors import InternalServerError, ServerBusyError, StanceclfError
-from stanceclf.infer.model import StanceModel, _length_batches
+from stanceclf.infer.model import StanceModel, Unit, _length_batches
 from stanceclf.infer.results import Prediction
 from stanceclf.serve.settings import ServeHooks
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this logger; ours would print nothing
-
-#: What :meth:`StanceModel.units` gives: text index, start, end, the unit's text.
-Unit = tuple[int, int, int, str]
 
 
 class BatchCounters:
@@ -172,7 +169,7 @@ class MicroBatcher:
         length-sorted forward passes that ``classify()`` makes (the same order, the same cuts)."""
         if len(units) <= self.batch_size:
             return [list(range(len(units)))]
-        ids, _ = self.model.tokenize([unit[3] for unit in units])
+        ids, _ = self.model.tokenize([unit.text for unit in units], [unit.context for unit in units])
         order = sorted(range(len(ids)), key=lambda position: len(ids[position]))
         return list(_length_batches(order, ids, self.batch_size))
 
@@ -271,9 +268,8 @@ class MicroBatcher:
     def _score(self, pieces: list[tuple[_Job, list[int]]]) -> None:
         units = [job.units[position] for job, piece in pieces for position in piece]
         try:
-            probs, truncated = self.model.proba_and_truncation([unit[3] for unit in units],
-                                                               batch_size=self.batch_size)
-            predictions = iter(self.model.predictions([unit[1:] for unit in units], probs, truncated))
+            probs, truncated = self.model.score_units(units, batch_size=self.batch_size)
+            predictions = iter(self.model.unit_predictions(units, probs, truncated))
         except Exception as error:  # noqa: BLE001 - every request in the batch must hear of it
             served = _served_error(error, "scoring")
             failed = {id(job) for job, _ in pieces}

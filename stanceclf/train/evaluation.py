@@ -31,7 +31,8 @@ def evaluate_model(model, dataset_split, *, batch_size: int = 64,
             f"training split ({examples}{', ...' if len(seen['train']) > 3 else ''}), so its scores would be "
             "inflated. Build the dataset with the split the model was trained on (the ratios and seed of its "
             "recipe), or pass --allow-training-documents")
-    probs, truncated = model.proba_and_truncation(list(dataset_split["text"]), batch_size=batch_size)
+    probs, truncated = model.proba_and_truncation(list(dataset_split["text"]), batch_size=batch_size,
+                                                  contexts=model.example_contexts(dataset_split))
     y_true = np.array(dataset_split["labels"], dtype=int).reshape(len(probs), -1)
     report = multilabel_report(y_true, decide(probs, model.threshold_vector), model.labels, probs)
     report["ece"] = expected_calibration_error(y_true, probs)

@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from stanceclf.data.dataset import built_contexts
 from stanceclf.data.schema import LabelSchema, load_schema
 from stanceclf.errors import EvaluationError, RecipeError, load_json_object
 from stanceclf.files import folder_replaced_atomically, write_atomically
@@ -153,7 +154,7 @@ class FoldRunner:
         model, trainer = fit_and_calibrate(recipe, data, self.schema, model=model, tokenizer=self.tokenizer,
                                            fingerprint=fingerprint, resume=self.resume, progress=self.progress,
                                            train_rows=train_rows)
-        logits = model.predict_logits(list(tested["text"]))
+        logits = model.predict_logits(list(tested["text"]), contexts=built_contexts(tested))
         y_true = np.array(tested["labels"], dtype=int).reshape(len(logits), -1)
         temperatures = [model.manifest.temperatures[l] for l in model.labels]
         record = {

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stanceclf.data.dataset import from_annotations, load_built_dataset, statistics
+from stanceclf.data.context import ContextSettings
+from stanceclf.data.dataset import built_contexts, from_annotations, load_built_dataset, statistics
 from stanceclf.data.readers import ReadReport
 from stanceclf.data.schema import LabelSchema
 from stanceclf.data.sentences import SentenceSplitter
 from stanceclf.errors import RecipeError
-from stanceclf.infer.model import StanceModel
+from stanceclf.infer.model import PairEncoder, StanceModel
 from stanceclf.model.adapter import LoraAdapter, with_lora
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.base_models import resolve_base
@@ -59,6 +60,10 @@ def prepare_dataset(recipe: Recipe, schema: LabelSchema) -> tuple[datasets.Datas
         if info["schema"]["labels"] != schema.to_dict()["labels"]:
             raise RecipeError(f"the dataset at {data.dataset} was built with another schema than {schema.name!r}",
                               where=recipe.source)
+        if recipe.distill is not None and data_context(info).enabled:  # as the recipe's own data.context is
+            raise RecipeError(f"the dataset at {data.dataset} was built with context, and [distill] trains on the "
+                              "teachers' scores of sentences read alone: build it without data.context, or train "
+                              "without [distill]", where=recipe.source)
         return dataset, info, report
     dataset, info = from_annotations(data, schema, data, resolve=recipe.resolve, report=report)
     return dataset, info, report
@@ -78,6 +83,11 @@ def prepared_data(recipe: Recipe, schema: LabelSchema) -> tuple[datasets.Dataset
 def data_splitter(info: dict) -> SentenceSplitter:
     """The splitter the dataset was built with (from its build info)."""
     return SentenceSplitter.model_validate(info["build_config"]["splitter"])
+
+
+def data_context(info: dict) -> ContextSettings:
+    """The context the dataset's sentences are read with (from its build info; none recorded: none)."""
+    return ContextSettings.model_validate(info["build_config"].get("context", {}))
 
 
 def build_base_model(base: str, schema: LabelSchema, *, config=None) -> transformers.PreTrainedModel:
@@ -227,19 +237,19 @@ def _sampling_argument(arguments_class, group_by_length: bool) -> dict:
 
 
 def make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, train_rows=None) -> transformers.Trainer:
-    """Phase 2: a transformers ``Trainer`` over the tokenized splits, with weighted BCE and early stopping.
-    ``train_rows`` (distillation) replaces the train split: targets in [0, 1] and a ``weight`` per row."""
+    """Phase 2: a transformers ``Trainer`` over the tokenized splits (:func:`encoded_inputs`), with weighted BCE
+    and early stopping. ``train_rows`` (distillation) replaces the train split: targets in [0, 1] and a
+    ``weight`` per row."""
     from datasets import DatasetDict
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
     settings = recipe.training
     if settings.method == "lora":
         model = _wrap_lora(model, settings)
+    pairs = PairEncoder(tokenizer) if "context" in dataset["train"].column_names else None
 
     def encode(batch):
-        # No token_type_ids: serving never passes them (all zeros), and MPNet has none.
-        encoded = tokenizer(batch["text"], truncation=True, max_length=settings.max_length,
-                            return_token_type_ids=False)
+        encoded = encoded_inputs(tokenizer, pairs, batch, settings.max_length)
         encoded["labels"] = [[float(v) for v in row] for row in batch["labels"]]
         if "weight" in batch:
             encoded["weight"] = batch["weight"]
@@ -256,6 +266,16 @@ def make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, t
         model=model, args=_training_arguments(recipe, progress), train_dataset=encoded["train"],
         eval_dataset=encoded["dev"], data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_dev_macro_f1, callbacks=callbacks, pos_weight=pos_weight)
+
+
+def encoded_inputs(tokenizer, pairs: PairEncoder | None, batch: dict, max_length: int) -> dict:
+    """The model inputs of a batch of dataset rows: its ``text`` alone, or with ``pairs`` (a dataset built
+    with context) each text with its ``context``, encoded as prediction encodes it (:class:`PairEncoder`)."""
+    if pairs is None:
+        # No token_type_ids: serving never passes them (all zeros), and MPNet has none.
+        return tokenizer(batch["text"], truncation=True, max_length=max_length, return_token_type_ids=False)
+    ids, _ = pairs(batch["text"], batch["context"], max_length)
+    return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
 
 
 def _wrap_lora(model, settings):
@@ -316,7 +336,8 @@ def calibrate_and_evaluate(model, tokenizer, dataset, schema: LabelSchema, max_l
     provisional = ModelManifest(label_schema=schema, thresholds={l: 0.5 for l in labels},
                                 temperatures={l: 1.0 for l in labels}, max_length=max_length, base_model="")
     served = StanceModel(model, tokenizer, provisional)
-    logits = {name: served.predict_logits(list(dataset[name]["text"]))
+    # Each sentence with the context it was trained with (the dataset's), by the model's own encoding.
+    logits = {name: served.predict_logits(list(dataset[name]["text"]), contexts=built_contexts(dataset[name]))
               for name in ("dev", "test") if name in dataset and len(dataset[name])}
     truth = {name: np.array(dataset[name]["labels"]) for name in logits}
     temperatures, thresholds = calibration if calibration is not None else calibrate(logits["dev"], truth["dev"])
@@ -359,8 +380,9 @@ def final_manifest(result: StanceModel, recipe: Recipe, info: dict, dataset, tra
     labels = result.labels
     extra = {"distillation": distillation} if distillation else {}
     return result.manifest.model_copy(update={
-        # The splitter the data was built with (a prebuilt dataset records its own).
+        # The splitter and context the data was built with (a prebuilt dataset records its own).
         "splitter": data_splitter(info),
+        "context": data_context(info),
         "base_model": recipe.base_model,
         "data_fingerprint": info["fingerprint"],
         "training": {"recipe": recipe.model_dump(mode="json", by_alias=True), "wall_seconds": round(elapsed, 1),

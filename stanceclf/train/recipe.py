@@ -25,7 +25,9 @@ class DataSection(AnnotationSource, BuildConfig):
     (:class:`BuildConfig`, whose defaults are the only ones), or a dataset already built.
 
     The split seed defaults to the recipe's ``seed``; ``stanceclf build-dataset --recipe R``
-    builds exactly this dataset.
+    builds exactly this dataset. ``context = { previous = 1, next = 1, title = true }`` reads each
+    sentence with its neighbours and its document's title (:mod:`stanceclf.data.context`); the saved
+    model's manifest carries it, so that prediction reads the same.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -240,6 +242,14 @@ class Recipe(BaseModel):
                 and not self.distill.teacher_recipes):
             raise ValueError("calibration.thresholds = 'cross-validation' with [distill] needs distill.teacher_recipe: "
                              "each out-of-fold student learns from teachers trained on its own documents")
+        return self
+
+    @model_validator(mode="after")
+    def _students_read_sentences_alone(self) -> "Recipe":
+        if self.distill is not None and self.data.context.enabled:
+            raise ValueError("data.context with [distill]: the teachers' scores are cached per sentence, without "
+                             "context, so a student cannot learn from them what it reads with context; remove "
+                             "one of the two")
         return self
 
     @model_validator(mode="after")

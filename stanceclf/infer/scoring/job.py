@@ -364,10 +364,11 @@ class _LocalRun(ResumableRun):
     """The local engine: chunks scored in this process, a resume state after each one."""
 
     def process_chunk(self, chunk: Chunk) -> tuple[list[dict], int]:
-        spans = [(s.start, s.end, s.text) for s in chunk.sentences]
-        probs, truncated = self.model.proba_and_truncation([text for _, _, text in spans],
-                                                           batch_size=self.options.batch_size)
-        predictions = self.model.predictions(spans, probs, truncated)
+        # The chunk's documents as classify() would take them: each sentence with its own document's context.
+        units = [unit for index, (_, sentences) in enumerate(chunk.documents)
+                 for unit in self.model.document_units(index, sentences)]
+        probs, truncated = self.model.score_units(units, batch_size=self.options.batch_size)
+        predictions = self.model.unit_predictions(units, probs, truncated)
         rows = [row for record, predicted in chunk.by_document(predictions)
                 for row in self.spec.rows(record.doc_id, predicted)]
         return rows, sum(truncated)
