@@ -7,6 +7,7 @@ measured backend choices) and how files in it are evicted (they are written with
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -24,18 +25,25 @@ def cache_dir() -> Path:
 
 
 def evict_least_recent(folder: Path, pattern: str, keep: int) -> None:
-    """Delete all but the ``keep`` most recently used files matching ``pattern`` (by modification time,
-    which readers refresh; another process may delete one first), and the temporary files that killed
-    writers left behind (an MPNet model's is 438 MB)."""
+    """Delete all but the ``keep`` most recently used files or folders matching ``pattern`` (by modification
+    time, which readers refresh; another process may delete one first), and the temporary files and folders
+    that killed writers left behind (an MPNet model's is 438 MB)."""
     def used(path: Path) -> int:
         try:
             return path.stat().st_mtime_ns
         except FileNotFoundError:
             return 0
 
-    for stale in sorted(folder.glob(pattern), key=used, reverse=True)[keep:]:
-        stale.unlink(missing_ok=True)
+    def remove(path: Path) -> None:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    current = [path for path in folder.glob(pattern) if not path.name.endswith(TEMPORARY_SUFFIX)]
+    for stale in sorted(current, key=used, reverse=True)[keep:]:
+        remove(stale)
     abandoned = time.time_ns() - STALE_TEMPORARY_SECONDS * 10**9
     for temporary in folder.glob(f"*{TEMPORARY_SUFFIX}"):
         if 0 < used(temporary) < abandoned:
-            temporary.unlink(missing_ok=True)
+            remove(temporary)

@@ -9,7 +9,7 @@ import pytest
 
 from stanceclf.errors import BackendError
 from stanceclf.infer.backends import BACKENDS, CACHE_FILE, MAX_MEMORY_RATIO, Backend, choose_backend
-from stanceclf.infer.int8 import MAX_DECISIONS_CHANGED, QUANTIZED_FOLDER, calibration_texts, int8_encoder
+from stanceclf.infer.int8 import MAX_DECISIONS_CHANGED, QUANTIZED_FOLDER, calibration_units, int8_encoder
 from stanceclf.infer.model import StanceModel
 
 
@@ -211,19 +211,17 @@ def test_backends_onnx_graph_cache_keeps_only_the_most_recently_used(tmp_path, m
 
 
 def test_backends_auto_drops_a_fast_path_that_holds_too_much_memory(tiny, tmp_path):
-    """A new user's `score --fast` once chose a path with three times fp32's memory: memory is weighed."""
-    held = {"torch": 800.0, "bf16": 800.0 * MAX_MEMORY_RATIO + 1}
-    order = []
-
-    def measure(name, run):
-        order.append(name)
-        return {"torch": 2.0, "bf16": 1.0}[name]
+    """A new user's `score --fast` once chose a path with three times fp32's memory: what each candidate adds
+    to fp32's resident set is weighed."""
+    readings = iter([500.0, 800.0,  # torch: before building, after running -> fp32 holds 800 MB
+                     800.0, 1300.0])  # bf16 adds 500 MB: 1,300 against 800 is over 1.5x
 
     choice, fast = choose_backend(tiny, candidates=["torch", "bf16"], cache_path=tmp_path / CACHE_FILE,
-                                  measure=measure, memory=lambda: held[order[-1]])
+                                  measure=timings({"torch": 2.0, "bf16": 1.0}), memory=lambda: next(readings))
     assert choice.backend == fast.backend == "torch"
-    assert "held 1201 MB against 800 MB" in choice.rejected["bf16"]
-    assert choice.memory_mb == held and choice.sample["sentences"] == len(calibration_texts(tiny)) > 200
+    assert "held 1300 MB against 800 MB" in choice.rejected["bf16"]
+    assert choice.memory_mb == {"torch": 800.0, "bf16": 1300.0}
+    assert choice.sample["sentences"] == len(calibration_units(tiny)) > 200
     cached = json.loads((tmp_path / CACHE_FILE).read_text())["choices"]
     assert [entry["rejected"] for entry in cached.values()] == [choice.rejected]  # why, kept for the user
 
@@ -238,14 +236,14 @@ def int8_cache(tmp_path, monkeypatch):
 
 def test_backends_int8_is_quantised_once_checked_on_decisions_and_cached(tmp_path, make_tiny_model, int8_cache):
     model = StanceModel.from_pretrained(make_tiny_model(seed=0).save_pretrained(tmp_path / "model"))
-    texts = calibration_texts(model)
+    texts = [unit.text for unit in calibration_units(model)]  # the tiny model reads no context
     fast = model.accelerated("int8")
     assert fast.backend == "int8"
     report = fast.encoder.report
     assert report.sentences == len(texts) and report.decisions == len(texts) * len(model.labels)
     assert report.decisions_changed <= MAX_DECISIONS_CHANGED * report.decisions
     assert (fast.predict(texts) != model.predict(texts)).sum() == report.decisions_changed
-    folders = [path for path in int8_cache.iterdir()]
+    folders = [path for path in int8_cache.iterdir() if path.is_dir()]  # beside each: its lock file
     assert len(folders) == 1 and (folders[0] / "model.xml").is_file()
     stamp = (folders[0] / "model.bin").stat().st_mtime_ns
     again = model.accelerated("int8")  # read from the cache: nothing quantised again
@@ -257,7 +255,7 @@ def test_backends_int8_is_quantised_once_checked_on_decisions_and_cached(tmp_pat
 
 def test_backends_int8_needs_enough_calibration_sentences(tiny, int8_cache):
     with pytest.raises(BackendError, match="at least 32 sentences; got 3"):
-        int8_encoder(tiny, texts=TEXTS)
+        int8_encoder(tiny, documents=TEXTS)
 
 
 @pytest.mark.parametrize("cap, allowed", [(None, True), ("ALL", True), ("AVX512_CORE_AMX", True),
@@ -276,3 +274,54 @@ def test_backends_an_instruction_cap_below_bfloat16_rules_out_bf16(cap, allowed,
         assert native_bf16_supported() == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     else:
         assert native_bf16_supported() is False
+
+
+def test_backends_int8_cache_keeps_only_the_most_recently_used_graph_folders(tmp_path, make_tiny_model, int8_cache,
+                                                                              monkeypatch):
+    from stanceclf.infer import int8
+
+    monkeypatch.setattr(int8, "GRAPHS_KEPT", 1)
+    first, second = (StanceModel.from_pretrained(make_tiny_model(seed=seed).save_pretrained(tmp_path / f"m{seed}"))
+                     for seed in (0, 1))
+    first.accelerated("int8")
+    second.accelerated("int8")
+    assert len([path for path in int8_cache.iterdir() if path.is_dir()]) == 1  # folders evicted, not unlinked
+
+
+TORCH_FREE_CHILD = """
+import json, sys
+from stanceclf.infer.model import StanceModel
+model = StanceModel.from_pretrained(sys.argv[1], fast=sys.argv[2])
+scores = model.predict_proba(json.loads(sys.argv[3])).tolist()
+print(json.dumps({"backend": model.backend, "torch": "torch" in sys.modules, "scores": scores}))
+model.model  # the torch weights, read when something needs them
+print(json.dumps({"torch": "torch" in sys.modules}))
+"""
+
+
+def test_backends_a_cached_int8_graph_loads_and_runs_without_torch(tmp_path, make_tiny_model, int8_cache):
+    """Cold start: a model whose int8 graph this machine built before is scored without importing torch,
+    named outright or chosen by fast=True, with the scores of the int8 path loaded the usual way."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    folder = make_tiny_model(seed=0).save_pretrained(tmp_path / "model")
+    model = StanceModel.from_pretrained(folder)
+    int8 = model.accelerated("int8")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count())  # what a process that has not imported torch keys its choice by
+    try:
+        choose_backend(model, candidates=["torch", "int8"], measure=timings({"torch": 2.0, "int8": 1.0}))
+    finally:
+        torch.set_num_threads(threads)
+    for fast in ("int8", "auto"):
+        out = subprocess.run([sys.executable, "-c", TORCH_FREE_CHILD, str(folder), fast, json.dumps(TEXTS)],
+                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        first, second = (json.loads(line) for line in out.stdout.strip().splitlines()[-2:])
+        assert first["backend"] == "int8" and first["torch"] is False, fast
+        np.testing.assert_allclose(first["scores"], int8.predict_proba(TEXTS), atol=1e-6)
+        assert second["torch"] is True

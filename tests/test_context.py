@@ -290,3 +290,21 @@ def test_context_with_distillation_is_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"\[E010\].*data\.context with \[distill\]"):
         load_recipe(write_recipe(tmp_path), ["data.context={title=true}", "distill.teacher=teacher",
                                              "distill.soft_on_labelled=true"])
+
+
+def test_suggest_reads_sentences_in_context_as_score_does(trained, tmp_path):
+    """Active learning ranks documents by the scores the model gives when it is used: with context."""
+    from stanceclf.infer.suggest import sentence_uncertainty, suggest
+
+    model, _ = trained
+    corpus = tmp_path / "pool.jsonl"
+    corpus.write_text("".join(json.dumps({"id": a.doc_id, "text": a.text}) + "\n" for a in ARTICLES), encoding="utf-8")
+    picked = suggest([corpus], model, strategy="uncertainty", n=len(ARTICLES), progress=False)
+    expected = {}
+    for article, predictions in zip(ARTICLES, model.classify([a.text for a in ARTICLES])):
+        scores = np.array([[p.scores[label] for label in model.labels] for p in predictions])
+        expected[article.doc_id] = float(sentence_uncertainty(scores, model.threshold_vector).mean())
+    assert {s.doc_id: s.priority for s in picked.suggestions} == pytest.approx(expected, abs=1e-6)
+    alone = {a.doc_id: float(sentence_uncertainty(model.predict_proba([s.text for s in model.split(a.text)]),
+                                                  model.threshold_vector).mean()) for a in ARTICLES}
+    assert max(abs(alone[d] - expected[d]) for d in expected) > 1e-4  # read alone, they rank otherwise

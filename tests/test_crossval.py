@@ -88,12 +88,24 @@ def test_crossval_kept_folds_keep_each_earlier_document_in_its_fold_and_spread_t
     assert sorted(set(added)) == [0, 1, 2, 3, 4]  # the 20 new documents fill every fold, not one
     sizes = [sum(len(grown[d]) for d in grown if folds[d] == k) for k in range(5)]
     assert max(sizes) - min(sizes) <= max(len(examples) for examples in grown.values()) * 2, sizes
-    with pytest.raises(EvaluationError, match="fold-6.json: no such fold record"):
+    with pytest.raises(EvaluationError, match="needs an earlier 6-fold cross-validation .* found 5 fold record"):
         kept_folds(out, 6)
+    with pytest.raises(EvaluationError, match="needs an earlier 4-fold"):
+        kept_folds(out, 4)
     in_fold_1 = next(d for d, fold in old.items() if fold == 0)
     (out / "folds" / "fold-2.json").write_text(json.dumps({"name": "fold-2", "documents": {"test": [in_fold_1]}}))
     with pytest.raises(EvaluationError, match="also a test document of fold-"):
         kept_folds(out, 5)
+
+
+def test_crossval_keep_folds_of_is_signed_only_when_set(tmp_path):
+    """A recipe without the option signs its runs as before it existed: their checkpoints still resume."""
+    from stanceclf.train.signature import run_signature
+
+    plain = load_recipe(write_recipe(tmp_path))
+    kept = load_recipe(write_recipe(tmp_path), ['evaluation.keep_folds_of="earlier-cv"'])
+    assert "keep_folds_of" not in run_signature(plain, "fp")["recipe"]["evaluation"]
+    assert run_signature(kept, "fp")["recipe"]["evaluation"]["keep_folds_of"] == "earlier-cv"
 
 
 def test_crossval_report_has_mean_sd_per_label_and_resume_reuses_finished_folds(tmp_path, base_tokenizer, caplog):

@@ -250,6 +250,18 @@ def test_distill_teacher_with_other_labels_is_refused(tmp_path, base_tokenizer, 
         train(recipe, model=student(base_tokenizer, layers=2), tokenizer=base_tokenizer, progress=False)
 
 
+def test_distill_teacher_that_reads_context_is_refused(tmp_path, base_tokenizer, make_tiny_model):
+    """Teacher scores are cached by sentence alone: a teacher trained on sentences in context would be
+    scored on inputs it never reads."""
+    from stanceclf.data.context import ContextSettings
+
+    teacher = make_tiny_model()
+    teacher.manifest = teacher.manifest.model_copy(update={"context": ContextSettings(previous=1)})
+    recipe = distill_recipe(tmp_path, teacher.save_pretrained(tmp_path / "context-teacher"))
+    with pytest.raises(RecipeError, match=r"distill.teacher .* reads each sentence with context"):
+        train(recipe, model=student(base_tokenizer, layers=2), tokenizer=base_tokenizer, progress=False)
+
+
 def test_distill_bad_unlabelled_record_names_it(tmp_path, base_tokenizer, tiny_model_dir):
     recipe = distill_recipe(tmp_path, tiny_model_dir)
     with open(tmp_path / "unlabelled.jsonl", "a") as handle:

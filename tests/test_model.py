@@ -225,13 +225,13 @@ def test_model_int8_of_shipped_model_keeps_decisions_on_text_it_was_not_calibrat
     test, not seen in calibration). Quantising takes about 25 s for the student, minutes for the default."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from stanceclf.infer.int8 import MAX_DECISIONS_CHANGED, calibration_texts
+    from stanceclf.infer.int8 import MAX_DECISIONS_CHANGED, calibration_units
     from stanceclf.infer.predict import shipped_model_path
 
     monkeypatch.setenv("STANCECLF_CACHE", str(tmp_path / "cache"))
     model = StanceModel.from_pretrained(shipped_model_path(name))
     fast = model.accelerated("int8")
-    seeds = calibration_texts(model)
+    seeds = [unit.text for unit in calibration_units(model)]  # the shipped models read no context
     assert fast.encoder.report.decisions_changed == int((fast.predict(seeds) != model.predict(seeds)).sum())
     assert fast.encoder.report.decisions_changed <= MAX_DECISIONS_CHANGED * fast.predict(seeds).size
     unseen = [sentence for text in UNSEEN_NEWS for sentence in (s.text for s in model.split(text))]

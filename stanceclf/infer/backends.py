@@ -55,8 +55,10 @@ import numpy as np
 from stanceclf.cache import cache_dir, evict_least_recent
 from stanceclf.files import FileStamp, exclusive_lock, write_atomically
 from stanceclf.errors import BackendError
-from stanceclf.infer.graph_key import model_graph_key, package_version
-from stanceclf.infer.int8 import MAX_DECISIONS_CHANGED, calibration_texts, int8_encoder, int8_installed
+from stanceclf.infer.graph_key import model_graph_key, package_version, thread_setting
+from stanceclf.infer.int8 import (MAX_DECISIONS_CHANGED, cached_int8_encoder, calibration_units, int8_encoder,
+                                  int8_installed)
+from stanceclf.model.decision import decide
 from stanceclf.model.architectures import architecture_of
 from stanceclf.model.layout import weights_file
 from stanceclf.model.manifest import manifest_digest
@@ -228,13 +230,14 @@ class BackendChoice:
     """What ``auto`` chose, and the measurements behind it (kept in the cache, so a user can see why)."""
 
     backend: str
-    #: Seconds to score the sample (:func:`~stanceclf.infer.int8.calibration_texts`), per measured candidate.
+    #: Seconds to score the sample (:func:`~stanceclf.infer.int8.calibration_units`), per measured candidate.
     seconds: dict[str, float] = field(default_factory=dict)
     #: Largest score change from fp32 on the sample, per candidate.
     deviation: dict[str, float] = field(default_factory=dict)
     #: Label decisions (sentence x label) on the sample that differ from fp32's, per candidate.
     decisions_changed: dict[str, int] = field(default_factory=dict)
-    #: The process's resident set (MB) with each candidate built and run.
+    #: The process's resident set (MB) with each candidate built and run: fp32's, and for each other
+    #: candidate fp32's plus what building and running it added.
     memory_mb: dict[str, float] = field(default_factory=dict)
     #: Why a candidate was not taken: it cannot run here, its decisions or its memory.
     rejected: dict[str, str] = field(default_factory=dict)
@@ -262,16 +265,17 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
             return known, (model if known.backend == "torch" else model.accelerated(known.backend, threads=threads))
         except Exception as exc:  # e.g. ONNX Runtime broken or removed since: the cached choice is stale
             log.warning("the cached backend %s cannot run here any more (%s): measuring again", known.backend, exc)
-    sample = calibration_texts(model)
-    reference = model.predict_proba(sample)
-    reference_decisions = model.predict(sample)
+    sample = calibration_units(model)  # each sentence with the context the model reads, as classify scores it
+    reference = model.score_units(sample)[0]
+    reference_decisions = decide(reference, model.threshold_vector)
     choice, built = BackendChoice("torch"), {}
     choice.sample = {"sentences": len(sample), "decisions": int(reference_decisions.size)}
     fp32_memory = None
     for name in candidates or candidate_backends():
+        before = memory()
         try:
             candidate = model if name == "torch" else model.accelerated(name, threads=threads)
-            scores = candidate.predict_proba(sample)  # also the warm-up run
+            scores = candidate.score_units(sample)[0]  # also the warm-up run
         except Exception as exc:  # a fast path that cannot run here (export, runtime) is only not a candidate
             if name == "torch":
                 raise
@@ -279,26 +283,31 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
             choice.rejected[name] = f"cannot run here: {exc}"
             continue
         choice.deviation[name] = round(float(abs(scores - reference).max()), 6)
-        choice.decisions_changed[name] = int((candidate.predict(sample) != reference_decisions).sum())
+        choice.decisions_changed[name] = int((decide(scores, model.threshold_vector) != reference_decisions).sum())
         changed_share = choice.decisions_changed[name] / max(1, reference_decisions.size)
         if changed_share > MAX_DECISIONS_CHANGED:  # not worth timing
             choice.rejected[name] = (f"changed {choice.decisions_changed[name]} of {reference_decisions.size} label "
                                      f"decisions of fp32 ({changed_share:.1%})")
             log.warning("backend %s is not used: %s", name, choice.rejected[name])
             continue
-        choice.seconds[name] = round(measure(name, lambda runner=candidate: runner.predict_logits(sample)), 4)
-        resident = memory()
-        if resident is not None:
-            choice.memory_mb[name] = round(resident, 1)
+        choice.seconds[name] = round(measure(name, lambda runner=candidate: runner.score_units(sample)), 4)
+        after = memory()
         if name == "torch":
-            fp32_memory = resident
-        elif fp32_memory and resident and resident > MAX_MEMORY_RATIO * fp32_memory:
-            choice.rejected[name] = f"held {resident:.0f} MB against {fp32_memory:.0f} MB for fp32"
-            log.warning("backend %s is not used: %s", name, choice.rejected[name])
-            continue
+            fp32_memory = after
+        elif fp32_memory is not None and before is not None and after is not None:
+            # What this candidate added (the candidates before it are held too), on top of fp32 alone.
+            resident = fp32_memory + max(0.0, after - before)
+            choice.memory_mb[name] = round(resident, 1)
+            if resident > MAX_MEMORY_RATIO * fp32_memory:
+                choice.rejected[name] = f"held {resident:.0f} MB against {fp32_memory:.0f} MB for fp32"
+                log.warning("backend %s is not used: %s", name, choice.rejected[name])
+                continue
+        if fp32_memory is not None and name == "torch":
+            choice.memory_mb[name] = round(fp32_memory, 1)
         built[name] = candidate
     eligible = {name: seconds for name, seconds in choice.seconds.items() if name in built}
     choice.backend = min(eligible, key=eligible.get)
+    built = {choice.backend: built[choice.backend]}  # the others' sessions and graphs are freed
     if key:
         cache.put(key, choice)
     for candidate in built.values():  # calibration is not work the caller asked for
@@ -320,19 +329,33 @@ def _cpu_name() -> str:
 
 
 def _cache_key(model, threads: int | None) -> str | None:
-    """Machine and model, or None for a model not read from a directory (nothing to key it by)."""
-    import torch
-
+    """Machine and model, or None for a model not read from a directory (nothing to key it by). Computed
+    without importing torch, so that a cached choice can be read before torch is needed."""
     identity = _model_identity(model)
     if identity is None:
         return None
-    parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
-             "torch": torch.__version__, "onnxruntime": package_version("onnxruntime"), "bf16": native_bf16_supported(),
+    parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": thread_setting(threads),
+             "torch": package_version("torch"), "onnxruntime": package_version("onnxruntime"),
              "openvino": package_version("openvino"), "nncf": package_version("nncf"), "format": CHOICE_FORMAT,
              # oneDNN's instruction cap (e.g. AVX512_CORE_VNNI: no AMX) changes which path is fastest.
              "isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
              **identity}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def cached_encoder_without_torch(model, backend: str, *, threads: int | None = None,
+                                 cache_path: Path | None = None) -> tuple[Callable, str] | None:
+    """``(encoder, backend name)`` for ``model`` (a :class:`StanceModel` whose torch weights are not read yet)
+    when ``backend`` (a name or ``auto``) resolves, from this machine's caches alone, to a backend that runs
+    without torch: a cached int8 graph, named or chosen by ``auto`` before. None otherwise (the caller loads
+    the torch model and goes the usual way)."""
+    if backend == AUTO:
+        known = BackendCache(cache_path or cache_dir() / CACHE_FILE).get(_cache_key(model, threads) or "")
+        backend = known.backend if known is not None else None
+    if backend != "int8":
+        return None
+    encoder = cached_int8_encoder(model, threads=threads)
+    return (encoder, "int8") if encoder is not None else None
 
 
 def _model_identity(model) -> dict | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
+import sys
 
 
 def package_version(distribution: str) -> str | None:
@@ -33,3 +35,13 @@ def model_graph_key(model, libraries: tuple[str, ...], extra: dict | None = None
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def thread_setting(threads: int | None = None) -> int | None:
+    """The threads a forward pass runs with: ``threads`` if given, else torch's setting when torch is loaded
+    (``--threads N`` sets it, so one knob governs every backend), else the CPU count (torch's own default on
+    these machines), read without importing torch."""
+    if threads:
+        return int(threads)
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else os.cpu_count()

@@ -19,9 +19,11 @@ from stanceclf.data.context import contexts_of_rows, sentence_contexts
 from stanceclf.data.documents import unicode_problem
 from stanceclf.data.language import warn_if_not_english
 from stanceclf.errors import BaseModelError, TextInputError
+from stanceclf.infer.padding import length_batches, padded_arrays
 from stanceclf.infer.results import Prediction
 from stanceclf.model.decision import decide, probabilities, reported_scores
-from stanceclf.model.directory import check_head, deferred_adapter, load_model_directory, save_model_directory
+from stanceclf.model.directory import (check_head, check_model_directory, deferred_adapter, load_model_directory,
+                                      read_tokenizer, save_model_directory)
 from stanceclf.model.manifest import ModelManifest
 
 if TYPE_CHECKING:
@@ -29,25 +31,6 @@ if TYPE_CHECKING:
 
     from stanceclf.data.sentences import SentenceSpan
     from stanceclf.model.adapter import LoraAdapter
-
-
-#: Tokens per text of ``batch_size`` that one forward pass may hold, padding included: a batch of short
-#: sentences stays whole, while one long sentence no longer pads a whole batch to its length (on a seed
-#: article of 38 sentences, padded tokens fall from 4,864 to 2,644 for 1,493 real ones).
-TOKENS_PER_ROW = 32
-
-
-def _length_batches(order: list[int], ids: list[list[int]], batch_size: int):
-    """Consecutive runs of ``order`` (indices sorted by length) that respect both batch limits."""
-    budget = batch_size * TOKENS_PER_ROW
-    batch: list[int] = []
-    for index in order:
-        if batch and (len(batch) == batch_size or (len(batch) + 1) * len(ids[index]) > budget):
-            yield batch
-            batch = []
-        batch.append(index)
-    if batch:
-        yield batch
 
 
 class Unit(NamedTuple):
@@ -64,7 +47,7 @@ class Unit(NamedTuple):
 
 def private_tokenizer(tokenizer) -> tokenizers.Tokenizer | None:
     """A copy of the ``tokenizers`` tokenizer inside ``tokenizer`` (a transformers fast tokenizer or a model
-    directory's :class:`~stanceclf.model.native.JsonTokenizer`), without truncation or padding; None when it
+    directory's :class:`~stanceclf.model.tokenizer.JsonTokenizer`), without truncation or padding; None when it
     has none. The tokenizer's own keeps truncation state that every call (and concurrent callers) change."""
     from tokenizers import Tokenizer
 
@@ -139,7 +122,12 @@ class StanceModel:
 
     def __init__(self, model, tokenizer, manifest: ModelManifest, path: str | Path | None = None, *,
                  encoder=None, backend: str = "torch", adapter=None):
-        self.model = model.eval()
+        if model is None and path is None:
+            raise ValueError("a StanceModel without its torch model needs the directory to read it from")
+        #: None until first needed when the model was loaded onto a backend that runs without torch
+        #: (:meth:`from_pretrained` with a cached int8 graph): see :attr:`model`.
+        self._model = model.eval() if model is not None else None
+        self._model_lock = threading.Lock()
         # The LoRA adapter ``model`` was merged from, or a callable that reads it (see :attr:`adapter`).
         self._adapter = adapter
         #: Runs the forward pass instead of ``model`` when set (a fast path, see :mod:`stanceclf.infer.backends`).
@@ -153,9 +141,25 @@ class StanceModel:
         # Fast tokenizers mutate their truncation/padding state per call: one caller at a time.
         self._tokenizer_lock = threading.Lock()
         self._pair_encoder: PairEncoder | None = None
-        self._check_head()
+        if model is not None:
+            self._check_head()
 
     # ---- properties -------------------------------------------------------------------------
+    @property
+    def model(self):
+        """The torch model. A model loaded onto a backend that runs without torch reads it from its directory
+        the first time something needs it (another backend, training, integrated gradients)."""
+        with self._model_lock:
+            if self._model is None:
+                model, _, _ = load_model_directory(self.path)
+                check_head(model.config, self.manifest, self.path)
+                self._model = model.eval()
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        self._model = model
+
     @property
     def labels(self) -> list[str]:
         return self.manifest.labels
@@ -193,6 +197,16 @@ class StanceModel:
     def from_pretrained(cls, path: str | Path, *, fast: bool | str = False) -> "StanceModel":
         """Load a model directory. ``fast`` picks a faster CPU path: ``True`` (the fastest on this
         machine, measured once and cached) or a backend's name; see :mod:`stanceclf.infer.backends`."""
+        from stanceclf.infer.backends import cached_encoder_without_torch, resolve_backend
+
+        backend = resolve_backend(fast)
+        if backend != "torch":
+            # A backend whose graph this machine has built before runs without loading torch or the weights.
+            manifest = check_model_directory(path)
+            lazy = cls(None, read_tokenizer(path), manifest, path, adapter=deferred_adapter(path, manifest))
+            cached = cached_encoder_without_torch(lazy, backend)
+            if cached is not None:
+                return lazy.on_encoder(*cached)
         model, tokenizer, manifest = load_model_directory(path)
         loaded = cls(model, tokenizer, manifest, path, adapter=deferred_adapter(path, manifest))
         return loaded.accelerated(fast) if fast else loaded
@@ -219,7 +233,8 @@ class StanceModel:
 
     def on_encoder(self, encoder, backend: str) -> "StanceModel":
         """A copy sharing this model's weights whose forward pass runs ``encoder`` (None: torch)."""
-        return StanceModel(self.model, self.tokenizer, self.manifest, self.path, encoder=encoder, backend=backend,
+        model = self.model if encoder is None or self._model is not None else None  # still not read: read later
+        return StanceModel(model, self.tokenizer, self.manifest, self.path, encoder=encoder, backend=backend,
                            adapter=self._adapter)
 
     # ---- inference --------------------------------------------------------------------------
@@ -271,9 +286,7 @@ class StanceModel:
                               batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
         """Raw logits ``(len(texts), n_labels)`` and which texts were cut at ``max_length``, computed in
         length-sorted, dynamically padded batches of at most ``batch_size`` texts and ``batch_size`` x
-        :data:`TOKENS_PER_ROW` tokens, padding included. ``contexts``: as in :meth:`tokenize`."""
-        import torch
-
+        :data:`~stanceclf.infer.padding.TOKENS_PER_ROW` tokens, padding included. ``contexts``: as in :meth:`tokenize`."""
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32), []
         ids, truncated = self.tokenize(list(texts), contexts)
@@ -281,23 +294,21 @@ class StanceModel:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         pad_id = self.tokenizer.pad_token_id or 0
         padded_tokens = 0
-        with torch.inference_mode():
-            for batch in _length_batches(order, ids, batch_size):
-                width = max(len(ids[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                    attention[row, : len(ids[i])] = 1
-                padded_tokens += input_ids.numel()
-                if self.encoder is not None:
-                    logits[batch] = self.encoder(input_ids.numpy(), attention.numpy())
-                else:
-                    device = self.model.device
-                    logits[batch] = self.model(input_ids=input_ids.to(device),
-                                               attention_mask=attention.to(device)).logits.float().cpu().numpy()
+        for batch in length_batches(order, ids, batch_size):
+            input_ids, attention = padded_arrays([ids[i] for i in batch], pad_id)
+            padded_tokens += input_ids.size
+            logits[batch] = self.encoder(input_ids, attention) if self.encoder is not None else \
+                self._torch_logits(input_ids, attention)
         self.stats.record(ids, truncated, padded_tokens)
         return logits, truncated
+
+    def _torch_logits(self, input_ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+        import torch
+
+        model = self.model
+        with torch.inference_mode():
+            return model(input_ids=torch.from_numpy(input_ids).to(model.device),
+                         attention_mask=torch.from_numpy(attention).to(model.device)).logits.float().cpu().numpy()
 
     def proba_and_truncation(self, texts: list[str], *, contexts: list[str | None] | None = None,
                              batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:

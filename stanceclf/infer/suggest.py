@@ -132,14 +132,14 @@ class _Committee:
         self.passes = passes
         self.seed = seed
 
-    def decisions(self, texts: list[str], thresholds: np.ndarray, batch_size: int, *, chunk: int) -> list[np.ndarray]:
+    def decisions(self, units: list, thresholds: np.ndarray, batch_size: int, *, chunk: int) -> list[np.ndarray]:
         """The passes' decisions on the ``chunk``-th chunk of a run; its dropout masks come from the seed
         and the chunk's number, so that a resumed run draws those of an uninterrupted one."""
         import torch
 
         with torch.random.fork_rng(devices=[]):  # dropout masks from our seed, the caller's RNG untouched
             torch.manual_seed(self.seed + chunk)
-            return [decide(self.model.predict_proba(texts, batch_size=batch_size), thresholds)
+            return [decide(self.model.score_units(units, batch_size=batch_size)[0], thresholds)
                     for _ in range(self.passes)]
 
 
@@ -239,7 +239,7 @@ class _SuggestRun(ResumableRun):
             # The n largest of uniform keys are a uniform sample; predictions only for those, at the end.
             priorities = self._random_keys(len(chunk.documents))
         else:
-            per_sentence, truncated = self._sentence_priorities([s.text for s in chunk.sentences])
+            per_sentence, truncated = self._sentence_priorities(chunk.units(self.model))  # as score reads them
             priorities = [float(share.mean()) if len(share) else 0.0 for _, share in chunk.by_document(per_sentence)]
         self.state.chunks += 1
         return [{"doc_id": record.doc_id, "record": record.number, "priority": priority}
@@ -252,14 +252,14 @@ class _SuggestRun(ResumableRun):
                 self.random.random()
         return [self.random.random() for _ in range(count)]
 
-    def _sentence_priorities(self, texts: list[str]) -> tuple[np.ndarray, int]:
+    def _sentence_priorities(self, units: list) -> tuple[np.ndarray, int]:
         thresholds = self.model.threshold_vector
-        probs, truncated = self.model.proba_and_truncation(texts, batch_size=self.options.batch_size)
+        probs, truncated = self.model.score_units(units, batch_size=self.options.batch_size)
         if self.picking.strategy == "flagged":
             return decide(probs, thresholds).any(axis=1).astype(np.float64), sum(truncated)
         if self.committee is None:
             return sentence_uncertainty(reported_scores(probs), thresholds), sum(truncated)
-        passes = self.committee.decisions(texts, thresholds, self.options.batch_size, chunk=self.state.chunks)
+        passes = self.committee.decisions(units, thresholds, self.options.batch_size, chunk=self.state.chunks)
         return sentence_disagreement(decide(probs, thresholds), passes), sum(truncated)
 
     def complete(self) -> None:

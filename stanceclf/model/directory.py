@@ -33,7 +33,8 @@ from stanceclf.progress import library_output
 if TYPE_CHECKING:
     import transformers
 
-    from stanceclf.model.native import JsonTokenizer, NativeClassifier
+    from stanceclf.model.native import NativeClassifier
+    from stanceclf.model.tokenizer import JsonTokenizer
 
 #: Embedding rows past the tokenizer's vocabulary that are taken for padding (some models round the
 #: matrix up to a multiple of 64 or 128); a larger gap means the tokenizer belongs to another model.
@@ -53,7 +54,7 @@ def load_model_directory(path: str | Path, *, runtime: str = "auto") -> tuple[
     path = Path(path)
     manifest = check_model_directory(path)
     config = load_json_object(path / CONFIG_NAME, ModelDirectoryError, "model config")
-    tokenizer = _read_tokenizer(path)
+    tokenizer = read_tokenizer(path)
     if manifest.stored_weights is not None:
         return _load_adapter_directory(path, manifest, config, tokenizer, runtime)
     shapes = _weight_shapes(path / WEIGHTS_NAME)
@@ -123,8 +124,10 @@ def _load_adapter_directory(path: Path, manifest: ModelManifest, config: dict, t
     return model, tokenizer, manifest
 
 
-def _read_tokenizer(path: Path):
-    from stanceclf.model.native import JsonTokenizer
+def read_tokenizer(path: str | Path) -> JsonTokenizer:
+    """A model directory's tokenizer, run by ``tokenizers`` (no torch, no transformers)."""
+    path = Path(path)
+    from stanceclf.model.tokenizer import JsonTokenizer
 
     try:
         return JsonTokenizer((path / TOKENIZER_NAME).read_text(encoding="utf-8"),

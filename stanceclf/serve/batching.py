@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from stanceclf.errors import InternalServerError, ServerBusyError, StanceclfError
-from stanceclf.infer.model import StanceModel, Unit, _length_batches
+from stanceclf.infer.model import StanceModel, Unit
+from stanceclf.infer.padding import length_batches
 from stanceclf.infer.results import Prediction
 from stanceclf.serve.settings import ServeHooks
 
@@ -171,7 +172,7 @@ class MicroBatcher:
             return [list(range(len(units)))]
         ids, _ = self.model.tokenize([unit.text for unit in units], [unit.context for unit in units])
         order = sorted(range(len(ids)), key=lambda position: len(ids[position]))
-        return list(_length_batches(order, ids, self.batch_size))
+        return list(length_batches(order, ids, self.batch_size))
 
     def submit(self, units: list[Unit], n_texts: int, pieces: list[list[int]]) -> _Job:
         """Queue a job, or refuse it when the queue is full."""

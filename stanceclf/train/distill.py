@@ -138,6 +138,11 @@ def _load_teacher(recipe, path: str, labels: list[str]):
     if sorted(teacher.labels) != sorted(labels):
         raise RecipeError(f"distill.teacher {path!r} has the labels {teacher.labels}, the student's schema "
                           f"{labels}: a teacher must score the student's labels", where=recipe.source)
+    if teacher.manifest.context.enabled:
+        # Its cached scores are keyed by sentence alone: they would be scores of inputs it never reads.
+        raise RecipeError(f"distill.teacher {path!r} reads each sentence with context ({teacher.manifest.context}), "
+                          "and distillation scores sentences alone: use a teacher trained without data.context",
+                          where=recipe.source)
     return teacher
 
 

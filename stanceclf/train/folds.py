@@ -88,18 +88,22 @@ def kfold_plan(pool: Pool, folds: int, seed: int, documents: list[str] | None = 
 
 def kept_folds(folder, folds: int) -> dict[str, int]:
     """Each test document of an earlier k-fold cross-validation (its output folder, with ``folds/fold-K.json``)
-    -> its fold index (0 for ``fold-1``), for ``[evaluation] keep_folds_of``."""
+    -> its fold index (0 for ``fold-1``), for ``[evaluation] keep_folds_of``. The earlier run must have
+    had ``folds`` folds, all finished."""
     folder = Path(folder)
+    found = sorted(folder.glob("folds/fold-*.json"))
+    expected = [folder / "folds" / f"fold-{k + 1}.json" for k in range(folds)]
+    if sorted(found) != sorted(expected):
+        raise EvaluationError(f"{folder}: [evaluation] keep_folds_of needs an earlier {folds}-fold cross-validation "
+                              f"with every fold finished; found {len(found)} fold record(s) "
+                              f"({', '.join(path.name for path in found) or 'none'})")
     kept: dict[str, int] = {}
-    for k in range(folds):
-        path = folder / "folds" / f"fold-{k + 1}.json"
+    for k, path in enumerate(expected):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            test = record["documents"]["test"]
-        except FileNotFoundError:
-            raise EvaluationError(f"{path}: no such fold record; [evaluation] keep_folds_of needs the earlier "
-                                  f"cross-validation's folder with all {folds} of its folds finished") from None
-        except (ValueError, KeyError, TypeError) as error:
+            test = json.loads(path.read_text(encoding="utf-8"))["documents"]["test"]
+            if not isinstance(test, list) or not all(isinstance(doc, str) for doc in test):
+                raise TypeError("documents.test is not a list of document ids")
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise EvaluationError(f"{path}: not a fold record with documents.test ({error})") from None
         for doc in test:
             if doc in kept:

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from stanceclf.model.base_models import DEFAULT_BASE
 from stanceclf.data.dataset import AnnotationSource, BuildConfig
@@ -188,6 +188,15 @@ class EvaluationSection(BaseModel):
     #: fold they had there, and documents added since are spread over the folds around them, so that a
     #: model trained on grown data is compared with the earlier one fold by fold on the same test documents.
     keep_folds_of: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _keep_folds_only_when_set(self, handler) -> dict:
+        # A recipe without it signs its runs exactly as before the option existed, so that their
+        # checkpoints still resume.
+        dumped = handler(self)
+        if self.keep_folds_of is None:
+            dumped.pop("keep_folds_of", None)
+        return dumped
 
     @field_validator("sources")
     @classmethod

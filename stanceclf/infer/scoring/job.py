@@ -132,6 +132,12 @@ class Chunk:
     def sentences(self) -> list:
         return [sentence for _, sentences in self.documents for sentence in sentences]
 
+    def units(self, model) -> list:
+        """The chunk's sentences as :meth:`~stanceclf.infer.model.StanceModel.classify` would read them: each
+        with the context ``model`` reads from its own document, numbered by document within the chunk."""
+        return [unit for index, (_, sentences) in enumerate(self.documents)
+                for unit in model.document_units(index, sentences)]
+
     def by_document(self, values: list) -> Iterator[tuple[InputRecord, list]]:
         """Each document with its share of ``values``, one value per sentence of the chunk in order."""
         cursor = 0
@@ -364,9 +370,7 @@ class _LocalRun(ResumableRun):
     """The local engine: chunks scored in this process, a resume state after each one."""
 
     def process_chunk(self, chunk: Chunk) -> tuple[list[dict], int]:
-        # The chunk's documents as classify() would take them: each sentence with its own document's context.
-        units = [unit for index, (_, sentences) in enumerate(chunk.documents)
-                 for unit in self.model.document_units(index, sentences)]
+        units = chunk.units(self.model)
         probs, truncated = self.model.score_units(units, batch_size=self.options.batch_size)
         predictions = self.model.unit_predictions(units, probs, truncated)
         rows = [row for record, predicted in chunk.by_document(predictions)
