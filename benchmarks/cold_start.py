@@ -41,10 +41,11 @@ start = time.perf_counter()
 marks = {}
 import stanceclf.cli
 marks["cli import"] = time.perf_counter()
-import torch
-marks["torch import"] = time.perf_counter()
+if sys.argv[3] in ("torch", "bf16", "onnx"):  # the others may run without it
+    import torch
+    marks["torch import"] = time.perf_counter()
 from stanceclf.infer.predict import load
-model = load(sys.argv[1])
+model = load(sys.argv[1], fast=sys.argv[3])
 marks["model load"] = time.perf_counter()
 model.classify(open(sys.argv[2], encoding="utf-8").read())
 marks["first classify"] = time.perf_counter()
@@ -52,6 +53,7 @@ previous, out = start, {}
 for name, at in marks.items():
     out[name], previous = at - previous, at
 out["transformers imported"] = "transformers" in sys.modules
+out["torch imported"] = "torch" in sys.modules
 print(json.dumps(out))
 """
 
@@ -71,14 +73,15 @@ def fresh_cache(folder: Path) -> Path:
     return folder
 
 
-def time_cli(tree: Path, model: str, cache: Path | None) -> tuple[float, float, float]:
+def time_cli(tree: Path, model: str, cache: Path | None, backend: str = "torch") -> tuple[float, float, float]:
     """(seconds to the first stdout line, seconds to exit, CPU seconds) of one `stanceclf classify` process.
     CPU time (user + system) suffers less than wall time from other jobs on a shared machine."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "stanceclf.cli", "classify", str(SEED), "--model", model],
+    process = subprocess.Popen([sys.executable, "-m", "stanceclf.cli", "classify", str(SEED), "--model", model,
+                                "--backend", backend],
                                cwd=tree, env=environment(tree, cache), stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL)
     process.stdout.readline()
@@ -91,8 +94,8 @@ def time_cli(tree: Path, model: str, cache: Path | None) -> tuple[float, float, 
     return first, time.perf_counter() - started, cpu
 
 
-def time_phases(tree: Path, model: str, cache: Path | None) -> dict:
-    result = subprocess.run([sys.executable, "-c", PHASES, model, str(SEED)], cwd=tree, env=environment(tree, cache),
+def time_phases(tree: Path, model: str, cache: Path | None, backend: str = "torch") -> dict:
+    result = subprocess.run([sys.executable, "-c", PHASES, model, str(SEED), backend], cwd=tree, env=environment(tree, cache),
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -106,6 +109,7 @@ def main() -> None:
     parser.add_argument("--model", default="claim-types", help="a shipped model's name or a model directory")
     parser.add_argument("--merge-each-run", action="store_true",
                         help="a fresh cache folder per run: an adapter model is merged every time (its first load)")
+    parser.add_argument("--backend", default="torch", help="the classify verb's --backend (e.g. int8, auto)")
     parser.add_argument("--write", type=Path, help="write the Markdown table here")
     args = parser.parse_args()
     trees = [tree.resolve() for tree in (args.tree or [ROOT])]
@@ -119,16 +123,18 @@ def main() -> None:
     phases: dict[Path, list] = {tree: [] for tree in trees}
     for _ in range(args.runs):
         for tree in trees:
-            runs[tree].append(time_cli(tree, model, cache()))
+            runs[tree].append(time_cli(tree, model, cache(), args.backend))
             if args.phases:
-                phases[tree].append(time_phases(tree, model, cache()))
+                phases[tree].append(time_phases(tree, model, cache(), args.backend))
     shutil.rmtree(scratch, ignore_errors=True)
     lines = ["# Cold start of `stanceclf classify`", "",
              "Command: `python benchmarks/cold_start.py --runs "
              f"{args.runs} --model {model}" + " --merge-each-run" * args.merge_each_run
+             + (f" --backend {args.backend}" if args.backend != "torch" else "")
              + "".join(f" --tree {tree}" for tree in (args.tree or [])) + "`",
              f"Date {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}. `stanceclf classify {SEED.relative_to(ROOT)} --model {model}`, "
+             f"{platform.python_version()}. `stanceclf classify {SEED.relative_to(ROOT)} --model {model} "
+             f"--backend {args.backend}`, "
              f"{args.runs} runs per tree, trees alternating; medians (min-max). Load average "
              f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other jobs shared the machine).", "",
              "| tree | to first output, s | to exit, s | CPU time, s |", "|---|---:|---:|---:|"]
@@ -140,13 +146,15 @@ def main() -> None:
         first, total, cpu = zip(*runs[tree])
         lines.append(f"| `{tree}` | {spread(first)} | {spread(total)} | {spread(cpu)} |")
     if args.phases:
-        names = [name for name in phases[trees[0]][0] if name != "transformers imported"]
+        flags = ("transformers imported", "torch imported")
+        names = [name for name in phases[trees[0]][0] if name not in flags]
         lines += ["", "In-process phases, medians in seconds (a separate `python -c` run per sample):", "",
-                  "| tree | " + " | ".join(names) + " | transformers imported |", "|---|" + "---:|" * (len(names) + 1)]
+                  "| tree | " + " | ".join(names) + " | " + " | ".join(flags) + " |",
+                  "|---|" + "---:|" * (len(names) + len(flags))]
         for tree in trees:
             cells = [f"{statistics.median(sample[name] for sample in phases[tree]):.2f}" for name in names]
-            imported = {sample["transformers imported"] for sample in phases[tree]}
-            lines.append(f"| `{tree}` | " + " | ".join(cells) + f" | {'yes' if True in imported else 'no'} |")
+            cells += ["yes" if any(sample.get(flag) for sample in phases[tree]) else "no" for flag in flags]
+            lines.append(f"| `{tree}` | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     publish(text, args.write)
 

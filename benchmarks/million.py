@@ -57,6 +57,9 @@ def write_corpus(path: Path, minimum: int) -> tuple[int, int]:
 
 
 def rows_in(path: Path) -> int:
+    """Rows on disk: the finished file, or the one an unfinished run writes (``OUT.partial``)."""
+    partial = path.with_name(path.name + ".partial")
+    path = path if path.exists() else partial
     if not path.exists():
         return 0
     with open(path, "rb") as handle:
@@ -76,7 +79,7 @@ def run(command: list[str], out: Path, kill_at_rows: int | None) -> dict:
             samples.append(int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1]) / 1024)
         except (OSError, StopIteration):
             pass
-        if kill_at_rows and rows_in(out) >= kill_at_rows:
+        if kill_at_rows and len(samples) % 5 == 0 and rows_in(out) >= kill_at_rows:  # counted every 10 s
             process.send_signal(signal.SIGKILL)
             killed = True
     stderr = process.stderr.read()

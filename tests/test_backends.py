@@ -290,8 +290,8 @@ def test_backends_int8_cache_keeps_only_the_most_recently_used_graph_folders(tmp
 
 TORCH_FREE_CHILD = """
 import json, sys
-from stanceclf.infer.model import StanceModel
-model = StanceModel.from_pretrained(sys.argv[1], fast=sys.argv[2])
+from stanceclf import load
+model = load(sys.argv[1], fast=sys.argv[2])  # as `stanceclf classify --backend int8` and `--fast` load it
 scores = model.predict_proba(json.loads(sys.argv[3])).tolist()
 print(json.dumps({"backend": model.backend, "torch": "torch" in sys.modules, "scores": scores}))
 model.model  # the torch weights, read when something needs them
@@ -325,3 +325,19 @@ def test_backends_a_cached_int8_graph_loads_and_runs_without_torch(tmp_path, mak
         assert first["backend"] == "int8" and first["torch"] is False, fast
         np.testing.assert_allclose(first["scores"], int8.predict_proba(TEXTS), atol=1e-6)
         assert second["torch"] is True
+
+
+def test_backends_memory_of_a_backend_that_replaces_the_torch_weights_is_its_own(tiny, tmp_path, monkeypatch):
+    """int8 is later loaded without the torch weights: it is weighed by what it holds then, not beside them."""
+    from stanceclf.infer import backends
+
+    weights = backends._weights_megabytes(tiny)
+    assert weights > 0
+    monkeypatch.setitem(BACKENDS, "light", Backend("light", "its own graph", BACKENDS["bf16"].build,
+                                                   replaces_torch_weights=True))
+    added = 0.5 * 800.0 + weights  # over the 1.5x bound beside the weights, within it without them
+    readings = iter([500.0, 800.0, 800.0, 800.0 + added])
+    choice, fast = choose_backend(tiny, candidates=["torch", "light"], cache_path=tmp_path / CACHE_FILE,
+                                  measure=timings({"torch": 2.0, "light": 1.0}), memory=lambda: next(readings))
+    assert choice.backend == fast.backend == "light" and not choice.rejected
+    assert choice.memory_mb["light"] == pytest.approx(800.0 + added - weights, abs=0.1)

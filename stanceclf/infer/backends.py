@@ -75,6 +75,9 @@ class Backend:
     #: The largest change of any score from fp32 its tests allow; None where the bound is on label
     #: decisions instead (int8: at most 1% of them on the calibration sentences, checked when built).
     max_score_change: float | None = 0.02
+    #: Whether it runs without the torch weights once built (a later load reads only its own graph), so
+    #: that the memory it costs is its own less theirs.
+    replaces_torch_weights: bool = False
 
 
 def _torch(model, threads):
@@ -106,7 +109,7 @@ BACKENDS: dict[str, Backend] = {
                     _onnx),
     "int8": Backend("int8", "OpenVINO static int8 quantised by NNCF, for CPUs with VNNI or AMX and no bfloat16; "
                     "at most 1% of label decisions change on the calibration sentences (checked)", _int8,
-                    max_score_change=None),
+                    max_score_change=None, replaces_torch_weights=True),
 }
 AUTO = "auto"
 
@@ -186,7 +189,7 @@ def int8_dot_product_supported() -> bool:
 
 CACHE_FILE = "backends.json"
 #: How a choice is made; a cached choice made another way is measured again.
-CHOICE_FORMAT = 2
+CHOICE_FORMAT = 3
 #: A fast path may hold at most this many times the memory (resident set) of the process running fp32.
 MAX_MEMORY_RATIO = 1.5
 #: Optimised ONNX graphs, one per model and library versions (``<key>.onnx``). On a 2-core AMD EPYC an
@@ -295,8 +298,11 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
         if name == "torch":
             fp32_memory = after
         elif fp32_memory is not None and before is not None and after is not None:
-            # What this candidate added (the candidates before it are held too), on top of fp32 alone.
+            # What this candidate added (the candidates before it are held too), on top of fp32 alone; less
+            # the torch weights for one that later loads without them.
             resident = fp32_memory + max(0.0, after - before)
+            if BACKENDS[name].replaces_torch_weights:
+                resident = max(resident - _weights_megabytes(model), 0.0)
             choice.memory_mb[name] = round(resident, 1)
             if resident > MAX_MEMORY_RATIO * fp32_memory:
                 choice.rejected[name] = f"held {resident:.0f} MB against {fp32_memory:.0f} MB for fp32"
@@ -313,6 +319,12 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
     for candidate in built.values():  # calibration is not work the caller asked for
         candidate.stats = type(candidate.stats)()
     return choice, built[choice.backend]
+
+
+def _weights_megabytes(model) -> float:
+    """The torch model's parameters and buffers in memory (MB)."""
+    tensors = list(model.model.parameters()) + list(model.model.buffers())
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 2**20
 
 
 def _cpu_name() -> str:

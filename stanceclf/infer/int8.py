@@ -132,7 +132,10 @@ class Int8Encoder:
 
         self.graph = graph
         self.report = _read_report(graph.parent)
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        # No cache of compiled kernels per input shape: every batch width and size is a shape, and over a
+        # corpus the cache grew the student's process from 0.8 to 2.2 GB in 240,000 sentences; without
+        # it the resident set stays flat and 2,000 articles were scored no slower (benchmarks/results/million-student.md).
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": 0}
         threads = thread_setting(threads)
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

@@ -161,6 +161,12 @@ class StanceModel:
         self._model = model
 
     @property
+    def torch_loaded(self) -> bool:
+        """Whether the torch weights are in memory (False for a model running a cached graph that has not
+        needed them yet)."""
+        return self._model is not None
+
+    @property
     def labels(self) -> list[str]:
         return self.manifest.labels
 

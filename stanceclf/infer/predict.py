@@ -84,9 +84,15 @@ def load(path: str | Path | None = None, *, fast: bool | str = False) -> StanceM
     with _cache_lock:
         if key not in _cache:
             fp32 = _cache.get((key[0], "torch"))
-            if fp32 is None:
-                fp32 = _cache[(key[0], "torch")] = StanceModel.from_pretrained(directory)
-            _cache[key] = fp32 if backend == "torch" else fp32.accelerated(backend)
+            if fp32 is None and backend != "torch":
+                # A graph this machine built before may run without reading the torch weights at all.
+                fast_model = _cache[key] = StanceModel.from_pretrained(directory, fast=backend)
+                if fast_model.torch_loaded:  # read the usual way: fp32 shares its weights
+                    _cache[(key[0], "torch")] = fast_model.on_encoder(None, "torch")
+            else:
+                if fp32 is None:
+                    fp32 = _cache[(key[0], "torch")] = StanceModel.from_pretrained(directory)
+                _cache[key] = fp32 if backend == "torch" else fp32.accelerated(backend)
         return _cache[key]
 
 
