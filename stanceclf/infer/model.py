@@ -28,9 +28,11 @@ from stanceclf.model.manifest import ModelManifest
 
 if TYPE_CHECKING:
     import tokenizers
+    import transformers
 
     from stanceclf.data.sentences import SentenceSpan
     from stanceclf.model.adapter import LoraAdapter
+    from stanceclf.model.native import NativeClassifier
 
 
 class Unit(NamedTuple):
@@ -146,7 +148,7 @@ class StanceModel:
 
     # ---- properties -------------------------------------------------------------------------
     @property
-    def model(self):
+    def model(self) -> NativeClassifier | transformers.PreTrainedModel:
         """The torch model. A model loaded onto a backend that runs without torch reads it from its directory
         the first time something needs it (another backend, training, integrated gradients)."""
         with self._model_lock:
