@@ -2,7 +2,7 @@
 
 For CPUs with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX) and no native bfloat16, where
 the fp32 path is already near the machine's fp32 peak. How it is built, once per model, machine and
-library versions (about 25 s for the student and 2 to 3 min for the MPNet default on 2 cores):
+library versions (measured on 2 shared cores: about 1 min for the student, 2 to 6 min for the MPNet default):
 
 1. the torch model is converted to an OpenVINO graph (``openvino.convert_model``, eager attention);
 2. NNCF's ``quantize_with_accuracy_control`` quantises it statically (transformer preset: activations
@@ -134,7 +134,8 @@ class Int8Encoder:
         self.report = _read_report(graph.parent)
         # No cache of compiled kernels per input shape: every batch width and size is a shape, and over a
         # corpus the cache grew the student's process from 0.8 to 2.2 GB in 240,000 sentences; without
-        # it the resident set stays flat and 2,000 articles were scored no slower (benchmarks/results/million-student.md).
+        # it the resident set stayed flat (benchmarks/results/million-student.md), and 1,200 war-news articles were
+        # scored no slower (54 s against 57 s, one run each).
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": 0}
         threads = thread_setting(threads)
         if threads:
@@ -171,7 +172,7 @@ def int8_encoder(model, *, threads: int | None = None, documents: list[str] | No
         if cached is not None:
             return cached
         (echo or log.warning)(f"quantising the model to int8 on {len(units)} calibration sentences, once per "
-                              "model and machine (about 25 s for a 6-layer model, 2 to 3 min for a 12-layer one "
+                              "model and machine (about 1 min for a 6-layer model, 2 to 6 min for a 12-layer one "
                               "on 2 cores)")
         with folder_replaced_atomically(folder) as work:
             _quantize(model, units, work, threads)
