@@ -4,10 +4,15 @@
         --names "previous default's recipe" "distilled student" \
         --write benchmarks/results/claim-types-student-crossval.md
 
-Each folder is the ``--out`` of a ``stanceclf cross-validate`` run. Folds are matched by name and
-must hold the same test documents, or the script stops. Only folds finished in both runs are
-compared, so a partial run (``--only``) can be set against a finished one. Where the second run is
-of a ``[distill]`` recipe, the teachers trained in each of its folds are shown too.
+Each folder is the ``--out`` of a ``stanceclf cross-validate`` run. Folds are matched by name. Where
+they hold the same test documents they are compared as they are. Where one run's data grew (more
+documents, the earlier ones kept in their folds: ``[evaluation] keep_folds_of``), both folds are
+narrowed to the test documents they share and scored again under each fold's own temperatures and
+thresholds; that needs a record that says which document each test row is from (``row_documents``,
+in fold records written since 2026-12-06), and the shared rows' gold labels must agree, or the script
+stops. Only folds finished in both runs are compared, so a partial run (``--only``) can be set against
+a finished one. Where the second run is of a ``[distill]`` recipe, the teachers trained in each of its
+folds are shown too (not on narrowed folds: a teacher's record is not read here).
 
 Fold to fold, the test documents change much more than the models do (the reference's macro F1
 ranges over 0.07 between folds), so the paired difference per fold says more than a difference of
@@ -19,11 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from report import publish
 
 from stanceclf.train.fold_reports import mean_sd
+from stanceclf.train.phases import evaluate_logits
 
 
 def fold_records(folder: Path) -> dict[str, dict]:
@@ -52,17 +60,19 @@ def compare(first: dict[str, dict], second: dict[str, dict], names: tuple[str, s
     common = sorted(set(first) & set(second))
     if not common:
         raise SystemExit(f"no fold is finished in both runs (first: {sorted(first)}, second: {sorted(second)})")
+    labels = list(first[common[0]]["test_report"]["labels"])
+    narrowed = {}
     for name in common:
         if first[name]["documents"]["test"] != second[name]["documents"]["test"]:
-            raise SystemExit(f"{name} tests other documents in the two runs: they are not the same folds "
-                             "(same data, seed and number of folds are needed)")
-    labels = list(first[common[0]]["test_report"]["labels"])
+            first[name], second[name] = shared_documents(first[name], second[name], labels)
+            narrowed[name] = len(first[name]["documents"]["test"])
     rows, differences = [], {names[1]: []}
     for name in common:
-        fold = {"fold": name, "test_documents": len(first[name]["documents"]["test"]),
+        fold = {"fold": name, "test_documents": len(first[name]["documents"]["test"]), "narrowed": name in narrowed,
+                "test_sentences": len(first[name]["labels"]) if "labels" in first[name] else None,
                 "models": {names[0]: scores(first[name]["test_report"], labels),
                            names[1]: scores(second[name]["test_report"], labels)}}
-        for teacher in second[name].get("teachers", []):
+        for teacher in [] if name in narrowed else second[name].get("teachers", []):
             label = f"teacher {teacher['recipe']}"
             fold["models"][label] = scores(teacher["test_report"], labels)
             differences.setdefault(label, [])
@@ -73,6 +83,44 @@ def compare(first: dict[str, dict], second: dict[str, dict], names: tuple[str, s
     return {"labels": labels, "folds": rows, "reference": names[0], "differences": {
         model: [_mean_sd([fold[i] for fold in per_fold]) for i in range(len(labels) + 1)]
         for model, per_fold in differences.items()}}
+
+
+def shared_documents(first: dict, second: dict, labels: list[str]) -> tuple[dict, dict]:
+    """Two records of one fold whose test documents differ, each cut to the documents both test and scored
+    again there (their own temperatures and thresholds). Rows follow the sorted document ids, each document's
+    sentences together (``Pool.subset``), so one record's ``row_documents`` gives every document's row count."""
+    named = first.get("row_documents") or second.get("row_documents")
+    if named is None:
+        raise SystemExit(f"{first['name']} tests other documents in the two runs, and neither record says which "
+                         "document each row is from (row_documents): they can be compared only on the same folds "
+                         "(same data, seed and number of folds), or rerun one with this stanceclf")
+    counts = Counter(named)
+    shared = set(first["documents"]["test"]) & set(second["documents"]["test"])
+    if not shared:
+        raise SystemExit(f"{first['name']} shares no test document between the two runs: they are not the same folds")
+    cut = [_narrowed(record, shared, counts, labels) for record in (first, second)]
+    if cut[0]["labels"] != cut[1]["labels"]:
+        raise SystemExit(f"{first['name']}: the {len(shared)} shared test documents have other gold labels in the two "
+                         "runs (were the annotations changed between them?)")
+    return cut[0], cut[1]
+
+
+def _narrowed(record: dict, shared: set[str], counts: Counter, labels: list[str]) -> dict:
+    rows = record.get("row_documents")
+    if rows is None:
+        missing = sorted(set(record["documents"]["test"]) - set(counts))
+        if missing:
+            raise SystemExit(f"{record['name']}: no row count for test document(s) {', '.join(missing[:5])}: the "
+                             "other run's record does not hold them")
+        rows = [doc for doc in sorted(record["documents"]["test"]) for _ in range(counts[doc])]
+    if len(rows) != len(record["logits"]):
+        raise SystemExit(f"{record['name']}: its test documents make {len(rows)} rows in the other run, it holds "
+                         f"{len(record['logits'])}: the documents were split into other sentences")
+    keep = [i for i, doc in enumerate(rows) if doc in shared]
+    logits, gold = np.asarray(record["logits"])[keep], np.asarray(record["labels"])[keep]
+    return {**record, "documents": {**record["documents"], "test": sorted(shared)},
+            "row_documents": [rows[i] for i in keep], "logits": logits.tolist(), "labels": gold.tolist(),
+            "test_report": evaluate_logits(logits, gold, labels, record["temperatures"], record["thresholds"])}
 
 
 def _mean_sd(values) -> tuple[float | None, float | None]:
@@ -86,11 +134,14 @@ def markdown(result: dict, command: str, title: str = "", notes: tuple[str, ...]
     header = "| macro F1 | " + " | ".join(f"{label} F1" for label in labels) + " |"
     lines = [*([f"# {title}", ""] if title else []), *[line for note in notes for line in (note, "")],
              f"Command: `{command}`", "",
-             f"{len(result['folds'])} fold(s) finished in both runs, with the same test documents.", "",
-             "| fold | test docs | model " + header, "|---|---:|---|" + "---:|" * (len(labels) + 1)]
+             f"{len(result['folds'])} fold(s) finished in both runs"
+             + (", compared on the test documents both hold (the folds marked *: one run tests more)"
+                if any(fold["narrowed"] for fold in result["folds"]) else ", with the same test documents") + ".", "",
+             "| fold | test docs | test sentences | model " + header, "|---|---:|---:|---|" + "---:|" * (len(labels) + 1)]
     for fold in result["folds"]:
         for model, values in fold["models"].items():
-            lines.append(f"| {fold['fold']} | {fold['test_documents']} | {model} | "
+            lines.append(f"| {fold['fold']}{'*' if fold['narrowed'] else ''} | {fold['test_documents']} | "
+                         f"{fold['test_sentences'] or '-'} | {model} | "
                          + " | ".join(_figure(v) for v in values) + " |")
     lines += ["", f"Paired difference from {reference} (mean over folds, ± sample sd where there are two or more):",
               "", "| model " + header, "|---|" + "---:|" * (len(labels) + 1)]

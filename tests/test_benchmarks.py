@@ -105,10 +105,45 @@ def test_benchmarks_crossval_compare_pairs_folds_and_refuses_other_folds(tmp_pat
     assert result["differences"]["teacher big"][0][0] == pytest.approx(0.125)
     assert result["differences"]["teacher big"][2] == (None, None)  # the teacher's threat F1 is undefined
     text = compare.markdown(result, "cmd")
-    assert "| fold-2 | 1 | teacher big | 0.800 |" in text and text.startswith("Command: `cmd`") and "| student | +0.045 ± 0.021 |" in text
+    assert "| fold-2 | 1 | - | teacher big | 0.800 |" in text and text.startswith("Command: `cmd`") and "| student | +0.045 ± 0.021 |" in text
     _fold(student, "fold-2", ["c", "e"], 0.73, 0.60)
     with pytest.raises(SystemExit, match="fold-2 tests other documents"):
         compare.compare(compare.fold_records(reference), compare.fold_records(student), ("ref", "student"))
+
+
+def test_benchmarks_crossval_compare_narrows_a_grown_run_to_the_documents_both_test(tmp_path):
+    import pytest
+
+    from stanceclf.train.phases import evaluate_logits
+
+    compare = _script("crossval_compare")
+    rng = np.random.default_rng(5)
+    counts = {"a": 3, "b": 2, "c": 4}  # sentences per document; "b" is new in the grown run
+    rows = [doc for doc in sorted(counts) for _ in range(counts[doc])]
+    labels = rng.integers(0, 2, (len(rows), 2))
+    grown = _fold_record("fold-1", rng.normal(0, 2, labels.shape), labels, [0.5, 0.4])
+    grown.update(documents={"test": ["a", "b", "c"]}, row_documents=rows)
+    old_rows = [i for i, doc in enumerate(rows) if doc != "b"]
+    reference = _fold_record("fold-1", rng.normal(0, 2, (len(old_rows), 2)), labels[old_rows], [0.6, 0.3])
+    reference["documents"] = {"test": ["a", "c"]}  # an earlier record: no row_documents
+    result = compare.compare({"fold-1": reference}, {"fold-1": grown}, ("old", "grown"))
+    (fold,) = result["folds"]
+    assert fold["narrowed"] and fold["test_documents"] == 2 and fold["test_sentences"] == 7
+    expected = evaluate_logits(np.asarray(grown["logits"])[old_rows], labels[old_rows], ["l0", "l1"],
+                               grown["temperatures"], grown["thresholds"])
+    assert fold["models"]["grown"][0] == expected["macro"]["f1"]
+    assert fold["models"]["old"][0] == reference["test_report"]["macro"]["f1"]  # all its documents are shared
+    assert "| fold-1* | 2 | 7 | grown |" in compare.markdown(result, "cmd")
+
+    changed = {**reference, "labels": (1 - labels[old_rows]).tolist()}
+    with pytest.raises(SystemExit, match="other gold labels"):
+        compare.compare({"fold-1": changed}, {"fold-1": grown}, ("old", "grown"))
+    split_otherwise = {**reference, "logits": reference["logits"][:-1], "labels": reference["labels"][:-1]}
+    with pytest.raises(SystemExit, match="make 7 rows in the other run, it holds 6"):
+        compare.compare({"fold-1": split_otherwise}, {"fold-1": grown}, ("old", "grown"))
+    unnamed = {key: value for key, value in grown.items() if key != "row_documents"}
+    with pytest.raises(SystemExit, match="neither record says which document each row is from"):
+        compare.compare({"fold-1": reference}, {"fold-1": unnamed}, ("old", "grown"))
 
 
 def _fold_record(name: str, logits: np.ndarray, labels: np.ndarray, thresholds: list[float]) -> dict:

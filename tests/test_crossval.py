@@ -409,6 +409,43 @@ def test_crossval_distill_reuses_a_trained_teacher_when_its_student_was_interrup
     assert not (out / "teachers" / "1-toy-teacher" / "models" / "fold-1").exists()
 
 
+def test_crossval_distill_reuses_the_fold_teachers_an_earlier_cross_validation_kept(tmp_path, base_tokenizer):
+    path = write_distill_recipes(tmp_path, base_tokenizer, 'teacher_folds_of = "teacher-cv"')
+    teacher_cv = tmp_path / "teacher-cv"
+    teacher = load_recipe(tmp_path / "teacher.toml", FEW_STEPS)
+    # Without --keep-models the teacher's folds are recorded but cannot teach: the student says what to run.
+    cross_validate(teacher, teacher_cv, folds=2, tokenizer=base_tokenizer, progress=False)
+    student = load_recipe(path, FEW_STEPS)
+    with pytest.raises(EvaluationError, match="not finished with a kept model here.*--keep-models"):
+        cross_validate(student, tmp_path / "cv", folds=2, make_model=CountingModels(base_tokenizer),
+                       tokenizer=base_tokenizer, progress=False, teacher_overrides=FEW_STEPS)
+    teachers = cross_validate(teacher, teacher_cv, folds=2, tokenizer=base_tokenizer, progress=False,
+                              keep_models=True)
+    assert sorted(p.name for p in (teacher_cv / "models").iterdir()) == ["fold-1", "fold-2"]
+    for record in fold_records(teacher_cv).values():  # which document each test row is from, in row order
+        assert len(record["row_documents"]) == len(record["logits"])
+        assert sorted(set(record["row_documents"])) == record["documents"]["test"]
+        assert record["row_documents"] == sorted(record["row_documents"])
+    messages = []
+    report = cross_validate(student, tmp_path / "cv", folds=2, make_model=CountingModels(base_tokenizer),
+                            tokenizer=base_tokenizer, progress=False, echo=messages.append,
+                            teacher_overrides=FEW_STEPS)
+    assert sum("reusing the trained teacher 'toy-teacher'" in m for m in messages) == 2
+    assert not any("training teacher" in m for m in messages) and not (tmp_path / "cv" / "teachers").exists()
+    assert report["teachers"][0]["per_fold_macro_f1"] == [f["test_report"]["macro"]["f1"] for f in teachers["per_fold"]]
+    # The borrowed teachers are not the student's to delete: another student can use them too.
+    assert all((teacher_cv / "models" / name / "model.safetensors").exists() for name in ("fold-1", "fold-2"))
+    # A teacher cross-validated with another recipe is not the student's fold teacher.
+    with pytest.raises(EvaluationError, match="not finished with a kept model here"):
+        cross_validate(student, tmp_path / "cv2", folds=2, make_model=CountingModels(base_tokenizer),
+                       tokenizer=base_tokenizer, progress=False,
+                       teacher_overrides=[*FEW_STEPS, "training.learning_rate=1e-3"])
+    with pytest.raises(RecipeError, match="holds no fold records"):
+        Setup.of(load_recipe(path, ['distill.teacher_folds_of="nowhere"']), tmp_path / "cv3", progress=False)
+    with pytest.raises(RecipeError, match=r"names 2 folder\(s\) for 1 teacher recipe"):
+        load_recipe(path, ['distill.teacher_folds_of=["a", "b"]'])
+
+
 def test_learning_curve_of_a_distill_recipe_trains_a_teacher_per_size(tmp_path, base_tokenizer):
     student = load_recipe(write_distill_recipes(tmp_path, base_tokenizer), FEW_STEPS)
     out = tmp_path / "curve"

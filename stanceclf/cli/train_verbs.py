@@ -46,10 +46,14 @@ def cross_validate(
                                        "source names): the report covers the folds finished so far and says so."),
     teacher_set: List[str] = typer.Option([], "--teacher-set", help="Override a value of a [distill] recipe's "
                                           "teacher recipes (--set changes only the student's). Repeatable."),
+    keep_models: bool = typer.Option(False, "--keep-models", help="Keep each fold's model in OUT/models, e.g. so "
+                                     "that a student's cross-validation reuses them as its fold teachers "
+                                     "(distill.teacher_folds_of)."),
 ) -> None:
     """Cross-validate what a recipe trains: k-fold grouped by document, or leave-one-source-out.
     Reports each label's F1, precision, recall and PR-AUC as mean ± sd over folds, and pooled.
-    A [distill] recipe trains its teachers (distill.teacher_recipe) again in every fold."""
+    A [distill] recipe trains its teachers (distill.teacher_recipe) again in every fold, or reuses the
+    fold models an earlier cross-validation of them kept (distill.teacher_folds_of)."""
     from stanceclf.train.crossval import cross_validate as run_cross_validation
 
     names = [name.strip() for name in only.split(",") if name.strip()] if only is not None else None
@@ -58,7 +62,8 @@ def cross_validate(
     _run_recipe_report(recipe, set_, out, "crossval-{name}" + ("-by-source" if by_source else ""),
                        lambda loaded, folder: run_cross_validation(loaded, folder, folds=folds, by_source=by_source,
                                                                    only=names, resume=resume,
-                                                                   teacher_overrides=teacher_set))
+                                                                   teacher_overrides=teacher_set,
+                                                                   keep_models=keep_models))
 
 
 def _run_recipe_report(recipe: Path, overrides: list[str], out: Optional[Path], default_out: str, run) -> None:

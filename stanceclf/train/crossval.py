@@ -24,7 +24,7 @@ from stanceclf.train.recipe import Recipe
 def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = None, by_source: bool = False,
                    only: list[str] | None = None, make_model: Callable | None = None, tokenizer=None,
                    resume: bool = True, progress: bool = True, echo: Callable[[str], None] | None = None,
-                   teacher_overrides: list[str] | None = None) -> dict:
+                   teacher_overrides: list[str] | None = None, keep_models: bool = False) -> dict:
     """Cross-validate what ``recipe`` trains and write ``report.json`` and ``report.md`` to ``out_dir``.
 
     k-fold (``folds``, default ``[evaluation] folds``) or, with ``by_source``, leave-one-source-out
@@ -32,11 +32,13 @@ def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = N
     covers the folds finished so far and says it is partial, and later runs add the others (one long
     cross-validation spread over sessions or machines). ``make_model`` gives a fresh untrained model
     per fold (default: the recipe's base); ``tokenizer`` replaces the base's; ``teacher_overrides``
-    (``section.key=value``) apply to a [distill] recipe's teacher recipes. Returns the report.
+    (``section.key=value``) apply to a [distill] recipe's teacher recipes. ``keep_models`` keeps each
+    fold's model in ``out_dir/models`` (a teacher's folds, for its students' cross-validations to reuse:
+    ``distill.teacher_folds_of``). Returns the report.
     """
     out_dir = Path(out_dir)
     setup = Setup.of(recipe, out_dir, make_model=make_model, tokenizer=tokenizer, resume=resume, progress=progress,
-                     echo=echo, teacher_overrides=teacher_overrides)
+                     echo=echo, teacher_overrides=teacher_overrides, keep_models=keep_models)
     pool, runner = setup.pool, setup.runner
     training_only: list[str] = []
     if by_source:

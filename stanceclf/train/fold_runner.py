@@ -1,8 +1,8 @@
 """Training and scoring the folds of a plan (:mod:`stanceclf.train.folds`), and the fold records they leave.
 
 Every fold is trained through the training phases (:func:`stanceclf.train.phases.fit_and_calibrate`).
-Each finished fold is saved as a JSON record in ``folds/`` (its documents, test logits, labels,
-temperatures, thresholds and test report; no sentence text), signed by recipe, data and split, and
+Each finished fold is saved as a JSON record in ``folds/`` (its documents, test logits, labels and each
+row's document, temperatures, thresholds and test report; no sentence text), signed by recipe, data and split, and
 reused by a rerun with the same signature, so an interrupted run resumes. A record carries the format
 it was signed under (``"format"``; none: format 1): a record of another format stays readable
 (:func:`read_fold_record`) but is not reused.
@@ -96,6 +96,9 @@ class FoldRunner:
     held_back: object = None
     #: Save each fold's model directory (a teacher's: it teaches the fold's student, then is deleted).
     keep_models: bool = False
+    #: A teacher whose folds were trained and kept by an earlier cross-validation
+    #: (``distill.teacher_folds_of``): reused as they are, never trained here nor deleted.
+    borrowed: bool = False
 
     def __post_init__(self):
         # Absolute: a recipe resolves a relative run_dir against its own folder, not the working directory.
@@ -126,6 +129,12 @@ class FoldRunner:
         key = self.signature(train, dev, test)
         path = self.record_path(name)
         saved = self._saved(path, key, name)
+        if saved is None and self.borrowed:
+            raise EvaluationError(
+                f"{name} of {self.recipe.name!r} is not finished with a kept model here, for the same data, split "
+                f"and recipe: run `stanceclf cross-validate {self.recipe.source} --keep-models --out "
+                f"{self.work_dir}` (with the student's --teacher-set options as --set) first",
+                where=str(self.work_dir))
         if saved is not None:
             self.echo(f"{name}: reusing the finished fold saved in {path}")
             self._drop_teacher_models(name)  # left by a run stopped between the record and the clean-up
@@ -165,6 +174,8 @@ class FoldRunner:
             "test_report": evaluate_logits(logits, y_true, model.labels, temperatures, model.threshold_vector),
             "epochs_run": float(trainer.state.epoch or 0), "wall_seconds": round(time.time() - started, 1),
             "logits": logits.tolist(), "labels": y_true.tolist(),
+            # Which document each test row is from: lets two runs' folds be compared on the documents they share.
+            "row_documents": list(tested["doc_id"]),
         }
         if teachers:
             record["teachers"] = [{"recipe": runner.recipe.name, "signature": done["signature"],
@@ -203,7 +214,8 @@ class FoldRunner:
         """A fold's teachers are large and teach no other fold: deleted once its student is trained
         (their records stay, with their test figures)."""
         for teacher in self.teachers:
-            shutil.rmtree(teacher.model_dir(name), ignore_errors=True)
+            if not teacher.borrowed:
+                shutil.rmtree(teacher.model_dir(name), ignore_errors=True)
 
     def _saved(self, path: Path, key: str, name: str) -> dict | None:
         if not self.resume or not path.exists():
@@ -238,9 +250,10 @@ class Setup:
 
     @classmethod
     def of(cls, recipe: Recipe, work_dir: Path, *, make_model=None, tokenizer=None, resume=True, progress=True,
-           echo=None, teacher_overrides: list[str] | None = None) -> "Setup":
+           echo=None, teacher_overrides: list[str] | None = None, keep_models: bool = False) -> "Setup":
         """``make_model`` and ``tokenizer`` replace the recipe's base (a student's; teachers are always
-        built from their own recipes, with ``teacher_overrides``)."""
+        built from their own recipes, with ``teacher_overrides``). ``keep_models`` saves each fold's model
+        in ``work_dir/models`` (to teach a student's folds: ``distill.teacher_folds_of``)."""
         schema = load_schema(recipe.schema_path)
         dataset, info, read_report = prepare_dataset(recipe, schema)
         if read_report.skipped:
@@ -251,7 +264,8 @@ class Setup:
                                    echo=echo, overrides=teacher_overrides) if recipe.distill is not None else []
         runner = FoldRunner(recipe, schema, pool, Path(work_dir),
                             make_model or (lambda: seeded_base_model(recipe, schema)),
-                            tokenizer, resume, progress, echo, teachers=teachers, splitter=data_splitter(info))
+                            tokenizer, resume, progress, echo, teachers=teachers, splitter=data_splitter(info),
+                            keep_models=keep_models)
         return cls(recipe, schema, pool, info, runner)
 
 
@@ -267,6 +281,7 @@ def teacher_runners(recipe: Recipe, schema: LabelSchema, pool: Pool, work_dir: P
                           "teacher: every fold trains its teachers again on the fold's own training documents "
                           "(the teachers in distill.teacher have seen every fold's test documents)",
                           where=recipe.source)
+    borrowed = recipe.distill.teacher_folds
     runners = []
     for number, path in enumerate(paths, 1):
         where = f"{recipe.source}: distill.teacher_recipe {path!r}"
@@ -285,7 +300,12 @@ def teacher_runners(recipe: Recipe, schema: LabelSchema, pool: Pool, work_dir: P
             raise RecipeError(f"the teacher's recipe builds other data ({info['fingerprint']}) than the student's "
                               f"({pool.fingerprint}), so its folds would not be the student's: give both the same "
                               "[data]", where=where)
-        runners.append(FoldRunner(teacher, schema, pool, work_dir / TEACHERS_FOLDER / f"{number}-{teacher.name}",
+        folder = (recipe.resolve(borrowed[number - 1]) if borrowed
+                  else work_dir / TEACHERS_FOLDER / f"{number}-{teacher.name}")
+        if borrowed and not (folder / FOLDS_FOLDER).is_dir():
+            raise RecipeError(f"distill.teacher_folds_of {borrowed[number - 1]!r}: {folder} holds no fold records "
+                              "of an earlier cross-validation", where=recipe.source)
+        runners.append(FoldRunner(teacher, schema, pool, folder,
                                   lambda teacher=teacher: seeded_base_model(teacher, schema), None, resume, progress,
-                                  echo, keep_models=True))
+                                  echo, keep_models=True, borrowed=bool(borrowed)))
     return runners

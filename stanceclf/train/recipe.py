@@ -102,6 +102,10 @@ class TrainingSection(BaseModel):
         return self
 
 
+def _as_list(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
 class DistillSection(BaseModel):
     """The recipe's ``[distill]``: train the model as a student of one or more teachers
     (stanceclf model directories), on its labelled data and on the teachers' calibrated
@@ -115,6 +119,10 @@ class DistillSection(BaseModel):
     #: ``teacher``; cross-validation and learning curves train these recipes again on each fold's own
     #: training documents, since a teacher trained on all the data has seen every fold's test documents.
     teacher_recipe: str | list[str] | None = None
+    #: Cross-validation folders of ``teacher_recipe`` run earlier with ``--keep-models``, one per teacher:
+    #: their fold models teach the student's folds instead of being trained again. Each fold must be the
+    #: student's (same data, split and teacher recipe): its signature is checked.
+    teacher_folds_of: str | list[str] | None = None
     #: Unlabelled inputs (folders of .txt files, JSONL, CSV, Parquet), split with the student's splitter.
     unlabelled: list[str] = []
     input_format: Literal["auto", "txt", "jsonl", "csv", "parquet"] = "auto"
@@ -141,12 +149,15 @@ class DistillSection(BaseModel):
 
     @property
     def teachers(self) -> list[str]:
-        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
+        return _as_list(self.teacher)
 
     @property
     def teacher_recipes(self) -> list[str]:
-        recipes = self.teacher_recipe
-        return [] if recipes is None else [recipes] if isinstance(recipes, str) else list(recipes)
+        return _as_list(self.teacher_recipe)
+
+    @property
+    def teacher_folds(self) -> list[str]:
+        return _as_list(self.teacher_folds_of)
 
     @model_validator(mode="after")
     def _consistent(self) -> "DistillSection":
@@ -157,6 +168,10 @@ class DistillSection(BaseModel):
         if self.teacher_recipe is not None and len(self.teacher_recipes) != len(self.teachers):
             raise ValueError(f"distill.teacher_recipe names {len(self.teacher_recipes)} recipe(s) for "
                              f"{len(self.teachers)} teacher(s): give one recipe per teacher, in the same order")
+        if self.teacher_folds_of is not None and len(self.teacher_folds) != len(self.teacher_recipes):
+            raise ValueError(f"distill.teacher_folds_of names {len(self.teacher_folds)} folder(s) for "
+                             f"{len(self.teacher_recipes)} teacher recipe(s): give one cross-validation folder "
+                             "per distill.teacher_recipe, in the same order")
         if not self.unlabelled and not self.soft_on_labelled and not self.augment_labelled:
             raise ValueError("distill needs unlabelled inputs (distill.unlabelled), distill.soft_on_labelled = "
                              "true or distill.augment_labelled: otherwise the teachers have nothing to teach")

@@ -25,7 +25,7 @@ SIGNATURE_FORMAT = 2
 
 #: Where a teacher is found, what trained it and where its scores are cached: a distilling run's
 #: fingerprint names the teachers by their weights instead (``+distill:<signature>``).
-TEACHER_LOCATIONS = ("teacher", "teacher_recipe", "scores_dir")
+TEACHER_LOCATIONS = ("teacher", "teacher_recipe", "teacher_folds_of", "scores_dir")
 
 
 def run_signature(recipe: Recipe, fingerprint: str) -> dict:
