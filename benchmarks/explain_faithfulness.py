@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from report import publish  # benchmarks/report.py, beside this script
+
+from stanceclf.machine import cpu_name, described_flags
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,22 +134,11 @@ def baseline_score(model, text: str, j: int) -> float:
     return float(torch.sigmoid(logits[0, j] / float(model.temperature_vector[j])))
 
 
-def cpu_flags() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except OSError:
-        return "unknown"
-    wanted = ("avx512_vnni", "avx512_bf16", "amx_bf16")
-    found = sorted({flag for flag in wanted if flag in out.split()})
-    name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    return f"{name}; {' '.join(found) or 'none of ' + ', '.join(wanted)}"
-
-
 def render(results: dict, args, model_name: str, seconds: float) -> str:
     rng = np.random.default_rng(args.seed + 1)
     lines = [f"# Explanation faithfulness: {model_name}", "",
              f"Command: `{' '.join(shlex.quote(a) for a in sys.argv)}`", "",
-             f"CPU: {cpu_flags()}; {args.threads} torch threads; {platform.python_version()}; "
+             f"CPU: {cpu_name()}; {described_flags()}; {args.threads} torch threads; {platform.python_version()}; "
              f"{time.strftime('%Y-%m-%d')}; {seconds / 60:.1f} min in all.", "",
              f"Deletion of the first k words of each order, k = 1..{args.max_k}; AOPC = mean drop of the label's "
              f"calibrated score over those k (higher: the order found the words the score rests on). Random: the mean "

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from report import publish  # benchmarks/report.py, beside this script
 
+from stanceclf.machine import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "corpus"
 
@@ -136,13 +138,6 @@ def run_score(model_dir: str, docs: list[tuple[str, str]], repeat_to: int | None
     return {"sentences": rows, "seconds": float(elapsed), "peak_rss_mb": int(rss_kb) / 1024}
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def matmul_peak_gflops(seconds: float = 3.0, dtype: str = "float32") -> float:
     import torch
 
@@ -220,7 +215,7 @@ def main() -> None:
     described = {"bf16": "bfloat16 matrix products", "onnx": "ONNX Runtime, fused attention"}
     lines = ["# Inference throughput and memory", "",
              "Command: `python benchmarks/inference.py " + shlex.join(sys.argv[1:]) + "`",
-             f"Date {datetime.date.today()}, {platform.machine()} ({cpu_model()}), "
+             f"Date {datetime.date.today()}, {platform.machine()} ({cpu_name()}), "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {__import__('torch').__version__}, "
              f"transformers {__import__('transformers').__version__}. "
              f"`fast=True` on this machine chose `{auto}` by measuring. "

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import REPO, SHARED, cpu_model, run_child  # benchmarks/inference.py, beside this script
+from inference import REPO, SHARED, run_child  # benchmarks/inference.py, beside this script
 from report import publish
+
+from stanceclf.machine import cpu_name, described_flags
 
 RECIPE = REPO / "training" / "claim-types-mpnet-lora.toml"
 MODELS = {"default": REPO / "models" / "claim-types", "student": REPO / "models" / "claim-types-student"}
-FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def labelled_sample() -> tuple[list[str], np.ndarray, list[str]]:
@@ -74,12 +75,6 @@ def score_folder(model_dir: Path, folder: Path, backend: str, out: Path) -> dict
     return {"sentences": rows, "seconds": float(elapsed), "peak_rss_mb": int(rss_kb) / 1024}
 
 
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return ", ".join(flag for flag in FLAGS if flag in flags) or "none of " + ", ".join(FLAGS)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="default,student")
@@ -102,7 +97,7 @@ def main() -> None:
     lines = ["# The int8 backend and `fast=True`", "",
              "Command: `" + (f"ONEDNN_MAX_CPU_ISA={isa} " if isa else "") + "python benchmarks/int8_backend.py "
              + shlex.join(sys.argv[1:]) + "`", "",
-             f"Date {datetime.date.today()}; {cpu_model()}, {os.cpu_count()} cores; CPU flags: {cpu_flags()}; "
+             f"Date {datetime.date.today()}; {cpu_name()}, {os.cpu_count()} cores; CPU flags: {described_flags()}; "
              + (f"oneDNN capped at `{isa}` (torch's and OpenVINO's kernels: no AMX, no native bfloat16). "
                 if isa else "no ISA cap. ")
              + f"Python {platform.python_version()}, torch {__import__('torch').__version__}, "

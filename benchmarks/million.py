@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from int8_backend import cpu_flags  # benchmarks/int8_backend.py, beside this script
-from inference import REPO, SHARED, cpu_model
+from inference import SHARED
 from report import publish
+
+from stanceclf.machine import cpu_name, described_flags
 
 POOL = SHARED / "unlabelled"
 
@@ -135,7 +136,7 @@ def main() -> None:
         env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout.strip().splitlines()[-1])
     lines = ["# One run of `stanceclf score` over the unlabelled pool", "",
              "Command: `python benchmarks/million.py " + shlex.join(sys.argv[1:]) + "`", "",
-             f"Date {datetime.date.today()}; {cpu_model()}, {os.cpu_count()} cores; CPU flags: {cpu_flags()}"
+             f"Date {datetime.date.today()}; {cpu_name()}, {os.cpu_count()} cores; CPU flags: {described_flags()}"
              + (f"; ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if os.environ.get("ONEDNN_MAX_CPU_ISA") else "")
              + f". Model `{args.model}`, `--backend {args.backend}` (ran `{chosen}`), 2 threads, JSONL output.", "",
              f"Input: {records:,} documents of `../shared/corpus/unlabelled/` (the war news partly twice, under new ids).", "",

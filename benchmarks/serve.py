@@ -44,6 +44,8 @@ import numpy as np
 
 from report import publish  # benchmarks/report.py, beside this script
 
+from stanceclf.machine import described_flags
+
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO / "examples" / "seeds"
 
@@ -264,16 +266,6 @@ async def small_requests_beside_large(url: str, clients: int, seconds: float, la
     return small_records, large_records
 
 
-def cpu_flags() -> str:
-    """What ``lscpu | grep -o 'avx512_vnni\\|avx512_bf16\\|amx_bf16'`` finds, once each."""
-    try:
-        flags = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        return "(lscpu not available)"
-    found = [flag for flag in ("avx512_vnni", "avx512_bf16", "amx_bf16") if flag in flags]
-    return ", ".join(found) or "none of avx512_vnni, avx512_bf16, amx_bf16"
-
-
 def measure_large(args) -> dict:
     import httpx
 
@@ -335,7 +327,7 @@ def report_large(result: dict, args, command: str) -> str:
         "",
         f"Command: `{command}`",
         f"Date {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores (shared with other jobs; "
-        f"figures vary run to run), Python {platform.python_version()}; CPU flags: {cpu_flags()}.",
+        f"figures vary run to run), Python {platform.python_version()}; CPU flags: {described_flags()}.",
         f"Server: `stanceclf serve --model {model_name} --backend {args.backend}`"
         + (f" `--threads {args.threads}`" if args.threads else "")
         + f", one process, default limits ({limits.get('max_request_chars')} characters and "

@@ -341,3 +341,19 @@ def test_backends_memory_of_a_backend_that_replaces_the_torch_weights_is_its_own
                                   measure=timings({"torch": 2.0, "light": 1.0}), memory=lambda: next(readings))
     assert choice.backend == fast.backend == "light" and not choice.rejected
     assert choice.memory_mb["light"] == pytest.approx(800.0 + added - weights, abs=0.1)
+
+
+def test_machine_reads_the_cpu_name_and_flags_once_per_file(tmp_path):
+    from stanceclf.machine import cpu_flags, cpu_name, described_flags
+
+    info = tmp_path / "cpuinfo"
+    core = "processor\t: {n}\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t\t: fpu sse avx512f avx512_vnni{extra}\n\n"
+    info.write_text(core.format(n=0, extra=" amx_int8") + core.format(n=1, extra=""))
+    assert cpu_name(info) == "Intel(R) Xeon(R) Platinum 8488C"
+    assert cpu_flags(info) == {"fpu", "sse", "avx512f", "avx512_vnni", "amx_int8"}  # the first core's
+    assert described_flags(cpuinfo=info) == "avx512_vnni, amx_int8"
+    info.write_text(core.format(n=0, extra="").replace("avx512_vnni", "avx2"))
+    assert described_flags(cpuinfo=info) == "none of avx512_vnni, avx_vnni, avx512_bf16, amx_bf16, amx_int8"
+    missing = tmp_path / "absent"
+    assert cpu_flags(missing) is None and described_flags(cpuinfo=missing) == "flags not readable"
+    assert cpu_name(missing)  # platform's answer, never empty

@@ -56,6 +56,7 @@ from stanceclf.cache import cache_dir, evict_least_recent
 from stanceclf.files import FileStamp, exclusive_lock, write_atomically
 from stanceclf.errors import BackendError
 from stanceclf.infer.graph_key import model_graph_key, package_version, thread_setting
+from stanceclf.machine import cpu_flags, cpu_name
 from stanceclf.infer.int8 import (MAX_DECISIONS_CHANGED, cached_int8_encoder, calibration_units, int8_encoder,
                                   int8_installed)
 from stanceclf.model.decision import decide
@@ -179,12 +180,8 @@ def candidate_backends() -> list[str]:
 def int8_dot_product_supported() -> bool:
     """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX-INT8); True where
     the flags cannot be read (then it is measured, not guessed)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), None)
-    except OSError:
-        return True
-    return flags is None or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+    flags = cpu_flags()
+    return flags is None or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
 
 
 CACHE_FILE = "backends.json"
@@ -327,26 +324,13 @@ def _weights_megabytes(model) -> float:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 2**20
 
 
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cache_key(model, threads: int | None) -> str | None:
     """Machine and model, or None for a model not read from a directory (nothing to key it by). Computed
     without importing torch, so that a cached choice can be read before torch is needed."""
     identity = _model_identity(model)
     if identity is None:
         return None
-    parts = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": thread_setting(threads),
+    parts = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": thread_setting(threads),
              "torch": package_version("torch"), "onnxruntime": package_version("onnxruntime"),
              "openvino": package_version("openvino"), "nncf": package_version("nncf"), "format": CHOICE_FORMAT,
              # oneDNN's instruction cap (e.g. AVX512_CORE_VNNI: no AMX) changes which path is fastest.

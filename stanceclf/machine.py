@@ -1,0 +1,47 @@
+"""This machine's CPU: its name and instruction-set flags, read from ``/proc/cpuinfo`` (Linux).
+
+One reader for the backends (which fast path this CPU can run, and the key of a cached choice) and
+for the benchmarks (the flags stated beside every figure). Where the file cannot be read (another OS),
+the name falls back to :mod:`platform` and the flags are unknown (``None``), never guessed.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+#: The flags that decide this project's fast paths: int8 dot products (VNNI, AMX-INT8) and bfloat16.
+FLAGS_OF_INTEREST = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def _first_field(key: str, cpuinfo: Path) -> str | None:
+    """The value of the first ``key : value`` line (every core repeats them), or None."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
+            for line in info:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
+def cpu_name(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name ("Intel(R) Xeon(R) ..."), else what :mod:`platform` knows."""
+    return _first_field("model name", cpuinfo) or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
+    """The CPU's instruction-set flags, or None where they cannot be read."""
+    flags = _first_field("flags", cpuinfo)
+    return None if flags is None else frozenset(flags.split())
+
+
+def described_flags(wanted: tuple[str, ...] = FLAGS_OF_INTEREST, cpuinfo: Path = CPUINFO) -> str:
+    """Which of ``wanted`` this CPU has, for a benchmark's heading: "avx512_vnni, amx_bf16" or "none of ..."."""
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return "flags not readable"
+    return ", ".join(flag for flag in wanted if flag in flags) or "none of " + ", ".join(wanted)
