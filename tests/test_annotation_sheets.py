@@ -129,7 +129,7 @@ def test_annotation_sheets_loop_over_a_jsonl_pool_keeps_texts_by_reference(tmp_p
 def test_annotation_sheets_corpus_records_are_named_as_score_names_them(tmp_path):
     """A pool document is found by the id score and suggest give it: FILE:LINE without an id, the first of a
     repeated id, a byte-order mark dropped, a bad line passed over; an id in two pools is refused."""
-    from stanceclf.data.documents import read_corpus_texts
+    from stanceclf.data.corpus_inputs import read_corpus_texts
     from stanceclf.data.sheets import import_decision_folder
 
     pool = tmp_path / "pool.jsonl"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stanceclf.errors import InputRecordError, StanceclfError, TextInputError
-from stanceclf.infer.scoring.inputs import Fields, iter_records
+from stanceclf.data.corpus_inputs import Fields, iter_records
 
 TEXT = "NATO will expand next year. Moscow warned of consequences."
 

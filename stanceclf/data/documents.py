@@ -94,39 +94,6 @@ def read_document_text(path: str | Path) -> str:
     return decode_document_text(read_document_bytes(path), str(path))[0]
 
 
-def read_corpus_texts(path: str | Path, ids: set[str] | None = None, *, id_field: str | None = None,
-                      text_field: str = "text") -> dict[str, str]:
-    """``{id: text}`` of the records of a JSONL corpus (one document a line), only those in ``ids`` when given:
-    annotations of a document that lives in such a file name the file and the record's id instead of copying
-    its text. Records are named as ``stanceclf score`` and ``suggest`` name them: the ``id_field`` value (by
-    default ``id``, and without it FILE:LINE, FILE being the file's stem), by :func:`document_id`'s rule, the
-    first record of an id winning; a leading byte-order mark is dropped. A line those commands would count
-    as a bad record (not JSON, no text, an unusable id) names nothing and is passed over here: an annotation
-    that refers to it meets "no record with that id" where it is read."""
-    import json
-
-    path = Path(path)
-    texts: dict[str, str] = {}
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-                record = json.loads(line[1:] if line_number == 1 and line.startswith(_BOM) else line)
-            except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                continue
-            value = record.get(id_field or "id")
-            try:
-                doc_id = document_id(value) if value not in (None, "") else (
-                    None if id_field else f"{path.stem}:{line_number}")
-            except ValueError:
-                continue
-            if doc_id is not None and (ids is None or doc_id in ids):
-                texts.setdefault(doc_id, record[text_field])
-    return texts
-
-
 def text_checksum(text: str) -> str:
     """The checksum stored with stand-off annotations: sha256 of the UTF-8 text."""
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

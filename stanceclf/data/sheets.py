@@ -182,7 +182,8 @@ def import_decision_folder(decisions: str | Path, sheets: str | Path, schema: La
     ``corpora`` (as ``stanceclf score`` reads them). Returns ``(documents, {doc_id: text file},
     {doc_id: corpus file})``, ready for :func:`~stanceclf.data.readers.write_native`, which stores them by
     reference: the text is never copied."""
-    from stanceclf.data.documents import read_corpus_texts, read_document_text
+    from stanceclf.data.corpus_inputs import read_corpus_texts
+    from stanceclf.data.documents import read_document_text
     from stanceclf.errors import InputFileError
 
     decisions, sheets = Path(decisions), Path(sheets)

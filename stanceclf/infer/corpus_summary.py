@@ -11,7 +11,7 @@ in memory.
 
 Scores files are read by :func:`~stanceclf.infer.scoring.outputs.read_scores`, beside their writers.
 Metadata: ``score`` output carries none, so it is joined from the scored input
-(:func:`~stanceclf.infer.scoring.inputs.read_metadata`: the JSONL, CSV or Parquet file ``score`` read, ids by
+(:func:`~stanceclf.data.corpus_inputs.read_metadata`: the JSONL, CSV or Parquet file ``score`` read, ids by
 the same rule as ``score``: the ``id_field`` value, else FILE:LINE). The join keeps only the fields asked
 for, per document id, in a dict: memory grows with the number of documents, not of sentences. A scores file that carries extra columns after the row
 specification's (a ``score`` that passes fields through) is read for them directly.
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from stanceclf.errors import ReportInputError, shown
-from stanceclf.infer.scoring.inputs import metadata_value as _value, read_metadata
+from stanceclf.data.corpus_inputs import metadata_value as _value, read_metadata
 from stanceclf.infer.scoring.outputs import READ_BATCH, ScoresLayout, read_scores
 from stanceclf.model.decision import decide
 

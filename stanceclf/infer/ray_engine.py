@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from stanceclf.errors import InputRecordError, ModelDirectoryError, RayEngineError, ScoringSetupError
 from stanceclf.infer.results import RowSpec
-from stanceclf.infer.scoring.inputs import text_problem
+from stanceclf.data.corpus_inputs import text_problem
 from stanceclf.infer.scoring.job import (SCORE_DEFAULTS, ChunkFiller, ScoreOptions, ScoreSummary, ScoringRun,
                                          run_locked, score_options)
 from stanceclf.infer.scoring.outputs import make_writer

@@ -26,7 +26,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from stanceclf.data.documents import (AnnotatedDocument, decode_document_text, read_corpus_texts, read_document_bytes,
+from stanceclf.data.corpus_inputs import read_corpus_texts
+from stanceclf.data.documents import (AnnotatedDocument, decode_document_text, read_document_bytes,
                                       read_document_text, text_checksum, unicode_problem)
 from stanceclf.errors import AnnotationError, ChecksumMismatchError, InputFileError, parse_json_text, shown
 from stanceclf.files import replaced_atomically

@@ -125,6 +125,21 @@ class JsonlInput:
                     yield fields.pick(record, fallback, where)
 
 
+def read_corpus_texts(path: str | Path, ids: set[str] | None = None, *, id_field: str | None = None,
+                      text_field: str = "text") -> dict[str, str]:
+    """``{id: text}`` of the records of a JSONL corpus (one document a line), only those in ``ids`` when given:
+    annotations of a document that lives in such a file name the file and the record's id instead of copying
+    its text. Records are read and named exactly as ``stanceclf score`` and ``suggest`` read them
+    (:class:`JsonlInput`), the first record of an id winning. A record those commands would count as bad (not
+    JSON, no text, an unusable id) names nothing and is passed over here: an annotation that refers to it
+    meets "no record with that id" where it is read."""
+    texts: dict[str, str] = {}
+    for doc_id, text, _, error in JsonlInput().records(Path(path), Fields(id_field, text_field)):
+        if error is None and isinstance(text, str) and (ids is None or doc_id in ids):
+            texts.setdefault(doc_id, text)
+    return texts
+
+
 def _parse_json_line(raw: bytes, line_number: int):
     try:
         line = decode_document_text(raw, "") [0] if line_number == 1 else raw.decode("utf-8")
