@@ -256,6 +256,25 @@ def test_suggest_resumes_after_an_interrupt_without_lost_or_duplicated_documents
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.json", "corpus.jsonl", "tasks.json"]
 
 
+def test_suggest_interrupted_overwrite_keeps_the_earlier_tasks_until_it_replaces_them(corpus, tmp_path,
+                                                                                       make_tiny_model, monkeypatch):
+    from conftest import interrupt_on_call
+    from stanceclf.infer.suggest import _SuggestRun
+
+    model = make_tiny_model()
+    out = tmp_path / "tasks.json"
+    common = dict(text_field="body", chunk_sentences=2, out=out, progress=False, log=lambda message: None)
+    suggest([corpus], model, n=2, **common)
+    earlier = out.read_bytes()
+    real = interrupt_on_call(monkeypatch, _SuggestRun, "process_chunk", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        suggest([corpus], model, n=3, overwrite=True, **common)
+    assert out.read_bytes() == earlier  # an interrupted --overwrite run lost nothing
+    monkeypatch.setattr(_SuggestRun, "process_chunk", real)
+    summary = suggest([corpus], model, n=3, **common)  # resumes the --overwrite run, and replaces the tasks
+    assert summary.resumed_from > 0 and len(json.loads(out.read_text(encoding="utf-8"))) == 3
+
+
 def test_suggest_resume_with_another_strategy_or_exclusion_is_refused_naming_it(corpus, tmp_path, make_tiny_model,
                                                                                monkeypatch):
     from conftest import interrupt_on_call

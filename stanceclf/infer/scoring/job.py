@@ -225,8 +225,9 @@ class ScoringRun(CorpusReader):
         raise NotImplementedError
 
     def clear_previous(self) -> None:
-        """``overwrite``: remove the output and whatever an earlier run left beside it."""
-        for stale in (self.out, self.files.progress, self.files.errors):
+        """``overwrite``: remove whatever an earlier run left beside the output. The output itself stays until
+        this run's replaces it in one rename: an interrupted ``--overwrite`` run loses no earlier result."""
+        for stale in (self.files.progress, self.files.errors):
             stale.unlink(missing_ok=True)
         make_writer(self.fmt, self.files.partial, self.spec).discard()
 
