@@ -268,17 +268,21 @@ def _openvino_graph(model):
 
     import transformers  # noqa: F401  (imported first, so that its load report can be silenced)
 
-    # A copy: the fp32 model the other backends share keeps its own attention and dtype.
-    with library_output("transformers"):
+    # Tracing reads every attribute of the model, the loss function too, which makes transformers warn
+    # about a loss the graph never holds; torch warns that traced Python conditions become constants. The
+    # graph is checked on label decisions after quantisation, so these messages are silenced here.
+    with library_output("transformers"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # A copy: the fp32 model the other backends share keeps its own attention and dtype.
         eager = copy.deepcopy(transformers_model(model.model)).float().eval()
-    try:  # NNCF's transformer patterns match eager attention, not SDPA's
-        eager.set_attn_implementation("eager")
-    except (ValueError, AttributeError):
-        pass
-    example = {"input_ids": torch.ones((2, 8), dtype=torch.long),
-               "attention_mask": torch.ones((2, 8), dtype=torch.long)}
-    with torch.inference_mode():
-        return ov.convert_model(eager, example_input=example)
+        try:  # NNCF's transformer patterns match eager attention, not SDPA's
+            eager.set_attn_implementation("eager")
+        except (ValueError, AttributeError):
+            pass
+        example = {"input_ids": torch.ones((2, 8), dtype=torch.long),
+                   "attention_mask": torch.ones((2, 8), dtype=torch.long)}
+        with torch.inference_mode():
+            return ov.convert_model(eager, example_input=example)
 
 
 def _batches(model, texts: list[str], contexts: list, size: int) -> list[tuple[list[int], dict]]:
