@@ -108,6 +108,20 @@ def test_crossval_keep_folds_of_is_signed_only_when_set(tmp_path):
     assert run_signature(kept, "fp")["recipe"]["evaluation"]["keep_folds_of"] == "earlier-cv"
 
 
+
+def test_crossval_later_distill_options_are_signed_only_when_set(tmp_path, base_tokenizer):
+    """max_unlabelled changes the training rows and is signed when set; teacher_folds_of only says where the
+    fold teachers are (their own signatures are signed), so it never is."""
+    from stanceclf.train.signature import run_signature
+
+    path = write_distill_recipes(tmp_path, base_tokenizer)
+    plain = run_signature(load_recipe(path), "fp")["recipe"]["distill"]
+    assert "max_unlabelled" not in plain and "teacher_folds_of" not in plain
+    changed = load_recipe(path, ["distill.max_unlabelled=100", 'distill.teacher_folds_of="cv"'])
+    signed = run_signature(changed, "fp")["recipe"]["distill"]
+    assert signed["max_unlabelled"] == 100 and "teacher_folds_of" not in signed
+
+
 def test_crossval_report_has_mean_sd_per_label_and_resume_reuses_finished_folds(tmp_path, base_tokenizer, caplog):
     recipe = load_recipe(write_recipe(tmp_path), FEW_STEPS)
     models, messages, out = CountingModels(base_tokenizer), [], tmp_path / "cv"

@@ -380,3 +380,20 @@ def test_distill_unlabelled_pool_is_read_as_score_reads_a_corpus(tmp_path, tiny_
     assert counts == {"unlabelled_documents": 2, "unlabelled_skipped": 1, "unlabelled_sentences_read": 4,
                       "unlabelled_left_out_as_labelled": 1, "unlabelled_sentences": 2}
     assert "distill: skipped record 1 (" in caplog.text and "a.jsonl:2, id 'y'): text is empty" in caplog.text
+
+
+def test_distill_max_unlabelled_draws_a_seeded_sample_of_the_distinct_sentences(tmp_path, tiny_model_dir):
+    lines = [f"Sentence number {n} of the pool." for n in range(40)]
+    (tmp_path / "pool.jsonl").write_text(json.dumps({"id": "p", "text": "\n".join(lines + lines[:5])}) + "\n")
+    overrides = ['distill.unlabelled=["pool.jsonl"]', "distill.max_unlabelled=10"]
+    recipe = distill_recipe(tmp_path, tiny_model_dir, overrides=overrides)
+    sentences, counts = distill.unlabelled_sentences(recipe, _Lines(), exclude={lines[0]})
+    assert len(sentences) == len(set(sentences)) == 10 and set(sentences) < set(lines[1:])
+    assert sentences == sorted(sentences, key=lines.index)  # in reading order
+    assert counts["unlabelled_sentences_available"] == 39 and counts["unlabelled_sentences"] == 10
+    assert distill.unlabelled_sentences(recipe, _Lines(), exclude={lines[0]})[0] == sentences  # the same draw
+    reseeded = distill_recipe(tmp_path, tiny_model_dir, overrides=[*overrides, "seed=14"])
+    assert distill.unlabelled_sentences(reseeded, _Lines(), exclude={lines[0]})[0] != sentences
+    everything = distill_recipe(tmp_path, tiny_model_dir, overrides=['distill.unlabelled=["pool.jsonl"]',
+                                                                     "distill.max_unlabelled=100"])
+    assert len(distill.unlabelled_sentences(everything, _Lines(), exclude=set())[0]) == 40

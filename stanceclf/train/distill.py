@@ -150,7 +150,8 @@ def unlabelled_sentences(recipe, splitter, *, exclude: set[str]) -> tuple[list[s
     """The distinct sentences of the unlabelled inputs, in reading order, less those in ``exclude``;
     and counts of what was read, for the manifest. The inputs are read as ``stanceclf score`` reads
     a corpus; a bad record stops the run with its name (E030), or with ``on_error = "skip"`` is
-    logged and counted. Ids need not be unique: nothing here is keyed by them."""
+    logged and counted. Ids need not be unique: nothing here is keyed by them. With ``max_unlabelled``,
+    a seeded uniform sample of the distinct sentences is kept."""
     from stanceclf.errors import StanceclfError
     from stanceclf.infer.scoring.job import CorpusReader, ScoreOptions
 
@@ -174,6 +175,11 @@ def unlabelled_sentences(recipe, splitter, *, exclude: set[str]) -> tuple[list[s
             elif sentence.text not in seen:
                 seen.add(sentence.text)
                 sentences.append(sentence.text)
+    if settings.max_unlabelled is not None and len(sentences) > settings.max_unlabelled:
+        # A uniform sample, kept in reading order: the same recipe and pool give the same sentences.
+        drawn = np.random.default_rng(recipe.seed).choice(len(sentences), settings.max_unlabelled, replace=False)
+        counts["unlabelled_sentences_available"] = len(sentences)
+        sentences = [sentences[i] for i in sorted(drawn)]
     counts.update(unlabelled_skipped=reader.skipped, unlabelled_sentences=len(sentences))
     return sentences, counts
 

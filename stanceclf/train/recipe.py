@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
@@ -102,16 +102,33 @@ class TrainingSection(BaseModel):
         return self
 
 
+class _SignedOnlyWhenSet(BaseModel):
+    """A section whose options named in ``_only_when_set``, added after runs were first signed, are left out
+    of its dump while unset: a recipe without them signs its runs exactly as before they existed, so that
+    those runs' checkpoints and fold records are still reused."""
+
+    _only_when_set: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset(self, handler) -> dict:
+        dumped = handler(self)
+        for name in self._only_when_set:
+            if getattr(self, name) is None:
+                dumped.pop(name, None)
+        return dumped
+
+
 def _as_list(value: str | list[str] | None) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
-class DistillSection(BaseModel):
+class DistillSection(_SignedOnlyWhenSet):
     """The recipe's ``[distill]``: train the model as a student of one or more teachers
     (stanceclf model directories), on its labelled data and on the teachers' calibrated
     probabilities for unlabelled sentences; see :mod:`stanceclf.train.distill`."""
 
     model_config = ConfigDict(extra="forbid")
+    _only_when_set = ("teacher_folds_of", "max_unlabelled")
 
     #: A teacher's model directory, or a list of them (an ensemble: their calibrated probabilities are averaged).
     teacher: str | list[str]
@@ -130,6 +147,9 @@ class DistillSection(BaseModel):
     #: A bad unlabelled record (empty, not UTF-8, too long) stops the run, or is skipped and counted.
     on_error: Literal["stop", "skip"] = "stop"
     max_chars: int = Field(default=1_000_000, ge=1)
+    #: At most this many distinct unlabelled sentences, drawn at random (the recipe's seed) from all those
+    #: read: a large pool bounds what the teachers score and the student's epoch. None: all of them.
+    max_unlabelled: int | None = Field(default=None, ge=1)
     #: Weight of the gold loss on labelled sentences; 1 - alpha weighs the soft loss against the teachers.
     alpha: float = Field(default=0.5, ge=0, lt=1)
     #: Also learn the teachers' probabilities on the labelled training sentences (besides their gold labels).
@@ -186,10 +206,11 @@ class DistillSection(BaseModel):
         return self
 
 
-class EvaluationSection(BaseModel):
+class EvaluationSection(_SignedOnlyWhenSet):
     """The recipe's ``[evaluation]``: how ``stanceclf cross-validate`` and ``learning-curve`` split documents."""
 
     model_config = ConfigDict(extra="forbid")
+    _only_when_set = ("keep_folds_of",)
 
     #: Document-grouped folds of k-fold cross-validation.
     folds: int = Field(default=5, ge=2)
@@ -203,15 +224,6 @@ class EvaluationSection(BaseModel):
     #: fold they had there, and documents added since are spread over the folds around them, so that a
     #: model trained on grown data is compared with the earlier one fold by fold on the same test documents.
     keep_folds_of: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _keep_folds_only_when_set(self, handler) -> dict:
-        # A recipe without it signs its runs exactly as before the option existed, so that their
-        # checkpoints still resume.
-        dumped = handler(self)
-        if self.keep_folds_of is None:
-            dumped.pop("keep_folds_of", None)
-        return dumped
 
     @field_validator("sources")
     @classmethod
