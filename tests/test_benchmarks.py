@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: Fewer article resamples than a report's 2000: each one scores two systems through the library's report.
@@ -144,6 +146,37 @@ def test_benchmarks_crossval_compare_narrows_a_grown_run_to_the_documents_both_t
     unnamed = {key: value for key, value in grown.items() if key != "row_documents"}
     with pytest.raises(SystemExit, match="neither record says which document each row is from"):
         compare.compare({"fold-1": reference}, {"fold-1": unnamed}, ("old", "grown"))
+
+
+def test_benchmarks_crossval_by_source_pools_each_sources_rows_under_their_folds_thresholds(tmp_path):
+    by_source = _script("crossval_by_source")
+    annotations = tmp_path / "batch.jsonl"
+    annotations.write_text(json.dumps({"doc_id": "cnn_1", "path": "../x/ukraine-war-news-2022.jsonl"}) + "\n")
+    pooled = by_source.pool_sources([annotations])
+    rng = np.random.default_rng(7)
+    records = {}
+    for name, docs in (("fold-1", {"EN_UA_1": 3, "cnn_1": 2}), ("fold-2", {"EN_UA_2": 2, "article9": 4, "x": 1})):
+        rows = [doc for doc in sorted(docs) for _ in range(docs[doc])]
+        labels = rng.integers(0, 2, (len(rows), 2))
+        records[name] = _fold_record(name, rng.normal(0, 2, labels.shape), labels, [0.5, 0.3 if name == "fold-1" else 0.7])
+        records[name].update(documents={"test": sorted(docs)}, row_documents=rows)
+    result = by_source.by_source(records, Counter(), pooled)
+    assert {s: (r["documents"], r["examples"]) for s, r in result.items()} == {
+        "UA": (2, 5), "war news (pool)": (1, 2), "PTC": (1, 4), "other": (1, 1)}
+    # UA's rows come from both folds, each decided under its own fold's thresholds.
+    from stanceclf.train.fold_reports import pooled_report
+
+    ua = [{**records["fold-1"], "logits": records["fold-1"]["logits"][:3], "labels": records["fold-1"]["labels"][:3]},
+          {**records["fold-2"], "logits": records["fold-2"]["logits"][:2], "labels": records["fold-2"]["labels"][:2]}]
+    assert records["fold-1"]["row_documents"][:3] == ["EN_UA_1"] * 3
+    assert result["UA"]["macro"] == pooled_report(ua, ["l0", "l1"])["macro"]
+    # An earlier run without row_documents is read through another run's row counts.
+    earlier = {name: {k: v for k, v in record.items() if k != "row_documents"} for name, record in records.items()}
+    counts = Counter(doc for record in records.values() for doc in record["row_documents"])
+    assert by_source.by_source(earlier, counts, pooled)["UA"]["macro"] == result["UA"]["macro"]
+    with pytest.raises(SystemExit, match="fold-1: no row count for 1 test document"):
+        by_source.by_source(earlier, Counter({"EN_UA_1": 3}), pooled)
+    assert "| run | UA | 2 | 5 |" in by_source.markdown({"run": result}, "cmd", "t")
 
 
 def _fold_record(name: str, logits: np.ndarray, labels: np.ndarray, thresholds: list[float]) -> dict:
