@@ -335,6 +335,41 @@ def test_backends_a_cached_int8_graph_loads_and_runs_without_torch(tmp_path, mak
         assert second["torch"] is True
 
 
+def test_backends_int8_of_a_saved_model_is_quantised_in_a_child_process(tmp_path, make_tiny_model, int8_cache,
+                                                                      monkeypatch):
+    """NNCF's peak memory stays out of the caller's process, which never reads the torch weights; a refusal
+    in the child comes back as the caller's BackendError, naming what the child found."""
+    from stanceclf.infer import int8
+
+    folder = make_tiny_model(seed=0).save_pretrained(tmp_path / "model")
+    model = StanceModel.from_pretrained(folder)
+    in_process = []
+
+    def here(*args):
+        in_process.append(args)
+        raise LookupError("quantised in the caller's process")
+
+    monkeypatch.setattr(int8, "quantize_into", here)
+    fast = StanceModel.from_pretrained(folder, fast="int8")
+    assert fast.backend == "int8" and not in_process and not fast.torch_loaded  # quantised, but not here
+    assert fast.encoder.report.decisions_changed <= MAX_DECISIONS_CHANGED * fast.encoder.report.decisions
+    np.testing.assert_allclose(fast.predict_proba(TEXTS), model.accelerated("int8").predict_proba(TEXTS))  # cached
+    # The child reads the model from its directory: a broken weights file is its refusal, raised here.
+    other = make_tiny_model(seed=1).save_pretrained(tmp_path / "other")
+    weights = next(path for path in other.iterdir() if path.suffix == ".safetensors")
+    weights.write_bytes(b"not safetensors")
+    with pytest.raises(BackendError) as refused:
+        StanceModel.from_pretrained(other, fast="int8")
+    assert str(weights.name) in str(refused.value) or str(other) in str(refused.value)
+    assert "exit status" not in str(refused.value) and not in_process
+    # A model changed since it was read (here its thresholds) is quantised in this process, as it is.
+    changed = StanceModel.from_pretrained(folder)
+    changed.manifest.thresholds = {label: 0.9 for label in changed.labels}
+    with pytest.raises(LookupError, match="in the caller's process"):
+        changed.accelerated("int8")
+    assert len(in_process) == 1
+
+
 def test_backends_memory_of_a_backend_that_replaces_the_torch_weights_is_its_own(tiny, tmp_path, monkeypatch):
     """int8 is later loaded without the torch weights: it is weighed by what it holds then, not beside them."""
     from stanceclf.infer import backends

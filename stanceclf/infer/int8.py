@@ -17,6 +17,10 @@ library versions (measured on 2 shared cores: about 1 min for the student, 2 to 
 4. the graph is kept in the cache folder (``openvino/<key>/``, the four most recently used), so a later
    load only compiles it.
 
+A model read from a directory is quantised in a child process (:mod:`stanceclf.infer.int8_build`), which
+reads it from there: NNCF's peak memory stays out of the caller's process, and
+``StanceModel.from_pretrained(path, fast="int8")`` never reads the torch weights.
+
 Non-quantised operations run in float32 (``INFERENCE_PRECISION_HINT``), also on CPUs that have bfloat16,
 so the scores do not depend on which of those a machine has.
 Needs ``pip install 'stanceclf[int8]'`` (openvino and nncf).
@@ -32,6 +36,8 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -48,7 +54,7 @@ from stanceclf.infer.graph_key import model_graph_key, package_version, thread_s
 from stanceclf.infer.padding import padded_arrays
 from stanceclf.model.decision import decide, probabilities
 from stanceclf.model.layout import weights_file
-from stanceclf.model.manifest import manifest_digest
+from stanceclf.model.manifest import ModelManifest, manifest_digest
 from stanceclf.progress import library_output
 
 # The functions below take an fp32 ``StanceModel`` (``model``); it is not imported here, since
@@ -175,7 +181,7 @@ def int8_encoder(model, *, threads: int | None = None, documents: list[str] | No
                               "model and machine (about 1 min for a 6-layer model, 2 to 6 min for a 12-layer one "
                               "on 2 cores)")
         with folder_replaced_atomically(folder) as work:
-            _quantize(model, units, work, threads)
+            _quantize_isolated(model, units, work, threads)
     evict_least_recent(folder.parent, "?" * KEY_LENGTH, GRAPHS_KEPT)  # graph folders, not their lock files
     return Int8Encoder(folder / GRAPH_NAME, threads=threads)
 
@@ -201,7 +207,40 @@ def _cached_encoder(folder: Path, threads: int | None) -> Int8Encoder | None:
     return encoder
 
 
-def _quantize(model, units: list, out: Path, threads: int | None) -> None:
+def _quantize_isolated(model, units: list, out: Path, threads: int | None) -> None:
+    """Quantise in a child process (:mod:`stanceclf.infer.int8_build`) when the model is its saved directory
+    (weights and manifest as on disk): NNCF's peak memory then stays out of the caller's process, which never
+    reads the torch weights either. A model never saved, or changed since it was read, is quantised here.
+    A command, not ``multiprocessing``: spawning would run the caller's script again in the child."""
+    saved = weights_file(model.path)
+    if saved is None or manifest_digest(ModelManifest.read(Path(model.path))) != manifest_digest(model.manifest):
+        quantize_into(model, units, out, threads)
+        return
+    request = {"model": str(model.path), "units": [[unit.text, unit.context] for unit in units], "out": str(out),
+               "threads": thread_setting(threads)}
+    request_file = out / "request.json"
+    request_file.write_text(json.dumps(request), encoding="utf-8")
+    try:
+        done = subprocess.run([sys.executable, "-m", "stanceclf.infer.int8_build", str(request_file)],
+                              capture_output=True, text=True)
+    finally:
+        request_file.unlink(missing_ok=True)
+    if done.returncode == 0:
+        return
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    try:
+        refusal = json.loads(last)
+    except ValueError:
+        refusal = None
+    if isinstance(refusal, dict) and "error" in refusal:
+        raise BackendError(refusal["error"], where=refusal.get("where"))
+    how = f"was killed (signal {-done.returncode}; out of memory?)" if done.returncode < 0 else \
+        f"failed (exit status {done.returncode})"
+    raise BackendError(f"int8 quantisation in its own process {how}: {done.stderr.strip()[-1500:]}")
+
+
+def quantize_into(model, units: list, out: Path, threads: int | None) -> None:
+    """Quantise ``model`` on ``units`` and write the graph and its report into ``out`` (see the module)."""
     import nncf
     import openvino as ov
 

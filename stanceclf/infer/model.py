@@ -205,7 +205,7 @@ class StanceModel:
     def from_pretrained(cls, path: str | Path, *, fast: bool | str = False) -> "StanceModel":
         """Load a model directory. ``fast`` picks a faster CPU path: ``True`` (the fastest on this
         machine, measured once and cached) or a backend's name; see :mod:`stanceclf.infer.backends`."""
-        from stanceclf.infer.backends import cached_encoder_without_torch, resolve_backend
+        from stanceclf.infer.backends import BACKENDS, cached_encoder_without_torch, resolve_backend
 
         backend = resolve_backend(fast)
         if backend != "torch":
@@ -215,6 +215,9 @@ class StanceModel:
             cached = cached_encoder_without_torch(lazy, backend)
             if cached is not None:
                 return lazy.on_encoder(*cached)
+            if backend in BACKENDS and BACKENDS[backend].replaces_torch_weights:
+                # Built from the directory in a process of its own: the weights are not read here either.
+                return lazy.accelerated(backend)
         model, tokenizer, manifest = load_model_directory(path)
         loaded = cls(model, tokenizer, manifest, path, adapter=deferred_adapter(path, manifest))
         return loaded.accelerated(fast) if fast else loaded

@@ -1,0 +1,43 @@
+"""Quantising a saved model to int8 in a process of its own:
+``python -m stanceclf.infer.int8_build REQUEST.json``.
+
+:func:`stanceclf.infer.int8.int8_encoder` starts it for a model read from a directory, so that NNCF's
+peak memory (5.7 GB for the MPNet default) stays out of the caller's process, which never reads the torch
+weights either. The request names the model directory, the calibration units (text and context), the
+folder to write the graph into and the threads; a refusal (a :class:`~stanceclf.errors.StanceclfError`)
+comes back as one JSON line on stderr, ``{"error": ..., "where": ...}``, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from stanceclf.errors import StanceclfError
+from stanceclf.infer.int8 import quantize_into
+from stanceclf.infer.model import StanceModel, Unit
+
+#: The exit status of a refusal (anything else non-zero is a crash).
+REFUSED = 2
+
+
+def main(argv: list[str]) -> int:
+    """Quantise as the request in ``argv[0]`` asks; the exit status."""
+    request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    if request.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(request["threads"]))
+    try:
+        model = StanceModel.from_pretrained(request["model"])
+        units = [Unit(index, 0, len(text), text, context) for index, (text, context) in enumerate(request["units"])]
+        quantize_into(model, units, Path(request["out"]), request.get("threads"))
+    except StanceclfError as error:
+        print(json.dumps({"error": error.detail, "where": error.where}), file=sys.stderr)
+        return REFUSED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
