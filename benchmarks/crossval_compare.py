@@ -78,8 +78,9 @@ def compare(first: dict[str, dict], second: dict[str, dict], names: tuple[str, s
             differences.setdefault(label, [])
         rows.append(fold)
         for model in differences:
-            differences[model].append([None if b is None or a is None else b - a
-                                       for a, b in zip(fold["models"][names[0]], fold["models"][model])])
+            if model in fold["models"]:  # a narrowed fold shows no teacher
+                differences[model].append([None if b is None or a is None else b - a
+                                           for a, b in zip(fold["models"][names[0]], fold["models"][model])])
     return {"labels": labels, "folds": rows, "reference": names[0], "differences": {
         model: [_mean_sd([fold[i] for fold in per_fold]) for i in range(len(labels) + 1)]
         for model, per_fold in differences.items()}}

@@ -108,7 +108,6 @@ def test_crossval_keep_folds_of_is_signed_only_when_set(tmp_path):
     assert run_signature(kept, "fp")["recipe"]["evaluation"]["keep_folds_of"] == "earlier-cv"
 
 
-
 def test_crossval_later_distill_options_are_signed_only_when_set(tmp_path, base_tokenizer):
     """max_unlabelled changes the training rows and is signed when set; teacher_folds_of only says where the
     fold teachers are (their own signatures are signed), so it never is."""
@@ -449,13 +448,23 @@ def test_crossval_distill_reuses_the_fold_teachers_an_earlier_cross_validation_k
     assert report["teachers"][0]["per_fold_macro_f1"] == [f["test_report"]["macro"]["f1"] for f in teachers["per_fold"]]
     # The borrowed teachers are not the student's to delete: another student can use them too.
     assert all((teacher_cv / "models" / name / "model.safetensors").exists() for name in ("fold-1", "fold-2"))
+    # --no-resume retrains the student's folds, never the borrowed teachers.
+    messages.clear()
+    cross_validate(student, tmp_path / "cv", folds=2, make_model=CountingModels(base_tokenizer), resume=False,
+                   tokenizer=base_tokenizer, progress=False, echo=messages.append, teacher_overrides=FEW_STEPS)
+    assert sum("reusing the trained teacher" in m for m in messages) == 2
+    # Other plans cut other folds: a learning curve trains its teachers, as without the option.
+    learning_curve(student, [3], tmp_path / "curve", folds=2, tokenizer=base_tokenizer,
+                   make_model=CountingModels(base_tokenizer), progress=False, teacher_overrides=FEW_STEPS)
+    assert sorted(fold_records(tmp_path / "curve" / "teachers" / "1-toy-teacher")) == ["fold-1-n3", "fold-2-n3"]
     # A teacher cross-validated with another recipe is not the student's fold teacher.
     with pytest.raises(EvaluationError, match="not finished with a kept model here"):
         cross_validate(student, tmp_path / "cv2", folds=2, make_model=CountingModels(base_tokenizer),
                        tokenizer=base_tokenizer, progress=False,
                        teacher_overrides=[*FEW_STEPS, "training.learning_rate=1e-3"])
     with pytest.raises(RecipeError, match="holds no fold records"):
-        Setup.of(load_recipe(path, ['distill.teacher_folds_of="nowhere"']), tmp_path / "cv3", progress=False)
+        Setup.of(load_recipe(path, ['distill.teacher_folds_of="nowhere"']), tmp_path / "cv3", progress=False,
+                 borrow_teachers=True)
     with pytest.raises(RecipeError, match=r"names 2 folder\(s\) for 1 teacher recipe"):
         load_recipe(path, ['distill.teacher_folds_of=["a", "b"]'])
 

@@ -185,8 +185,9 @@ def int8_dot_product_supported() -> bool:
 
 
 CACHE_FILE = "backends.json"
-#: How a choice is made; a cached choice made another way is measured again.
-CHOICE_FORMAT = 3
+#: How a choice is made; a cached choice made another way is measured again (4: int8 is quantised in a child
+#: process, so its memory is measured without NNCF's peak).
+CHOICE_FORMAT = 4
 #: A fast path may hold at most this many times the memory (resident set) of the process running fp32.
 MAX_MEMORY_RATIO = 1.5
 #: Optimised ONNX graphs, one per model and library versions (``<key>.onnx``). On a 2-core AMD EPYC an

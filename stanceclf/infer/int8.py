@@ -48,7 +48,8 @@ from typing import Callable
 import numpy as np
 
 from stanceclf.cache import cache_dir, evict_least_recent
-from stanceclf.errors import BackendError
+from stanceclf import errors
+from stanceclf.errors import BackendError, StanceclfError
 from stanceclf.files import exclusive_lock, folder_replaced_atomically, stamped_sha256
 from stanceclf.infer.graph_key import model_graph_key, package_version, thread_setting
 from stanceclf.infer.padding import padded_arrays
@@ -207,36 +208,46 @@ def _cached_encoder(folder: Path, threads: int | None) -> Int8Encoder | None:
     return encoder
 
 
+#: What a child quantising a model writes into its graph folder when it refuses (see :mod:`.int8_build`).
+REFUSAL_NAME = "refusal.json"
+
+
 def _quantize_isolated(model, units: list, out: Path, threads: int | None) -> None:
-    """Quantise in a child process (:mod:`stanceclf.infer.int8_build`) when the model is its saved directory
-    (weights and manifest as on disk): NNCF's peak memory then stays out of the caller's process, which never
-    reads the torch weights either. A model never saved, or changed since it was read, is quantised here.
-    A command, not ``multiprocessing``: spawning would run the caller's script again in the child."""
+    """Quantise in a child process (:mod:`stanceclf.infer.int8_build`) when the model is as its directory holds
+    it (the graph's key names the weights file; the manifest is compared here): NNCF's peak memory then stays
+    out of the caller's process, which never reads the torch weights either. A model never saved, or whose
+    manifest was changed since it was read, is quantised here. A command, not ``multiprocessing``: spawning
+    would run the caller's script again in the child."""
     saved = weights_file(model.path)
     if saved is None or manifest_digest(ModelManifest.read(Path(model.path))) != manifest_digest(model.manifest):
         quantize_into(model, units, out, threads)
         return
     request = {"model": str(model.path), "units": [[unit.text, unit.context] for unit in units], "out": str(out),
-               "threads": thread_setting(threads)}
+               "threads": threads}
     request_file = out / "request.json"
     request_file.write_text(json.dumps(request), encoding="utf-8")
     try:
-        done = subprocess.run([sys.executable, "-m", "stanceclf.infer.int8_build", str(request_file)],
-                              capture_output=True, text=True)
+        # -P: the working directory does not go first on the child's path (another checkout there would win).
+        done = subprocess.run([sys.executable, "-P", "-m", "stanceclf.infer.int8_build", str(request_file)],
+                              capture_output=True, encoding="utf-8", errors="replace")
     finally:
         request_file.unlink(missing_ok=True)
-    if done.returncode == 0:
+    refusal = out / REFUSAL_NAME
+    if refusal.is_file():
+        raise refusal_error(json.loads(refusal.read_text(encoding="utf-8")))
+    if done.returncode == 0 and (out / GRAPH_NAME).is_file() and (out / REPORT_NAME).is_file():
         return
-    last = (done.stderr.strip().splitlines() or [""])[-1]
-    try:
-        refusal = json.loads(last)
-    except ValueError:
-        refusal = None
-    if isinstance(refusal, dict) and "error" in refusal:
-        raise BackendError(refusal["error"], where=refusal.get("where"))
-    how = f"was killed (signal {-done.returncode}; out of memory?)" if done.returncode < 0 else \
-        f"failed (exit status {done.returncode})"
+    how = (f"was killed (signal {-done.returncode}; out of memory?)" if done.returncode < 0 else
+           f"failed (exit status {done.returncode})" if done.returncode else "ended without writing the graph")
     raise BackendError(f"int8 quantisation in its own process {how}: {done.stderr.strip()[-1500:]}")
+
+
+def refusal_error(refusal: dict) -> StanceclfError:
+    """The error a child refused with, as its own class of :mod:`stanceclf.errors` (a BackendError otherwise)."""
+    kind = getattr(errors, refusal.get("kind", ""), None)
+    if not (isinstance(kind, type) and issubclass(kind, StanceclfError)):
+        kind = BackendError
+    return kind(refusal["error"], where=refusal.get("where"))
 
 
 def quantize_into(model, units: list, out: Path, threads: int | None) -> None:

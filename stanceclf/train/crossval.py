@@ -38,7 +38,8 @@ def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = N
     """
     out_dir = Path(out_dir)
     setup = Setup.of(recipe, out_dir, make_model=make_model, tokenizer=tokenizer, resume=resume, progress=progress,
-                     echo=echo, teacher_overrides=teacher_overrides, keep_models=keep_models)
+                     echo=echo, teacher_overrides=teacher_overrides, keep_models=keep_models,
+                     borrow_teachers=True)
     pool, runner = setup.pool, setup.runner
     training_only: list[str] = []
     if by_source:

@@ -221,7 +221,12 @@ class FoldRunner:
         if not self.resume or not path.exists():
             return None
         if self.keep_models and not self.model_dir(name).is_dir():
-            return None  # a teacher whose student was trained (and which was deleted) is trained again
+            # A teacher whose student was trained (and which was deleted), or a fold finished without
+            # --keep-models, is trained again.
+            if path.exists() and self.work_dir.parent.name != TEACHERS_FOLDER:  # a fold teacher's is expected
+                log.warning("%s is finished but its model was not kept (%s): it is trained again to keep it",
+                            name, self.model_dir(name))
+            return None
         try:
             record = read_fold_record(path)
         except EvaluationError as error:
@@ -250,10 +255,13 @@ class Setup:
 
     @classmethod
     def of(cls, recipe: Recipe, work_dir: Path, *, make_model=None, tokenizer=None, resume=True, progress=True,
-           echo=None, teacher_overrides: list[str] | None = None, keep_models: bool = False) -> "Setup":
+           echo=None, teacher_overrides: list[str] | None = None, keep_models: bool = False,
+           borrow_teachers: bool = False) -> "Setup":
         """``make_model`` and ``tokenizer`` replace the recipe's base (a student's; teachers are always
         built from their own recipes, with ``teacher_overrides``). ``keep_models`` saves each fold's model
-        in ``work_dir/models`` (to teach a student's folds: ``distill.teacher_folds_of``)."""
+        in ``work_dir/models`` (to teach a student's folds: ``distill.teacher_folds_of``);
+        ``borrow_teachers`` reuses those of ``distill.teacher_folds_of`` (k-fold cross-validation only: other
+        plans cut other folds)."""
         schema = load_schema(recipe.schema_path)
         dataset, info, read_report = prepare_dataset(recipe, schema)
         if read_report.skipped:
@@ -261,7 +269,8 @@ class Setup:
         pool = Pool(dataset, info["fingerprint"])
         echo = echo or echo_for(progress)
         teachers = teacher_runners(recipe, schema, pool, Path(work_dir), resume=resume, progress=progress,
-                                   echo=echo, overrides=teacher_overrides) if recipe.distill is not None else []
+                                   echo=echo, overrides=teacher_overrides, borrow=borrow_teachers
+                                   ) if recipe.distill is not None else []
         runner = FoldRunner(recipe, schema, pool, Path(work_dir),
                             make_model or (lambda: seeded_base_model(recipe, schema)),
                             tokenizer, resume, progress, echo, teachers=teachers, splitter=data_splitter(info),
@@ -270,18 +279,18 @@ class Setup:
 
 
 def teacher_runners(recipe: Recipe, schema: LabelSchema, pool: Pool, work_dir: Path, *, resume: bool,
-                    progress: bool, echo: Callable[[str], None], overrides: list[str] | None = None
-                    ) -> list[FoldRunner]:
+                    progress: bool, echo: Callable[[str], None], overrides: list[str] | None = None,
+                    borrow: bool = False) -> list[FoldRunner]:
     """A [distill] recipe's teachers as fold runners of their recipes (with ``overrides``, like
-    ``--set``), on the same pooled data: each fold trains them on its own documents. Checked before
-    any fold trains."""
+    ``--set``), on the same pooled data: each fold trains them on its own documents, or with ``borrow``
+    reuses the fold models ``distill.teacher_folds_of`` kept. Checked before any fold trains."""
     paths = recipe.distill.teacher_recipes
     if not paths:
         raise RecipeError("cross-validating a [distill] recipe needs distill.teacher_recipe, the recipe of each "
                           "teacher: every fold trains its teachers again on the fold's own training documents "
                           "(the teachers in distill.teacher have seen every fold's test documents)",
                           where=recipe.source)
-    borrowed = recipe.distill.teacher_folds
+    borrowed = recipe.distill.teacher_folds if borrow else []
     runners = []
     for number, path in enumerate(paths, 1):
         where = f"{recipe.source}: distill.teacher_recipe {path!r}"
@@ -305,7 +314,9 @@ def teacher_runners(recipe: Recipe, schema: LabelSchema, pool: Pool, work_dir: P
         if borrowed and not (folder / FOLDS_FOLDER).is_dir():
             raise RecipeError(f"distill.teacher_folds_of {borrowed[number - 1]!r}: {folder} holds no fold records "
                               "of an earlier cross-validation", where=recipe.source)
+        # --no-resume retrains the student's folds; borrowed teachers are only ever reused.
         runners.append(FoldRunner(teacher, schema, pool, folder,
-                                  lambda teacher=teacher: seeded_base_model(teacher, schema), None, resume, progress,
-                                  echo, keep_models=True, borrowed=bool(borrowed)))
+                                  lambda teacher=teacher: seeded_base_model(teacher, schema), None,
+                                  resume or bool(borrowed), progress, echo, keep_models=True,
+                                  borrowed=bool(borrowed)))
     return runners
