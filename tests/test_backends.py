@@ -267,6 +267,39 @@ def test_backends_int8_of_an_unsaved_model_is_quantised_here_without_library_war
     assert not [w for w in recwarn if "TracerWarning" in w.category.__name__]
 
 
+def test_backends_int8_static_graph_that_moves_too_many_decisions_becomes_the_dynamic_kind(make_tiny_model,
+                                                                                           int8_cache, monkeypatch):
+    import openvino as ov
+
+    from stanceclf.infer import int8
+
+    model = make_tiny_model(seed=0)  # never saved: quantised in this process, where the bound is lowered
+    texts = [unit.text for unit in calibration_units(model)]
+    static = model.accelerated("int8")
+    assert static.encoder.report.method == "static" and int8.dynamic_group_size(static.encoder.report) == 0
+    monkeypatch.setattr(int8, "STATIC_CALIBRATION_BOUND", -1.0)  # no static graph is good enough
+    monkeypatch.setattr(int8, "QUANTIZATION_FORMAT", int8.QUANTIZATION_FORMAT + 100)  # not the cached one
+    dynamic = model.accelerated("int8")
+    report = dynamic.encoder.report
+    assert report.method == "dynamic" and report.static_decisions_changed == static.encoder.report.decisions_changed
+    assert report.decisions_changed <= MAX_DECISIONS_CHANGED * report.decisions
+    assert (dynamic.predict(texts) != model.predict(texts)).sum() == report.decisions_changed
+    graph = ov.Core().read_model(str(dynamic.encoder.graph))
+    kinds = {node.get_type_name() for node in graph.get_ops()}
+    assert "FakeQuantize" not in kinds and "Convert" in kinds  # no fixed activation ranges; int8 weights
+    assert dynamic.encoder.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == int8.DYNAMIC_GROUP_SIZE
+    reread = int8.Int8Encoder(dynamic.encoder.graph)  # as a later load reads it: the report sets how it runs
+    assert reread.report.method == "dynamic"
+    np.testing.assert_allclose(reread(*_one_batch(model, texts)), dynamic.encoder(*_one_batch(model, texts)))
+
+
+def _one_batch(model, texts):
+    from stanceclf.infer.padding import padded_arrays
+
+    ids, _ = model.tokenize(texts[:8])
+    return padded_arrays(ids, model.tokenizer.pad_token_id or 0)
+
+
 def test_backends_int8_needs_enough_calibration_sentences(tiny, int8_cache):
     with pytest.raises(BackendError, match="at least 32 sentences; got 3"):
         int8_encoder(tiny, documents=TEXTS)
