@@ -85,11 +85,11 @@ def by_source(records: dict[str, dict], counts: Counter, pooled: dict[str, str])
     return result
 
 
-def markdown(runs: dict[str, dict[str, dict]], command: str, title: str) -> str:
+def markdown(runs: dict[str, dict[str, dict]], command: str, title: str, folds: list[str] = ()) -> str:
     labels = list(next(iter(next(iter(runs.values())).values()))["labels"])
-    lines = [f"# {title}", "", f"Command: `{command}`", "",
-             "Pooled out-of-fold predictions per source, each fold's rows under its own temperatures and "
-             "thresholds. F1 (precision) per label.", "",
+    lines = [f"# {title}", "", f"Command: `{command}`", "", *([f"Folds: {', '.join(folds)}.", ""] if folds else []),
+             "Pooled out-of-fold predictions per source over the folds finished in every run, each fold's rows "
+             "under its own temperatures and thresholds. F1 (precision) per label.", "",
              "| run | source | docs | sentences | macro F1 | " + " | ".join(labels) + " |",
              "|---|---|---:|---:|---:|" + "---:|" * len(labels)]
     for name, sources in runs.items():
@@ -118,10 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     for record in fold_records(args.rows_from).values() if args.rows_from else []:
         counts.update(record.get("row_documents") or [])
     pooled = pool_sources(args.annotations)
-    runs = {name: by_source(fold_records(run), counts, pooled) for name, run in zip(names, args.runs)}
+    records = [fold_records(run) for run in args.runs]
+    common = sorted(set.intersection(*(set(r) for r in records)))  # the same folds, so the rows compare
+    if not common:
+        raise SystemExit("no fold is finished in every run")
+    runs = {name: by_source({fold: r[fold] for fold in common}, counts, pooled) for name, r in zip(names, records)}
     shown = [str(run) for run in args.runs] + (["--rows-from", str(args.rows_from)] if args.rows_from else [])
     command = "python benchmarks/crossval_by_source.py " + shlex.join(shown + (["--names", *names] if args.names else []))
-    publish(markdown(runs, command, args.title), args.write)
+    publish(markdown(runs, command, args.title, common), args.write)
 
 
 if __name__ == "__main__":
