@@ -309,6 +309,25 @@ def test_crossval_only_some_folds_gives_a_partial_report_that_later_runs_complet
     assert result.exit_code == 1 and "no fold is named fold-4; the folds are fold-1, fold-2, fold-3" in result.output
 
 
+def test_crossval_report_counts_folds_another_process_finished_meanwhile(tmp_path, base_tokenizer, monkeypatch):
+    """Two processes run other folds into one folder (--only): the one that ends last reports both."""
+    recipe = load_recipe(write_recipe(tmp_path), FEW_STEPS)
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "cv"
+    cross_validate(recipe, elsewhere, folds=3, only=["fold-1"], make_model=CountingModels(base_tokenizer),
+                   tokenizer=base_tokenizer, progress=False)
+    real = FoldRunner.run
+
+    def fold_1_lands_meanwhile(runner, name, *args):
+        (out / "folds").mkdir(parents=True, exist_ok=True)
+        shutil.copy(elsewhere / "folds" / "fold-1.json", out / "folds")  # the other process finished it
+        return real(runner, name, *args)
+
+    monkeypatch.setattr(FoldRunner, "run", fold_1_lands_meanwhile)
+    report = cross_validate(recipe, out, folds=3, only=["fold-2"], make_model=CountingModels(base_tokenizer),
+                            tokenizer=base_tokenizer, progress=False)
+    assert report["folds_finished"] == ["fold-1", "fold-2"]
+
+
 def test_crossval_cli_errors_name_what_is_missing(tmp_path):
     recipe = write_recipe(tmp_path)
     result = runner.invoke(app, ["cross-validate", str(recipe), "--by-source", "--out", str(tmp_path / "s")])

@@ -56,19 +56,23 @@ def cross_validate(recipe: Recipe, out_dir: str | Path, *, folds: int | None = N
                               f"{', '.join(fold.name for fold in plan)}")
     dev_fraction = default_dev_fraction(recipe, setup.info)
     splits = pool.fold_splits(plan, dev_fraction, recipe.seed)
-    records = []
+    done: dict[str, dict] = {}
     for number, (fold, (train, dev)) in enumerate(zip(plan, splits), 1):
         if only and fold.name not in only:
-            record = runner.finished(fold.name, train, dev, fold.test) if resume else None
-            if record is not None:
-                records.append(record)
             continue
         runner.echo(f"fold {number}/{len(plan)} ({fold.name}): {len(train)} training documents, "
                     f"{len(dev)} dev, {len(fold.test)} test")
-        record = runner.run(fold.name, train, dev, fold.test)
+        done[fold.name] = runner.run(fold.name, train, dev, fold.test)
         runner.echo(f"fold {number}/{len(plan)} ({fold.name}): test macro F1 "
-                    f"{format_metric(record['test_report']['macro']['f1'])}")
-        records.append(record)
+                    f"{format_metric(done[fold.name]['test_report']['macro']['f1'])}")
+    # The other folds are read once this run's are trained: another process running other folds (--only)
+    # into the same folder meanwhile has its finished ones in this report too.
+    for fold, (train, dev) in zip(plan, splits):
+        if fold.name not in done and resume:
+            record = runner.finished(fold.name, train, dev, fold.test)
+            if record is not None:
+                done[fold.name] = record
+    records = [done[fold.name] for fold in plan if fold.name in done]
     labels = setup.schema.label_names
     report = {
         "recipe": recipe.name, "scheme": "leave-one-source-out" if by_source else "k-fold", "folds": len(plan),
