@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
-from crossval_compare import fold_records  # benchmarks/crossval_compare.py, beside this script
+from crossval_compare import fold_records, row_documents  # benchmarks/crossval_compare.py, beside this script
 from report import publish
 
 from stanceclf.model.metrics import format_metric
@@ -49,19 +49,6 @@ def pool_sources(annotation_files: list[Path]) -> dict[str, str]:
 def source_of(doc: str, pooled: dict[str, str]) -> str:
     named = [name for name, pattern in PATTERNS.items() if fnmatchcase(doc, pattern)]
     return named[0] if named else pooled.get(doc, "other")
-
-
-def row_documents(record: dict, counts: Counter) -> list[str]:
-    rows = record.get("row_documents")
-    if rows is None:
-        missing = [doc for doc in record["documents"]["test"] if doc not in counts]
-        if missing:
-            raise SystemExit(f"{record['name']}: no row count for {len(missing)} test document(s) (e.g. {missing[0]}); "
-                             "give --rows-from a run whose records name each row's document")
-        rows = [doc for doc in sorted(record["documents"]["test"]) for _ in range(counts[doc])]
-    if len(rows) != len(record["logits"]):
-        raise SystemExit(f"{record['name']}: {len(rows)} rows by the counts, {len(record['logits'])} in the record")
-    return rows
 
 
 def by_source(records: dict[str, dict], counts: Counter, pooled: dict[str, str]) -> dict[str, dict]:

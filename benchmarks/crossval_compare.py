@@ -106,17 +106,24 @@ def shared_documents(first: dict, second: dict, labels: list[str]) -> tuple[dict
     return cut[0], cut[1]
 
 
-def _narrowed(record: dict, shared: set[str], counts: Counter, labels: list[str]) -> dict:
+def row_documents(record: dict, counts: Counter) -> list[str]:
+    """Which document each test row of a fold record is from: its ``row_documents``, or for an earlier record
+    its sorted test documents, each repeated by its row count in ``counts`` (from a record that names them)."""
     rows = record.get("row_documents")
     if rows is None:
         missing = sorted(set(record["documents"]["test"]) - set(counts))
         if missing:
-            raise SystemExit(f"{record['name']}: no row count for test document(s) {', '.join(missing[:5])}: the "
-                             "other run's record does not hold them")
+            raise SystemExit(f"{record['name']}: no row count for {len(missing)} test document(s) (e.g. "
+                             f"{missing[0]}): no record read names their rows")
         rows = [doc for doc in sorted(record["documents"]["test"]) for _ in range(counts[doc])]
     if len(rows) != len(record["logits"]):
-        raise SystemExit(f"{record['name']}: its test documents make {len(rows)} rows in the other run, it holds "
+        raise SystemExit(f"{record['name']}: its test documents make {len(rows)} rows by the counts, it holds "
                          f"{len(record['logits'])}: the documents were split into other sentences")
+    return rows
+
+
+def _narrowed(record: dict, shared: set[str], counts: Counter, labels: list[str]) -> dict:
+    rows = row_documents(record, counts)
     keep = [i for i, doc in enumerate(rows) if doc in shared]
     logits, gold = np.asarray(record["logits"])[keep], np.asarray(record["labels"])[keep]
     return {**record, "documents": {**record["documents"], "test": sorted(shared)},

@@ -68,23 +68,15 @@ def graphs(model, work: Path, groups: list[int], threads: int) -> dict[str, obje
         ov.save_model(plain, str(work / "fp32.xml"), compress_to_fp16=False)
         static_dir = work / "static"
         static_dir.mkdir()
-        bound = int8.STATIC_CALIBRATION_BOUND
-        int8.STATIC_CALIBRATION_BOUND = 1.0  # keep the static graph whatever it changes, to measure it
-        try:
-            int8.quantize_into(model, units, static_dir, threads)
-        finally:
-            int8.STATIC_CALIBRATION_BOUND = bound
+        # The static graph kept whatever it changes (it would be replaced beyond half the gate), to measure it.
+        int8.quantize_into(model, units, static_dir, threads, static_bound=1.0)
         ov.save_model(nncf.compress_weights(int8._openvino_graph(model), mode=nncf.CompressWeightsMode.INT8_ASYM),
                       str(work / "weights.xml"), compress_to_fp16=False)
     encoders["openvino fp32"] = int8.Int8Encoder(work / "fp32.xml", threads=threads)
     encoders["static"] = int8.Int8Encoder(static_dir / int8.GRAPH_NAME, threads=threads)
     for group in groups:
-        report = int8.QuantizationReport(0, 0, 0, 0.0, 0.0, "", "", method="dynamic")
-        int8.DYNAMIC_GROUP_SIZE, kept = group, int8.DYNAMIC_GROUP_SIZE
-        try:
-            encoders[f"dynamic {group}"] = int8.Int8Encoder(work / "weights.xml", threads=threads, report=report)
-        finally:
-            int8.DYNAMIC_GROUP_SIZE = kept
+        report = int8.QuantizationReport(0, 0, 0, 0.0, 0.0, "", "", method="dynamic", group_size=group)
+        encoders[f"dynamic {group}"] = int8.Int8Encoder(work / "weights.xml", threads=threads, report=report)
     return encoders
 
 

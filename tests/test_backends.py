@@ -281,7 +281,8 @@ def test_backends_int8_static_graph_that_moves_too_many_decisions_becomes_the_dy
     monkeypatch.setattr(int8, "QUANTIZATION_FORMAT", int8.QUANTIZATION_FORMAT + 100)  # not the cached one
     dynamic = model.accelerated("int8")
     report = dynamic.encoder.report
-    assert report.method == "dynamic" and report.static_decisions_changed == static.encoder.report.decisions_changed
+    assert report.method == "dynamic" and report.group_size == int8.DYNAMIC_GROUP_SIZE
+    assert report.static_decisions_changed == static.encoder.report.decisions_changed
     assert report.decisions_changed <= MAX_DECISIONS_CHANGED * report.decisions
     assert (dynamic.predict(texts) != model.predict(texts)).sum() == report.decisions_changed
     graph = ov.Core().read_model(str(dynamic.encoder.graph))
@@ -290,6 +291,7 @@ def test_backends_int8_static_graph_that_moves_too_many_decisions_becomes_the_dy
     assert dynamic.encoder.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == int8.DYNAMIC_GROUP_SIZE
     reread = int8.Int8Encoder(dynamic.encoder.graph)  # as a later load reads it: the report sets how it runs
     assert reread.report.method == "dynamic"
+    assert reread.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == int8.DYNAMIC_GROUP_SIZE
     np.testing.assert_allclose(reread(*_one_batch(model, texts)), dynamic.encoder(*_one_batch(model, texts)))
 
 

@@ -141,7 +141,7 @@ def test_benchmarks_crossval_compare_narrows_a_grown_run_to_the_documents_both_t
     with pytest.raises(SystemExit, match="other gold labels"):
         compare.compare({"fold-1": changed}, {"fold-1": grown}, ("old", "grown"))
     split_otherwise = {**reference, "logits": reference["logits"][:-1], "labels": reference["labels"][:-1]}
-    with pytest.raises(SystemExit, match="make 7 rows in the other run, it holds 6"):
+    with pytest.raises(SystemExit, match="make 7 rows by the counts, it holds 6"):
         compare.compare({"fold-1": split_otherwise}, {"fold-1": grown}, ("old", "grown"))
     unnamed = {key: value for key, value in grown.items() if key != "row_documents"}
     with pytest.raises(SystemExit, match="neither record says which document each row is from"):

@@ -84,7 +84,7 @@ STATIC_CALIBRATION_BOUND = MAX_DECISIONS_CHANGED / 2
 #: twice fp32's speed, 32 changed 0.37 to 0.43% at 1.75 times (1 thread, measured side by side).
 DYNAMIC_GROUP_SIZE = 128
 #: How a graph is quantised (settings in this module); a cached graph of another format is built again.
-QUANTIZATION_FORMAT = 5
+QUANTIZATION_FORMAT = 6
 QUANTIZED_FOLDER = "openvino"
 #: Quantised graphs kept, the most recently used (the default's is about 120 MB).
 GRAPHS_KEPT = 4
@@ -142,6 +142,8 @@ class QuantizationReport:
     #: ``static``: weights and activations quantised with ranges fixed on the calibration sentences;
     #: ``dynamic``: int8 weights, activations quantised per group at run time (more accurate, slower).
     method: str = "static"
+    #: The dynamic kind's run-time group size (OpenVINO's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``); 0: static.
+    group_size: int = 0
     #: What the static graph changed, when it was replaced by the dynamic one.
     static_decisions_changed: int | None = None
 
@@ -273,14 +275,15 @@ def refusal_error(refusal: dict) -> StanceclfError:
 
 
 def dynamic_group_size(report: QuantizationReport | None) -> int:
-    """OpenVINO's ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` for a graph: 0 (off) but for the dynamic kind."""
-    return DYNAMIC_GROUP_SIZE if report is not None and report.method == "dynamic" else 0
+    """OpenVINO's ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` for a graph: its report's (0, off, for a static graph)."""
+    return report.group_size if report is not None else 0
 
 
-def quantize_into(model, units: list, out: Path, threads: int | None) -> None:
+def quantize_into(model, units: list, out: Path, threads: int | None, *, static_bound: float | None = None) -> None:
     """Quantise ``model`` on ``units`` and write the graph and its report into ``out`` (see the module): the
-    static graph, or where it changes more than :data:`STATIC_CALIBRATION_BOUND` of the decisions on ``units``,
-    the dynamic one, which must stay within :data:`MAX_DECISIONS_CHANGED`."""
+    static graph, or where it changes more than ``static_bound`` (default :data:`STATIC_CALIBRATION_BOUND`) of
+    the decisions on ``units``, the dynamic one, which must stay within :data:`MAX_DECISIONS_CHANGED`."""
+    static_bound = STATIC_CALIBRATION_BOUND if static_bound is None else static_bound
     import nncf
     import openvino as ov
 
@@ -323,13 +326,13 @@ def quantize_into(model, units: list, out: Path, threads: int | None) -> None:
             model_type=nncf.ModelType.TRANSFORMER)
     ov.save_model(quantized, str(out / GRAPH_NAME), compress_to_fp16=False)
     report = checked("static")
-    if report.changed_share > STATIC_CALIBRATION_BOUND:
+    if report.changed_share > static_bound:
         # Static ranges fixed on a few hundred sentences moved too many decisions: int8 weights, and
         # activations quantised per group at run time instead.
         with _quiet_nncf():
             compressed = nncf.compress_weights(_openvino_graph(model), mode=nncf.CompressWeightsMode.INT8_ASYM)
         ov.save_model(compressed, str(out / GRAPH_NAME), compress_to_fp16=False)
-        report = checked("dynamic", static_decisions_changed=report.decisions_changed)
+        report = checked("dynamic", group_size=DYNAMIC_GROUP_SIZE, static_decisions_changed=report.decisions_changed)
     if report.changed_share > MAX_DECISIONS_CHANGED:
         raise BackendError(f"int8 quantisation changed {report.decisions_changed} of {report.decisions} label "
                            f"decisions on the calibration sentences ({report.changed_share:.1%}), more than the "

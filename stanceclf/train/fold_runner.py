@@ -223,7 +223,8 @@ class FoldRunner:
         if self.keep_models and not self.model_dir(name).is_dir():
             # A teacher whose student was trained (and which was deleted), or a fold finished without
             # --keep-models, is trained again.
-            if path.exists() and self.work_dir.parent.name != TEACHERS_FOLDER:  # a fold teacher's is expected
+            # A fold teacher's deleted model is expected; a borrowed one's is an error the caller raises.
+            if path.exists() and not self.borrowed and self.work_dir.parent.name != TEACHERS_FOLDER:
                 log.warning("%s is finished but its model was not kept (%s): it is trained again to keep it",
                             name, self.model_dir(name))
             return None
