@@ -24,10 +24,10 @@ from typing import Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stanceclf.data.corpus_inputs import Fields, InputRecord, check_inputs, input_files, iter_records
 from stanceclf.data.language import warn_if_not_english
 from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
 from stanceclf.infer.results import RowSpec
-from stanceclf.data.corpus_inputs import Fields, InputRecord, check_inputs, input_files, iter_records
 from stanceclf.infer.scoring.outputs import make_writer, output_format_of
 from stanceclf.infer.scoring.state import OutputPaths, ResumeState, RunCounts, RunSignature
 
