@@ -430,6 +430,57 @@ def test_scoring_rerun_with_on_error_skip_resumes_instead_of_starting_over(tmp_p
     assert [e["doc_id"] for e in read_jsonl(tmp_path / "o.jsonl.errors.jsonl")] == ["empty"]
 
 
+def test_scoring_failed_overwrite_keeps_the_earlier_output_and_its_error_log(tmp_path, tiny_model, monkeypatch):
+    """A log beside an output is that output's: the new run's log takes its final name only with its output."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}, {"id": "empty", "text": " "}])
+    out, log = tmp_path / "o.jsonl", tmp_path / "o.jsonl.errors.jsonl"
+    score_corpus([source], out, tiny_model, progress=False, on_error="skip")
+    earlier_output, earlier_log = out.read_bytes(), log.read_bytes()
+    write_jsonl(source, [{"id": f"b{i}", "text": text} for i, text in enumerate([" ", ARTICLE, " ", ARTICLE] * 3)])
+    interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], out, tiny_model, progress=False, on_error="skip", overwrite=True, chunk_sentences=3)
+    assert out.read_bytes() == earlier_output and log.read_bytes() == earlier_log
+    assert len((tmp_path / "o.jsonl.errors.jsonl.partial").read_text().splitlines()) >= 1, "kept for its resume"
+
+
+def test_scoring_an_earlier_output_is_not_taken_for_an_interrupted_run_whose_partial_was_deleted(
+        tmp_path, tiny_model, monkeypatch):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"a{i}", "text": ARTICLE} for i in range(6)])
+    out = tmp_path / "o.jsonl"
+    score_corpus([source], out, tiny_model, progress=False)
+    real = interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], out, tiny_model, progress=False, overwrite=True, chunk_sentences=3)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", real)
+    (tmp_path / "o.jsonl.partial").unlink()  # by hand: the earlier output is now the only one there
+    with pytest.raises(ResumeError, match="partial output that is gone"):
+        score_corpus([source], out, tiny_model, progress=False, chunk_sentences=3)
+
+
+def test_scoring_killed_between_publishing_the_output_and_dropping_progress_finishes_cleanly(
+        tmp_path, tiny_model, monkeypatch):
+    from stanceclf.infer.scoring.state import OutputPaths
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}, {"id": "empty", "text": " "}])
+    out = tmp_path / "o.jsonl"
+    real = OutputPaths.publish_errors
+
+    def killed_after(self, logged):
+        real(self, logged)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OutputPaths, "publish_errors", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], out, tiny_model, progress=False, on_error="skip")
+    monkeypatch.setattr(OutputPaths, "publish_errors", real)
+    assert (tmp_path / f"o.jsonl{PROGRESS_SUFFIX}").exists()
+    summary = score_corpus([source], out, tiny_model, progress=False, on_error="skip")
+    assert summary.skipped == 1 and not (tmp_path / f"o.jsonl{PROGRESS_SUFFIX}").exists()
+    assert [e["doc_id"] for e in read_jsonl(tmp_path / "o.jsonl.errors.jsonl")] == ["empty"]
+    assert not (tmp_path / "o.jsonl.errors.jsonl.partial").exists()
+
+
 # ---- a second run on the same output, while the first is going ------------------------------------------------
 
 

@@ -233,9 +233,12 @@ class _RayRun(ScoringRun):
                     self.errors.close()
                 self.refuse_empty_result(self.writer)
                 self._score_chunks(ray, progress)
-        finally:
-            if not self.summary.skipped:
-                self.files.errors.unlink(missing_ok=True)
+        except BaseException:
+            # Not resumable: a failed run's log would describe no output (an earlier one may stand there).
+            if not self.summary.skipped or self.summary.documents:
+                self.files.errors_partial.unlink(missing_ok=True)
+            raise
+        self.files.publish_errors(self.summary.skipped > 0)
         self.summary.seconds = time.time() - started
         return self.summary
 
@@ -248,7 +251,7 @@ class _RayRun(ScoringRun):
                                     where=str(self.files.progress))
         else:
             self.refuse_complete_output()
-        self.errors = open(self.files.errors, "w", encoding="utf-8")
+        self.errors = open(self.files.errors_partial, "w", encoding="utf-8")
 
     def _read_into_chunks(self, ray, progress: bool) -> None:
         """Check every record and cut the good ones into chunks; counting tasks run while reading goes on."""

@@ -264,13 +264,15 @@ class _SuggestRun(ResumableRun):
 
     def complete(self) -> None:
         self.picked = self._pick()
+        self.mark_finishing()
         if self.write:
             write_tasks(SuggestSummary(suggestions=self.picked), self.model, self.out, strategy=self.picking.strategy,
                         overwrite=True, blind=self.blind)
+        self.files.publish_errors(self.state.errors_written > 0)
         self.files.progress.unlink()
         self.writer.discard()  # last: with the progress file, the priorities are what a rerun resumes from
 
-    def finished_before(self) -> bool:
+    def finished_before(self, state) -> bool:
         return False  # the priorities outlive the progress file (see complete)
 
     def _pick(self) -> list[Suggestion]:
@@ -301,10 +303,10 @@ class _SuggestRun(ResumableRun):
         return [Suggestion(records[number].doc_id, records[number].text, records[number].where, priorities[number],
                            predicted) for number, predicted in zip(order, predictions)]
 
-    def why_empty(self) -> str:
+    def why_empty(self, log: Path) -> str:
         if self.state.excluded:
             return f"every record was excluded ({self.state.excluded}) or bad ({self.summary.skipped})"
-        return super().why_empty()
+        return super().why_empty(log)
 
     def refuse_empty_result(self, writer) -> None:
         try:

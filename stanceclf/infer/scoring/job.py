@@ -225,9 +225,9 @@ class ScoringRun(CorpusReader):
         raise NotImplementedError
 
     def clear_previous(self) -> None:
-        """``overwrite``: remove whatever an earlier run left beside the output. The output itself stays until
-        this run's replaces it in one rename: an interrupted ``--overwrite`` run loses no earlier result."""
-        for stale in (self.files.progress, self.files.errors):
+        """``overwrite``: remove what an interrupted earlier run left beside the output. The output and its
+        error log stay until this run's replace them: a failed ``--overwrite`` run loses no earlier result."""
+        for stale in (self.files.progress, self.files.errors_partial):
             stale.unlink(missing_ok=True)
         make_writer(self.fmt, self.files.partial, self.spec).discard()
 
@@ -248,13 +248,16 @@ class ScoringRun(CorpusReader):
             return
         writer.discard()
         self.files.progress.unlink(missing_ok=True)
+        log = self.files.errors_partial
         if not self.summary.skipped:
-            self.files.errors.unlink(missing_ok=True)
-        raise InputRecordError(f"nothing was scored, so no output was written: {self.why_empty()}",
+            log.unlink(missing_ok=True)
+        elif not self.out.exists():  # an earlier output (--overwrite) keeps its own log; the new one stays partial
+            log = log.replace(self.files.errors)
+        raise InputRecordError(f"nothing was scored, so no output was written: {self.why_empty(log)}",
                                where=str(self.out))
 
-    def why_empty(self) -> str:
-        return (f"all {self.summary.skipped} records were skipped as bad (listed in {self.files.errors.name})"
+    def why_empty(self, log: Path) -> str:
+        return (f"all {self.summary.skipped} records were skipped as bad (listed in {log.name})"
                 if self.summary.skipped else "the inputs hold no records")
 
 
@@ -276,13 +279,20 @@ class ResumableRun(ScoringRun):
         """The rows of a chunk's documents, and how many of its sentences were truncated."""
         raise NotImplementedError
 
-    def finished_before(self) -> bool:
+    def finished_before(self, state: ResumeState) -> bool:
         """Whether the interrupted run was killed after giving the output its final name."""
-        return self.out.exists() and not self.files.partial.exists()
+        return state.finishing and self.out.exists() and not self.files.partial.exists()
+
+    def mark_finishing(self) -> None:
+        """Record, before anything takes its final name, that the run got to its end."""
+        self.state.finishing = True
+        self.state.save(self.files.progress)
 
     def complete(self) -> None:
-        """Give the output its final name, then drop the resume state."""
+        """Give the output, then its error log, their final names; then drop the resume state."""
+        self.mark_finishing()
         self.writer.finish(self.out)
+        self.files.publish_errors(self.state.errors_written > 0)
         self.files.progress.unlink()
 
     def execute(self, progress: bool) -> ScoreSummary:
@@ -296,8 +306,6 @@ class ResumableRun(ScoringRun):
         self._process_all(progress)
         self.refuse_empty_result(self.writer)
         self.complete()
-        if self.state.errors_written == 0:
-            self.files.errors.unlink(missing_ok=True)
         self.summary.seconds = time.time() - started
         return self.summary
 
@@ -312,20 +320,24 @@ class ResumableRun(ScoringRun):
             state = self.state_type.load(files.progress)
             signature.refuse_other(state.signature, files.progress)
             self.summary = _summary_of(state)
-            if self.finished_before():
+            if self.finished_before(state):
                 # Killed after the output took its final name, before the progress file went.
+                files.publish_errors(state.errors_written > 0)
                 files.progress.unlink()
                 self.log("the interrupted run had already finished its output; nothing left to do")
                 return None
-            _keep_lines(files.errors, state.errors_written)
+            if state.finishing and state.errors_written and not files.errors_partial.exists():
+                # Killed after its error log took the final name: the log goes on as the run does.
+                files.errors.replace(files.errors_partial)
+            _keep_lines(files.errors_partial, state.errors_written)
             self.resuming = True
             self.log(f"resuming after {state.records_done} records ({state.sentences} sentences already done)")
-            self.errors = open(files.errors, "a", encoding="utf-8")
+            self.errors = open(files.errors_partial, "a", encoding="utf-8")
             return state
         else:
             self.refuse_complete_output()
         # A fresh run starts a fresh error log: lines from a run killed before its first checkpoint are redone.
-        self.errors = open(files.errors, "w", encoding="utf-8")
+        self.errors = open(files.errors_partial, "w", encoding="utf-8")
         return self.state_type(signature=signature.as_dict())
 
     def _process_all(self, progress: bool) -> None:

@@ -44,6 +44,9 @@ class ResumeState(RunCounts):
     records_done: int = 0
     output_length: int = 0
     errors_written: int = 0
+    #: Saved just before the output takes its final name: only then can an output found under that name
+    #: be this run's (and not an earlier run's that ``--overwrite`` was replacing).
+    finishing: bool = False
 
     def save(self, path: Path) -> None:
         write_atomically(path, json.dumps(asdict(self)))
@@ -60,18 +63,31 @@ class ResumeState(RunCounts):
 
 @dataclass(frozen=True)
 class OutputPaths:
-    """The files a run keeps beside its output ``out``."""
+    """The files a run keeps beside its output ``out``. The error log is written as ``errors_partial`` and
+    takes its final name (``errors``) with the output, so a log beside an output is always that output's."""
 
     out: Path
     partial: Path
     progress: Path
     errors: Path
+    errors_partial: Path
     lock: Path
 
     @classmethod
     def beside(cls, out: Path) -> "OutputPaths":
         return cls(out, *(out.with_name(out.name + suffix)
-                          for suffix in (PARTIAL_SUFFIX, PROGRESS_SUFFIX, ERRORS_SUFFIX, LOCK_SUFFIX)))
+                          for suffix in (PARTIAL_SUFFIX, PROGRESS_SUFFIX, ERRORS_SUFFIX, ERRORS_SUFFIX + PARTIAL_SUFFIX,
+                                         LOCK_SUFFIX)))
+
+    def publish_errors(self, logged: bool) -> None:
+        """Give the finished run's error log its final name, or, with nothing ``logged``, remove it and any log
+        an earlier run left under that name. Run again after a kill that came between the two, it does nothing."""
+        if logged:
+            if self.errors_partial.exists():
+                self.errors_partial.replace(self.errors)
+        else:
+            self.errors_partial.unlink(missing_ok=True)
+            self.errors.unlink(missing_ok=True)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
