@@ -2,7 +2,7 @@
 
     python benchmarks/million.py --model claim-types-student --backend auto \
         --write benchmarks/results/million-student.md
-    python benchmarks/million.py --model claim-types --backend auto --sentences 50000 --kill-at 0 \
+    python benchmarks/million.py --model claim-types --backend auto --sentences 20000 --ray \
         --write benchmarks/results/million-default-slice.md
 
 The corpus is every record of ../shared/corpus/unlabelled/ (read at run time; about 880,000 sentences), each
@@ -10,7 +10,8 @@ id prefixed by its file, then the war-news records again under new ids until at 
 (a copy written to a temporary folder, never to the repo). One `stanceclf score` run writes JSONL; it is killed
 with SIGKILL once its output holds --kill-at of the expected rows, and the same command is run again, which
 resumes. The resident set of the scoring process is sampled every 2 s. Afterwards every (document, sentence)
-row must be there exactly once.
+row must be there exactly once. With ``--ray`` the same corpus is scored again with ``--engine ray`` (a new local
+Ray, one actor per CPU) and its rows are compared with the resumed local run's, field by field.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from inference import SHARED
+from ray_engine import differences
 from report import publish
 
 from stanceclf.machine import cpu_name, described_flags
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--sentences", type=int, default=1_000_000)
     parser.add_argument("--kill-at", type=float, default=0.5, help="share of the rows at which to kill (0: never)")
+    parser.add_argument("--ray", action="store_true", help="score the same corpus on a new local Ray and compare")
     parser.add_argument("--keep", type=Path, help="keep the work folder here")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
@@ -127,6 +130,12 @@ def main() -> None:
                "--backend", args.backend, "--no-progress"]
     first = run(command, out, int(approximate * args.kill_at) if args.kill_at else None)
     second = run(command, out, None) if first["killed"] else None
+    on_ray = None
+    if args.ray:
+        ray_out = work / "scores-ray.jsonl"
+        on_ray = run([*command[:6], str(ray_out), *command[7:], "--engine", "ray", "--address", "local"], ray_out, None)
+        on_ray["rows"], on_ray["largest"], on_ray["flips"] = differences(out, ray_out)
+        on_ray["identical"] = ray_out.read_bytes() == out.read_bytes()
     rows = check_rows(out)
     seconds = first["seconds"] + (second["seconds"] if second else 0)
     rss = first["rss"] + (second["rss"] if second else [])
@@ -153,6 +162,13 @@ def main() -> None:
     if second:
         lines += [f"| killed with SIGKILL after | {first['seconds'] / 60:.1f} min, {first['rows']:,} rows on disk |",
                   f"| resumed run | {second['seconds'] / 60:.1f} min |"]
+    if on_ray:
+        lines += [f"| `--engine ray` on the same corpus (new local Ray, its start included) | "
+                  f"{on_ray['seconds'] / 60:.1f} min |",
+                  f"| its rows differing from the local run's, in any field | {on_ray['rows']:,} |",
+                  f"| its largest score difference; label decisions differing | {on_ray['largest']:.6f}; "
+                  f"{on_ray['flips']} |",
+                  f"| its output byte for byte the local run's | {'yes' if on_ray['identical'] else 'no'} |"]
     publish("\n".join(lines) + "\n", args.write)
 
 
