@@ -17,6 +17,7 @@ from conftest import interrupt_on_call
 from stanceclf.errors import InputRecordError, ResumeError, ScoringSetupError, StanceclfError
 from stanceclf.infer.model import StanceModel
 from stanceclf.infer.scoring import PROGRESS_SUFFIX, score_corpus
+from stanceclf.infer.scoring.state import OutputPaths
 
 ARTICLE = ("NATO will expand again. Moscow warned of a dangerous escalation.\n"
            "The summit opened on Monday in Vilnius.")
@@ -245,7 +246,7 @@ def test_scoring_interrupted_while_finishing_resumes_without_duplicates(tmp_path
 def test_scoring_killed_after_output_renamed_finishes_cleanly(tmp_path, tiny_model, monkeypatch):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}])
     out = tmp_path / "o.jsonl"
-    interrupt_on_call(monkeypatch, Path, "unlink", after=1)  # the progress file's removal
+    interrupt_on_call(monkeypatch, OutputPaths, "publish_errors", after=1)  # right after the output's rename
     with pytest.raises(KeyboardInterrupt):
         score_corpus([source], out, tiny_model, progress=False)
     monkeypatch.undo()
@@ -300,7 +301,7 @@ def test_scoring_refuses_to_resume_after_the_model_changed_in_place(tmp_path, ti
 
 def test_scoring_fresh_run_starts_a_fresh_error_log(tmp_path, tiny_model):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}, {"id": "b", "text": ""}])
-    (tmp_path / "o.jsonl.errors.jsonl").write_text('{"record": 1, "left": "by a run killed early"}\n')
+    (tmp_path / "o.jsonl.errors.jsonl.partial").write_text('{"record": 1, "left": "by a run killed early"}\n')
     summary = score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, on_error="skip")
     assert summary.skipped == 1
     assert len((tmp_path / "o.jsonl.errors.jsonl").read_text().splitlines()) == 1
@@ -460,8 +461,6 @@ def test_scoring_an_earlier_output_is_not_taken_for_an_interrupted_run_whose_par
 
 def test_scoring_killed_between_publishing_the_output_and_dropping_progress_finishes_cleanly(
         tmp_path, tiny_model, monkeypatch):
-    from stanceclf.infer.scoring.state import OutputPaths
-
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": ARTICLE}, {"id": "empty", "text": " "}])
     out = tmp_path / "o.jsonl"
     real = OutputPaths.publish_errors
@@ -479,6 +478,24 @@ def test_scoring_killed_between_publishing_the_output_and_dropping_progress_fini
     assert summary.skipped == 1 and not (tmp_path / f"o.jsonl{PROGRESS_SUFFIX}").exists()
     assert [e["doc_id"] for e in read_jsonl(tmp_path / "o.jsonl.errors.jsonl")] == ["empty"]
     assert not (tmp_path / "o.jsonl.errors.jsonl.partial").exists()
+
+
+def test_scoring_resumes_a_run_of_an_earlier_stanceclf_with_its_error_log(tmp_path, tiny_model, monkeypatch):
+    """Its progress file has no ``finishing`` and its log is under the final name: the log goes on."""
+    records = [{"id": "empty", "text": " "}] + [{"id": f"a{i}", "text": ARTICLE} for i in range(4)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    out, progress = tmp_path / "o.jsonl", tmp_path / f"o.jsonl{PROGRESS_SUFFIX}"
+    interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], out, tiny_model, progress=False, on_error="skip", chunk_sentences=3)
+    monkeypatch.undo()
+    state = json.loads(progress.read_text())
+    del state["finishing"]
+    progress.write_text(json.dumps(state))
+    (tmp_path / "o.jsonl.errors.jsonl.partial").replace(tmp_path / "o.jsonl.errors.jsonl")
+    summary = score_corpus([source], out, tiny_model, progress=False, on_error="skip", chunk_sentences=3)
+    assert summary.resumed_from > 0 and summary.skipped == 1
+    assert [e["doc_id"] for e in read_jsonl(tmp_path / "o.jsonl.errors.jsonl")] == ["empty"]
 
 
 # ---- a second run on the same output, while the first is going ------------------------------------------------

@@ -336,6 +336,34 @@ def test_suggest_skipped_bad_records_are_listed_beside_the_tasks(tmp_path, make_
     assert "duplicate document id 'a'" in errors[1]["error"]
 
 
+def test_suggest_killed_after_publishing_its_error_log_finishes_with_that_log(tmp_path, make_tiny_model, monkeypatch):
+    from pathlib import Path
+
+    from stanceclf.infer.scoring.state import PROGRESS_SUFFIX
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": "Prices will rise."}) + "\n" + json.dumps({"id": "b", "text": ""})
+                    + "\n", encoding="utf-8")
+    out, model = tmp_path / "tasks.json", make_tiny_model()
+    progress, real_unlink = tmp_path / f"tasks.json{PROGRESS_SUFFIX}", Path.unlink
+
+    def killed_at_the_progress_file(self, *args, **kwargs):  # after the log took its final name
+        if self == progress:
+            raise KeyboardInterrupt
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", killed_at_the_progress_file)
+    with pytest.raises(KeyboardInterrupt):
+        suggest([path], model, out=out, on_error="skip", progress=False, log=lambda message: None)
+    monkeypatch.undo()
+    assert progress.exists() and (tmp_path / "tasks.json.errors.jsonl").exists()
+    summary = suggest([path], model, out=out, on_error="skip", progress=False, log=lambda message: None)
+    assert summary.skipped == 1 and [s.doc_id for s in summary.suggestions] == ["a"]
+    assert [json.loads(line)["doc_id"] for line in (tmp_path / "tasks.json.errors.jsonl").read_text().splitlines()] \
+        == ["b"]
+    assert not (tmp_path / "tasks.json.errors.jsonl.partial").exists()
+
+
 def test_suggest_resumed_with_a_lower_max_chars_names_the_picked_document_it_cannot_read(corpus, tmp_path,
                                                                                        make_tiny_model, monkeypatch):
     """--max-chars is not part of what a resume must share (raising it follows an error's advice); lowered, a

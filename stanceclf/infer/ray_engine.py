@@ -234,11 +234,11 @@ class _RayRun(ScoringRun):
                 self.refuse_empty_result(self.writer)
                 self._score_chunks(ray, progress)
         except BaseException:
-            # Not resumable: a failed run's log would describe no output (an earlier one may stand there).
+            # Not resumable: a failed run's log would describe no output (an earlier one may stand there). A log
+            # published with its output is no longer partial; one of a run that scored nothing is kept.
             if not self.summary.skipped or self.summary.documents:
                 self.files.errors_partial.unlink(missing_ok=True)
             raise
-        self.files.publish_errors(self.summary.skipped > 0)
         self.summary.seconds = time.time() - started
         return self.summary
 
@@ -323,6 +323,7 @@ class _RayRun(ScoringRun):
             raise
         self.writer.close()
         self.writer.finish(self.out)
+        self.files.publish_errors(self.summary.skipped > 0)  # at once: Ray's shutdown comes after
 
     def _write(self, table, bar) -> None:
         rows = table.select(self.spec.columns).to_pylist()

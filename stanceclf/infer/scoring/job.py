@@ -280,8 +280,9 @@ class ResumableRun(ScoringRun):
         raise NotImplementedError
 
     def finished_before(self, state: ResumeState) -> bool:
-        """Whether the interrupted run was killed after giving the output its final name."""
-        return state.finishing and self.out.exists() and not self.files.partial.exists()
+        """Whether the interrupted run was killed after giving the output its final name. (Where the user deleted
+        ``OUT.partial`` by hand while a Parquet output was being merged, an earlier output can still pass.)"""
+        return state.finishing is not False and self.out.exists() and not self.files.partial.exists()
 
     def mark_finishing(self) -> None:
         """Record, before anything takes its final name, that the run got to its end."""
@@ -326,8 +327,10 @@ class ResumableRun(ScoringRun):
                 files.progress.unlink()
                 self.log("the interrupted run had already finished its output; nothing left to do")
                 return None
-            if state.finishing and state.errors_written and not files.errors_partial.exists():
-                # Killed after its error log took the final name: the log goes on as the run does.
+            if (state.finishing is not False and state.errors_written and not files.errors_partial.exists()
+                    and files.errors.exists()):
+                # Killed after its error log took the final name (or left by an earlier stanceclf, which wrote
+                # it there): the log goes on as the run does.
                 files.errors.replace(files.errors_partial)
             _keep_lines(files.errors_partial, state.errors_written)
             self.resuming = True

@@ -45,8 +45,9 @@ class ResumeState(RunCounts):
     output_length: int = 0
     errors_written: int = 0
     #: Saved just before the output takes its final name: only then can an output found under that name
-    #: be this run's (and not an earlier run's that ``--overwrite`` was replacing).
-    finishing: bool = False
+    #: be this run's (and not an earlier run's that ``--overwrite`` was replacing). None: a progress file of an
+    #: earlier stanceclf, which did not record it (and kept its error log under the final name).
+    finishing: bool | None = False
 
     def save(self, path: Path) -> None:
         write_atomically(path, json.dumps(asdict(self)))
@@ -55,7 +56,7 @@ class ResumeState(RunCounts):
     def load(cls, path: Path) -> "ResumeState":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+            return cls(**{"finishing": None, **{key: data[key] for key in cls.__dataclass_fields__ if key in data}})
         except (OSError, ValueError, TypeError) as exc:
             raise ResumeError(f"unreadable progress file ({exc}); pass --overwrite to start again",
                               where=str(path)) from None
