@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -442,3 +443,30 @@ def test_machine_reads_the_cpu_name_and_flags_once_per_file(tmp_path):
     missing = tmp_path / "absent"
     assert cpu_flags(missing) is None and described_flags(cpuinfo=missing) == "flags not readable"
     assert cpu_name(missing)  # platform's answer, never empty
+
+
+def test_machine_returns_freed_memory_once_enough_work_was_counted(monkeypatch, tiny):
+    """Every backend's forward passes count toward one release per MemoryRelease.every sentences."""
+    import stanceclf.machine as machine
+
+    released = []
+    monkeypatch.setattr(machine, "release_freed_memory", lambda: released.append(1))
+    memory = machine.MemoryRelease(every=10)
+    memory.count(4)
+    memory.count(5)
+    assert released == []
+    memory.count(1)
+    assert released == [1]
+    memory.count(9)
+    assert released == [1], "the count starts again after a release"
+    tiny._memory = machine.MemoryRelease(every=3)
+    tiny.predict_proba(["One.", "Two.", "Three."])
+    assert released == [1, 1]
+
+
+def test_machine_release_of_freed_memory_runs_where_the_c_library_has_it():
+    from stanceclf.machine import _malloc_trim, release_freed_memory
+
+    release_freed_memory()  # a no-op without glibc, a trim with it; never an error
+    if platform.libc_ver()[0] == "glibc":
+        assert _malloc_trim() is not None

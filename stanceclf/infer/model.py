@@ -21,6 +21,7 @@ from stanceclf.data.language import warn_if_not_english
 from stanceclf.errors import BaseModelError, TextInputError
 from stanceclf.infer.padding import length_batches, padded_arrays
 from stanceclf.infer.results import Prediction
+from stanceclf.machine import MemoryRelease
 from stanceclf.model.decision import decide, probabilities, reported_scores
 from stanceclf.model.directory import (check_head, check_model_directory, deferred_adapter, load_model_directory,
                                       read_tokenizer, save_model_directory)
@@ -140,6 +141,8 @@ class StanceModel:
         self.manifest = manifest
         self.path = Path(path) if path is not None else None
         self.stats = InferenceStats()
+        # Without it a process scoring a corpus grows by hundreds of MB (see release_freed_memory).
+        self._memory = MemoryRelease()
         # Fast tokenizers mutate their truncation/padding state per call: one caller at a time.
         self._tokenizer_lock = threading.Lock()
         self._pair_encoder: PairEncoder | None = None
@@ -310,6 +313,8 @@ class StanceModel:
             padded_tokens += input_ids.size
             logits[batch] = self.encoder(input_ids, attention) if self.encoder is not None else \
                 self._torch_logits(input_ids, attention)
+            # Per batch: the batches of one call grow in length, and each longer one fragments the heap anew.
+            self._memory.count(len(batch))
         self.stats.record(ids, truncated, padded_tokens)
         return logits, truncated
 
