@@ -9,7 +9,6 @@ the name falls back to :mod:`platform` and the flags are unknown (``None``), nev
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import platform
 import threading
@@ -54,11 +53,11 @@ def described_flags(wanted: tuple[str, ...] = FLAGS_OF_INTEREST, cpuinfo: Path =
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
-    """glibc's ``malloc_trim``, or None under another C library (musl, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
+    """glibc's ``malloc_trim`` among the symbols this process has loaded, or None under another C library
+    (musl, macOS) or where the process's own symbols cannot be opened (Windows)."""
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
         return None
 
 

@@ -65,7 +65,8 @@ class ResumeState(RunCounts):
 @dataclass(frozen=True)
 class OutputPaths:
     """The files a run keeps beside its output ``out``. The error log is written as ``errors_partial`` and
-    takes its final name (``errors``) with the output, so a log beside an output is always that output's."""
+    takes its final name (``errors``) right after the output, so once a run ends the log beside an output is
+    that output's."""
 
     out: Path
     partial: Path
