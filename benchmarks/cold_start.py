@@ -31,6 +31,8 @@ from pathlib import Path
 
 from report import publish  # benchmarks/report.py, beside this script
 
+from stanceclf.machine import cpu_name, described_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seeds" / "000_1231937baff740f5.txt"
 
@@ -132,11 +134,12 @@ def main() -> None:
              f"{args.runs} --model {model}" + " --merge-each-run" * args.merge_each_run
              + (f" --backend {args.backend}" if args.backend != "torch" else "")
              + "".join(f" --tree {tree}" for tree in (args.tree or [])) + "`",
-             f"Date {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python "
+             f"Date {datetime.date.today()}, {cpu_name()}, {os.cpu_count()} cores; CPU flags: {described_flags()}; Python "
              f"{platform.python_version()}. `stanceclf classify {SEED.relative_to(ROOT)} --model {model} "
              f"--backend {args.backend}`, "
              f"{args.runs} runs per tree, trees alternating; medians (min-max). Load average "
-             f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (other jobs shared the machine).", "",
+             f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (one-minute averages: they count "
+             "whatever ran in the minute before, this script's own runs included).", "",
              "| tree | to first output, s | to exit, s | CPU time, s |", "|---|---:|---:|---:|"]
 
     def spread(values):
