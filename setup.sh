@@ -37,8 +37,11 @@ if [ "$mode" = run ]; then
     exec .venv/bin/stanceclf classify examples/seeds/*.txt
 fi
 
-# Label Studio, for the integration test, in its own virtualenv: it pins its own Django and friends.
-[ -x .venv-ls/bin/label-studio ] || { "$python" -m venv .venv-ls && .venv-ls/bin/python -m pip install -q "label-studio==1.23.*"; }
+# Label Studio, for the integration test, in its own virtualenv: it pins its own Django and friends, but not
+# sentry-sdk, whose 3.0 rejects the options Label Studio 1.23 starts it with ("Unknown option 'send_default_pii'").
+# Installed every time, so an older .venv-ls that took sentry-sdk 3 is mended too (quick when nothing changes).
+[ -x .venv-ls/bin/python ] || "$python" -m venv .venv-ls
+.venv-ls/bin/python -m pip install -q "label-studio==1.23.2" "sentry-sdk>=2,<3"
 # Debian's Chromium and its driver, for the report's browser test (it skips without them).
 if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null; then
     { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } >/dev/null \
