@@ -37,11 +37,11 @@ if [ "$mode" = run ]; then
     exec .venv/bin/stanceclf classify examples/seeds/*.txt
 fi
 
-# Label Studio, for the integration test, in its own virtualenv: it pins its own Django and friends, but not
-# sentry-sdk, whose 3.0 rejects the options Label Studio 1.23 starts it with ("Unknown option 'send_default_pii'").
-# Installed every time, so an older .venv-ls that took sentry-sdk 3 is mended too (quick when nothing changes).
+# Label Studio, for the integration test, in its own virtualenv, every package pinned by
+# tests/labelstudio-constraints.txt: Label Studio leaves some of its dependencies open, and sentry-sdk 3.0 once
+# stopped it from starting. Installed every time, so an older .venv-ls is brought to the pins (quick when it is).
 [ -x .venv-ls/bin/python ] || "$python" -m venv .venv-ls
-.venv-ls/bin/python -m pip install -q "label-studio==1.23.2" "sentry-sdk>=2,<3"
+.venv-ls/bin/python -m pip install -q -c tests/labelstudio-constraints.txt label-studio
 # Debian's Chromium and its driver, for the report's browser test (it skips without them).
 if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null; then
     { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } >/dev/null \
