@@ -34,20 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from crossval_by_source import pool_sources, source_of  # benchmarks/crossval_by_source.py: one rule for sources
 from report import publish  # benchmarks/report.py, beside this script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SOURCES = (("article", "PTC"), ("EN_CC", "CC"), ("EN_UA", "UA"))
 BOOTSTRAP_SAMPLES = 2000
-
-
-def source_of(doc_id: str) -> str:
-    for prefix, name in SOURCES:
-        if doc_id.startswith(prefix):
-            return name
-    return "seed"
-
 
 def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
     """The library's macro F1 (:func:`stanceclf.model.metrics.multilabel_report`: labels without positives
@@ -114,10 +106,11 @@ def result_row(name, truth, pred, scores, sources, labels, speed=None) -> str:
     return row + " |"
 
 
-def table(title, rows_mask, dataset_test, systems, labels, speeds, notes) -> list[str]:
+def table(title, rows_mask, dataset_test, systems, labels, speeds, notes, pooled: dict[str, str]) -> list[str]:
+    """``pooled``: the documents of the unlabelled pool, by pool file (:func:`crossval_by_source.pool_sources`)."""
     truth = np.array(dataset_test["labels"])[rows_mask]
     docs = np.array(dataset_test["doc_id"])[rows_mask]
-    sources = np.array([source_of(d) for d in docs])
+    sources = np.array([source_of(d, pooled) for d in docs])
     counts = {s: int((sources == s).sum()) for s in sorted(set(sources))}
     header = ("| system | " + " | ".join(f"{l} P / R / F1" for l in labels) + " | macro F1 | macro PR-AUC | "
               + " | ".join(f"{s} ({n} sent.)" for s, n in counts.items())
@@ -205,14 +198,15 @@ def main() -> None:
              f"Python {platform.python_version()}. Test split of recipe `{recipe.name}` (seed {recipe.seed}). "
              "Each model uses its own calibrated scores and thresholds; baselines use thresholds tuned on the "
              "recipe's dev split.", ""] + [f"{note}" for note in args.note] + [""]
+    pooled = pool_sources([recipe.resolve(path) for path in recipe.data.inputs])
     lines += table("Test articles that no compared model trained or tuned on", unseen, test, systems, labels,
-                   speeds, notes)
+                   speeds, notes, pooled)
     if notes:
         lines += ["", "Paired bootstrap over these articles, against the first model:", ""] + notes
     if len(blind) > 0 and unseen.sum() < len(texts):
         notes.clear()
         lines += [""] + table("The whole test split (models that saw none of it)", np.ones(len(texts), bool), test,
-                              blind, labels, speeds, notes)
+                              blind, labels, speeds, notes, pooled)
         if notes:
             lines += ["", "Paired bootstrap over these articles, against the first model listed:", ""] + notes
     publish("\n".join(lines) + "\n", args.write)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -411,6 +414,39 @@ def test_backends_int8_of_a_saved_model_is_quantised_in_a_child_process(tmp_path
     with pytest.raises(LookupError, match="in the caller's process"):
         changed.accelerated("int8")
     assert len(in_process) == 1
+
+
+def _crashing_python(tmp_path: Path, crashes: int) -> Path:
+    """An interpreter that dies of SIGSEGV on its first ``crashes`` starts and is the real one afterwards."""
+    counter = tmp_path / "starts"
+    script = tmp_path / "python-that-crashes"
+    script.write_text(f"""#!/bin/sh
+n=$(cat {counter} 2>/dev/null || echo 0)
+echo $((n + 1)) > {counter}
+if [ "$n" -lt {crashes} ]; then kill -SEGV $$; fi
+exec {sys.executable} "$@"
+""")
+    script.chmod(0o755)
+    return script
+
+
+def test_backends_int8_child_that_crashes_in_native_code_is_run_once_more(tmp_path, make_tiny_model, int8_cache,
+                                                                        monkeypatch, caplog):
+    """A quantising child killed by SIGSEGV (seen once in a full test run, in OpenVINO or NNCF) is started a
+    second time; a second crash is the caller's BackendError, naming the signal."""
+    folder = make_tiny_model(seed=0).save_pretrained(tmp_path / "model")
+    (tmp_path / "once").mkdir()
+    monkeypatch.setattr(sys, "executable", str(_crashing_python(tmp_path / "once", crashes=1)))
+    with caplog.at_level(logging.WARNING, logger="stanceclf.infer.int8"):
+        fast = StanceModel.from_pretrained(folder, fast="int8")
+    assert fast.backend == "int8" and (tmp_path / "once" / "starts").read_text().strip() == "2"
+    assert "crashed (signal 11)" in caplog.text
+    other = make_tiny_model(seed=1).save_pretrained(tmp_path / "other")
+    (tmp_path / "always").mkdir()
+    monkeypatch.setattr(sys, "executable", str(_crashing_python(tmp_path / "always", crashes=99)))
+    with pytest.raises(BackendError, match=r"killed \(signal 11"):
+        StanceModel.from_pretrained(other, fast="int8")
+    assert (tmp_path / "always" / "starts").read_text().strip() == "2"  # once more, not forever
 
 
 def test_backends_memory_of_a_backend_that_replaces_the_torch_weights_is_its_own(tiny, tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -234,6 +235,11 @@ def _cached_encoder(folder: Path, threads: int | None) -> Int8Encoder | None:
 
 #: What a child quantising a model writes into its graph folder when it refuses (see :mod:`.int8_build`).
 REFUSAL_NAME = "refusal.json"
+#: A quantising child that crashes in native code (SIGSEGV, SIGBUS, SIGABRT) is run once more: on 2026-12-07 one
+#: build of the default's graph crashed with SIGSEGV in a full test run and the same build passed twice alone.
+#: SIGKILL (the kernel's out-of-memory killer, or a user) is not retried: it would only happen again.
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT})
+CRASH_RETRIES = 1
 
 
 def _quantize_isolated(model, units: list, out: Path, threads: int | None) -> None:
@@ -251,9 +257,15 @@ def _quantize_isolated(model, units: list, out: Path, threads: int | None) -> No
     request_file = out / "request.json"
     request_file.write_text(json.dumps(request), encoding="utf-8")
     try:
-        # -P: the working directory does not go first on the child's path (another checkout there would win).
-        done = subprocess.run([sys.executable, "-P", "-m", "stanceclf.infer.int8_build", str(request_file)],
-                              capture_output=True, encoding="utf-8", errors="replace")
+        for attempt in range(1 + CRASH_RETRIES):
+            # -P: the working directory does not go first on the child's path (another checkout there would win).
+            # -X faulthandler: a crash in native code prints the Python stack it happened under, for the error.
+            done = subprocess.run([sys.executable, "-P", "-X", "faulthandler", "-m", "stanceclf.infer.int8_build",
+                                   str(request_file)], capture_output=True, encoding="utf-8", errors="replace")
+            if -done.returncode not in CRASH_SIGNALS or attempt == CRASH_RETRIES:
+                break
+            log.warning("int8 quantisation crashed (signal %d) in its own process: trying once more. %s",
+                        -done.returncode, done.stderr.strip()[-800:])
     finally:
         request_file.unlink(missing_ok=True)
     refusal = out / REFUSAL_NAME
