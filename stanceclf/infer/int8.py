@@ -273,7 +273,8 @@ def _quantize_isolated(model, units: list, out: Path, threads: int | None) -> No
         raise refusal_error(json.loads(refusal.read_text(encoding="utf-8")))
     if done.returncode == 0 and (out / GRAPH_NAME).is_file() and (out / REPORT_NAME).is_file():
         return
-    how = (f"was killed (signal {-done.returncode}; out of memory?)" if done.returncode < 0 else
+    how = (f"crashed twice (signal {-done.returncode})" if -done.returncode in CRASH_SIGNALS else
+           f"was killed (signal {-done.returncode}; out of memory?)" if done.returncode < 0 else
            f"failed (exit status {done.returncode})" if done.returncode else "ended without writing the graph")
     raise BackendError(f"int8 quantisation in its own process {how}: {done.stderr.strip()[-1500:]}")
 
