@@ -33,6 +33,7 @@ app.command()(train_verbs.export)
 app.command()(train_verbs.info)
 app.command()(data_verbs.agreement)
 app.add_typer(data_verbs.sheets_app, name="sheets")
+app.add_typer(data_verbs.adjudicate_app, name="adjudicate")
 
 
 def main() -> None:  # pragma: no cover - console entry point

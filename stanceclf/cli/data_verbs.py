@@ -1,4 +1,4 @@
-"""Verbs of the data stage: build-dataset, agreement, sheets."""
+"""Verbs of the data stage: build-dataset, agreement, sheets, adjudicate."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from stanceclf.cli.common import fail, parse_pairs
 from stanceclf.errors import BuildOptionError, StanceclfError
 
 sheets_app = typer.Typer(no_args_is_help=True, help="Sentence sheets for annotating whole articles by hand.")
+adjudicate_app = typer.Typer(no_args_is_help=True, help="A third reader decides where two annotations differ: "
+                             "blind sheets of the disputed sentences, then the adjudicated annotation.")
 
 
 def _formats_help() -> str:
@@ -125,13 +127,9 @@ def agreement(
 ) -> None:
     """Sentence-level agreement between two annotations: F1 and Cohen's kappa per label."""
     from stanceclf.data.agreement import format_agreement, sentence_agreement
-    from stanceclf.data.readers import read_annotations
-    from stanceclf.data.schema import load_schema
 
     try:
-        label_schema = load_schema(schema)
-        a = read_annotations("native", first, labels=label_schema.label_names)
-        b = read_annotations("native", second, labels=label_schema.label_names)
+        label_schema, a, b = _read_pair(first, second, schema)
         typer.echo(format_agreement(sentence_agreement(a, b, label_schema)))
     except StanceclfError as error:
         fail(error)
@@ -181,3 +179,61 @@ def sheets_import(
     except (StanceclfError, OSError) as error:
         fail(error)
     typer.echo(f"wrote {len(documents)} documents to {out}")
+
+
+def _read_pair(first: Path, second: Path, schema: str):
+    from stanceclf.data.readers import read_annotations
+    from stanceclf.data.schema import load_schema
+
+    label_schema = load_schema(schema)
+    return (label_schema, read_annotations("native", first, labels=label_schema.label_names),
+            read_annotations("native", second, labels=label_schema.label_names))
+
+
+@adjudicate_app.command("export")
+def adjudicate_export(
+    first: Path = typer.Argument(..., help="One annotator's annotations (native format)."),
+    second: Path = typer.Argument(..., help="The other annotator's annotations of the same documents."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the adjudication sheets (keep it out of git if "
+                             "the texts may not be redistributed)."),
+    seed: int = typer.Option(0, help="Seed of the order in which each sentence's two label sets are shown."),
+    schema: str = typer.Option("claim-types", help="Schema name or path."),
+) -> None:
+    """Write a sheet per document with a disagreement: the whole article, each disputed sentence marked and
+    followed by the two label sets as X and Y in a drawn order (key.jsonl says whose is whose)."""
+    from stanceclf.data.adjudication import export_adjudication_sheets
+
+    try:
+        label_schema, a, b = _read_pair(first, second, schema)
+        found = export_adjudication_sheets(a, b, label_schema, out, seed=seed)
+    except (StanceclfError, OSError) as error:
+        fail(error)
+    documents = len({item.doc_id for item in found})
+    typer.echo(f"wrote {documents} adjudication sheets with {len(found)} disputed sentences to {out}")
+
+
+@adjudicate_app.command("import")
+def adjudicate_import(
+    decisions: Path = typer.Argument(..., help="Folder of the adjudicator's <doc_id>.tsv files: one line per "
+                                     "disputed sentence, <index><TAB><labels><TAB><reason>."),
+    first: Path = typer.Option(..., help="The first annotation, as given to 'adjudicate export'."),
+    second: Path = typer.Option(..., help="The second annotation, as given to 'adjudicate export'."),
+    sheets: Path = typer.Option(..., help="Folder of the adjudication sheets (their <doc_id>.offsets.json)."),
+    annotator: str = typer.Option(..., help="Who adjudicated (stored with every span of a disputed sentence)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Native stand-off JSONL to write: every document both "
+                             "annotations cover, texts referenced as the first file references them."),
+    schema: str = typer.Option("claim-types", help="Schema name or path."),
+) -> None:
+    """Make the adjudicated annotation: agreed sentences keep their labels, disputed ones take the decision."""
+    from stanceclf.data.adjudication import merge_adjudicated
+    from stanceclf.data.readers import stored_references, write_native
+
+    try:
+        label_schema, a, b = _read_pair(first, second, schema)
+        merged = merge_adjudicated(a, b, decisions, sheets, label_schema, annotator)
+        text_paths, corpus_records = stored_references(first)
+        write_native(merged, out, text_paths=text_paths, corpus_records=corpus_records)
+    except (StanceclfError, OSError) as error:
+        fail(error)
+    decided = sum(1 for doc in merged for span in doc.spans if span.annotator == annotator)
+    typer.echo(f"wrote {len(merged)} adjudicated documents to {out} ({decided} labels decided by {annotator})")

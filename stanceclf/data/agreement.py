@@ -13,26 +13,34 @@ from stanceclf.errors import AnnotationError
 from stanceclf.data.schema import LabelSchema
 
 
+def paired_documents(first: list[AnnotatedDocument], second: list[AnnotatedDocument]
+                     ) -> list[tuple[AnnotatedDocument, AnnotatedDocument]]:
+    """``(first's, second's)`` annotation of each document both cover, in ``first``'s order; an error when
+    they share none or annotated different texts under one id."""
+    by_id = {doc.doc_id: doc for doc in second}
+    pairs = [(doc, by_id[doc.doc_id]) for doc in first if doc.doc_id in by_id]
+    if not pairs:
+        raise AnnotationError("the two annotations share no document id")
+    for doc, other in pairs:
+        if other.checksum != doc.checksum:
+            raise AnnotationError("the two annotations were made on different texts", where=f"document {doc.doc_id}")
+    return pairs
+
+
 def sentence_agreement(first: list[AnnotatedDocument], second: list[AnnotatedDocument], schema: LabelSchema,
                        config: BuildConfig | None = None) -> dict:
     """Per-label agreement over the documents both annotations cover (same text required)."""
     from sklearn.metrics import cohen_kappa_score, f1_score
 
     config = config or BuildConfig()
-    by_id = {doc.doc_id: doc for doc in second}
-    shared = [doc for doc in first if doc.doc_id in by_id]
-    if not shared:
-        raise AnnotationError("the two annotations share no document id")
+    pairs = paired_documents(first, second)
     rows_a, rows_b = [], []
-    for doc in shared:
-        other = by_id[doc.doc_id]
-        if other.checksum != doc.checksum:
-            raise AnnotationError("the two annotations were made on different texts", where=f"document {doc.doc_id}")
+    for doc, other in pairs:
         rows_a += [e["labels"] for e in sentence_examples(doc, schema, config)]
         rows_b += [e["labels"] for e in sentence_examples(other, schema, config)]
-    only_first = sorted({doc.doc_id for doc in first} - set(by_id))
-    only_second = sorted(set(by_id) - {doc.doc_id for doc in first})
-    result = {"documents": len(shared), "sentences": len(rows_a), "labels": {},
+    first_ids, second_ids = {doc.doc_id for doc in first}, {doc.doc_id for doc in second}
+    only_first, only_second = sorted(first_ids - second_ids), sorted(second_ids - first_ids)
+    result = {"documents": len(pairs), "sentences": len(rows_a), "labels": {},
               "only_in_first": only_first, "only_in_second": only_second,
               "exact_match": sum(a == b for a, b in zip(rows_a, rows_b)) / len(rows_a)}
     for j, label in enumerate(schema.label_names):

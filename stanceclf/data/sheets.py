@@ -16,10 +16,11 @@ may not be redistributed; only the decisions become stand-off annotations.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from stanceclf.data.documents import AnnotatedDocument, Span, text_checksum
-from stanceclf.errors import AnnotationError, ChecksumMismatchError
+from stanceclf.errors import AnnotationError, ChecksumMismatchError, InputFileError
 from stanceclf.data.schema import LabelSchema, load_schema
 from stanceclf.data.sentences import SentenceSplitter
 
@@ -62,6 +63,43 @@ def export_sheets(documents: dict[str, str], out_dir: str | Path, splitter: Sent
     return total
 
 
+def decision_lines(path: Path, schema: LabelSchema) -> Iterator[tuple[str, int, list[str], str]]:
+    """``(where, sentence index, labels, note)`` of each line of a decision file, whose lines are
+    ``<index><TAB><labels><TAB><optional note>`` (blank lines and ``#`` lines are skipped); the labels are
+    ``-`` for none, or label codes (:func:`label_codes`) or names joined by commas."""
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"cannot read the decision file: {exc}", where=str(path)) from None
+    codes = label_codes(schema)
+    for line_number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        where = f"{path}:{line_number}"
+        parts = line.split("\t")
+        try:
+            index = int(parts[0])
+        except ValueError:
+            raise AnnotationError(f"bad sentence index {parts[0]!r}", where=where) from None
+        labels = _parse_labels(parts[1] if len(parts) > 1 else "", codes, schema, where)
+        yield where, index, labels, parts[2].strip() if len(parts) > 2 else ""
+
+
+def _parse_labels(cell: str, codes: dict[str, str], schema: LabelSchema, where: str) -> list[str]:
+    cell = cell.strip()
+    if not cell:
+        raise AnnotationError("no decision: write '-' for a sentence without labels", where=where)
+    if cell == "-":
+        return []
+    labels = []
+    for item in (part.strip() for part in cell.split(",")):
+        label = codes.get(item, item)
+        if label not in schema.label_names:
+            raise AnnotationError(f"unknown label {item!r}; use {sorted(codes)} or {schema.label_names}", where=where)
+        labels.append(label)
+    return labels
+
+
 def import_decisions(decisions: str | Path, offsets_file: str | Path, text: str, schema: LabelSchema,
                      annotator: str) -> tuple[AnnotatedDocument, dict[int, str]]:
     """Read one decision file into an :class:`AnnotatedDocument`; also returns the notes by sentence."""
@@ -73,37 +111,17 @@ def import_decisions(decisions: str | Path, offsets_file: str | Path, text: str,
     if offsets["checksum"] != text_checksum(text):
         raise ChecksumMismatchError("the document changed since its sheet was made", where=str(offsets_file))
     sentences = offsets["sentences"]
-    codes = label_codes(schema)
     spans: list[Span] = []
     notes: dict[int, str] = {}
     seen: set[int] = set()
-    for line_number, line in enumerate(decisions.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        where = f"{decisions}:{line_number}"
-        parts = line.split("\t")
-        try:
-            index = int(parts[0])
-        except ValueError:
-            raise AnnotationError(f"bad sentence index {parts[0]!r}", where=where) from None
+    for where, index, labels, note in decision_lines(decisions, schema):
         if not 0 <= index < len(sentences) or index in seen:
             raise AnnotationError(f"sentence index {index} out of range or repeated", where=where)
         seen.add(index)
-        raw = parts[1].strip() if len(parts) > 1 else ""
-        if not raw:
-            raise AnnotationError("no decision: write '-' for a sentence without labels", where=where)
-        if len(parts) > 2 and parts[2].strip():
-            notes[index] = parts[2].strip()
-        if raw == "-":
-            continue
+        if note:
+            notes[index] = note
         start, end = sentences[index]
-        for item in raw.split(","):
-            item = item.strip()
-            label = codes.get(item, item)
-            if label not in schema.label_names:
-                raise AnnotationError(f"unknown label {item!r}; use {sorted(codes)} or {schema.label_names}",
-                                      where=where)
-            spans.append(Span(start, end, label, annotator))
+        spans += [Span(start, end, label, annotator) for label in labels]
     missing = sorted(set(range(len(sentences))) - seen)
     if missing:
         raise AnnotationError(f"no decision for sentences {missing}: annotate the whole document", where=str(decisions))
@@ -184,7 +202,6 @@ def import_decision_folder(decisions: str | Path, sheets: str | Path, schema: La
     reference: the text is never copied."""
     from stanceclf.data.corpus_inputs import read_corpus_texts
     from stanceclf.data.documents import read_document_text
-    from stanceclf.errors import InputFileError
 
     decisions, sheets = Path(decisions), Path(sheets)
     files = sorted(decisions.glob("*.tsv")) if decisions.is_dir() else []

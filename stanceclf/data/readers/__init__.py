@@ -9,7 +9,7 @@ from pathlib import Path
 
 from stanceclf.data.documents import AnnotatedDocument
 from stanceclf.errors import AnnotationError, shown
-from .native import read_native, write_native
+from .native import read_native, stored_references, write_native
 from .validation import ReadReport, SpanChecker
 
 FORMATS = {
@@ -96,4 +96,4 @@ def read_annotations(fmt: str, paths, *, labels=None, label_map=None, strict: bo
 
 
 __all__ = ["FORMATS", "ReadReport", "SpanChecker", "check_reader_options", "read_annotations", "read_native",
-           "reader_options", "write_native"]
+           "reader_options", "stored_references", "write_native"]

@@ -218,3 +218,23 @@ def _write_records(documents, tmp: Path, path: Path, text_paths, corpus_records)
                 for s in sorted(document.spans)
             ]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def stored_references(path: str | Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Where a native file takes each document's text from: ``({doc_id: text file}, {doc_id: corpus file})``,
+    resolved against the file's folder, ready for :func:`write_native` to store the same references in a
+    file derived from it. Documents with their text inline are in neither, and so is a corpus record whose id
+    is not the document's (``write_native`` names a record by the document id): a derived file carries
+    their text inline. Read the file with :func:`read_native` first: this does not check what it reads."""
+    path = Path(path)
+    text_paths: dict[str, Path] = {}
+    corpus_records: dict[str, Path] = {}
+    for _, _, record in iter_jsonl(path, SpanChecker()):
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str) or "text" in record:
+            continue
+        doc_id = str(record.get("doc_id"))
+        if "record" not in record:
+            text_paths[doc_id] = path.parent / record["path"]
+        elif str(record["record"]) == doc_id:
+            corpus_records[doc_id] = path.parent / record["path"]
+    return text_paths, corpus_records
