@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from stanceclf.cli import app
 from stanceclf.data.adjudication import disagreements, export_adjudication_sheets, merge_adjudicated
 from stanceclf.data.documents import AnnotatedDocument, Span
-from stanceclf.data.readers import read_annotations, write_native
+from stanceclf.data.dataset import BuildConfig
+from stanceclf.data.readers import read_annotations, stored_references, write_native
 from stanceclf.data.schema import load_schema
 from stanceclf.errors import AnnotationError, ChecksumMismatchError, InputFileError
 
@@ -36,6 +37,17 @@ def pair():
     return first, second
 
 
+def exported(tmp_path, decision: str | None = "1\t-\n2\t-\n"):
+    """The pair's adjudication sheets in ``sheets/`` and, unless None, ``decision`` as d1's file in ``dec/``;
+    returns merge_adjudicated of them, by the adjudicator it is given."""
+    first, second = pair()
+    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets", tmp_path / "key.jsonl")
+    (tmp_path / "dec").mkdir()
+    if decision is not None:
+        (tmp_path / "dec" / "d1.tsv").write_text(decision, encoding="utf-8")
+    return lambda who="adj": merge_adjudicated(first, second, tmp_path / "dec", tmp_path / "sheets", CLAIMS, who)
+
+
 def test_adjudication_finds_the_sentences_whose_label_sets_differ():
     first, second = pair()
     found = disagreements(first, second, CLAIMS)
@@ -45,9 +57,9 @@ def test_adjudication_finds_the_sentences_whose_label_sets_differ():
 
 def test_adjudication_sheet_marks_disputes_shows_both_sets_and_keys_them(tmp_path):
     first, second = pair()
-    export_adjudication_sheets(first, second, CLAIMS, tmp_path, seed=3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d1.offsets.json", "d1.sheet.txt", "key.jsonl"]
-    sheet = (tmp_path / "d1.sheet.txt").read_text(encoding="utf-8").splitlines()
+    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets", tmp_path / "key.jsonl", seed=3)
+    assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == ["d1.offsets.json", "d1.sheet.txt"]
+    sheet = (tmp_path / "sheets" / "d1.sheet.txt").read_text(encoding="utf-8").splitlines()
     assert "[0] One will fall." in sheet and "[3] Four is there." in sheet
     marked = sheet.index(">> [1] Two will rise.")
     shown = {sheet[marked + 1].split(":")[1].strip(), sheet[marked + 2].split(":")[1].strip()}
@@ -63,20 +75,24 @@ def test_adjudication_order_of_x_and_y_varies_and_is_reproducible(tmp_path):
     text = " ".join(f"Sentence {i} will happen." for i in range(40))
     first = [AnnotatedDocument("d", text, [span(text, f"Sentence {i} will", "prediction", "a") for i in range(40)])]
     second = [AnnotatedDocument("d", text, [])]
-    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "one", seed=1)
-    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "two", seed=1)
-    sides = [json.loads(line)["X"] for line in (tmp_path / "one" / "key.jsonl").read_text().splitlines()]
+    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "one", tmp_path / "one.key.jsonl", seed=1)
+    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "two", tmp_path / "two.key.jsonl", seed=1)
+    sides = [json.loads(line)["X"] for line in (tmp_path / "one.key.jsonl").read_text().splitlines()]
     assert 5 < sides.count("first") < 35  # not always the first annotation shown as X
     assert (tmp_path / "one" / "d.sheet.txt").read_text() == (tmp_path / "two" / "d.sheet.txt").read_text()
 
 
 def test_adjudication_merge_keeps_agreed_labels_and_takes_the_decisions(tmp_path):
     first, second = pair()
-    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets")
+    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets", tmp_path / "key.jsonl")
     (tmp_path / "dec").mkdir()
     (tmp_path / "dec" / "d1.tsv").write_text("1\t-\tno forecast\n2\tA,P\tboth\n", encoding="utf-8")
-    merged = merge_adjudicated(first, second, tmp_path / "dec", tmp_path / "sheets", CLAIMS, "adj")
+    merged, reasons = merge_adjudicated(first, second, tmp_path / "dec", tmp_path / "sheets", CLAIMS, "adj")
     d1, d2 = merged
+    assert reasons == [
+        {"doc_id": "d1", "sentence_index": 1, "labels": [], "reason": "no forecast", "adjudicator": "adj"},
+        {"doc_id": "d1", "sentence_index": 2, "labels": ["prediction", "policy_attribution"], "reason": "both",
+         "adjudicator": "adj"}]
     assert [(TEXT[s.start:s.end], s.label, s.annotator) for s in d1.spans] == [
         ("One will fall.", "prediction", "a"),
         ("Three is here.", "policy_attribution", "adj"), ("Three is here.", "prediction", "adj")]
@@ -95,37 +111,29 @@ def test_adjudication_merge_keeps_agreed_labels_and_takes_the_decisions(tmp_path
     ("1\t\n2\tA\n", "no decision: write '-'"),
 ])
 def test_adjudication_bad_decision_file_names_file_and_problem(tmp_path, content, message):
-    first, second = pair()
-    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets")
-    (tmp_path / "dec").mkdir()
-    (tmp_path / "dec" / "d1.tsv").write_text(content, encoding="utf-8")
+    merge = exported(tmp_path, content)
     with pytest.raises(AnnotationError, match=message) as raised:
-        merge_adjudicated(first, second, tmp_path / "dec", tmp_path / "sheets", CLAIMS, "adj")
+        merge()
     assert "d1.tsv" in str(raised.value)
 
 
 def test_adjudication_missing_or_stray_decision_files_are_named(tmp_path):
-    first, second = pair()
-    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets")
-    (tmp_path / "dec").mkdir()
+    merge = exported(tmp_path, None)
     with pytest.raises(AnnotationError, match="in dispute have no decision file: d1"):
-        merge_adjudicated(first, second, tmp_path / "dec", tmp_path / "sheets", CLAIMS, "adj")
+        merge()
     (tmp_path / "dec" / "d1.tsv").write_text("1\t-\n2\t-\n", encoding="utf-8")
     (tmp_path / "dec" / "d2.tsv").write_text("0\tT\n", encoding="utf-8")
     with pytest.raises(AnnotationError, match="not in dispute: d2"):
-        merge_adjudicated(first, second, tmp_path / "dec", tmp_path / "sheets", CLAIMS, "adj")
+        merge()
 
 
 def test_adjudication_sheet_of_another_text_is_refused(tmp_path):
-    first, second = pair()
-    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets")
-    (tmp_path / "dec").mkdir()
-    (tmp_path / "dec" / "d1.tsv").write_text("1\t-\n2\t-\n", encoding="utf-8")
+    merge = exported(tmp_path)
     offsets = json.loads((tmp_path / "sheets" / "d1.offsets.json").read_text())
     offsets["checksum"] = "sha256:" + "0" * 64
     (tmp_path / "sheets" / "d1.offsets.json").write_text(json.dumps(offsets))
     with pytest.raises(ChecksumMismatchError, match="d1.offsets.json"):
-        merge_adjudicated(first, second, tmp_path / "dec", tmp_path / "sheets", CLAIMS, "adj")
+        merge()
 
 
 def test_adjudication_cli_round_trip_keeps_texts_referenced(tmp_path):
@@ -140,6 +148,7 @@ def test_adjudication_cli_round_trip_keeps_texts_referenced(tmp_path):
                                  "-o", str(tmp_path / "sheets")])
     assert result.exit_code == 0, result.output
     assert "wrote 1 adjudication sheets with 2 disputed sentences" in result.output
+    assert (tmp_path / "sheets.key.jsonl").is_file() and not list((tmp_path / "sheets").glob("*key*"))
     (tmp_path / "dec").mkdir()
     (tmp_path / "dec" / "d1.tsv").write_text("1\tP\n2\t-\n", encoding="utf-8")
     out = tmp_path / "labels" / "adjudicated.jsonl"
@@ -154,6 +163,8 @@ def test_adjudication_cli_round_trip_keeps_texts_referenced(tmp_path):
     documents = read_annotations("native", out, labels=CLAIMS.label_names)
     assert [(TEXT[s.start:s.end], s.label, s.annotator) for s in documents[0].spans] == [
         ("One will fall.", "prediction", "a"), ("Two will rise.", "prediction", "adj")]
+    reasons = [json.loads(line) for line in (tmp_path / "labels" / "adjudicated.jsonl.reasons.jsonl").read_text().splitlines()]
+    assert [(r["sentence_index"], r["labels"]) for r in reasons] == [(1, ["prediction"]), (2, [])]
     result = runner.invoke(app, ["adjudicate", "import", str(tmp_path / "nothing"), "--first", str(tmp_path / "first.jsonl"),
                                  "--second", str(tmp_path / "second.jsonl"), "--sheets", str(tmp_path / "sheets"),
                                  "--annotator", "adj", "-o", str(tmp_path / "o.jsonl")])
@@ -162,9 +173,63 @@ def test_adjudication_cli_round_trip_keeps_texts_referenced(tmp_path):
 
 
 def test_adjudication_undecodable_decision_file_is_named(tmp_path):
-    first, second = pair()
-    export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets")
-    (tmp_path / "dec").mkdir()
+    merge = exported(tmp_path, None)
     (tmp_path / "dec" / "d1.tsv").write_bytes(b"1\t-\n2\t\xff\n")
     with pytest.raises(InputFileError, match=r"d1.tsv.*cannot read the decision file"):
-        merge_adjudicated(first, second, tmp_path / "dec", tmp_path / "sheets", CLAIMS, "adj")
+        merge()
+
+
+def test_adjudication_key_inside_the_sheets_folder_is_refused(tmp_path):
+    first, second = pair()
+    with pytest.raises(AnnotationError, match="keep it outside the folder of sheets"):
+        export_adjudication_sheets(first, second, CLAIMS, tmp_path / "sheets", tmp_path / "sheets" / "key.jsonl")
+
+
+def test_adjudication_document_annotated_once_is_an_error_naming_it(tmp_path):
+    first, second = pair()
+    extra = AnnotatedDocument("d3", "Only here.", [], ("a",))
+    with pytest.raises(AnnotationError, match=r"first.jsonl.*only here.*: d3"):
+        disagreements([*first, extra], second, CLAIMS, names=("first.jsonl", "second.jsonl"))
+    with pytest.raises(AnnotationError, match=r"second.jsonl.*only here.*: d3"):
+        export_adjudication_sheets(first, [*second, extra], CLAIMS, tmp_path / "s", tmp_path / "k.jsonl",
+                                   names=("first.jsonl", "second.jsonl"))
+
+
+def test_adjudication_adjudicator_must_not_be_an_annotator(tmp_path):
+    merge = exported(tmp_path)
+    with pytest.raises(AnnotationError, match="third reader"):
+        merge("b")
+
+
+def test_adjudication_sheet_of_other_sentences_is_refused(tmp_path):
+    merge = exported(tmp_path)
+    offsets = json.loads((tmp_path / "sheets" / "d1.offsets.json").read_text())
+    offsets["sentences"] = offsets["sentences"][:2]
+    (tmp_path / "sheets" / "d1.offsets.json").write_text(json.dumps(offsets))
+    with pytest.raises(AnnotationError, match=r"d1.offsets.json.*not the splitter's now"):
+        merge()
+    (tmp_path / "sheets" / "d1.offsets.json").write_text("[1, 2]")
+    with pytest.raises(AnnotationError, match=r"d1.offsets.json.*not a sheet's offsets file"):
+        merge()
+
+
+def test_adjudication_agreed_label_keeps_the_annotator_whose_span_gave_it(tmp_path):
+    """Two annotators merged into the first file: each agreed sentence names the one whose span labels it
+    by the builder's rule, not one that merely touches the sentence."""
+    first = [AnnotatedDocument("d", TEXT, [span(TEXT, "One will fall. Two", "prediction", "a1"),
+                                           span(TEXT, "Two will rise.", "prediction", "a2")], ("a1", "a2"))]
+    second = [AnnotatedDocument("d", TEXT, [span(TEXT, "One will fall.", "prediction", "b"),
+                                            span(TEXT, "Two will rise.", "prediction", "b")], ("b",))]
+    config = BuildConfig(min_overlap_chars=5)
+    merged, reasons = merge_adjudicated(first, second, tmp_path / "none", tmp_path, CLAIMS, "adj", config=config)
+    assert reasons == []
+    assert [(TEXT[s.start:s.end], s.annotator) for s in merged[0].spans] == [
+        ("One will fall.", "a1"), ("Two will rise.", "a2")]
+
+
+def test_adjudication_corpus_record_under_another_id_is_not_copied_inline(tmp_path):
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "r7", "text": OTHER}) + "\n", encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"doc_id": "d2", "path": "c.jsonl", "record": "r7", "spans": []})
+                                      + "\n", encoding="utf-8")
+    with pytest.raises(AnnotationError, match=r"a.jsonl:1.*corpus record 'r7'"):
+        stored_references(tmp_path / "a.jsonl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -130,7 +131,7 @@ def agreement(
 
     try:
         label_schema, a, b = _read_pair(first, second, schema)
-        typer.echo(format_agreement(sentence_agreement(a, b, label_schema)))
+        typer.echo(format_agreement(sentence_agreement(a, b, label_schema, names=(str(first), str(second)))))
     except StanceclfError as error:
         fail(error)
 
@@ -194,22 +195,26 @@ def _read_pair(first: Path, second: Path, schema: str):
 def adjudicate_export(
     first: Path = typer.Argument(..., help="One annotator's annotations (native format)."),
     second: Path = typer.Argument(..., help="The other annotator's annotations of the same documents."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the adjudication sheets (keep it out of git if "
-                             "the texts may not be redistributed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the adjudication sheets, for the adjudicator "
+                             "(keep it out of git if the texts may not be redistributed)."),
+    key: Optional[Path] = typer.Option(None, help="Where to write which annotation each X stands for (JSONL), "
+                                       "outside OUT. Default: OUT.key.jsonl beside the folder."),
     seed: int = typer.Option(0, help="Seed of the order in which each sentence's two label sets are shown."),
     schema: str = typer.Option("claim-types", help="Schema name or path."),
 ) -> None:
     """Write a sheet per document with a disagreement: the whole article, each disputed sentence marked and
-    followed by the two label sets as X and Y in a drawn order (key.jsonl says whose is whose)."""
+    followed by the two label sets as X and Y in a drawn order (the key, kept apart, says whose is whose)."""
     from stanceclf.data.adjudication import export_adjudication_sheets
 
+    key = key or out.with_name(out.name + ".key.jsonl")
     try:
         label_schema, a, b = _read_pair(first, second, schema)
-        found = export_adjudication_sheets(a, b, label_schema, out, seed=seed)
+        found = export_adjudication_sheets(a, b, label_schema, out, key, seed=seed, names=(str(first), str(second)))
     except (StanceclfError, OSError) as error:
         fail(error)
     documents = len({item.doc_id for item in found})
-    typer.echo(f"wrote {documents} adjudication sheets with {len(found)} disputed sentences to {out}")
+    typer.echo(f"wrote {documents} adjudication sheets with {len(found)} disputed sentences to {out}; the key "
+               f"(whose set each X is) to {key}: do not give it to the adjudicator")
 
 
 @adjudicate_app.command("import")
@@ -220,20 +225,26 @@ def adjudicate_import(
     second: Path = typer.Option(..., help="The second annotation, as given to 'adjudicate export'."),
     sheets: Path = typer.Option(..., help="Folder of the adjudication sheets (their <doc_id>.offsets.json)."),
     annotator: str = typer.Option(..., help="Who adjudicated (stored with every span of a disputed sentence)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Native stand-off JSONL to write: every document both "
-                             "annotations cover, texts referenced as the first file references them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Native stand-off JSONL to write: every document, texts "
+                             "referenced as the first file references them. The decisions and their reasons go "
+                             "to OUT.reasons.jsonl."),
     schema: str = typer.Option("claim-types", help="Schema name or path."),
 ) -> None:
     """Make the adjudicated annotation: agreed sentences keep their labels, disputed ones take the decision."""
     from stanceclf.data.adjudication import merge_adjudicated
     from stanceclf.data.readers import stored_references, write_native
+    from stanceclf.files import replaced_atomically
 
+    reasons_file = out.with_name(out.name + ".reasons.jsonl")
     try:
         label_schema, a, b = _read_pair(first, second, schema)
-        merged = merge_adjudicated(a, b, decisions, sheets, label_schema, annotator)
+        merged, reasons = merge_adjudicated(a, b, decisions, sheets, label_schema, annotator,
+                                            names=(str(first), str(second)))
         text_paths, corpus_records = stored_references(first)
+        with replaced_atomically(reasons_file) as tmp:
+            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in reasons), encoding="utf-8")
         write_native(merged, out, text_paths=text_paths, corpus_records=corpus_records)
     except (StanceclfError, OSError) as error:
         fail(error)
-    decided = sum(1 for doc in merged for span in doc.spans if span.annotator == annotator)
-    typer.echo(f"wrote {len(merged)} adjudicated documents to {out} ({decided} labels decided by {annotator})")
+    typer.echo(f"wrote {len(merged)} adjudicated documents to {out} ({len(reasons)} sentences decided by "
+               f"{annotator}; their reasons in {reasons_file})")

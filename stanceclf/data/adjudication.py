@@ -3,8 +3,7 @@
 After a double annotation (:mod:`stanceclf.data.agreement` measures it), :func:`export_adjudication_sheets`
 writes, per document with a disagreement, a sheet of the whole article in which each disputed sentence is
 marked and followed by the two label sets as ``X`` and ``Y``, in an order drawn per sentence, so that the
-adjudicator cannot tell whose set is whose (``key.jsonl`` beside the sheets records it; the adjudicator
-does not open it). The adjudicator writes ``<doc_id>.tsv`` with one line per disputed sentence::
+adjudicator cannot tell whose set is whose (a key file outside the sheets' folder records it). The adjudicator writes ``<doc_id>.tsv`` with one line per disputed sentence::
 
     <index><TAB><labels><TAB><reason>
 
@@ -12,8 +11,12 @@ with the labels as on an annotation sheet (``-``, or codes or names joined by co
 ``X``'s set, ``Y``'s, or another. :func:`merge_adjudicated` then makes the adjudicated annotation: each
 sentence both annotations agree on keeps the first annotation's labels, with the annotator of the span
 that gave each; each disputed sentence takes the adjudicator's decision, with the adjudicator as its
-annotator. Labels are sentence decisions, by the dataset builder's rule (:func:`sentence_examples`), and
-the result holds one span per labelled sentence and label, covering the sentence.
+annotator; the reasons are returned beside it. Labels are sentence decisions, by the dataset builder's
+rule (:func:`sentence_examples`), so the result holds one span per labelled sentence and label, covering
+the whole sentence (a first annotation's shorter spans are widened to their sentence).
+
+Both annotations must cover the same documents: a document only one of them annotated has nothing to
+adjudicate against and is an error, not left out.
 """
 
 from __future__ import annotations
@@ -27,12 +30,9 @@ from stanceclf.data.agreement import paired_documents
 from stanceclf.data.dataset import BuildConfig, sentence_examples
 from stanceclf.data.documents import AnnotatedDocument, Span
 from stanceclf.data.schema import LabelSchema
-from stanceclf.data.sheets import decision_lines, label_codes
-from stanceclf.errors import AnnotationError, ChecksumMismatchError
+from stanceclf.data.sheets import decision_lines, label_codes, read_sheet_offsets, write_sheet
+from stanceclf.errors import AnnotationError
 from stanceclf.files import replaced_atomically
-
-#: The adjudication sheets' key: which annotation each sentence's X stands for.
-KEY_FILE = "key.jsonl"
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,18 @@ class Disagreement:
     second: tuple[str, ...]
 
 
+def _pairs(first: list[AnnotatedDocument], second: list[AnnotatedDocument], names: tuple[str, str]
+           ) -> list[tuple[AnnotatedDocument, AnnotatedDocument]]:
+    pairs = paired_documents(first, second, names)
+    for mine, theirs, name in ((first, second, names[0]), (second, first, names[1])):
+        other_ids = {doc.doc_id for doc in theirs}
+        alone = [doc.doc_id for doc in mine if doc.doc_id not in other_ids]
+        if alone:
+            raise AnnotationError(f"{len(alone)} document(s) annotated only here, with nothing to adjudicate "
+                                  f"against: {', '.join(alone[:5])}{', ...' if len(alone) > 5 else ''}", where=name)
+    return pairs
+
+
 def _label_sets(document: AnnotatedDocument, schema: LabelSchema, config: BuildConfig) -> list[tuple[str, ...]]:
     names = schema.label_names
     return [tuple(name for name, hot in zip(names, example["labels"]) if hot)
@@ -52,11 +64,14 @@ def _label_sets(document: AnnotatedDocument, schema: LabelSchema, config: BuildC
 
 
 def disagreements(first: list[AnnotatedDocument], second: list[AnnotatedDocument], schema: LabelSchema,
-                  config: BuildConfig | None = None) -> list[Disagreement]:
-    """Every sentence of the documents both annotations cover whose label sets differ, in document order."""
+                  config: BuildConfig | None = None, *, names: tuple[str, str] = ("the first annotation",
+                                                                               "the second annotation")
+                  ) -> list[Disagreement]:
+    """Every sentence whose label sets differ between two annotations of the same documents, in document
+    order (``names`` name the two in errors)."""
     config = config or BuildConfig()
     found = []
-    for doc, other in paired_documents(first, second):
+    for doc, other in _pairs(first, second, names):
         for index, (a, b) in enumerate(zip(_label_sets(doc, schema, config), _label_sets(other, schema, config))):
             if a != b:
                 found.append(Disagreement(doc.doc_id, index, a, b))
@@ -69,22 +84,30 @@ def _shown(labels: tuple[str, ...], codes: dict[str, str]) -> str:
 
 
 def export_adjudication_sheets(first: list[AnnotatedDocument], second: list[AnnotatedDocument], schema: LabelSchema,
-                               out_dir: str | Path, *, seed: int = 0, config: BuildConfig | None = None
+                               out_dir: str | Path, key_file: str | Path, *, seed: int = 0,
+                               config: BuildConfig | None = None,
+                               names: tuple[str, str] = ("the first annotation", "the second annotation")
                                ) -> list[Disagreement]:
-    """Write an adjudication sheet and an offsets file (as :func:`~stanceclf.data.sheets.export_sheets`
-    writes them) per document with a disagreement, and ``key.jsonl``; returns the disagreements. Which
-    set is shown as X is drawn from ``seed``, the document and the sentence, so a rerun writes the same."""
+    """Write an adjudication sheet and an offsets file (as :func:`~stanceclf.data.sheets.write_sheet` writes
+    them) per document with a disagreement, and ``key_file`` (JSONL: which annotation each disputed
+    sentence's X is), which must lie outside ``out_dir``, the folder the adjudicator gets; returns the
+    disagreements. Which set is shown as X is drawn from ``seed``, the document and the sentence, so a
+    rerun writes the same."""
     config = config or BuildConfig()
-    found = disagreements(first, second, schema, config)
+    out_dir, key_file = Path(out_dir), Path(key_file)
+    if key_file.resolve().is_relative_to(out_dir.resolve()):
+        raise AnnotationError("the key says whose labels X and Y are: keep it outside the folder of sheets that "
+                              "the adjudicator reads", where=str(key_file))
+    found = disagreements(first, second, schema, config, names=names)
     by_doc: dict[str, dict[int, Disagreement]] = {}
     for item in found:
         by_doc.setdefault(item.doc_id, {})[item.sentence_index] = item
     codes = label_codes(schema)
     legend = ", ".join(f"{code}={name}" for code, name in codes.items())
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    key_file.unlink(missing_ok=True)  # a key is only ever beside the sheets it was written with
     key = []
-    for doc, _ in paired_documents(first, second):
+    for doc, _ in paired_documents(first, second, names):
         disputed = by_doc.get(doc.doc_id)
         if not disputed:
             continue
@@ -103,11 +126,9 @@ def export_adjudication_sheets(first: list[AnnotatedDocument], second: list[Anno
             x, y = (item.first, item.second) if first_is_x else (item.second, item.first)
             lines += [f">> [{index}] {sentence.text}", f"     X: {_shown(x, codes)}", f"     Y: {_shown(y, codes)}"]
             key.append({"doc_id": doc.doc_id, "sentence_index": index, "X": "first" if first_is_x else "second"})
-        (out_dir / f"{doc.doc_id}.sheet.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        offsets = {"doc_id": doc.doc_id, "checksum": doc.checksum,
-                   "sentences": [[s.start, s.end] for s in sentences]}
-        (out_dir / f"{doc.doc_id}.offsets.json").write_text(json.dumps(offsets), encoding="utf-8")
-    with replaced_atomically(out_dir / KEY_FILE) as tmp:
+        write_sheet(out_dir, doc.doc_id, doc.text, sentences, lines)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(key_file) as tmp:
         tmp.write_text("".join(json.dumps(row) + "\n" for row in key), encoding="utf-8")
     return found
 
@@ -134,16 +155,25 @@ def read_adjudication(path: str | Path, disputed: set[int], schema: LabelSchema
 
 
 def merge_adjudicated(first: list[AnnotatedDocument], second: list[AnnotatedDocument], decisions: str | Path,
-                      sheets: str | Path, schema: LabelSchema, adjudicator: str, *, config: BuildConfig | None = None
-                      ) -> list[AnnotatedDocument]:
-    """The adjudicated annotation of every document both annotations cover (see the module's docstring),
-    from the adjudicator's ``<doc_id>.tsv`` files in ``decisions``; ``sheets`` holds the adjudication
-    sheets' offsets files, which must be of the same texts. A document in dispute without its decision
-    file, or a decision file of a document not in dispute, is an error naming it."""
+                      sheets: str | Path, schema: LabelSchema, adjudicator: str, *, config: BuildConfig | None = None,
+                      names: tuple[str, str] = ("the first annotation", "the second annotation")
+                      ) -> tuple[list[AnnotatedDocument], list[dict]]:
+    """The adjudicated annotation of the documents (see the module's docstring), from the adjudicator's
+    ``<doc_id>.tsv`` files in ``decisions``; ``sheets`` holds the adjudication sheets' offsets files, which
+    must be of the same texts and sentences. Returns the documents and the decisions with their reasons
+    (``doc_id``, ``sentence_index``, ``labels``, ``reason``, ``adjudicator``). A document in dispute without
+    its decision file, or a decision file of a document not in dispute, is an error naming it; so is an
+    adjudicator who is one of the two annotators."""
     config = config or BuildConfig()
     decisions, sheets = Path(decisions), Path(sheets)
+    pairs = _pairs(first, second, names)
+    annotators = {name for doc, other in pairs for name in (*doc.annotators, *other.annotators)}
+    annotators |= {span.annotator for doc, other in pairs for span in (*doc.spans, *other.spans)}
+    if adjudicator in annotators or not adjudicator:
+        raise AnnotationError(f"the adjudicator must be a third reader, named apart from the annotators "
+                              f"({', '.join(sorted(a for a in annotators if a))})", where=str(decisions))
     disputed: dict[str, set[int]] = {}
-    for item in disagreements(first, second, schema, config):
+    for item in disagreements(first, second, schema, config, names=names):
         disputed.setdefault(item.doc_id, set()).add(item.sentence_index)
     files = {file.stem: file for file in sorted(decisions.glob("*.tsv"))} if decisions.is_dir() else {}
     stray = sorted(set(files) - set(disputed))
@@ -155,35 +185,28 @@ def merge_adjudicated(first: list[AnnotatedDocument], second: list[AnnotatedDocu
         raise AnnotationError(f"{len(undecided)} document(s) in dispute have no decision file: "
                               f"{', '.join(undecided[:5])}{', ...' if len(undecided) > 5 else ''}",
                               where=str(decisions))
-    merged = []
-    for doc, other in paired_documents(first, second):
+    merged, reasons = [], []
+    for doc, other in pairs:
         sentences = config.splitter.split(doc.text)
         decided: dict[int, tuple[str, ...]] = {}
         if doc.doc_id in disputed:
-            _check_offsets(sheets / f"{doc.doc_id}.offsets.json", doc, sentences)
-            decided, _ = read_adjudication(files[doc.doc_id], disputed[doc.doc_id], schema)
+            offsets_file = sheets / f"{doc.doc_id}.offsets.json"
+            if read_sheet_offsets(offsets_file, doc.text)["sentences"] != [[s.start, s.end] for s in sentences]:
+                raise AnnotationError("the sheet's sentences are not the splitter's now: export the sheets again",
+                                      where=str(offsets_file))
+            decided, why = read_adjudication(files[doc.doc_id], disputed[doc.doc_id], schema)
+            reasons += [{"doc_id": doc.doc_id, "sentence_index": index, "labels": list(decided[index]),
+                         "reason": why.get(index, ""), "adjudicator": adjudicator} for index in sorted(decided)]
         agreed = _label_sets(doc, schema, config)
         spans = []
         for index, sentence in enumerate(sentences):
             if index in decided:
                 spans += [Span(sentence.start, sentence.end, label, adjudicator) for label in decided[index]]
                 continue
-            for label in agreed[index]:
-                source = next((span for span in doc.spans if span.label == label
-                               and span.overlap(sentence.start, sentence.end) > 0), None)
-                spans.append(Span(sentence.start, sentence.end, label, source.annotator if source else ""))
-        annotators = set(doc.annotators) | set(other.annotators) | ({adjudicator} if decided else set())
-        merged.append(AnnotatedDocument(doc.doc_id, doc.text, sorted(spans), tuple(sorted(annotators)), doc.source))
-    return merged
-
-
-def _check_offsets(path: Path, doc: AnnotatedDocument, sentences) -> None:
-    try:
-        offsets = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"cannot read the adjudication sheet's offsets file: {exc}", where=str(path)) from None
-    if offsets.get("checksum") != doc.checksum:
-        raise ChecksumMismatchError("the document changed since its adjudication sheet was made", where=str(path))
-    if offsets.get("sentences") != [[s.start, s.end] for s in sentences]:
-        raise AnnotationError("the sheet's sentences are not the splitter's now: export the sheets again",
-                              where=str(path))
+            for label in agreed[index]:  # the annotator whose span gave the label, by the builder's rule
+                source = next(span for span in doc.spans
+                              if span.label == label and config.marks(span, sentence.start, sentence.end))
+                spans.append(Span(sentence.start, sentence.end, label, source.annotator))
+        names_of_doc = set(doc.annotators) | set(other.annotators) | ({adjudicator} if decided else set())
+        merged.append(AnnotatedDocument(doc.doc_id, doc.text, sorted(spans), tuple(sorted(names_of_doc)), doc.source))
+    return merged, reasons

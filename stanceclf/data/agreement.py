@@ -13,27 +13,30 @@ from stanceclf.errors import AnnotationError
 from stanceclf.data.schema import LabelSchema
 
 
-def paired_documents(first: list[AnnotatedDocument], second: list[AnnotatedDocument]
+def paired_documents(first: list[AnnotatedDocument], second: list[AnnotatedDocument],
+                     names: tuple[str, str] = ("the first annotation", "the second annotation")
                      ) -> list[tuple[AnnotatedDocument, AnnotatedDocument]]:
     """``(first's, second's)`` annotation of each document both cover, in ``first``'s order; an error when
-    they share none or annotated different texts under one id."""
+    they share none or annotated different texts under one id (``names`` name the two in it: their files)."""
     by_id = {doc.doc_id: doc for doc in second}
     pairs = [(doc, by_id[doc.doc_id]) for doc in first if doc.doc_id in by_id]
     if not pairs:
-        raise AnnotationError("the two annotations share no document id")
+        raise AnnotationError(f"{names[0]} and {names[1]} share no document id")
     for doc, other in pairs:
         if other.checksum != doc.checksum:
-            raise AnnotationError("the two annotations were made on different texts", where=f"document {doc.doc_id}")
+            raise AnnotationError(f"{names[0]} and {names[1]} were made on different texts",
+                                  where=f"document {doc.doc_id}")
     return pairs
 
 
 def sentence_agreement(first: list[AnnotatedDocument], second: list[AnnotatedDocument], schema: LabelSchema,
-                       config: BuildConfig | None = None) -> dict:
+                       config: BuildConfig | None = None, *,
+                       names: tuple[str, str] = ("the first annotation", "the second annotation")) -> dict:
     """Per-label agreement over the documents both annotations cover (same text required)."""
     from sklearn.metrics import cohen_kappa_score, f1_score
 
     config = config or BuildConfig()
-    pairs = paired_documents(first, second)
+    pairs = paired_documents(first, second, names)
     rows_a, rows_b = [], []
     for doc, other in pairs:
         rows_a += [e["labels"] for e in sentence_examples(doc, schema, config)]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from stanceclf.data.context import ContextSettings, sentence_contexts
-from stanceclf.data.documents import AnnotatedDocument
+from stanceclf.data.documents import AnnotatedDocument, Span
 from stanceclf.errors import AnnotationError, BuildOptionError
 from stanceclf.data.schema import LabelSchema
 from stanceclf.data.sentences import SentenceSplitter
@@ -59,6 +59,11 @@ class BuildConfig(BaseModel):
         if not all(r >= 0 for r in ratios.values()) or not abs(sum(ratios.values()) - 1) <= 1e-6:  # NaN fails
             raise ValueError(f"split ratios must be non-negative and sum to 1, got {ratios}")
         return ratios
+
+    def marks(self, span: Span, start: int, end: int) -> bool:
+        """Whether ``span`` gives its label to the sentence ``[start, end)``: the one overlap rule."""
+        overlap = span.overlap(start, end)
+        return overlap >= self.min_overlap_chars and overlap >= self.min_overlap_fraction * (end - start)
 
     @model_serializer(mode="wrap")
     def _context_only_when_read(self, handler) -> dict:
@@ -140,10 +145,8 @@ def sentence_examples(document: AnnotatedDocument, schema: LabelSchema, config: 
     contexts = sentence_contexts([sentence.text for sentence in sentences], config.context)
     for index, (sentence, context) in enumerate(zip(sentences, contexts)):
         hot = [0] * len(names)
-        length = sentence.end - sentence.start
         for span in document.spans:
-            overlap = span.overlap(sentence.start, sentence.end)
-            if overlap >= config.min_overlap_chars and overlap >= config.min_overlap_fraction * length:
+            if config.marks(span, sentence.start, sentence.end):
                 hot[names.index(span.label)] = 1
         examples.append({
             "doc_id": document.doc_id,

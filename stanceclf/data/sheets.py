@@ -56,11 +56,33 @@ def export_sheets(documents: dict[str, str], out_dir: str | Path, splitter: Sent
         lines = [f"# document {doc_id}  ({len(sentences)} sentences; judge each in the context of the whole article)",
                  f"# codes: {legend}; '-' for none"]
         lines += [f"[{i}] {s.text}" for i, s in enumerate(sentences)]
-        (out_dir / f"{doc_id}.sheet.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        offsets = {"doc_id": doc_id, "checksum": text_checksum(text),
-                   "sentences": [[s.start, s.end] for s in sentences]}
-        (out_dir / f"{doc_id}.offsets.json").write_text(json.dumps(offsets), encoding="utf-8")
+        write_sheet(out_dir, doc_id, text, sentences, lines)
     return total
+
+
+def write_sheet(out_dir: Path, doc_id: str, text: str, sentences, lines: list[str]) -> None:
+    """A sheet's two files: ``<doc_id>.sheet.txt`` (``lines``, for the reader) and ``<doc_id>.offsets.json``
+    (the sentences' offsets and the text's checksum, to map the reader's decisions back onto the text)."""
+    (out_dir / f"{doc_id}.sheet.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    offsets = {"doc_id": doc_id, "checksum": text_checksum(text), "sentences": [[s.start, s.end] for s in sentences]}
+    (out_dir / f"{doc_id}.offsets.json").write_text(json.dumps(offsets), encoding="utf-8")
+
+
+def read_sheet_offsets(path: Path, text: str) -> dict:
+    """A sheet's offsets file: ``doc_id``, ``checksum`` and ``sentences`` (each sentence's ``[start, end]``);
+    an error naming the file when it cannot be read or was made for another text."""
+    try:
+        offsets = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnnotationError(f"cannot read the sheet's offsets file: {exc}", where=str(path)) from None
+    if (not isinstance(offsets, dict) or not isinstance(offsets.get("sentences"), list)
+            or not isinstance(offsets.get("doc_id"), str)):
+        raise AnnotationError("not a sheet's offsets file: a JSON object with 'doc_id', 'checksum' and "
+                              "'sentences' expected",
+                              where=str(path))
+    if offsets.get("checksum") != text_checksum(text):
+        raise ChecksumMismatchError("the document changed since its sheet was made", where=str(path))
+    return offsets
 
 
 def decision_lines(path: Path, schema: LabelSchema) -> Iterator[tuple[str, int, list[str], str]]:
@@ -104,12 +126,7 @@ def import_decisions(decisions: str | Path, offsets_file: str | Path, text: str,
                      annotator: str) -> tuple[AnnotatedDocument, dict[int, str]]:
     """Read one decision file into an :class:`AnnotatedDocument`; also returns the notes by sentence."""
     decisions, offsets_file = Path(decisions), Path(offsets_file)
-    try:
-        offsets = json.loads(offsets_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"cannot read the sheet's offsets file: {exc}", where=str(offsets_file)) from None
-    if offsets["checksum"] != text_checksum(text):
-        raise ChecksumMismatchError("the document changed since its sheet was made", where=str(offsets_file))
+    offsets = read_sheet_offsets(offsets_file, text)
     sentences = offsets["sentences"]
     spans: list[Span] = []
     notes: dict[int, str] = {}

@@ -222,14 +222,15 @@ def _write_records(documents, tmp: Path, path: Path, text_paths, corpus_records)
 
 def stored_references(path: str | Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """Where a native file takes each document's text from: ``({doc_id: text file}, {doc_id: corpus file})``,
-    resolved against the file's folder, ready for :func:`write_native` to store the same references in a
-    file derived from it. Documents with their text inline are in neither, and so is a corpus record whose id
-    is not the document's (``write_native`` names a record by the document id): a derived file carries
-    their text inline. Read the file with :func:`read_native` first: this does not check what it reads."""
+    resolved as :func:`read_native` resolves them (against the file's folder), ready for :func:`write_native`
+    to store the same references in a file derived from it; documents with their text inline are in
+    neither. A corpus record whose id is not the document's cannot be referenced again (``write_native``
+    names a record by the document id), and is an error rather than a text copied inline. Read the file with
+    :func:`read_native` first: this checks nothing else."""
     path = Path(path)
     text_paths: dict[str, Path] = {}
     corpus_records: dict[str, Path] = {}
-    for _, _, record in iter_jsonl(path, SpanChecker()):
+    for _, where, record in iter_jsonl(path, SpanChecker()):
         if not isinstance(record, dict) or not isinstance(record.get("path"), str) or "text" in record:
             continue
         doc_id = str(record.get("doc_id"))
@@ -237,4 +238,8 @@ def stored_references(path: str | Path) -> tuple[dict[str, Path], dict[str, Path
             text_paths[doc_id] = path.parent / record["path"]
         elif str(record["record"]) == doc_id:
             corpus_records[doc_id] = path.parent / record["path"]
+        else:
+            raise AnnotationError(f"document {doc_id!r} is the corpus record {record['record']!r}: a derived file "
+                                  "names a record by its document id, so give the document its record's id",
+                                  where=where)
     return text_paths, corpus_records
