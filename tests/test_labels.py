@@ -20,7 +20,9 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/corpus 
 
 @needs_shared
 @pytest.mark.parametrize("name", ["batch3.jsonl", "double-annotation/batch3-first-pass.jsonl",
-                                  "double-annotation/batch3-second-pass.jsonl"])
+                                  "double-annotation/batch3-second-pass.jsonl",
+                                  "double-annotation/batch3-rest-first-pass.jsonl",
+                                  "double-annotation/batch3-rest-second-pass.jsonl"])
 def test_labels_batch3_reads_back_from_the_pool_by_reference(name):
     documents = read_annotations("native", LABELS / name, labels=load_schema("claim-types").label_names)
     records = [json.loads(line) for line in (LABELS / name).read_text(encoding="utf-8").splitlines()]
@@ -28,13 +30,45 @@ def test_labels_batch3_reads_back_from_the_pool_by_reference(name):
     assert all(span.annotator for document in documents for span in document.spans)
 
 
+SECOND_PASSES = ("batch3-second-pass.jsonl", "batch3-rest-second-pass.jsonl")
+
+
 def test_labels_batch3_picks_record_every_annotated_article():
     picks = [json.loads(line) for line in (LABELS / "batch3-picks.jsonl").read_text(encoding="utf-8").splitlines()]
     annotated = [json.loads(line)["doc_id"] for line in (LABELS / "batch3.jsonl").read_text().splitlines()]
     assert sorted(p["doc_id"] for p in picks) == sorted(annotated) and len(set(annotated)) == len(annotated)
     assert {p["strategy"] for p in picks} == {"uncertainty", "flagged", "random"}
-    double = {json.loads(line)["doc_id"]
-              for line in (LABELS / "double-annotation" / "batch3-second-pass.jsonl").read_text().splitlines()}
-    assert double == {p["doc_id"] for p in picks if p["double_annotated"]}
+    second = {record["doc_id"]: record["annotators"] for name in SECOND_PASSES
+              for record in map(json.loads, (LABELS / "double-annotation" / name).read_text().splitlines())}
+    assert set(second) == {p["doc_id"] for p in picks if p["double_annotated"]} == set(annotated)
+    assert all(second[p["doc_id"]] == [p["second_annotator"]] for p in picks)
     war = sum("ukraine-war-news" in p["corpus"] for p in picks)
     assert war * 3 >= 2 * len(picks)  # at least two thirds from the war-news file
+
+
+@needs_shared
+@pytest.mark.parametrize("passes", [("batch3-first-pass.jsonl", "batch3-second-pass.jsonl"),
+                                    ("batch3-rest-first-pass.jsonl", "batch3-rest-second-pass.jsonl")])
+def test_labels_batch3_is_the_adjudication_of_its_two_passes(passes):
+    """Where the two blind passes agree, batch3.jsonl has their labels; where they differ, an adjudicator
+    (named in the picks) decided, and its decision is on every span of that sentence."""
+    from stanceclf.data.adjudication import disagreements
+    from stanceclf.data.dataset import BuildConfig, sentence_examples
+
+    schema = load_schema("claim-types")
+    first, second = (read_annotations("native", LABELS / "double-annotation" / name, labels=schema.label_names)
+                     for name in passes)
+    gold = {d.doc_id: d for d in read_annotations("native", LABELS / "batch3.jsonl", labels=schema.label_names)}
+    picks = {p["doc_id"]: p for p in map(json.loads, (LABELS / "batch3-picks.jsonl").read_text().splitlines())}
+    disputed = {(d.doc_id, d.sentence_index) for d in disagreements(first, second, schema)}
+    config = BuildConfig()
+    for doc in first:
+        adjudicated, passed = (sentence_examples(d, schema, config) for d in (gold[doc.doc_id], doc))
+        assert len(adjudicated) == len(passed)
+        for index, (a, g) in enumerate(zip(passed, adjudicated)):
+            if (doc.doc_id, index) in disputed:
+                whose = {s.annotator for s in gold[doc.doc_id].spans if s.start < g["end"] and s.end > g["start"]}
+                assert whose <= {picks[doc.doc_id]["adjudicator"]}, (doc.doc_id, index)
+            else:
+                assert a["labels"] == g["labels"], (doc.doc_id, index)
+    assert {d.doc_id for d in first if picks[d.doc_id]["adjudicator"]} == {doc_id for doc_id, _ in disputed}
