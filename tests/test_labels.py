@@ -1,6 +1,6 @@
 """The project's own annotations read back whole: every stand-off file in labels/ names texts that exist and
-have not changed (checksums), with labels of the schema, and the batch-3 records of who picked what agree
-with the annotations. Skips without ../shared, whose texts the annotations name."""
+have not changed (checksums), with labels of the schema, and the pool batches' records of who picked, read
+and adjudicated what agree with the annotations. Skips without ../shared, whose texts the annotations name."""
 
 from __future__ import annotations
 
@@ -22,23 +22,28 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/corpus 
 @pytest.mark.parametrize("name", ["batch3.jsonl", "double-annotation/batch3-first-pass.jsonl",
                                   "double-annotation/batch3-second-pass.jsonl",
                                   "double-annotation/batch3-rest-first-pass.jsonl",
-                                  "double-annotation/batch3-rest-second-pass.jsonl"])
-def test_labels_batch3_reads_back_from_the_pool_by_reference(name):
+                                  "double-annotation/batch3-rest-second-pass.jsonl", "batch4.jsonl",
+                                  "double-annotation/batch4-first-pass.jsonl",
+                                  "double-annotation/batch4-second-pass.jsonl"])
+def test_labels_pool_batches_read_back_from_the_pool_by_reference(name):
     documents = read_annotations("native", LABELS / name, labels=load_schema("claim-types").label_names)
     records = [json.loads(line) for line in (LABELS / name).read_text(encoding="utf-8").splitlines()]
     assert len(documents) == len(records) and all("text" not in r and "record" in r for r in records)
     assert all(span.annotator for document in documents for span in document.spans)
 
 
-SECOND_PASSES = ("batch3-second-pass.jsonl", "batch3-rest-second-pass.jsonl")
+#: Each batch from the pool: its second-pass files (one per round of double annotation).
+SECOND_PASSES = {"batch3": ("batch3-second-pass.jsonl", "batch3-rest-second-pass.jsonl"),
+                 "batch4": ("batch4-second-pass.jsonl",)}
 
 
-def test_labels_batch3_picks_record_every_annotated_article():
-    picks = [json.loads(line) for line in (LABELS / "batch3-picks.jsonl").read_text(encoding="utf-8").splitlines()]
-    annotated = [json.loads(line)["doc_id"] for line in (LABELS / "batch3.jsonl").read_text().splitlines()]
+@pytest.mark.parametrize("batch", sorted(SECOND_PASSES))
+def test_labels_pool_batch_picks_record_every_annotated_article(batch):
+    picks = [json.loads(line) for line in (LABELS / f"{batch}-picks.jsonl").read_text(encoding="utf-8").splitlines()]
+    annotated = [json.loads(line)["doc_id"] for line in (LABELS / f"{batch}.jsonl").read_text().splitlines()]
     assert sorted(p["doc_id"] for p in picks) == sorted(annotated) and len(set(annotated)) == len(annotated)
     assert {p["strategy"] for p in picks} == {"uncertainty", "flagged", "random"}
-    second = {record["doc_id"]: record["annotators"] for name in SECOND_PASSES
+    second = {record["doc_id"]: record["annotators"] for name in SECOND_PASSES[batch]
               for record in map(json.loads, (LABELS / "double-annotation" / name).read_text().splitlines())}
     assert set(second) == {p["doc_id"] for p in picks if p["double_annotated"]} == set(annotated)
     assert all(second[p["doc_id"]] == [p["second_annotator"]] for p in picks)
@@ -46,11 +51,19 @@ def test_labels_batch3_picks_record_every_annotated_article():
     assert war * 3 >= 2 * len(picks)  # at least two thirds from the war-news file
 
 
+def test_labels_pool_batches_hold_distinct_articles():
+    ids = [json.loads(line)["doc_id"] for batch in SECOND_PASSES
+           for line in (LABELS / f"{batch}.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids))
+
+
 @needs_shared
-@pytest.mark.parametrize("passes", [("batch3-first-pass.jsonl", "batch3-second-pass.jsonl"),
-                                    ("batch3-rest-first-pass.jsonl", "batch3-rest-second-pass.jsonl")])
-def test_labels_batch3_is_the_adjudication_of_its_two_passes(passes):
-    """Where the two blind passes agree, batch3.jsonl has their labels; where they differ, an adjudicator
+@pytest.mark.parametrize("batch, passes", [
+    ("batch3", ("batch3-first-pass.jsonl", "batch3-second-pass.jsonl")),
+    ("batch3", ("batch3-rest-first-pass.jsonl", "batch3-rest-second-pass.jsonl")),
+    ("batch4", ("batch4-first-pass.jsonl", "batch4-second-pass.jsonl"))])
+def test_labels_pool_batch_is_the_adjudication_of_its_two_passes(batch, passes):
+    """Where the two blind passes agree, the batch has their labels; where they differ, an adjudicator
     (named in the picks) decided, and its decision is on every span of that sentence."""
     from stanceclf.data.adjudication import disagreements
     from stanceclf.data.dataset import BuildConfig, sentence_examples
@@ -58,8 +71,8 @@ def test_labels_batch3_is_the_adjudication_of_its_two_passes(passes):
     schema = load_schema("claim-types")
     first, second = (read_annotations("native", LABELS / "double-annotation" / name, labels=schema.label_names)
                      for name in passes)
-    gold = {d.doc_id: d for d in read_annotations("native", LABELS / "batch3.jsonl", labels=schema.label_names)}
-    picks = {p["doc_id"]: p for p in map(json.loads, (LABELS / "batch3-picks.jsonl").read_text().splitlines())}
+    gold = {d.doc_id: d for d in read_annotations("native", LABELS / f"{batch}.jsonl", labels=schema.label_names)}
+    picks = {p["doc_id"]: p for p in map(json.loads, (LABELS / f"{batch}-picks.jsonl").read_text().splitlines())}
     disputed = {(d.doc_id, d.sentence_index) for d in disagreements(first, second, schema)}
     config = BuildConfig()
     for doc in first:
