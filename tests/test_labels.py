@@ -47,13 +47,17 @@ def test_labels_pool_batch_picks_record_every_annotated_article(batch):
               for record in map(json.loads, (LABELS / "double-annotation" / name).read_text().splitlines())}
     assert set(second) == {p["doc_id"] for p in picks if p["double_annotated"]} == set(annotated)
     assert all(second[p["doc_id"]] == [p["second_annotator"]] for p in picks)
+    gold = {record["doc_id"]: record["annotators"]
+            for record in map(json.loads, (LABELS / f"{batch}.jsonl").read_text().splitlines())}
+    assert all(gold[p["doc_id"]] == sorted({p["first_annotator"], p["second_annotator"]} | {p["adjudicator"]} - {None})
+               for p in picks)
     war = sum("ukraine-war-news" in p["corpus"] for p in picks)
     assert war * 3 >= 2 * len(picks)  # at least two thirds from the war-news file
 
 
 def test_labels_pool_batches_hold_distinct_articles():
-    ids = [json.loads(line)["doc_id"] for batch in SECOND_PASSES
-           for line in (LABELS / f"{batch}.jsonl").read_text().splitlines()]
+    ids = [json.loads(line)["doc_id"] for name in ("annotations", *SECOND_PASSES)
+           for line in (LABELS / f"{name}.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids))
 
 
