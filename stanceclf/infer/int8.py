@@ -54,7 +54,7 @@ from typing import Callable
 import numpy as np
 
 from stanceclf.cache import cache_dir, evict_least_recent
-from stanceclf import errors
+import stanceclf.errors as errors
 from stanceclf.errors import BackendError, StanceclfError
 from stanceclf.files import exclusive_lock, folder_replaced_atomically, stamped_sha256
 from stanceclf.infer.graph_key import model_graph_key, package_version, thread_setting
