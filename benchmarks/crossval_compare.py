@@ -10,7 +10,10 @@ documents, the earlier ones kept in their folds: ``[evaluation] keep_folds_of``)
 narrowed to the test documents they share and scored again under each fold's own temperatures and
 thresholds; that needs a record that says which document each test row is from (``row_documents``,
 in fold records written since 2026-12-06), and the shared rows' gold labels must agree, or the script
-stops. Only folds finished in both runs are compared, so a partial run (``--only``) can be set against
+stops. Where the labels were corrected between the runs (a second reading, an adjudication),
+``--gold second`` judges both runs by the second run's labels instead: a fold model's predictions on its
+test documents do not depend on their gold labels, so the reference is scored again against the
+corrected ones (under its own thresholds), on the same rows. Only folds finished in both runs are compared, so a partial run (``--only``) can be set against
 a finished one. Where the second run is of a ``[distill]`` recipe, the teachers trained in each of its
 folds are shown too (not on narrowed folds: a teacher's record is not read here).
 
@@ -55,8 +58,9 @@ def scores(report: dict, labels: list[str]) -> list[float | None]:
     return [report["macro"]["f1"]] + [report["labels"][label]["f1"] for label in labels]
 
 
-def compare(first: dict[str, dict], second: dict[str, dict], names: tuple[str, str]) -> dict:
-    """Per common fold, each model's scores (and the second's teachers'); the paired differences."""
+def compare(first: dict[str, dict], second: dict[str, dict], names: tuple[str, str], gold: str = "same") -> dict:
+    """Per common fold, each model's scores (and the second's teachers'); the paired differences. ``gold``:
+    "same" stops where the shared rows' labels differ; "second" judges both by the second run's."""
     common = sorted(set(first) & set(second))
     if not common:
         raise SystemExit(f"no fold is finished in both runs (first: {sorted(first)}, second: {sorted(second)})")
@@ -64,8 +68,10 @@ def compare(first: dict[str, dict], second: dict[str, dict], names: tuple[str, s
     narrowed = {}
     for name in common:
         if first[name]["documents"]["test"] != second[name]["documents"]["test"]:
-            first[name], second[name] = shared_documents(first[name], second[name], labels)
+            first[name], second[name] = shared_documents(first[name], second[name], labels, gold)
             narrowed[name] = len(first[name]["documents"]["test"])
+        elif gold == "second":
+            first[name] = judged_by(first[name], second[name], labels)
     rows, differences = [], {names[1]: []}
     for name in common:
         fold = {"fold": name, "test_documents": len(first[name]["documents"]["test"]), "narrowed": name in narrowed,
@@ -81,15 +87,16 @@ def compare(first: dict[str, dict], second: dict[str, dict], names: tuple[str, s
             if model in fold["models"]:  # a narrowed fold shows no teacher
                 differences[model].append([None if b is None or a is None else b - a
                                            for a, b in zip(fold["models"][names[0]], fold["models"][model])])
-    return {"labels": labels, "folds": rows, "reference": names[0], "differences": {
+    return {"labels": labels, "folds": rows, "reference": names[0], "gold": gold, "differences": {
         model: [_mean_sd([fold[i] for fold in per_fold]) for i in range(len(labels) + 1)]
         for model, per_fold in differences.items()}}
 
 
-def shared_documents(first: dict, second: dict, labels: list[str]) -> tuple[dict, dict]:
+def shared_documents(first: dict, second: dict, labels: list[str], gold: str = "same") -> tuple[dict, dict]:
     """Two records of one fold whose test documents differ, each cut to the documents both test and scored
     again there (their own temperatures and thresholds). Rows follow the sorted document ids, each document's
-    sentences together (``Pool.subset``), so one record's ``row_documents`` gives every document's row count."""
+    sentences together (``Pool.subset``), so one record's ``row_documents`` gives every document's row count.
+    With ``gold="second"`` the first record is judged by the second's labels on the same rows."""
     named = first.get("row_documents") or second.get("row_documents")
     if named is None:
         raise SystemExit(f"{first['name']} tests other documents in the two runs, and neither record says which "
@@ -100,10 +107,27 @@ def shared_documents(first: dict, second: dict, labels: list[str]) -> tuple[dict
     if not shared:
         raise SystemExit(f"{first['name']} shares no test document between the two runs: they are not the same folds")
     cut = [_narrowed(record, shared, counts, labels) for record in (first, second)]
+    if cut[0]["row_documents"] != cut[1]["row_documents"]:
+        raise SystemExit(f"{first['name']}: the shared test documents make other rows in the two runs (split into "
+                         "other sentences?)")
+    if gold == "second":
+        cut[0] = judged_by(cut[0], cut[1], labels)
     if cut[0]["labels"] != cut[1]["labels"]:
         raise SystemExit(f"{first['name']}: the {len(shared)} shared test documents have other gold labels in the two "
-                         "runs (were the annotations changed between them?)")
+                         "runs (were the annotations changed between them? --gold second judges both by the "
+                         "second run's)")
     return cut[0], cut[1]
+
+
+def judged_by(record: dict, other: dict, labels: list[str]) -> dict:
+    """A fold record scored again against another record's gold labels for the same rows (its own logits,
+    temperatures and thresholds)."""
+    if len(record["logits"]) != len(other["labels"]) or record.get("row_documents", other.get(
+            "row_documents")) != other.get("row_documents", record.get("row_documents")):
+        raise SystemExit(f"{record['name']}: the two runs' test rows differ; they cannot be judged by one gold")
+    gold = np.asarray(other["labels"])
+    return {**record, "labels": gold.tolist(), "test_report": evaluate_logits(
+        np.asarray(record["logits"]), gold, labels, record["temperatures"], record["thresholds"])}
 
 
 def row_documents(record: dict, counts: Counter) -> list[str]:
@@ -144,7 +168,9 @@ def markdown(result: dict, command: str, title: str = "", notes: tuple[str, ...]
              f"Command: `{command}`", "",
              f"{len(result['folds'])} fold(s) finished in both runs"
              + (", compared on the test documents both hold (the folds marked *: one run tests more)"
-                if any(fold["narrowed"] for fold in result["folds"]) else ", with the same test documents") + ".", "",
+                if any(fold["narrowed"] for fold in result["folds"]) else ", with the same test documents")
+             + ("; both judged by the gold labels of the second run" if result.get("gold") == "second" else "")
+             + ".", "",
              "| fold | test docs | test sentences | model " + header, "|---|---:|---:|---|" + "---:|" * (len(labels) + 1)]
     for fold in result["folds"]:
         for model, values in fold["models"].items():
@@ -177,15 +203,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--title", default="", help="a heading for the Markdown")
     parser.add_argument("--note", action="append", default=[], help="a paragraph above the tables (repeatable): "
                         "how the runs were made, what they show")
+    parser.add_argument("--gold", choices=("same", "second"), default="same",
+                        help="whose gold labels judge the shared test rows: 'same' stops where they differ; "
+                        "'second' scores the first run's predictions against the second run's (corrected) labels")
     parser.add_argument("--write", type=Path, help="also write the Markdown here")
     args = parser.parse_args(argv)
     first, second = fold_records(args.first), fold_records(args.second)
     names = tuple(args.names) if args.names else tuple(
         _recipe_name(folder) for folder in (args.first, args.second))
     # The tables' command: the heading and notes are prose, left out so that it stays readable.
-    shown = [str(args.first), str(args.second), *(["--names", *names] if args.names else [])]
+    shown = [str(args.first), str(args.second), *(["--names", *names] if args.names else []),
+             *(["--gold", args.gold] if args.gold != "same" else [])]
     command = "python benchmarks/crossval_compare.py " + shlex.join(shown)
-    publish(markdown(compare(first, second, names), command, args.title, tuple(args.note)), args.write)
+    publish(markdown(compare(first, second, names, args.gold), command, args.title, tuple(args.note)), args.write)
 
 
 def _recipe_name(folder: Path) -> str:

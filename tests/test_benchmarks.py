@@ -140,6 +140,16 @@ def test_benchmarks_crossval_compare_narrows_a_grown_run_to_the_documents_both_t
     changed = {**reference, "labels": (1 - labels[old_rows]).tolist()}
     with pytest.raises(SystemExit, match="other gold labels"):
         compare.compare({"fold-1": changed}, {"fold-1": grown}, ("old", "grown"))
+    # Labels corrected since the reference ran: --gold second judges its predictions by the grown run's labels.
+    relabelled = compare.compare({"fold-1": changed}, {"fold-1": grown}, ("old", "grown"), gold="second")
+    judged = evaluate_logits(np.asarray(reference["logits"]), labels[old_rows], ["l0", "l1"],
+                             reference["temperatures"], reference["thresholds"])
+    assert relabelled["folds"][0]["models"]["old"][0] == judged["macro"]["f1"]
+    assert relabelled["folds"][0]["models"]["grown"][0] == expected["macro"]["f1"]
+    assert "both judged by the gold labels of the second run" in compare.markdown(relabelled, "cmd")
+    assert compare.compare({"fold-1": changed}, {"fold-1": changed}, ("a", "b"), gold="second")["folds"][0][
+        "models"]["a"][0] == evaluate_logits(np.asarray(reference["logits"]), 1 - labels[old_rows], ["l0", "l1"],
+                                             reference["temperatures"], reference["thresholds"])["macro"]["f1"]
     split_otherwise = {**reference, "logits": reference["logits"][:-1], "labels": reference["labels"][:-1]}
     with pytest.raises(SystemExit, match="make 7 rows by the counts, it holds 6"):
         compare.compare({"fold-1": split_otherwise}, {"fold-1": grown}, ("old", "grown"))
