@@ -24,7 +24,9 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/corpus 
                                   "double-annotation/batch3-rest-first-pass.jsonl",
                                   "double-annotation/batch3-rest-second-pass.jsonl", "batch4.jsonl",
                                   "double-annotation/batch4-first-pass.jsonl",
-                                  "double-annotation/batch4-second-pass.jsonl"])
+                                  "double-annotation/batch4-second-pass.jsonl", "batch5.jsonl",
+                                  "double-annotation/batch5-first-pass.jsonl",
+                                  "double-annotation/batch5-second-pass.jsonl"])
 def test_labels_pool_batches_read_back_from_the_pool_by_reference(name):
     documents = read_annotations("native", LABELS / name, labels=load_schema("claim-types").label_names)
     records = [json.loads(line) for line in (LABELS / name).read_text(encoding="utf-8").splitlines()]
@@ -34,7 +36,7 @@ def test_labels_pool_batches_read_back_from_the_pool_by_reference(name):
 
 #: Each batch from the pool: its second-pass files (one per round of double annotation).
 SECOND_PASSES = {"batch3": ("batch3-second-pass.jsonl", "batch3-rest-second-pass.jsonl"),
-                 "batch4": ("batch4-second-pass.jsonl",)}
+                 "batch4": ("batch4-second-pass.jsonl",), "batch5": ("batch5-second-pass.jsonl",)}
 
 
 @pytest.mark.parametrize("batch", sorted(SECOND_PASSES))
@@ -65,7 +67,8 @@ def test_labels_pool_batches_hold_distinct_articles():
 @pytest.mark.parametrize("batch, passes", [
     ("batch3", ("batch3-first-pass.jsonl", "batch3-second-pass.jsonl")),
     ("batch3", ("batch3-rest-first-pass.jsonl", "batch3-rest-second-pass.jsonl")),
-    ("batch4", ("batch4-first-pass.jsonl", "batch4-second-pass.jsonl"))])
+    ("batch4", ("batch4-first-pass.jsonl", "batch4-second-pass.jsonl")),
+    ("batch5", ("batch5-first-pass.jsonl", "batch5-second-pass.jsonl"))])
 def test_labels_pool_batch_is_the_adjudication_of_its_two_passes(batch, passes):
     """Where the two blind passes agree, the batch has their labels; where they differ, an adjudicator
     (named in the picks) decided, and its decision is on every span of that sentence."""
