@@ -142,6 +142,57 @@ def test_suggest_bad_records_stop_or_are_skipped_and_excluded_ids_passed_over(tm
         suggest([path], model, on_error="skip", exclude={"a", "c"}, progress=False, log=lambda message: None)
 
 
+def test_suggest_min_chars_and_a_seeded_sample_decide_what_is_scored(corpus, tmp_path, make_tiny_model):
+    import random
+
+    model = make_tiny_model(thresholds={"prediction": 0.5, "threat_framing": 0.45, "policy_attribution": 0.55})
+    numbers = {doc_id: number for number, doc_id in enumerate(TEXTS)}
+    short = [doc_id for doc_id, text in TEXTS.items() if len(text) < 20]
+    assert short == ["doc3"]
+    eligible = [numbers[d] for d in TEXTS if d not in short and d != "doc0"]  # doc0 excluded as annotated
+    for seed in (5, 6):
+        summary = suggest([corpus], model, n=2, sample=3, seed=seed, min_chars=20, exclude={"doc0"},
+                          text_field="body", chunk_sentences=2, progress=False)
+        sampled = set(random.Random(seed).sample(eligible, 3))
+        assert (summary.documents, summary.excluded, summary.short, summary.unsampled) == (3, 1, 1, 1)
+        # The picks are the sample's most uncertain: the same as a run over the sampled documents alone.
+        alone = tmp_path / f"sample{seed}.jsonl"
+        alone.write_text("".join(json.dumps({"id": d, "body": t}) + "\n" for d, t in TEXTS.items()
+                                 if numbers[d] in sampled), encoding="utf-8")
+        expected = suggest([alone], model, n=2, text_field="body", progress=False)
+        assert [(s.doc_id, s.priority) for s in summary.suggestions] == [
+            (s.doc_id, s.priority) for s in expected.suggestions]
+    everything = suggest([corpus], model, strategy="random", n=6, sample=100, min_chars=20, text_field="body",
+                         progress=False)
+    assert sorted(s.doc_id for s in everything.suggestions) == sorted(set(TEXTS) - {"doc3"})
+    with pytest.raises(ScoringSetupError, match="--sample must be at least --n \\(3\\), got 2"):
+        suggest([corpus], model, n=3, sample=2, text_field="body", progress=False)
+    with pytest.raises(InputRecordError, match="shorter than --min-chars \\(6\\)"):
+        suggest([corpus], model, min_chars=10_000, text_field="body", progress=False)
+
+
+def test_suggest_resumes_a_sampled_run_with_the_same_sample(corpus, tmp_path, make_tiny_model, monkeypatch):
+    from conftest import interrupt_on_call
+    from stanceclf.errors import ResumeError
+    from stanceclf.infer.suggest import _SuggestRun
+
+    model = make_tiny_model(thresholds={"prediction": 0.5, "threat_framing": 0.45, "policy_attribution": 0.55})
+    common = dict(n=3, sample=4, seed=3, min_chars=20, text_field="body", chunk_sentences=2, progress=False,
+                  log=lambda message: None)
+    clean = tmp_path / "clean.json"
+    suggest([corpus], model, out=clean, **common)
+    out = tmp_path / "tasks.json"
+    real = interrupt_on_call(monkeypatch, _SuggestRun, "process_chunk", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        suggest([corpus], model, out=out, **common)
+    monkeypatch.setattr(_SuggestRun, "process_chunk", real)
+    with pytest.raises(ResumeError, match=r"--sample was 4, now 5"):
+        suggest([corpus], model, out=out, **{**common, "sample": 5})
+    summary = suggest([corpus], model, out=out, **common)
+    assert summary.resumed_from > 0 and (summary.documents, summary.short, summary.unsampled) == (4, 1, 1)
+    assert out.read_bytes() == clean.read_bytes()
+
+
 def test_suggest_tasks_carry_pre_annotations_that_read_back_unchanged(corpus, tmp_path, make_tiny_model):
     model = make_tiny_model(thresholds={"prediction": 0.0, "threat_framing": 0.5, "policy_attribution": 2.0})
     summary = suggest([corpus], model, n=6, text_field="body", progress=False)
@@ -175,6 +226,7 @@ def test_suggest_tasks_carry_pre_annotations_that_read_back_unchanged(corpus, tm
 def test_suggest_model_version_tells_weights_apart(tmp_path, make_tiny_model):
     first = make_tiny_model(seed=0)
     second = make_tiny_model(seed=1)
+    second.manifest.created = "2000-01-01T00:00:00+00:00"  # made in another second: the same model
     assert model_version(first) == model_version(second)  # unsaved: the manifest, alike
     first.save_pretrained(tmp_path / "a")
     second.save_pretrained(tmp_path / "b")
@@ -192,6 +244,16 @@ def test_suggest_annotated_ids_from_tasks_and_exports(tmp_path):
     other.write_text(json.dumps([{"data": {"text": "x"}}]))
     with pytest.raises(ScoringSetupError, match="no task here carries data.doc_id"):
         annotated_ids([other])
+    # The project's own stand-off annotations: a document's id, and the corpus record it is stored by.
+    standoff = tmp_path / "batch.jsonl"
+    standoff.write_text(json.dumps({"doc_id": "d1", "path": "x.txt", "spans": []}) + "\n\n"
+                        + json.dumps({"doc_id": "d2", "path": "pool.jsonl", "record": "r2", "spans": []}) + "\n")
+    assert annotated_ids([standoff, tasks]) == {"d1", "d2", "r2", "a", "7"}
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"doc_id": "d1"}) + "\n" + json.dumps({"path": "x.txt"}) + "\n")
+    with pytest.raises(ScoringSetupError, match="line 2 has no doc_id") as raised:
+        annotated_ids([broken])
+    assert raised.value.where == str(broken)
 
 
 def test_suggest_cli_writes_tasks_and_excludes_an_earlier_round(corpus, tmp_path, tiny_model_dir):
@@ -206,6 +268,14 @@ def test_suggest_cli_writes_tasks_and_excludes_an_earlier_round(corpus, tmp_path
     assert len(ids[0]) == 4 and ids[1] == set(TEXTS) - ids[0]
     result = runner.invoke(app, ["suggest", *common, "--out", str(second)])
     assert result.exit_code == 1 and "--overwrite" in result.output
+    standoff = tmp_path / "annotated.jsonl"  # what 'sheets import --corpus' writes: the corpus id as record
+    standoff.write_text(json.dumps({"doc_id": "doc1", "path": "corpus.jsonl", "record": "doc1", "spans": []}) + "\n")
+    third = tmp_path / "round3.json"
+    result = runner.invoke(app, ["suggest", *common, "--out", str(third), "--exclude", str(standoff), "--n", "2",
+                                 "--sample", "3", "--min-chars", "20", "--strategy", "random"])
+    assert result.exit_code == 0, result.output
+    assert "read 3 documents (excluded 1, 1 shorter than --min-chars, 1 outside the sample" in result.output
+    assert {t["data"]["doc_id"] for t in json.loads(third.read_text())} <= set(TEXTS) - {"doc1", "doc3"}
     result = runner.invoke(app, ["suggest", *common, "--out", str(second), "--strategy", "loudest", "--overwrite"])
     assert result.exit_code == 1 and "unknown strategy 'loudest'" in result.output
 

@@ -24,10 +24,16 @@ def suggest(
     n: int = typer.Option(50, "--n", help="Documents to pick."),
     model: Optional[Path] = typer.Option(None, help="Model directory, or a shipped model's name such as "
                                             "claim-types-student (default: claim-types)."),
-    seed: int = typer.Option(13, help="Seed of the random sample and of the dropout passes."),
+    seed: int = typer.Option(13, help="Seed of the random strategy, of --sample and of the dropout passes."),
     passes: int = typer.Option(8, help="disagreement: forward passes with dropout on."),
-    exclude: List[Path] = typer.Option([], help="Label Studio task files or exports whose documents (data.doc_id) "
-                                       "are not suggested again, e.g. earlier rounds. Repeatable."),
+    exclude: List[Path] = typer.Option([], help="Documents not to suggest again, e.g. earlier rounds: Label Studio "
+                                       "task files or exports (data.doc_id), or stand-off annotations (.jsonl, as "
+                                       "'sheets import' writes them: doc_id and record). Repeatable."),
+    sample: Optional[int] = typer.Option(None, help="Score only a seeded sample (--seed) of this many documents, "
+                                         "drawn after --exclude and --min-chars: for a pool too large to score "
+                                         "whole. At least --n."),
+    min_chars: int = typer.Option(0, help="Pass over documents shorter than this many characters (captions, "
+                                  "briefs: a short one tops a mean over its sentences)."),
     input_format: str = typer.Option("auto", help="auto, txt, jsonl, csv or parquet."),
     id_field: Optional[str] = typer.Option(None, help="Field holding the document id (JSONL, CSV, Parquet); "
                                            "default 'id' where present, else FILE:LINE."),
@@ -51,7 +57,8 @@ def suggest(
         loaded = load_model(model, backend, fast)
         summary = pick(inputs, loaded, strategy=strategy, n=n, seed=seed, input_format=input_format,
                        id_field=id_field, text_field=text_field, max_chars=max_chars, on_error=on_error,
-                       exclude=annotated_ids(exclude), passes=passes, batch_size=batch_size, out=out,
+                       exclude=annotated_ids(exclude), sample=sample, min_chars=min_chars, passes=passes,
+                       batch_size=batch_size, out=out,
                        overwrite=overwrite, blind=blind, progress=progress, log=lambda message: typer.echo(message, err=True))
     except StanceclfError as error:
         fail(error)
@@ -60,8 +67,10 @@ def suggest(
         raise typer.Exit(code=130)
     priorities = [s.priority for s in summary.suggestions]
     resumed = f"; the interrupted run had done {summary.resumed_from} records" if summary.resumed_from else ""
-    typer.echo(f"read {summary.documents} documents (excluded {summary.excluded}, skipped {summary.skipped} bad "
-               f"records{resumed}); wrote {len(priorities)} tasks to {out}, {strategy} priority {max(priorities):.3f} "
+    passed = "".join([f", {summary.short} shorter than --min-chars" if min_chars else "",
+                      f", {summary.unsampled} outside the sample" if sample is not None else ""])
+    typer.echo(f"read {summary.documents} documents (excluded {summary.excluded}{passed}, skipped {summary.skipped} "
+               f"bad records{resumed}); wrote {len(priorities)} tasks to {out}, {strategy} priority {max(priorities):.3f} "
                f"to {min(priorities):.3f}", err=True)
 
 

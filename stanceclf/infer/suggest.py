@@ -29,6 +29,12 @@ are written, highest first:
 ``blind`` tasks carry no prediction, for annotators who must decide without seeing the model's labels
 (double annotation, or measuring the model on the new documents).
 
+Before any strategy, documents can be passed over: those already annotated (``exclude``), those shorter than
+``min_chars`` (a caption or a two-line brief would top a mean over its sentences), and, with ``sample``, all but a
+uniform sample of that many of the rest, drawn with ``seed`` (a pool of a million sentences need not be scored
+whole to find fifty articles worth reading; the sample is drawn from the record numbers in one quick pass over
+the corpus before scoring, so a resumed run draws the same one).
+
 Corpora are read and processed as ``stanceclf score`` processes them (a
 :class:`~stanceclf.infer.scoring.job.ResumableRun`): in chunks, bad records and the lock as in
 ``score``, each document's priority appended to ``OUT.partial`` with a resume state beside it, so
@@ -86,6 +92,9 @@ class SuggestSummary:
     suggestions: list[Suggestion] = field(default_factory=list)
     #: Input records an interrupted run had already done.
     resumed_from: int = 0
+    #: Documents passed over as shorter than ``min_chars``, and as outside the ``sample``.
+    short: int = 0
+    unsampled: int = 0
 
 
 def sentence_uncertainty(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -145,42 +154,49 @@ class _Committee:
 
 @dataclass(frozen=True)
 class Picking:
-    """What to pick: ``n`` documents under ``strategy``, passing over the ids in ``exclude``."""
+    """What to pick: ``n`` documents under ``strategy``, passing over the ids in ``exclude``, documents shorter
+    than ``min_chars`` and, with ``sample``, all but a seeded sample of that many of the others."""
 
     strategy: str = "uncertainty"
     n: int = 50
     seed: int = 13
     passes: int = 8
     exclude: frozenset[str] = frozenset()
+    sample: int | None = None
+    min_chars: int = 0
 
     def shaping(self) -> dict:
         """What a resumed run must share with the interrupted one: all that sets the priorities (``n`` does
         not: the picks are made from every priority at the end)."""
         digest = hashlib.sha256("\n".join(sorted(self.exclude)).encode()).hexdigest()[:12]
-        seeded = self.strategy in ("disagreement", "random")
+        seeded = self.strategy in ("disagreement", "random") or self.sample is not None
         return {"strategy": self.strategy, "seed": self.seed if seeded else None,
                 "passes": self.passes if self.strategy == "disagreement" else None,
-                "exclude": f"{len(self.exclude)} ids, sha256 {digest}"}
+                "exclude": f"{len(self.exclude)} ids, sha256 {digest}", "sample": self.sample,
+                "min_chars": self.min_chars}
 
 
 @dataclass
 class SuggestState(ResumeState):
-    """A suggest run's resume state, with the documents passed over as already annotated and the chunks
-    scored (the disagreement passes' dropout masks depend on the chunk's number)."""
+    """A suggest run's resume state, with the documents passed over (already annotated, too short, not in the
+    sample) and the chunks scored (the disagreement passes' dropout masks depend on the chunk's number)."""
 
     excluded: int = 0
+    short: int = 0
+    unsampled: int = 0
     chunks: int = 0
 
 
 def suggest(paths: list[str | Path], model, *, strategy: str = "uncertainty", n: int = 50, seed: int = 13,
             input_format: str = "auto", id_field: str | None = None, text_field: str = "text",
             max_chars: int = SCORE_DEFAULTS.max_chars, on_error: str = "stop", exclude: set[str] = frozenset(),
-            passes: int = 8, batch_size: int = SCORE_DEFAULTS.batch_size,
+            sample: int | None = None, min_chars: int = 0, passes: int = 8, batch_size: int = SCORE_DEFAULTS.batch_size,
             chunk_sentences: int = SCORE_DEFAULTS.chunk_sentences, out: str | Path | None = None,
             overwrite: bool = False, blind: bool = False, progress: bool = True, log=None) -> SuggestSummary:
     """Pick the ``n`` documents of ``paths`` with the highest priority under ``strategy`` (see the
     module docstring), each with the model's sentence predictions. Documents whose id is in
-    ``exclude`` (e.g. those already annotated) are passed over.
+    ``exclude`` (e.g. those already annotated) are passed over, and so are documents shorter than ``min_chars``;
+    with ``sample``, only a uniform sample of that many of the others (drawn with ``seed``) is scored.
 
     With ``out``, the picks are written there as Label Studio tasks (:func:`write_tasks`) and the run
     resumes as ``stanceclf score`` does: an interrupted call, made again, goes on where it stopped
@@ -190,11 +206,15 @@ def suggest(paths: list[str | Path], model, *, strategy: str = "uncertainty", n:
         raise ScoringSetupError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     if n < 1:
         raise ScoringSetupError(f"--n must be at least 1, got {n}")
+    if sample is not None and sample < n:
+        raise ScoringSetupError(f"--sample must be at least --n ({n}), got {sample}: the picks come from the sample")
+    if min_chars < 0:
+        raise ScoringSetupError(f"--min-chars must be at least 0, got {min_chars}")
     options = score_options(None, {
         "input_format": input_format, "output_format": "jsonl", "id_field": id_field, "text_field": text_field,
         "on_error": on_error, "max_chars": max_chars, "chunk_sentences": chunk_sentences, "batch_size": batch_size,
         "overwrite": overwrite})
-    picking = Picking(strategy, n, seed, passes, frozenset(exclude))
+    picking = Picking(strategy, n, seed, passes, frozenset(exclude), sample, min_chars)
     paths = [Path(p) for p in paths]
     if out is not None:
         return _SuggestRun(paths, Path(out), model, options, picking, log, blind=blind).suggestions(progress)
@@ -217,6 +237,7 @@ class _SuggestRun(ResumableRun):
         self.committee = _Committee(model, picking.passes, picking.seed) if disagreement else None
         self.random: random.Random | None = None
         self.picked: list[Suggestion] = []
+        self.sampled: set[int] | None = None  # record numbers, drawn at the first record read
 
     def shaping(self) -> dict:
         return {**super().shaping(), **self.picking.shaping()}
@@ -225,13 +246,31 @@ class _SuggestRun(ResumableRun):
         """Run under the output's lock: the picks, and counts of what was read."""
         summary = run_locked(self, progress)
         return SuggestSummary(summary.documents, summary.skipped, self.state.excluded, self.picked,
-                              summary.resumed_from)
+                              summary.resumed_from, self.state.short, self.state.unsampled)
 
     def passes_over(self, record) -> bool:
-        if record.doc_id not in self.picking.exclude:
+        if record.doc_id in self.picking.exclude:
+            self.state.excluded += 1
+        elif len(record.text) < self.picking.min_chars:
+            self.state.short += 1
+        elif self.picking.sample is not None and record.number not in self._sample():
+            self.state.unsampled += 1
+        else:
             return False
-        self.state.excluded += 1
         return True
+
+    def _eligible(self, record) -> bool:
+        return (record.error is None and record.doc_id not in self.picking.exclude
+                and len(record.text) >= self.picking.min_chars)
+
+    def _sample(self) -> set[int]:
+        """The record numbers of the sample: ``sample`` of the documents neither bad, excluded nor short,
+        drawn with the seed from one pass over the corpus (the same draw in a resumed run)."""
+        if self.sampled is None:
+            eligible = [record.number for record in self.records() if self._eligible(record)]
+            size = min(self.picking.sample, len(eligible))
+            self.sampled = set(random.Random(self.picking.seed).sample(eligible, size))
+        return self.sampled
 
     def process_chunk(self, chunk: Chunk) -> tuple[list[dict], int]:
         truncated = 0
@@ -304,8 +343,9 @@ class _SuggestRun(ResumableRun):
                            predicted) for number, predicted in zip(order, predictions)]
 
     def why_empty(self, log: Path) -> str:
-        if self.state.excluded:
-            return f"every record was excluded ({self.state.excluded}) or bad ({self.summary.skipped})"
+        if self.state.excluded or self.state.short:
+            short = f", shorter than --min-chars ({self.state.short})" if self.picking.min_chars else ""
+            return f"every record was excluded ({self.state.excluded}){short} or bad ({self.summary.skipped})"
         return super().why_empty(log)
 
     def refuse_empty_result(self, writer) -> None:
@@ -370,20 +410,50 @@ def write_tasks(summary: SuggestSummary, model, out: str | Path, *, strategy: st
 
 def annotated_ids(paths: list[str | Path]) -> set[str]:
     """The document ids of Label Studio task files or exports (JSON or JSON_MIN): ``data.doc_id``, as
-    :func:`label_studio_task` writes it. A file that names none is an error (likely the wrong file)."""
+    :func:`label_studio_task` writes it; or of stanceclf's stand-off annotations (JSONL, one record per document,
+    as ``sheets import`` and ``adjudicate import`` write them): ``doc_id``, and ``record``, the corpus id of a
+    document stored by reference. A file that names none is an error (likely the wrong file)."""
     ids: set[str] = set()
     for path in map(Path, paths):
         try:
-            tasks = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ScoringSetupError(f"cannot read it as a Label Studio JSON file: {exc}", where=str(path)) from None
-        found = set()
-        for task in tasks if isinstance(tasks, list) else []:
-            data = task.get("data", task) if isinstance(task, dict) else None  # full export, or JSON_MIN row
-            if isinstance(data, dict) and data.get(DOC_ID_FIELD) is not None:
-                found.add(str(data[DOC_ID_FIELD]))
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScoringSetupError(f"cannot read it: {exc}", where=str(path)) from None
+        found = _task_ids(text, path) if path.suffix.lower() != ".jsonl" else _standoff_ids(text, path)
         if not found:
-            raise ScoringSetupError(f"no task here carries data.{DOC_ID_FIELD}: not a file of suggested tasks "
-                                    "or their export", where=str(path))
+            raise ScoringSetupError(f"no task here carries data.{DOC_ID_FIELD} and no record a doc_id: not a file "
+                                    "of suggested tasks, their export, or stand-off annotations", where=str(path))
         ids |= found
     return ids
+
+
+def _task_ids(text: str, path: Path) -> set[str]:
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScoringSetupError(f"cannot read it as a Label Studio JSON file: {exc} (stand-off annotations are "
+                                ".jsonl files)", where=str(path)) from None
+    found = set()
+    for task in tasks if isinstance(tasks, list) else []:
+        data = task.get("data", task) if isinstance(task, dict) else None  # full export, or JSON_MIN row
+        if isinstance(data, dict) and data.get(DOC_ID_FIELD) is not None:
+            found.add(str(data[DOC_ID_FIELD]))
+    return found
+
+
+def _standoff_ids(text: str, path: Path) -> set[str]:
+    found = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ScoringSetupError(f"line {number} is not JSON: {exc}", where=str(path)) from None
+        if not isinstance(record, dict) or record.get("doc_id") is None:
+            raise ScoringSetupError(f"line {number} has no doc_id: not a stand-off annotation record",
+                                    where=str(path))
+        found.add(str(record["doc_id"]))
+        if record.get("record") is not None:
+            found.add(str(record["record"]))
+    return found
