@@ -153,7 +153,7 @@ def test_suggest_min_chars_and_a_seeded_sample_decide_what_is_scored(corpus, tmp
     for seed in (5, 6):
         summary = suggest([corpus], model, n=2, sample=3, seed=seed, min_chars=20, exclude={"doc0"},
                           text_field="body", chunk_sentences=2, progress=False)
-        sampled = set(random.Random(seed).sample(eligible, 3))
+        sampled = set(random.Random(f"sample:{seed}").sample(eligible, 3))
         assert (summary.documents, summary.excluded, summary.short, summary.unsampled) == (3, 1, 1, 1)
         # The picks are the sample's most uncertain: the same as a run over the sampled documents alone.
         alone = tmp_path / f"sample{seed}.jsonl"
@@ -188,6 +188,8 @@ def test_suggest_resumes_a_sampled_run_with_the_same_sample(corpus, tmp_path, ma
     monkeypatch.setattr(_SuggestRun, "process_chunk", real)
     with pytest.raises(ResumeError, match=r"--sample was 4, now 5"):
         suggest([corpus], model, out=out, **{**common, "sample": 5})
+    with pytest.raises(ResumeError, match=r"--max-chars was 1000000, now 60"):  # it decides what can be sampled
+        suggest([corpus], model, out=out, **{**common, "max_chars": 60})
     summary = suggest([corpus], model, out=out, **common)
     assert summary.resumed_from > 0 and (summary.documents, summary.short, summary.unsampled) == (4, 1, 1)
     assert out.read_bytes() == clean.read_bytes()
@@ -226,7 +228,9 @@ def test_suggest_tasks_carry_pre_annotations_that_read_back_unchanged(corpus, tm
 def test_suggest_model_version_tells_weights_apart(tmp_path, make_tiny_model):
     first = make_tiny_model(seed=0)
     second = make_tiny_model(seed=1)
-    second.manifest.created = "2000-01-01T00:00:00+00:00"  # made in another second: the same model
+    # Unsaved, a model is known by its manifest, creation time included (it keeps two processes' unsaved models
+    # apart, e.g. on resuming a run): made in the same second, the two are alike.
+    second.manifest.created = first.manifest.created
     assert model_version(first) == model_version(second)  # unsaved: the manifest, alike
     first.save_pretrained(tmp_path / "a")
     second.save_pretrained(tmp_path / "b")
@@ -246,7 +250,8 @@ def test_suggest_annotated_ids_from_tasks_and_exports(tmp_path):
         annotated_ids([other])
     # The project's own stand-off annotations: a document's id, and the corpus record it is stored by.
     standoff = tmp_path / "batch.jsonl"
-    standoff.write_text(json.dumps({"doc_id": "d1", "path": "x.txt", "spans": []}) + "\n\n"
+    standoff.write_text(json.dumps({"doc_id": "d1", "path": "x.txt", "spans": [], "note": "a\u2028b"},
+                                   ensure_ascii=False) + "\n\n"
                         + json.dumps({"doc_id": "d2", "path": "pool.jsonl", "record": "r2", "spans": []}) + "\n")
     assert annotated_ids([standoff, tasks]) == {"d1", "d2", "r2", "a", "7"}
     broken = tmp_path / "broken.jsonl"

@@ -240,7 +240,9 @@ class _SuggestRun(ResumableRun):
         self.sampled: set[int] | None = None  # record numbers, drawn at the first record read
 
     def shaping(self) -> dict:
-        return {**super().shaping(), **self.picking.shaping()}
+        # --max-chars decides which records are bad, and so which can be in a sample: with one, it must stay.
+        sampled = {"max_chars": self.options.max_chars} if self.picking.sample is not None else {}
+        return {**super().shaping(), **self.picking.shaping(), **sampled}
 
     def suggestions(self, progress: bool) -> SuggestSummary:
         """Run under the output's lock: the picks, and counts of what was read."""
@@ -265,11 +267,15 @@ class _SuggestRun(ResumableRun):
 
     def _sample(self) -> set[int]:
         """The record numbers of the sample: ``sample`` of the documents neither bad, excluded nor short,
-        drawn with the seed from one pass over the corpus (the same draw in a resumed run)."""
+        drawn with the seed from one pass over the corpus (the same draw in a resumed run). Its own stream of
+        the seed: the random strategy's keys are drawn from the seed too, and must not follow the draw."""
         if self.sampled is None:
             eligible = [record.number for record in self.records() if self._eligible(record)]
+            if self.picking.sample >= len(eligible):
+                self.log(f"the sample ({self.picking.sample}) is not smaller than the {len(eligible)} documents "
+                         "left after --exclude, --min-chars and bad records: all of them are scored")
             size = min(self.picking.sample, len(eligible))
-            self.sampled = set(random.Random(self.picking.seed).sample(eligible, size))
+            self.sampled = set(random.Random(f"sample:{self.picking.seed}").sample(eligible, size))
         return self.sampled
 
     def process_chunk(self, chunk: Chunk) -> tuple[list[dict], int]:
@@ -443,7 +449,7 @@ def _task_ids(text: str, path: Path) -> set[str]:
 
 def _standoff_ids(text: str, path: Path) -> set[str]:
     found = set()
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may stand inside a JSON string
         if not line.strip():
             continue
         try:

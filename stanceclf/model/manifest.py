@@ -140,6 +140,5 @@ class ModelManifest(BaseModel):
 
 def manifest_digest(manifest: ModelManifest) -> str:
     """The sha256 (hex) of a manifest's JSON: what tells apart two models that share weights
-    (other thresholds or labels), and identifies a model that was never saved. Its creation time is left out:
-    it tells no two models apart, and made two otherwise equal ones differ across a second's boundary."""
-    return hashlib.sha256(manifest.model_copy(update={"created": ""}).to_json().encode()).hexdigest()
+    (other thresholds or labels), and identifies a model that was never saved."""
+    return hashlib.sha256(manifest.to_json().encode()).hexdigest()
