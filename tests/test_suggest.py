@@ -256,9 +256,9 @@ def test_suggest_annotated_ids_from_tasks_and_exports(tmp_path):
     assert annotated_ids([standoff, tasks]) == {"d1", "d2", "r2", "a", "7"}
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps({"doc_id": "d1"}) + "\n" + json.dumps({"path": "x.txt"}) + "\n")
-    with pytest.raises(ScoringSetupError, match="line 2 has no doc_id") as raised:
+    with pytest.raises(ScoringSetupError, match="no doc_id") as raised:
         annotated_ids([broken])
-    assert raised.value.where == str(broken)
+    assert raised.value.where == f"{broken}:2"  # the file and its line
 
 
 def test_suggest_cli_writes_tasks_and_excludes_an_earlier_round(corpus, tmp_path, tiny_model_dir):

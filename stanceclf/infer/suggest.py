@@ -61,6 +61,8 @@ from pathlib import Path
 import numpy as np
 
 from stanceclf.data.label_studio_config import LABELS_CONTROL, TEXT_FIELD, TEXT_OBJECT
+from stanceclf.data.readers.native import iter_jsonl
+from stanceclf.data.readers.validation import SpanChecker
 from stanceclf.errors import InputRecordError, ScoringSetupError, StanceclfError
 from stanceclf.files import write_atomically
 from stanceclf.infer.results import Prediction
@@ -421,11 +423,7 @@ def annotated_ids(paths: list[str | Path]) -> set[str]:
     document stored by reference. A file that names none is an error (likely the wrong file)."""
     ids: set[str] = set()
     for path in map(Path, paths):
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ScoringSetupError(f"cannot read it: {exc}", where=str(path)) from None
-        found = _task_ids(text, path) if path.suffix.lower() != ".jsonl" else _standoff_ids(text, path)
+        found = _standoff_ids(path) if path.suffix.lower() == ".jsonl" else _task_ids(path)
         if not found:
             raise ScoringSetupError(f"no task here carries data.{DOC_ID_FIELD} and no record a doc_id: not a file "
                                     "of suggested tasks, their export, or stand-off annotations", where=str(path))
@@ -433,9 +431,11 @@ def annotated_ids(paths: list[str | Path]) -> set[str]:
     return ids
 
 
-def _task_ids(text: str, path: Path) -> set[str]:
+def _task_ids(path: Path) -> set[str]:
     try:
-        tasks = json.loads(text)
+        tasks = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScoringSetupError(f"cannot read it: {exc}", where=str(path)) from None
     except json.JSONDecodeError as exc:
         raise ScoringSetupError(f"cannot read it as a Label Studio JSON file: {exc} (stand-off annotations are "
                                 ".jsonl files)", where=str(path)) from None
@@ -447,19 +447,17 @@ def _task_ids(text: str, path: Path) -> set[str]:
     return found
 
 
-def _standoff_ids(text: str, path: Path) -> set[str]:
+def _standoff_ids(path: Path) -> set[str]:
+    """``doc_id`` and ``record`` of each record of a stand-off file, read line by line as the native reader
+    reads it (a bad line is an error naming the file and line)."""
     found = set()
-    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may stand inside a JSON string
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScoringSetupError(f"line {number} is not JSON: {exc}", where=str(path)) from None
-        if not isinstance(record, dict) or record.get("doc_id") is None:
-            raise ScoringSetupError(f"line {number} has no doc_id: not a stand-off annotation record",
-                                    where=str(path))
-        found.add(str(record["doc_id"]))
-        if record.get("record") is not None:
-            found.add(str(record["record"]))
+    try:
+        for _, where, record in iter_jsonl(path, SpanChecker()):
+            if not isinstance(record, dict) or record.get("doc_id") is None:
+                raise ScoringSetupError("no doc_id: not a stand-off annotation record", where=where)
+            found.add(str(record["doc_id"]))
+            if record.get("record") is not None:
+                found.add(str(record["record"]))
+    except OSError as exc:
+        raise ScoringSetupError(f"cannot read it: {exc}", where=str(path)) from None
     return found
