@@ -1,4 +1,5 @@
-"""When progress bars show: on a terminal, and for work long enough to watch.
+"""When progress shows, and how: a bar on a terminal for work long enough to watch; a plain line now and
+then in a log file or a pipe, so that a job run under nohup or a scheduler does not look hung for hours.
 
 transformers, datasets and huggingface_hub each draw their own bars (saving shards, mapping and
 writing datasets) and transformers prints a load report on every load. In a log file or a pipe
@@ -16,12 +17,64 @@ from typing import Iterator
 #: Units (sentences, documents) below which work is short enough to need no bar.
 LONG_WORK = 5_000
 
+#: Seconds between two progress lines in a log file, and before the first: work shorter than this writes none.
+LOG_INTERVAL = 60.0
+
+# A log line's layout: no bar (its redraws are what a log cannot show), and the rate averaged over the whole
+# run (``smoothing=0``) so that the time left is an estimate, not the last minute's speed.
+_LOG_LINE = ("{desc}: {percentage:.0f}% ({n_fmt}/{total_fmt}{unit}) "
+             "[{elapsed} elapsed, about {remaining} left, {rate_fmt}{postfix}]")
+_LOG_LINE_OPEN_ENDED = "{desc}: {n_fmt}{unit} [{elapsed} elapsed, {rate_fmt}{postfix}]"
+
 
 def wants_progress(work: int | None = None, *, long_work: int = LONG_WORK, stream=None) -> bool:
     """Bars for ``work`` units: only when ``stream`` (stderr) is a terminal and the work reaches
     ``long_work`` units (``None``: unknown length, judged by the terminal alone)."""
+    return _is_terminal(stream or sys.stderr) and (work is None or work >= long_work)
+
+
+def progress_bar(total: int | None = None, *, show: bool = True, long_work: int = LONG_WORK, stream=None,
+                 log_interval: float | None = None, **options):
+    """A tqdm progress display on ``stream`` (stderr) for ``total`` units (``None``: not known ahead).
+
+    On a terminal it is a bar, drawn when ``total`` reaches ``long_work`` or is unknown
+    (:func:`wants_progress`). Anywhere else (a log file, a pipe) it writes one plain line every
+    ``log_interval`` seconds (:data:`LOG_INTERVAL`) and a last one when it closes; work that ends sooner writes
+    nothing. With
+    ``show`` false it writes nothing. ``options`` go to tqdm (``desc``, ``unit``, ``initial``...); call
+    ``set_postfix(..., refresh=False)`` on it, since a refresh writes a line at once.
+    """
+    from tqdm import tqdm
+
     stream = stream or sys.stderr
-    return bool(getattr(stream, "isatty", lambda: False)()) and (work is None or work >= long_work)
+    log_interval = LOG_INTERVAL if log_interval is None else log_interval
+    if not show:
+        return tqdm(total=total, disable=True, **options)
+    if _is_terminal(stream):
+        return tqdm(total=total, file=stream, dynamic_ncols=True,
+                    disable=not wants_progress(total, long_work=long_work, stream=stream), **options)
+    return tqdm(total=total, file=_LogLines(stream), mininterval=log_interval, delay=log_interval, smoothing=0,
+                ascii=True, bar_format=_LOG_LINE if total else _LOG_LINE_OPEN_ENDED, **options)
+
+
+def _is_terminal(stream) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class _LogLines:
+    """What tqdm writes, as whole lines: tqdm redraws its status in place (a carriage return, the text,
+    spaces over the longer previous text), which a log file keeps as one ever longer line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 # (module, query, whether the query answers "disabled", enable, disable): each library's bar switch.

@@ -357,6 +357,21 @@ def test_cli_score_draws_no_progress_bar_into_a_log(tmp_path, tiny_model_dir):
     assert "sent/s" not in result.output and "\r" not in result.output, result.output
 
 
+def test_cli_score_into_a_log_writes_plain_progress_lines(tmp_path, tiny_model_dir, monkeypatch):
+    from stanceclf import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)  # a line at every chunk, not a line a minute
+    records = [json.dumps({"id": f"d{i}", "text": TEXT}) for i in range(3)]
+    (tmp_path / "in.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["score", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                                 "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("scoring: ")]
+    assert lines and "\r" not in result.output, result.output
+    written = sum(1 for _ in open(tmp_path / "o.jsonl", encoding="utf-8"))
+    assert lines[-1].startswith(f"scoring: {written} sent [") and "docs=3" in lines[-1], lines[-1]
+
+
 def test_cli_verbs_take_a_shipped_model_by_name(tmp_path, tiny_model_dir, monkeypatch):
     import shutil
 

@@ -103,6 +103,22 @@ def test_training_loss_falls_and_model_learns_toy_labels(tmp_path, base_tokenize
     assert "ece_after_calibration" in test and test["ece_after_calibration"] <= test["ece_before_calibration"] + 0.02
 
 
+def test_training_into_a_log_writes_step_lines_up_to_the_last_step(tmp_path, base_tokenizer, capsys,
+                                                                    monkeypatch):
+    import re
+
+    from stanceclf import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)  # a line at every step, not a line a minute
+    recipe = load_recipe(write_recipe(tmp_path), ["training.epochs=2"])
+    trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=True)
+    steps = trained.manifest.training["steps"]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training: ")]
+    assert all("\r" not in line for line in lines)
+    assert re.match(rf"training: 100% \({steps}/{steps} steps\) .*epoch=2\.00, loss=\d", lines[-1]), lines[-1]
+    assert len(lines) >= steps, "one line per step at a zero interval"
+
+
 def test_training_bf16_mixed_precision_learns_and_saves_float32(tmp_path, base_tokenizer):
     import torch
 

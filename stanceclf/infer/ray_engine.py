@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections import deque
@@ -47,7 +46,7 @@ from stanceclf.data.corpus_inputs import text_problem
 from stanceclf.infer.scoring.job import (SCORE_DEFAULTS, ChunkFiller, ScoreOptions, ScoreSummary, ScoringRun,
                                          run_locked, score_options)
 from stanceclf.infer.scoring.outputs import make_writer
-from stanceclf.progress import wants_progress
+from stanceclf.progress import progress_bar
 
 if TYPE_CHECKING:
     from stanceclf.infer.model import StanceModel
@@ -255,14 +254,11 @@ class _RayRun(ScoringRun):
 
     def _read_into_chunks(self, ray, progress: bool) -> None:
         """Check every record and cut the good ones into chunks; counting tasks run while reading goes on."""
-        from tqdm import tqdm
-
         count = ray.remote(num_cpus=1)(count_sentences)
         splitter = self.model.manifest.splitter.model_dump()
         window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         chunks, counting, group = ChunkFiller(self.options.chunk_sentences), deque(), []
-        with tqdm(desc="reading", unit=" docs", disable=not (progress and wants_progress()), dynamic_ncols=True,
-                  file=sys.stderr) as bar:
+        with progress_bar(None, show=progress, desc="reading", unit=" docs") as bar:
             for record in self.records():
                 if record.error is not None:
                     self.handle_bad_record(record)
@@ -297,8 +293,6 @@ class _RayRun(ScoringRun):
                                                  "text": [r.text for r in records]})))
 
     def _score_chunks(self, ray, progress: bool) -> None:
-        from tqdm import tqdm
-
         cluster = self.cluster
         constructor = {"model": ray.put(ModelFiles.read(self.model.path)), "backend": self.model.backend,
                        "per_document": self.options.per_document, "batch_size": self.options.batch_size,
@@ -310,8 +304,8 @@ class _RayRun(ScoringRun):
             num_cpus=cluster.cpus_per_actor)
         self.writer.open(None)
         try:
-            with tqdm(total=self.summary.sentences, desc="scoring on ray", unit=" sent",
-                      disable=not (progress and wants_progress()), dynamic_ncols=True, file=sys.stderr) as bar:
+            with progress_bar(self.summary.sentences, show=progress, long_work=0, desc="scoring on ray",
+                              unit=" sent") as bar:
                 batches = rows.iter_batches(batch_size=None, batch_format="pyarrow")
                 for table in _cluster_errors_coded(ray, batches):
                     self._write(table, bar)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,9 +211,7 @@ class TeacherScoreCache:
 
     def _scored(self, texts: list[str], batch_size: int, progress: bool) -> dict[str, np.ndarray]:
         """The cached scores, completed with those of ``texts`` not yet scored."""
-        from tqdm import tqdm
-
-        from stanceclf.progress import wants_progress
+        from stanceclf.progress import progress_bar
 
         known = self._load()
         distinct = dict.fromkeys(texts)
@@ -223,8 +220,7 @@ class TeacherScoreCache:
         log.warning("distill: teacher %s: %d of %d distinct sentences already scored (cached in %s)", name,
                     len(distinct) - len(missing), len(distinct), self.folder)
         if missing:
-            with tqdm(total=len(missing), unit=" sent", desc=f"teacher {name}", file=sys.stderr,
-                      disable=not (progress and wants_progress(len(missing))), dynamic_ncols=True) as bar:
+            with progress_bar(len(missing), show=progress, unit=" sent", desc=f"teacher {name}") as bar:
                 for begin in range(0, len(missing), CHUNK_SENTENCES):
                     chunk = missing[begin: begin + CHUNK_SENTENCES]
                     scores = teacher_probabilities(self.teacher, chunk, batch_size)

@@ -36,7 +36,7 @@ from stanceclf.model.base_models import resolve_base
 from stanceclf.model.decision import decide, probabilities
 from stanceclf.model.manifest import ModelManifest
 from stanceclf.model.metrics import expected_calibration_error, multilabel_report
-from stanceclf.progress import library_output, wants_progress
+from stanceclf.progress import library_output, progress_bar, wants_progress
 from stanceclf.train.calibration import calibrate
 from stanceclf.train.recipe import Recipe
 from stanceclf.train.signature import checkpoint_step, checkpoint_to_resume
@@ -262,10 +262,44 @@ def make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, t
     # Positive weights from the gold labels only: the teachers' probabilities are targets, not counts.
     pos_weight = positive_weights(np.array(dataset["train"]["labels"], dtype=np.float32), settings.pos_weight)
     callbacks = [EarlyStoppingCallback(settings.early_stopping_patience)] if settings.early_stopping_patience else []
+    if progress and not wants_progress():  # the Trainer's own bar is for terminals (disable_tqdm)
+        callbacks.append(_step_lines())
     return _make_trainer_class()(
         model=model, args=_training_arguments(recipe, progress), train_dataset=encoded["train"],
         eval_dataset=encoded["dev"], data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_dev_macro_f1, callbacks=callbacks, pos_weight=pos_weight)
+
+
+def _step_lines():
+    """A callback that writes the optimisation steps' progress as a line a minute (:func:`progress_bar`): in a
+    log file a training of hours would otherwise say nothing between its per-epoch metrics."""
+    from transformers import TrainerCallback
+
+    class StepLines(TrainerCallback):
+        bar = loss = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # A resumed run starts at its checkpoint's step: the rate and time left count this run's steps.
+            self.bar = progress_bar(state.max_steps, desc="training", unit=" steps", initial=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                shown = {"epoch": f"{state.epoch or 0:.2f}"}
+                if self.loss is not None:
+                    shown["loss"] = f"{self.loss:.4f}"
+                self.bar.set_postfix(shown, refresh=False)
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return StepLines()
 
 
 def encoded_inputs(tokenizer, pairs: PairEncoder | None, batch: dict, max_length: int) -> dict:

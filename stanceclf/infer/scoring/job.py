@@ -344,13 +344,10 @@ class ResumableRun(ScoringRun):
         return self.state_type(signature=signature.as_dict())
 
     def _process_all(self, progress: bool) -> None:
-        from tqdm import tqdm
+        from stanceclf.progress import progress_bar
 
-        from stanceclf.progress import wants_progress
-
-        # A bar redrawn with carriage returns is noise in a log file: on a terminal only.
-        self.bar = tqdm(total=None, unit=" sent", disable=not (progress and wants_progress()), dynamic_ncols=True,
-                        desc=self.activity, file=sys.stderr)
+        # A bar on a terminal, a line a minute in a log file (resumed runs count on from their state).
+        self.bar = progress_bar(None, show=progress, unit=" sent", desc=self.activity, initial=self.state.sentences)
         try:
             for chunk in self.chunks(self.model.split, start=self.state.records_done):
                 self._flush(chunk)
@@ -378,8 +375,8 @@ class ResumableRun(ScoringRun):
         state.output_length = self.writer.commit()
         state.save(self.files.progress)
         self.summary = _summary_of(state, self.summary)
+        self.bar.set_postfix(docs=state.documents, skipped=state.skipped, refresh=False)
         self.bar.update(sentences)
-        self.bar.set_postfix(docs=state.documents, skipped=state.skipped)
 
 
 class _LocalRun(ResumableRun):
