@@ -10,6 +10,7 @@ wraps such calls in :func:`library_output`, which silences them unless the calle
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -20,11 +21,12 @@ LONG_WORK = 5_000
 #: Seconds between two progress lines in a log file, and before the first: work shorter than this writes none.
 LOG_INTERVAL = 60.0
 
-# A log line's layout: no bar (its redraws are what a log cannot show), and the rate averaged over the whole
-# run (``smoothing=0``) so that the time left is an estimate, not the last minute's speed.
-_LOG_LINE = ("{desc}: {percentage:.0f}% ({n_fmt}/{total_fmt}{unit}) "
-             "[{elapsed} elapsed, about {remaining} left, {rate_fmt}{postfix}]")
-_LOG_LINE_OPEN_ENDED = "{desc}: {n_fmt}{unit} [{elapsed} elapsed, {rate_fmt}{postfix}]"
+# A log line's layout: no bar (its redraws are what a log cannot show), the rate as units per second even
+# below one (a CPU training step takes seconds), averaged over the whole run (``smoothing=0``) so that the time
+# left is an estimate, not the last minute's speed; a tenth of a percent, so that 99.6% does not read 100%.
+_LOG_LINE = ("{desc}: {percentage:.1f}% ({n_fmt}/{total_fmt}{unit}) "
+             "[{elapsed} elapsed, about {remaining} left, {rate_noinv_fmt}{postfix}]")
+_LOG_LINE_OPEN_ENDED = "{desc}: {n_fmt}{unit} [{elapsed} elapsed, {rate_noinv_fmt}{postfix}]"
 
 
 def wants_progress(work: int | None = None, *, long_work: int = LONG_WORK, stream=None) -> bool:
@@ -53,8 +55,12 @@ def progress_bar(total: int | None = None, *, show: bool = True, long_work: int 
     if _is_terminal(stream):
         return tqdm(total=total, file=stream, dynamic_ncols=True,
                     disable=not wants_progress(total, long_work=long_work, stream=stream), **options)
-    return tqdm(total=total, file=_LogLines(stream), mininterval=log_interval, delay=log_interval, smoothing=0,
-                ascii=True, bar_format=_LOG_LINE if total else _LOG_LINE_OPEN_ENDED, **options)
+    options.setdefault("unit", " it")
+    # miniters=1: tqdm's own choice of it (a minute's worth of units) lets its monitor thread add a line 10 to
+    # 20 s after each one; position=0: a second open bar would write cursor moves into the log.
+    return tqdm(total=total, file=_LogLines(stream), mininterval=log_interval, delay=log_interval, miniters=1,
+                smoothing=0, position=0, ascii=True, bar_format=_LOG_LINE if total else _LOG_LINE_OPEN_ENDED,
+                **options)
 
 
 def _is_terminal(stream) -> bool:
@@ -63,13 +69,14 @@ def _is_terminal(stream) -> bool:
 
 class _LogLines:
     """What tqdm writes, as whole lines: tqdm redraws its status in place (a carriage return, the text,
-    spaces over the longer previous text), which a log file keeps as one ever longer line."""
+    spaces over the longer previous text), which a log file keeps as one ever longer line; and it pads
+    numbers to a fixed width so that a bar stands still, which a line does not need."""
 
     def __init__(self, stream):
         self.stream = stream
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").rstrip()
+        line = re.sub(" {2,}", " ", text.replace("\r", "")).strip()
         if line:
             self.stream.write(line + "\n")
 

@@ -164,6 +164,24 @@ def test_scoring_refuses_to_resume_with_another_backend(tmp_path, tiny_model, mo
     assert len(read_jsonl(tmp_path / "o.jsonl")) == 120
 
 
+def test_resumed_scoring_in_a_log_counts_on_from_the_sentences_already_done(tmp_path, tiny_model, monkeypatch,
+                                                                            capsys):
+    from stanceclf import progress
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": ARTICLE} for i in range(40)])
+    real_predict = interrupt_on_call(monkeypatch, StanceModel, "proba_and_truncation", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=False, chunk_sentences=30)
+    monkeypatch.setattr(StanceModel, "proba_and_truncation", real_predict)
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)  # a line at every chunk
+    capsys.readouterr()
+    summary = score_corpus([source], tmp_path / "o.jsonl", tiny_model, progress=True, chunk_sentences=30)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("scoring: ")]
+    assert summary.resumed_sentences > 0
+    assert lines[0].startswith(f"scoring: {summary.resumed_sentences} sent ["), lines[0]
+    assert lines[-1].startswith("scoring: 120 sent [") and "docs=40" in lines[-1], lines[-1]
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_scoring_resumes_after_kill_without_lost_or_duplicated_rows(tmp_path, tiny_model_dir, fmt):
     records = [{"id": f"doc{i:04d}", "text": f"Document {i} says NATO will grow. " + ARTICLE} for i in range(1500)]

@@ -115,7 +115,7 @@ def test_training_into_a_log_writes_step_lines_up_to_the_last_step(tmp_path, bas
     steps = trained.manifest.training["steps"]
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training: ")]
     assert all("\r" not in line for line in lines)
-    assert re.match(rf"training: 100% \({steps}/{steps} steps\) .*epoch=2\.00, loss=\d", lines[-1]), lines[-1]
+    assert re.match(rf"training: 100\.0% \({steps}/{steps} steps\) .*epoch=2\.00, loss=\d", lines[-1]), lines[-1]
     assert len(lines) >= steps, "one line per step at a zero interval"
 
 

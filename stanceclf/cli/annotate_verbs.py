@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail, load_model
+from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, PROGRESS_OPTION, fail, load_model
 from stanceclf.errors import StanceclfError
 from stanceclf.infer.scoring.job import SCORE_DEFAULTS
 
@@ -47,7 +47,7 @@ def suggest(
     overwrite: bool = typer.Option(False, help="Start again even if OUT or an interrupted run exists."),
     blind: bool = typer.Option(False, help="Tasks without the model's labels or priority, for annotators who must "
                                "decide unprompted."),
-    progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
+    progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Pick the documents most worth annotating next and write them as pre-annotated Label Studio tasks.
     Interrupted runs resume."""

@@ -24,6 +24,8 @@ def _backend_help() -> str:
 
 BACKEND_OPTION = typer.Option("torch", help=_backend_help())
 FAST_OPTION = typer.Option(False, help="Shorthand for --backend auto.")
+PROGRESS_OPTION = typer.Option(True, help="Show progress: a bar on a terminal, a line a minute in a log file "
+                               "(none for a run shorter than that).")
 
 
 def load_model(model: Path | None, backend: str, fast: bool) -> StanceModel:

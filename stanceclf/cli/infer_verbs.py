@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, fail, load_model
+from stanceclf.cli.common import BACKEND_OPTION, FAST_OPTION, PROGRESS_OPTION, fail, load_model
 from stanceclf.errors import StanceclfError
 from stanceclf.infer.scoring.job import SCORE_DEFAULTS
 
@@ -94,7 +94,7 @@ def score(
     backend: str = BACKEND_OPTION,
     fast: bool = FAST_OPTION,
     overwrite: bool = typer.Option(False, help="Start again even if OUT or an interrupted run exists."),
-    progress: bool = typer.Option(True, help="Show a progress bar (on a terminal)."),
+    progress: bool = PROGRESS_OPTION,
     engine: str = typer.Option("local", help="local: this machine, resumable; ray: a Ray cluster (same rows, "
                                "not resumable; needs pip install 'stanceclf[ray]')."),
     address: Optional[str] = typer.Option(None, help="--engine ray: the cluster: auto (the one this machine "

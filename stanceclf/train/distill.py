@@ -41,6 +41,7 @@ from stanceclf.errors import RecipeError
 from stanceclf.files import exclusive_lock, replaced_atomically
 from stanceclf.infer.scoring.job import SCORE_DEFAULTS
 from stanceclf.model.architectures import architecture_of
+from stanceclf.progress import progress_bar
 from stanceclf.train.augment import MIN_WORDS, noisy_copies
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def prepare_distillation(recipe, schema, dataset, splitter, *, progress: bool = 
     labels = schema.label_names
     teachers = [_load_teacher(recipe, path, labels) for path in settings.teachers]
     labelled = {text for split in dataset.values() for text in split["text"]}
-    unlabelled, read = unlabelled_sentences(recipe, splitter, exclude=labelled)
+    unlabelled, read = unlabelled_sentences(recipe, splitter, exclude=labelled, progress=progress)
     train_texts = list(dataset["train"]["text"])
     held_out = {text for name, split in dataset.items() if name != "train" for text in split["text"]}
     augmented = noisy_copies(train_texts, settings.augment_labelled, seed=recipe.seed,
@@ -145,7 +146,7 @@ def _load_teacher(recipe, path: str, labels: list[str]):
     return teacher
 
 
-def unlabelled_sentences(recipe, splitter, *, exclude: set[str]) -> tuple[list[str], dict]:
+def unlabelled_sentences(recipe, splitter, *, exclude: set[str], progress: bool = False) -> tuple[list[str], dict]:
     """The distinct sentences of the unlabelled inputs, in reading order, less those in ``exclude``;
     and counts of what was read, for the manifest. The inputs are read as ``stanceclf score`` reads
     a corpus; a bad record stops the run with its name (E030), or with ``on_error = "skip"`` is
@@ -165,15 +166,18 @@ def unlabelled_sentences(recipe, splitter, *, exclude: set[str]) -> tuple[list[s
         raise RecipeError(f"distill.unlabelled: {error}", where=recipe.source) from None
     seen, sentences = set(), []
     counts = {"unlabelled_documents": 0, "unlabelled_sentences_read": 0, "unlabelled_left_out_as_labelled": 0}
-    for chunk in reader.chunks(splitter.split):
-        counts["unlabelled_documents"] += len(chunk.documents)
-        for sentence in chunk.sentences:
-            counts["unlabelled_sentences_read"] += 1
-            if sentence.text in exclude:
-                counts["unlabelled_left_out_as_labelled"] += 1
-            elif sentence.text not in seen:
-                seen.add(sentence.text)
-                sentences.append(sentence.text)
+    # A pool of millions of sentences takes minutes to read and split.
+    with progress_bar(None, show=progress, desc="reading unlabelled", unit=" docs") as bar:
+        for chunk in reader.chunks(splitter.split):
+            counts["unlabelled_documents"] += len(chunk.documents)
+            for sentence in chunk.sentences:
+                counts["unlabelled_sentences_read"] += 1
+                if sentence.text in exclude:
+                    counts["unlabelled_left_out_as_labelled"] += 1
+                elif sentence.text not in seen:
+                    seen.add(sentence.text)
+                    sentences.append(sentence.text)
+            bar.update(len(chunk.documents))
     if settings.max_unlabelled is not None and len(sentences) > settings.max_unlabelled:
         # A uniform sample, kept in reading order: the same recipe and pool give the same sentences.
         drawn = np.random.default_rng(recipe.seed).choice(len(sentences), settings.max_unlabelled, replace=False)
@@ -211,8 +215,6 @@ class TeacherScoreCache:
 
     def _scored(self, texts: list[str], batch_size: int, progress: bool) -> dict[str, np.ndarray]:
         """The cached scores, completed with those of ``texts`` not yet scored."""
-        from stanceclf.progress import progress_bar
-
         known = self._load()
         distinct = dict.fromkeys(texts)
         missing = [t for t in distinct if t not in known]

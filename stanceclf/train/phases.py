@@ -279,25 +279,35 @@ def _step_lines():
         bar = loss = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            # A resumed run starts at its checkpoint's step: the rate and time left count this run's steps.
-            self.bar = progress_bar(state.max_steps, desc="training", unit=" steps", initial=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.bar is not None and logs and "loss" in logs:
-                self.loss = float(logs["loss"])
+            if state.is_world_process_zero:  # one process's lines, as the Trainer's own bar
+                # A resumed run starts at its checkpoint's step: the rate and time left count this run's steps.
+                self.bar = progress_bar(state.max_steps, desc="training", unit=" steps", initial=state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:
-                shown = {"epoch": f"{state.epoch or 0:.2f}"}
-                if self.loss is not None:
-                    shown["loss"] = f"{self.loss:.4f}"
-                self.bar.set_postfix(shown, refresh=False)
+                self.bar.set_postfix(self._shown(state), refresh=False)
                 self.bar.update(state.global_step - self.bar.n)
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            # Logs come after the step's on_step_end: the mean loss of the period just ended.
+            if self.bar is not None and logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+                self.bar.set_postfix(self._shown(state), refresh=False)
+
         def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
+            if self.bar is None:
+                return
+            if self.bar.n < self.bar.total:  # early stopping: the steps left will not run
+                self.bar.set_description("training (stopped early)", refresh=False)
+                self.bar.total = self.bar.n
+            self.bar.close()
+            self.bar = None
+
+        def _shown(self, state) -> dict:
+            shown = {"epoch": f"{state.epoch or 0:.2f}"}
+            if self.loss is not None:
+                shown["loss"] = f"{self.loss:.4f}"
+            return shown
 
     return StepLines()
 
