@@ -13,7 +13,10 @@ import importlib
 import re
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 #: Units (sentences, documents) below which work is short enough to need no bar.
 LONG_WORK = 5_000
@@ -36,7 +39,7 @@ def wants_progress(work: int | None = None, *, long_work: int = LONG_WORK, strea
 
 
 def progress_bar(total: int | None = None, *, show: bool = True, long_work: int = LONG_WORK, stream=None,
-                 log_interval: float | None = None, **options):
+                 log_interval: float | None = None, **options) -> tqdm:
     """A tqdm progress display on ``stream`` (stderr) for ``total`` units (``None``: not known ahead).
 
     On a terminal it is a bar, drawn when ``total`` reaches ``long_work`` or is unknown
