@@ -45,8 +45,7 @@ def progress_bar(total: int | None = None, *, show: bool = True, long_work: int 
     On a terminal it is a bar, drawn when ``total`` reaches ``long_work`` or is unknown
     (:func:`wants_progress`). Anywhere else (a log file, a pipe) it writes one plain line every
     ``log_interval`` seconds (:data:`LOG_INTERVAL`) and a last one when it closes; work that ends sooner writes
-    nothing. With
-    ``show`` false it writes nothing. ``options`` go to tqdm (``desc``, ``unit``, ``initial``...); call
+    nothing. With ``show`` false it writes nothing. ``options`` go to tqdm (``desc``, ``unit``, ``initial``...); call
     ``set_postfix(..., refresh=False)`` on it, since a refresh writes a line at once.
     """
     from tqdm import tqdm
