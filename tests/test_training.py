@@ -119,6 +119,23 @@ def test_training_into_a_log_writes_step_lines_up_to_the_last_step(tmp_path, bas
     assert len(lines) >= steps, "one line per step at a zero interval"
 
 
+def test_training_stopped_early_says_so_in_its_last_log_line(tmp_path, base_tokenizer, capsys, monkeypatch):
+    import re
+
+    from stanceclf import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)
+    # A learning rate near zero leaves dev macro F1 where it was after the first epoch: with a patience of
+    # one epoch, training stops after the second of six, every time.
+    recipe = load_recipe(write_recipe(tmp_path), ["training.learning_rate=1e-12", "training.early_stopping_patience=1"])
+    trained = train(recipe, model=tiny(base_tokenizer), tokenizer=base_tokenizer, progress=True)
+    steps = trained.manifest.training["steps"]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training")]
+    assert re.match(rf"training \(stopped early\): 100\.0% \({steps}/{steps} steps\) .*epoch=2\.00",
+                    lines[-1]), lines[-1]
+    assert not any("stopped early" in line for line in lines[:-1])
+
+
 def test_training_bf16_mixed_precision_learns_and_saves_float32(tmp_path, base_tokenizer):
     import torch
 

@@ -298,7 +298,7 @@ def _step_lines():
             if self.bar is None:
                 return
             if self.bar.n < self.bar.total:  # early stopping: the steps left will not run
-                self.bar.set_description("training (stopped early)", refresh=False)
+                self.bar.set_description_str("training (stopped early)", refresh=False)  # no ": " added
                 self.bar.total = self.bar.n
             self.bar.close()
             self.bar = None
