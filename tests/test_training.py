@@ -386,21 +386,41 @@ def test_training_group_by_length_batches_sentences_of_like_length(tmp_path, bas
     assert padding[True] < 0.5 * padding[False]
 
 
-def test_training_group_by_length_keyword_follows_the_transformers_arguments():
-    """Later transformers 5 releases replaced the ``group_by_length`` flag by ``train_sampling_strategy``
-    (stand-in argument classes of both kinds; the installed one is used by the padding test above)."""
-    import dataclasses
+def test_training_group_by_length_uses_shuffled_length_groups(tmp_path, base_tokenizer):
+    """transformers' own length grouping orders each run of 50 batches long to short (an MPNet LoRA run
+    never learned with it): the trainer draws its batches from stanceclf.train.sampling instead."""
+    from stanceclf.train.phases import make_trainer, prepared_data
+    from stanceclf.train.sampling import ShuffledLengthGroupSampler
 
-    from stanceclf.train.phases import _sampling_argument
+    recipe = load_recipe(write_recipe(tmp_path), ["training.group_by_length=true"])
+    dataset = prepared_data(recipe, load_schema("claim-types"))[0]
+    trainer = make_trainer(recipe, tiny(base_tokenizer), base_tokenizer, dataset, progress=False)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, ShuffledLengthGroupSampler) and sampler.batch_size == 8 and sampler.seed == 3
+    assert len(sampler) == len(trainer.train_dataset)
 
-    @dataclasses.dataclass
-    class Older:
-        group_by_length: bool = False
 
-    @dataclasses.dataclass
-    class Newer:
-        train_sampling_strategy: str = "random"
+@pytest.mark.parametrize("grouped", [False, True])
+def test_training_resumed_in_the_middle_of_an_epoch_sees_the_batches_it_had_not_seen(tmp_path, base_tokenizer,
+                                                                                   grouped):
+    # 20 steps an epoch: killed after step 25's checkpoint, in the second epoch (the first epoch's order is
+    # drawn from a fresh seed in both runs, so it would hide a sampler that ignores the epoch).
+    recipe = load_recipe(write_recipe(tmp_path), ["training.max_steps=30", "training.eval_every=25",
+                                                  f"training.group_by_length={str(grouped).lower()}"])
 
-    assert _sampling_argument(Older, True) == {"group_by_length": True}
-    assert _sampling_argument(Newer, True) == {"train_sampling_strategy": "group_by_length"}
-    assert _sampling_argument(Newer, False) == {"train_sampling_strategy": "random"}
+    def batches_seen(model) -> list:
+        seen = []
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(sorted(map(tuple, kwargs["input_ids"].tolist())))
+            if module.training else None, with_kwargs=True)
+        return seen
+
+    whole = batches_seen(model := tiny(base_tokenizer))
+    train(recipe, model=model, tokenizer=base_tokenizer, progress=False)
+    run = tmp_path / "run"
+    assert json.loads((run / "checkpoint-25" / "trainer_state.json").read_text())["epoch"] == 1.25
+    shutil.rmtree(run / "checkpoint-30")
+    shutil.rmtree(tmp_path / "model")
+    resumed = batches_seen(model := tiny(base_tokenizer, seed=1))
+    train(recipe, model=model, tokenizer=base_tokenizer, progress=False)
+    assert len(whole) == 30 and resumed == whole[25:]

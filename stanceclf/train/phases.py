@@ -39,6 +39,7 @@ from stanceclf.model.metrics import expected_calibration_error, multilabel_repor
 from stanceclf.progress import library_output, progress_bar, wants_progress
 from stanceclf.train.calibration import calibrate
 from stanceclf.train.recipe import Recipe
+from stanceclf.train.sampling import ShuffledLengthGroupSampler
 from stanceclf.train.signature import checkpoint_step, checkpoint_to_resume
 
 if TYPE_CHECKING:
@@ -163,9 +164,19 @@ def _make_trainer_class():
         # gradient accumulation steps (it skips that for models that take loss kwargs).
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, pos_weight=None, **kwargs):
+        def __init__(self, *args, pos_weight=None, group_by_length=False, **kwargs):
             super().__init__(*args, **kwargs)
             self.pos_weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
+            self.group_by_length = group_by_length
+
+        def _get_train_sampler(self, train_dataset=None):
+            # transformers' length grouping leaves each run of 50 batches sorted long to short: ours shuffles
+            # the batches (stanceclf.train.sampling).
+            if not self.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            rows = train_dataset if train_dataset is not None else self.train_dataset
+            return ShuffledLengthGroupSampler([len(ids) for ids in rows["input_ids"]], self._train_batch_size,
+                                              seed=self.args.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -219,21 +230,10 @@ def _training_arguments(recipe: Recipe, progress: bool):
         # Bars only on a terminal: in a log each redraw is a line of noise.
         report_to=[], disable_tqdm=not (progress and wants_progress()), use_cpu=_use_cpu(),
         bf16=_use_bf16(settings.precision),
-        dataloader_num_workers=0,
-        **_sampling_argument(TrainingArguments, settings.group_by_length),
+        dataloader_num_workers=0,  # length grouping: the trainer's own sampler (make_trainer)
         # The encoded splits hold only what the loss reads; a distillation row's "weight" is not a model input.
         remove_unused_columns=False,
     )
-
-
-def _sampling_argument(arguments_class, group_by_length: bool) -> dict:
-    """The ``TrainingArguments`` keyword for length-grouped batches: later transformers 5 releases replaced
-    the ``group_by_length`` flag with ``train_sampling_strategy``."""
-    import dataclasses
-
-    if "train_sampling_strategy" in {field.name for field in dataclasses.fields(arguments_class)}:
-        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
-    return {"group_by_length": group_by_length}
 
 
 def make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, train_rows=None) -> transformers.Trainer:
@@ -267,7 +267,8 @@ def make_trainer(recipe: Recipe, model, tokenizer, dataset, progress: bool, *, t
     return _make_trainer_class()(
         model=model, args=_training_arguments(recipe, progress), train_dataset=encoded["train"],
         eval_dataset=encoded["dev"], data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_dev_macro_f1, callbacks=callbacks, pos_weight=pos_weight)
+        compute_metrics=_dev_macro_f1, callbacks=callbacks, pos_weight=pos_weight,
+        group_by_length=settings.group_by_length)
 
 
 def _step_lines():

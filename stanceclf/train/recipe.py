@@ -81,11 +81,9 @@ class TrainingSection(BaseModel):
     #: Arithmetic of the forward and backward passes: float32, or bfloat16 mixed precision
     #: (master weights stay float32); "auto" takes bf16 on a GPU or a CPU with native bfloat16.
     precision: Literal["float32", "bf16", "auto"] = "float32"
-    #: Batches of sentences of about the same length (transformers' length-grouped sampler) instead of
-    #: random ones: far less padding, so fewer operations a step. Off by default, so that a recipe
-    #: written before it still trains the same model. A run resumed in the middle of an epoch sees that
-    #: epoch in another order (transformers draws it before restoring the random state), so some of its
-    #: sentences come twice and others not at all; random batches resume exactly.
+    #: Batches of sentences of about the same length, in a shuffled order (stanceclf.train.sampling),
+    #: instead of random ones: far less padding, so fewer operations a step. Off by default, so that a
+    #: recipe written before it still trains the same model. Resumes exactly, as random batches do.
     group_by_length: bool = False
 
     @field_validator("eval_every")
