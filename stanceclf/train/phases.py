@@ -230,7 +230,8 @@ def _training_arguments(recipe: Recipe, progress: bool):
         # Bars only on a terminal: in a log each redraw is a line of noise.
         report_to=[], disable_tqdm=not (progress and wants_progress()), use_cpu=_use_cpu(),
         bf16=_use_bf16(settings.precision),
-        dataloader_num_workers=0,  # length grouping: the trainer's own sampler (make_trainer)
+        # No train_sampling_strategy: length grouping is the trainer's own sampler (_get_train_sampler).
+        dataloader_num_workers=0,
         # The encoded splits hold only what the loss reads; a distillation row's "weight" is not a model input.
         remove_unused_columns=False,
     )
