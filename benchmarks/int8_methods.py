@@ -3,9 +3,10 @@
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI python benchmarks/int8_methods.py --model models/claim-types \
         --threads 2 --write benchmarks/results/int8-methods-vnni.md
 
-On labelled sentences the model never trained on (the default recipe's test split, and the batch-3
-articles, which the shipped models never saw), each method's label decisions are compared with torch
-fp32's, and timed through ``predict_proba`` (tokenising and batching included):
+On labelled sentences of articles the model never saw, in training or in its dev split (its manifest lists
+them): those of the default recipe's data, and those of batches 4 and 5, labelled after the shipped models
+were trained. Each method's label decisions are compared with torch fp32's, and timed through
+``predict_proba`` (tokenising and batching included):
 
 - ``openvino fp32``: the converted graph, unquantised (the reference for speed);
 - ``static``: NNCF's accuracy-controlled static int8, as the library builds it first (calibrated on the
@@ -34,23 +35,25 @@ from stanceclf.machine import cpu_name, described_flags
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "training" / "claim-types-mpnet-lora.toml"
-BATCH3 = '../labels/claim-types/batch3.jsonl'
+LATER_BATCHES = ["../labels/claim-types/batch4.jsonl", "../labels/claim-types/batch5.jsonl"]
 
 
-def samples() -> dict[str, tuple[list[str], np.ndarray]]:
-    """``{name: (sentences, gold labels)}``: the default recipe's test split, and every batch-3 sentence."""
+def samples(model_dir: Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """``{name: (sentences, gold labels)}``: the sentences of articles the model never saw, in the default
+    recipe's data and in batches 4 and 5."""
+    from datasets import concatenate_datasets
+
     from stanceclf.data.schema import load_schema
+    from stanceclf.train.evaluation import rows_never_seen
     from stanceclf.train.phases import prepare_dataset
     from stanceclf.train.recipe import load_recipe
 
     result = {}
-    for name, overrides, splits in (("test split", [], ["test"]),
-                                    ("batch 3", [f'data.inputs=["{BATCH3}"]'], None)):
+    for name, overrides in (("recipe's data", []), ("batches 4 and 5", [f"data.inputs={json.dumps(LATER_BATCHES)}"])):
         recipe = load_recipe(RECIPE, overrides)
         dataset, _, _ = prepare_dataset(recipe, load_schema(recipe.schema_path))
-        parts = [dataset[split] for split in (splits or list(dataset))]
-        result[name] = ([t for part in parts for t in part["text"]],
-                        np.array([row for part in parts for row in part["labels"]], dtype=int))
+        unseen = rows_never_seen(model_dir, concatenate_datasets([dataset[split] for split in dataset]))
+        result[name] = (list(unseen["text"]), np.array(unseen["labels"], dtype=int))
     return result
 
 
@@ -96,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = StanceModel.from_pretrained(args.model)
-    data = samples()
+    data = samples(args.model)
     thresholds = model.threshold_vector
     rows = []
     with tempfile.TemporaryDirectory(prefix="stanceclf-int8-methods-") as work:

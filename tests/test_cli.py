@@ -61,6 +61,32 @@ def test_cli_evaluate_refuses_documents_the_model_was_trained_on(tmp_path, tiny_
     assert "2 document(s) of this split were in the model's training split" in result.output
 
 
+def test_rows_never_seen_leaves_out_the_documents_of_the_models_train_and_dev_splits(tmp_path, tiny_model_dir):
+    """What the benchmarks measure a shipped model on: a rebuilt split can hold articles it trained on."""
+    import shutil
+
+    from datasets import concatenate_datasets
+
+    from stanceclf.data.dataset import load_built_dataset
+    from stanceclf.errors import EvaluationError
+    from stanceclf.train.evaluation import rows_never_seen
+
+    data, _ = load_built_dataset(small_dataset(tmp_path))
+    every_row = concatenate_datasets([data[split] for split in data])
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    manifest = json.loads((model_dir / "stanceclf.json").read_text())
+    manifest["training"] = {"documents": {"train": ["d0", "d1", "d2", "d3"], "dev": ["d4"], "test": ["d5", "d6"]}}
+    (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
+    unseen = rows_never_seen(model_dir, every_row)
+    assert sorted(set(unseen["doc_id"])) == ["d5", "d6", "d7", "d8", "d9"]
+    assert len(unseen) == 5 * 3  # every sentence of those documents, none of the others
+    manifest["training"] = {}
+    (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
+    with pytest.raises(EvaluationError, match=r"\[E040\].*does not list the documents it trained on"):
+        rows_never_seen(model_dir, every_row)
+
+
 def test_cli_export_gives_a_pipeline_loadable_directory(tmp_path, tiny_arch_model_dir):
     from transformers import pipeline
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from stanceclf.errors import EvaluationError
 from stanceclf.model.decision import decide
+from stanceclf.model.manifest import ModelManifest
 from stanceclf.model.metrics import expected_calibration_error, format_report, multilabel_report
 
 
@@ -65,6 +66,21 @@ def evaluate_on_dataset(model, dataset_dir: str | Path, *, split: str = "test", 
 def _documents_seen_in_training(model, doc_ids: set[str]) -> dict[str, list[str]]:
     recorded = (model.manifest.training or {}).get("documents", {})
     return {name: sorted(doc_ids & set(recorded.get(name, []))) for name in ("train", "dev")}
+
+
+def rows_never_seen(model_dir: str | Path, dataset_split):
+    """The rows of ``dataset_split`` whose documents the model in ``model_dir`` never saw: in neither the
+    training nor the dev split its manifest records (the dev split tuned its thresholds and temperatures).
+
+    This, not the test split of its recipe rebuilt today, is the sample to measure a trained model on: the
+    split balances each label's positives, so a corrected label can move documents between splits, and a
+    rebuilt "test" split then holds articles the model trained on."""
+    recorded = (ModelManifest.read(Path(model_dir)).training or {}).get("documents")
+    if not recorded or "train" not in recorded:
+        raise EvaluationError("the model's manifest does not list the documents it trained on, so the ones it "
+                              "never saw cannot be told apart", where=str(model_dir))
+    seen = set(recorded["train"]) | set(recorded.get("dev", []))
+    return dataset_split.select([i for i, doc in enumerate(dataset_split["doc_id"]) if doc not in seen])
 
 
 def write_evaluation(report: dict, y_true: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray,
