@@ -81,6 +81,13 @@ def test_rows_never_seen_leaves_out_the_documents_of_the_models_train_and_dev_sp
     unseen = rows_never_seen(model_dir, every_row)
     assert sorted(set(unseen["doc_id"])) == ["d5", "d6", "d7", "d8", "d9"]
     assert len(unseen) == 5 * 3  # every sentence of those documents, none of the others
+    manifest["training"] = {"documents": {"train": [f"d{i}" for i in range(8)]}}  # an older manifest: no dev list
+    (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
+    assert sorted(set(rows_never_seen(model_dir, every_row)["doc_id"])) == ["d8", "d9"]
+    manifest["training"] = {"documents": {"train": [f"d{i}" for i in range(9)], "dev": ["d9"]}}
+    (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
+    with pytest.raises(EvaluationError, match=r"\[E040\].*every one of the split's 10 documents"):
+        rows_never_seen(model_dir, every_row)
     manifest["training"] = {}
     (model_dir / "stanceclf.json").write_text(json.dumps(manifest))
     with pytest.raises(EvaluationError, match=r"\[E040\].*does not list the documents it trained on"):

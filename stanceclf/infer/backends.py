@@ -267,16 +267,17 @@ def choose_backend(model, *, threads: int | None = None, candidates: list[str] |
         except Exception as exc:  # e.g. ONNX Runtime broken or removed since: the cached choice is stale
             log.warning("the cached backend %s cannot run here any more (%s): measuring again", known.backend, exc)
     sample = calibration_units(model)  # each sentence with the context the model reads, as classify scores it
+    names = candidates or candidate_backends()
     # Minutes for a large model on a small CPU (an ONNX export, an int8 build): say why nothing else shows.
-    log.warning("fast: measuring %s on %d sentences to choose the fastest backend for %s on this machine (once: "
-                "the choice is cached)", ", ".join(candidates or candidate_backends()), len(sample),
-                Path(model.path).name if model.path is not None else "this model")
+    log.warning("fast: measuring %s on %d sentences to choose the fastest backend for %s on this machine%s",
+                ", ".join(names), len(sample), Path(model.path).name if model.path is not None else "this model",
+                " (once: the choice is cached)" if key else " (a model not read from a folder: not cached)")
     reference = model.score_units(sample)[0]
     reference_decisions = decide(reference, model.threshold_vector)
     choice, built = BackendChoice("torch"), {}
     choice.sample = {"sentences": len(sample), "decisions": int(reference_decisions.size)}
     fp32_memory = None
-    for name in candidates or candidate_backends():
+    for name in names:
         before = memory()
         try:
             candidate = model if name == "torch" else model.accelerated(name, threads=threads)

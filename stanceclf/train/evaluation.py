@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from stanceclf.errors import EvaluationError
 from stanceclf.model.decision import decide
 from stanceclf.model.manifest import ModelManifest
 from stanceclf.model.metrics import expected_calibration_error, format_report, multilabel_report
+
+if TYPE_CHECKING:
+    import datasets
 
 
 def evaluate_model(model, dataset_split, *, batch_size: int = 64,
@@ -68,19 +72,25 @@ def _documents_seen_in_training(model, doc_ids: set[str]) -> dict[str, list[str]
     return {name: sorted(doc_ids & set(recorded.get(name, []))) for name in ("train", "dev")}
 
 
-def rows_never_seen(model_dir: str | Path, dataset_split):
+def rows_never_seen(model_dir: str | Path, dataset_split: datasets.Dataset) -> datasets.Dataset:
     """The rows of ``dataset_split`` whose documents the model in ``model_dir`` never saw: in neither the
     training nor the dev split its manifest records (the dev split tuned its thresholds and temperatures).
 
     This, not the test split of its recipe rebuilt today, is the sample to measure a trained model on: the
     split balances each label's positives, so a corrected label can move documents between splits, and a
-    rebuilt "test" split then holds articles the model trained on."""
+    rebuilt "test" split then holds articles the model trained on. A distilled student's manifest lists its own
+    documents, not its teachers': articles only a teacher trained on count as unseen."""
     recorded = (ModelManifest.read(Path(model_dir)).training or {}).get("documents")
     if not recorded or "train" not in recorded:
         raise EvaluationError("the model's manifest does not list the documents it trained on, so the ones it "
                               "never saw cannot be told apart", where=str(model_dir))
     seen = set(recorded["train"]) | set(recorded.get("dev", []))
-    return dataset_split.select([i for i, doc in enumerate(dataset_split["doc_id"]) if doc not in seen])
+    unseen = [i for i, doc in enumerate(dataset_split["doc_id"]) if doc not in seen]
+    if not unseen:
+        documents = len(set(dataset_split["doc_id"]))
+        raise EvaluationError(f"the model trained or tuned on every one of the split's {documents} documents: "
+                              "nothing is left to measure it on", where=str(model_dir))
+    return dataset_split.select(unseen)
 
 
 def write_evaluation(report: dict, y_true: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray,
