@@ -175,11 +175,11 @@ def main() -> None:
         model = StanceModel.from_pretrained(path)
         if model.labels != labels:
             raise SystemExit(f"{path}: labels {model.labels}, but the recipe's schema has {labels}")
-        documents = model.manifest.training.get("documents")
+        documents = model.manifest.documents_seen()
         if documents is None:
             raise SystemExit(f"{path}: its manifest does not list the documents it trained on, so the "
                              "articles it never saw cannot be told apart")
-        seen_by[name] = set(documents.get("train", [])) | set(documents.get("dev", []))
+        seen_by[name] = documents["train"] | documents["dev"]
         probs = model.predict_proba(texts)
         systems[name] = (decide(probs, model.threshold_vector), probs)
     speeds = {name: sentences_per_second(path, texts) for name, path in named.items()} if args.speed else None

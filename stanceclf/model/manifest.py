@@ -98,6 +98,15 @@ class ModelManifest(BaseModel):
     def labels(self) -> list[str]:
         return self.label_schema.label_names
 
+    def documents_seen(self) -> dict[str, set[str]] | None:
+        """The document ids the model trained on (``"train"``) and tuned its thresholds and temperatures on
+        (``"dev"``), as its training recorded them; None if the manifest lists no training documents (a model
+        wrapped from elsewhere, or trained before they were recorded)."""
+        recorded = self.training.get("documents")
+        if not isinstance(recorded, dict) or "train" not in recorded:
+            return None
+        return {name: set(recorded.get(name, [])) for name in ("train", "dev")}
+
     def write(self, directory: Path) -> None:
         # A manifest says the oldest format that reads it right: an older stanceclf then refuses what it would
         # misread (an adapter's weights, a model that reads context) instead of predicting without it.

@@ -68,8 +68,8 @@ def evaluate_on_dataset(model, dataset_dir: str | Path, *, split: str = "test", 
 
 
 def _documents_seen_in_training(model, doc_ids: set[str]) -> dict[str, list[str]]:
-    recorded = (model.manifest.training or {}).get("documents", {})
-    return {name: sorted(doc_ids & set(recorded.get(name, []))) for name in ("train", "dev")}
+    seen = model.manifest.documents_seen() or {"train": set(), "dev": set()}
+    return {name: sorted(doc_ids & ids) for name, ids in seen.items()}
 
 
 def rows_never_seen(model_dir: str | Path, dataset_split: datasets.Dataset) -> datasets.Dataset:
@@ -80,11 +80,11 @@ def rows_never_seen(model_dir: str | Path, dataset_split: datasets.Dataset) -> d
     split balances each label's positives, so a corrected label can move documents between splits, and a
     rebuilt "test" split then holds articles the model trained on. A distilled student's manifest lists its own
     documents, not its teachers': articles only a teacher trained on count as unseen."""
-    recorded = (ModelManifest.read(Path(model_dir)).training or {}).get("documents")
-    if not recorded or "train" not in recorded:
+    recorded = ModelManifest.read(Path(model_dir)).documents_seen()
+    if recorded is None:
         raise EvaluationError("the model's manifest does not list the documents it trained on, so the ones it "
                               "never saw cannot be told apart", where=str(model_dir))
-    seen = set(recorded["train"]) | set(recorded.get("dev", []))
+    seen = recorded["train"] | recorded["dev"]
     unseen = [i for i, doc in enumerate(dataset_split["doc_id"]) if doc not in seen]
     if not unseen:
         documents = len(set(dataset_split["doc_id"]))
